@@ -1,0 +1,95 @@
+//! `command`: runs `command: [argv…]`, the prompt on stdin, the reply on
+//! stdout. A non-zero exit fails the turn with the tail of stderr.
+
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, process,
+};
+use crate::agent::Definition;
+
+pub struct CommandBackend {
+    argv: Vec<String>,
+    header: bool,
+}
+
+impl CommandBackend {
+    pub fn new(def: &Definition) -> Result<Self, TurnError> {
+        let argv = def.command_argv().ok_or_else(|| {
+            TurnError::Failed(format!(
+                "{}.md: field `command` is missing or invalid",
+                def.path
+            ))
+        })?;
+        Ok(CommandBackend {
+            argv,
+            header: def.flag("context_header", false),
+        })
+    }
+}
+
+/// The last `n` characters of a text, for error messages.
+pub fn tail(s: &str, n: usize) -> &str {
+    let s = s.trim();
+    if s.len() <= n {
+        return s;
+    }
+    let mut cut = s.len() - n;
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    &s[cut..]
+}
+
+impl Backend for CommandBackend {
+    fn run<'a>(
+        &'a self,
+        req: &'a TurnRequest,
+        events: &'a EventSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
+        Box::pin(async move {
+            let done = process::run(
+                &self.argv,
+                &req.prompt,
+                &req.workspace,
+                &req.env,
+                &[],
+                req.timeout,
+                cancel,
+            )
+            .await?;
+            match done.code {
+                Some(0) => {
+                    let reply = done.stdout.trim_end_matches(['\n', '\r']).to_string();
+                    if !reply.is_empty() {
+                        events.emit(TurnEvent::Text {
+                            text: reply.clone(),
+                        });
+                    }
+                    Ok(TurnOutput {
+                        reply,
+                        session: None,
+                        usage: Default::default(),
+                    })
+                }
+                code => {
+                    let how = match code {
+                        Some(c) => format!("exited with status {c}"),
+                        None => "was killed by a signal".to_string(),
+                    };
+                    let err = tail(&done.stderr, 2000);
+                    Err(TurnError::Failed(if err.is_empty() {
+                        format!("{} {how}", self.argv[0])
+                    } else {
+                        format!("{} {how}: {err}", self.argv[0])
+                    }))
+                }
+            }
+        })
+    }
+
+    fn wants_context_header(&self) -> bool {
+        self.header
+    }
+}

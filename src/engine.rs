@@ -1,0 +1,402 @@
+//! The engine: keeps the index of a vault, and dispatches queued messages to
+//! turns — one at a time per agent, FIFO, up to `jobs` agents at once.
+//!
+//! Triggers (the watcher, later cron and HTTP) are producers: they put notes
+//! on disk and tell the engine a path changed ([`Engine::note_changed`]);
+//! the engine reads it, updates the index and wakes the dispatcher.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::AgentEvent;
+use crate::queue::{Index, written_by_vaultrunner};
+use crate::turn::{self, Outcome, TurnEnv};
+use crate::vault::{Fingerprint, Vault, VaultError};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Agents run at once.
+    pub jobs: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { jobs: 4 }
+    }
+}
+
+/// Counters for status and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub turns_ok: AtomicU64,
+    pub turns_error: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+struct State {
+    index: Index,
+    /// Agents with a turn running.
+    running: HashSet<String>,
+    /// Round-robin start for fairness across agents.
+    cursor: usize,
+}
+
+/// A vault being served or processed.
+pub struct Engine {
+    vault: Arc<Vault>,
+    state: Mutex<State>,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+    events: broadcast::Sender<AgentEvent>,
+    /// Set when a turn ran a program that may have written notes.
+    external_ran: AtomicBool,
+    pub stats: Stats,
+    /// Turns running now (for `process` to know when all is quiet).
+    in_flight: AtomicU64,
+    idle: Notify,
+}
+
+/// What a scan found (for logs).
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    pub notes: usize,
+    pub changed: usize,
+    pub removed: usize,
+}
+
+impl Engine {
+    pub fn new(vault: Vault, config: Config) -> Arc<Engine> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(Engine {
+            vault: Arc::new(vault),
+            state: Mutex::new(State {
+                index: Index::new(),
+                running: HashSet::new(),
+                cursor: 0,
+            }),
+            wake: Notify::new(),
+            slots: Arc::new(Semaphore::new(config.jobs.max(1))),
+            events,
+            external_ran: AtomicBool::new(false),
+            stats: Stats::default(),
+            in_flight: AtomicU64::new(0),
+            idle: Notify::new(),
+        })
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Live events of every turn.
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.events.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock must not wedge the engine: the
+        // index is a cache of the disk and stays usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` with the index.
+    pub fn with_index<R>(&self, f: impl FnOnce(&Index) -> R) -> R {
+        f(&self.lock().index)
+    }
+
+    /// Scans the whole vault: reads new and changed notes, forgets deleted
+    /// ones. `recovering` is true for the start-up scan (then `working`
+    /// messages are crash leftovers and are queued again).
+    pub fn scan(&self, recovering: bool) -> ScanReport {
+        let listing = self.vault.list();
+        for s in &listing.skipped {
+            tracing::warn!("{}: {}", s.rel, s.reason);
+        }
+        let mut report = ScanReport {
+            notes: listing.entries.len(),
+            ..Default::default()
+        };
+        // Decide what to read without holding the lock during I/O.
+        let todo: Vec<_> = {
+            let st = self.lock();
+            listing
+                .entries
+                .iter()
+                .filter(|e| st.index.fingerprint(&e.path) != Some(e.fingerprint))
+                .cloned()
+                .collect()
+        };
+        let read = read_parallel(&self.vault, &todo);
+        let mut woke = false;
+        {
+            let mut st = self.lock();
+            for (path, got) in read {
+                match got {
+                    Ok((text, fp)) => {
+                        let ch = st.index.update(&path, &text, fp, recovering);
+                        woke |= ch.definitions_changed || !ch.queued.is_empty();
+                        report.changed += 1;
+                    }
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            let present: HashSet<&str> = listing.entries.iter().map(|e| e.path.as_str()).collect();
+            let gone: Vec<String> = st
+                .index
+                .paths()
+                .filter(|p| !present.contains(p.as_str()))
+                .cloned()
+                .collect();
+            for p in gone {
+                let ch = st.index.remove(&p);
+                woke |= ch.definitions_changed;
+                report.removed += 1;
+            }
+        }
+        if woke {
+            self.wake.notify_one();
+        }
+        report
+    }
+
+    /// A note may have changed on disk (watcher event). Reads it if its
+    /// fingerprint differs from the last one seen or written — so our own
+    /// writes never trigger anything. Returns the note's sender if it is an
+    /// inbound message, for the settle decision.
+    pub fn note_changed(&self, path: &str) {
+        let known = self.lock().index.fingerprint(path);
+        match self.vault.stat(path) {
+            None => {
+                if known.is_some() {
+                    let ch = self.lock().index.remove(path);
+                    if ch.definitions_changed {
+                        self.wake.notify_one();
+                    }
+                }
+            }
+            Some(fp) if Some(fp) == known => {}
+            Some(_) => match self.vault.read(path) {
+                Ok((text, fp)) => {
+                    let ch = self.lock().index.update(path, &text, fp, false);
+                    if ch.definitions_changed || !ch.queued.is_empty() {
+                        self.wake.notify_one();
+                    }
+                }
+                Err(e) => tracing::warn!("{e}"),
+            },
+        }
+    }
+
+    /// Does the note at `path` need no settle window (an inbound note that
+    /// vaultrunner wrote itself, atomically)?
+    pub fn skip_settle(&self, path: &str) -> bool {
+        let Ok((text, _)) = self.vault.read(path) else {
+            return false;
+        };
+        let Ok(n) = crate::note::Note::parse(&text) else {
+            return false;
+        };
+        written_by_vaultrunner(n.str("sender").as_deref())
+    }
+
+    /// The fingerprint the index holds for a note.
+    pub fn known(&self, path: &str) -> Option<Fingerprint> {
+        self.lock().index.fingerprint(path)
+    }
+
+    /// Starts every turn that can start now. Returns how many started.
+    fn dispatch(self: &Arc<Self>, cancel: &CancellationToken) -> usize {
+        if cancel.is_cancelled() {
+            return 0;
+        }
+        let mut started = 0;
+        let mut st = self.lock();
+        let agents: Vec<String> = st.index.queued_agents().map(|(a, _)| a.clone()).collect();
+        if agents.is_empty() {
+            return 0;
+        }
+        let n = agents.len();
+        let start = st.cursor % n;
+        for i in 0..n {
+            let agent = &agents[(start + i) % n];
+            if st.running.contains(agent) || !st.index.runnable(agent) {
+                continue;
+            }
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                st.cursor = (start + i) % n;
+                break;
+            };
+            let Some(path) = st.index.pop(agent) else {
+                continue;
+            };
+            let def = st.index.agent(agent).cloned();
+            st.running.insert(agent.clone());
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            started += 1;
+            let engine = self.clone();
+            let agent = agent.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let env = TurnEnv {
+                    vault: engine.vault.clone(),
+                    events: engine.events.clone(),
+                    cancel,
+                };
+                let res = turn::run(&env, def, &path).await;
+                drop(permit);
+                engine.turn_finished(&agent, &path, res);
+            });
+        }
+        started
+    }
+
+    fn turn_finished(
+        &self,
+        agent: &str,
+        path: &str,
+        res: Result<(Outcome, turn::Written), VaultError>,
+    ) {
+        {
+            let mut st = self.lock();
+            st.running.remove(agent);
+            st.index.finish(path);
+            match res {
+                Ok((outcome, written)) => {
+                    for (p, fp) in written {
+                        st.index.note_written(&p, fp);
+                    }
+                    match outcome {
+                        Outcome::Done { ok, external } => {
+                            if ok {
+                                self.stats.turns_ok.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                self.stats.turns_error.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if external {
+                                self.external_ran.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        Outcome::Skipped(why) => {
+                            tracing::info!("{path}: not run: {why}");
+                            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Outcome::Cancelled => tracing::info!("{path}: cut short by shutdown"),
+                    }
+                }
+                Err(e) => {
+                    // The note stays as it is on disk (pending or working);
+                    // the next scan or start picks it up again.
+                    tracing::error!("{path}: turn could not be recorded: {e}");
+                }
+            }
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.wake.notify_one();
+        self.idle.notify_waiters();
+    }
+
+    /// The dispatcher loop: runs until `cancel`, then waits for running
+    /// turns to end (they see the same token and stop their processes).
+    pub async fn run_dispatcher(self: &Arc<Self>, cancel: CancellationToken) {
+        loop {
+            self.dispatch(&cancel);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = cancel.cancelled() => break,
+            }
+        }
+        self.wait_idle().await;
+    }
+
+    /// Waits until no turn is running.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// `process`: runs every eligible message to completion, including ones
+    /// that turns create, then returns.
+    pub async fn process(self: &Arc<Self>, cancel: CancellationToken) {
+        self.vault.clean_temp_files();
+        self.scan(true);
+        loop {
+            loop {
+                let notified = self.idle.notified();
+                let started = self.dispatch(&cancel);
+                if started == 0 && self.in_flight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                if cancel.is_cancelled() {
+                    self.wait_idle().await;
+                    return;
+                }
+                tokio::select! {
+                    _ = notified => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
+            // Programs run by turns may have written new notes (`send`):
+            // look again until a look finds nothing new to run.
+            if self.external_ran.swap(false, Ordering::SeqCst) {
+                self.scan(false);
+                continue;
+            }
+            break;
+        }
+    }
+}
+
+/// Reads notes on a few threads (the 100,000-note vault must load fast).
+fn read_parallel(
+    vault: &Vault,
+    entries: &[crate::vault::Entry],
+) -> Vec<(String, Result<(String, Fingerprint), VaultError>)> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
+    if entries.len() < 64 || threads == 1 {
+        return entries
+            .iter()
+            .map(|e| (e.path.clone(), read_relevant(vault, &e.path)))
+            .collect();
+    }
+    let chunk = entries.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = entries
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || {
+                    c.iter()
+                        .map(|e| (e.path.clone(), read_relevant(vault, &e.path)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Reads a note; an ordinary note (no `agent/` anywhere) is returned empty,
+/// so a huge vault of ordinary notes costs little memory.
+fn read_relevant(vault: &Vault, path: &str) -> Result<(String, Fingerprint), VaultError> {
+    let (text, fp) = vault.read(path)?;
+    if crate::queue::may_be_relevant(&text) {
+        Ok((text, fp))
+    } else {
+        Ok((String::new(), fp))
+    }
+}

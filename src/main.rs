@@ -1,0 +1,319 @@
+//! The `vaultrunner` binary: parses arguments, calls the library, prints.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use vaultrunner::cli::{self, SendOptions};
+use vaultrunner::engine::Config;
+use vaultrunner::server::{self, ServeOptions};
+use vaultrunner::trigger::watch::WatchOptions;
+
+#[derive(Parser)]
+#[command(
+    name = "vaultrunner",
+    version,
+    about = "Run LLM agents from Markdown notes in a vault"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Watch the vault and run agents as messages arrive, until SIGINT/SIGTERM.
+    Serve {
+        /// The vault directory.
+        vault: PathBuf,
+        /// Quiet time (ms) before a note someone else wrote is read.
+        #[arg(long, default_value_t = 2000)]
+        settle_ms: u64,
+        /// Agents run at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// Seconds between safety-net full rescans of the vault.
+        #[arg(long, default_value_t = 300)]
+        rescan_secs: u64,
+    },
+    /// Run every pending message to completion (including messages turns
+    /// create), then exit.
+    Process {
+        vault: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
+    /// Write a message to an agent (MESSAGE `-` reads standard input).
+    Send {
+        vault: PathBuf,
+        agent: String,
+        message: String,
+        #[arg(long)]
+        subject: Option<String>,
+        /// Agent to notify with a callback when this message is answered.
+        #[arg(long)]
+        reply_to: Option<String>,
+        #[arg(long)]
+        correlation_id: Option<String>,
+        /// Wait up to SECS for the reply and print it.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+    },
+    /// Create a ready-to-run vault (example agents, a message template, a job).
+    Init { dir: PathBuf },
+    /// Validate definitions, jobs and messages; non-zero exit on errors.
+    Check { vault: PathBuf },
+    /// Show agents, their queues and last turns.
+    Status { vault: PathBuf },
+    /// Start an agent's conversation afresh (blanks the thread's session).
+    Reset { vault: PathBuf, agent: String },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VAULTRUNNER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+fn shutdown_on_signals(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+}
+
+/// Depth for a `send` run inside a turn on the same vault: the turn's + 1.
+fn inherited_depth(vault: &std::path::Path) -> Option<u64> {
+    let turn_vault = std::env::var("VAULTRUNNER_VAULT").ok()?;
+    let here = std::fs::canonicalize(vault).ok()?;
+    if std::fs::canonicalize(turn_vault).ok()? != here {
+        return None;
+    }
+    let d: u64 = std::env::var("VAULTRUNNER_DELEGATION_DEPTH")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(d + 1)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            vault,
+            settle_ms,
+            jobs,
+            rescan_secs,
+        } => {
+            let cancel = CancellationToken::new();
+            shutdown_on_signals(cancel.clone());
+            let opts = ServeOptions {
+                config: Config { jobs },
+                watch: WatchOptions {
+                    settle: Duration::from_millis(settle_ms),
+                    rescan: Duration::from_secs(rescan_secs.max(1)),
+                },
+            };
+            server::serve(&vault, opts, cancel).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Process { vault, jobs } => {
+            let cancel = CancellationToken::new();
+            shutdown_on_signals(cancel.clone());
+            let r = server::process(&vault, Config { jobs }, cancel).await?;
+            println!(
+                "processed {} message(s): {} ok, {} error{}",
+                r.ok + r.error,
+                r.ok,
+                r.error,
+                if r.waiting > 0 {
+                    format!(
+                        "; {} waiting for an agent (see `vaultrunner check`)",
+                        r.waiting
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            vault,
+            agent,
+            message,
+            subject,
+            reply_to,
+            correlation_id,
+            wait,
+        } => {
+            let message = if message == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading the message from standard input")?;
+                s
+            } else {
+                message
+            };
+            let depth = inherited_depth(&vault);
+            let sender = match (depth, std::env::var("VAULTRUNNER_AGENT")) {
+                (Some(_), Ok(a)) if !a.is_empty() => format!("agent:{a}"),
+                _ => "cli".to_string(),
+            };
+            let opts = SendOptions {
+                subject,
+                reply_to,
+                correlation_id,
+                sender: Some(sender),
+                delegation_depth: depth,
+            };
+            let (path, known) = cli::send(&vault, &agent, &message, &opts)?;
+            if !known {
+                eprintln!(
+                    "note: no definition for agent {agent:?} under Agents/ yet; the message waits until there is one"
+                );
+            }
+            match wait {
+                None => {
+                    println!("{path}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(secs) => {
+                    match cli::wait_reply(&vault, &path, Duration::from_secs(secs)).await? {
+                        Some(r) => {
+                            println!("{}", r.text);
+                            Ok(if r.status == "ok" {
+                                ExitCode::SUCCESS
+                            } else {
+                                ExitCode::from(1)
+                            })
+                        }
+                        None => {
+                            eprintln!(
+                                "no reply within {secs}s; the message is kept at {path}.md and will still be answered"
+                            );
+                            Ok(ExitCode::from(2))
+                        }
+                    }
+                }
+            }
+        }
+        Command::Init { dir } => {
+            let written = cli::init(&dir)?;
+            for f in &written {
+                println!("created {}", dir.join(f).display());
+            }
+            if written.is_empty() {
+                println!("nothing to do: every example file already exists");
+            }
+            println!("next: vaultrunner process {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { vault } => {
+            let findings = cli::check(&vault)?;
+            let errors = findings.iter().filter(|f| f.is_error).count();
+            for f in &findings {
+                println!(
+                    "{}: {}: {}",
+                    if f.is_error { "error" } else { "warning" },
+                    f.file,
+                    f.reason
+                );
+            }
+            println!(
+                "{} error(s), {} warning(s)",
+                errors,
+                findings.len() - errors
+            );
+            Ok(if errors > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Status { vault } => {
+            let s = cli::status(&vault)?;
+            println!(
+                "vault {}: {}",
+                vault.display(),
+                if s.served {
+                    "served by a running vaultrunner"
+                } else {
+                    "not served"
+                }
+            );
+            for a in &s.agents {
+                println!(
+                    "  {:<20} {:<10} {:<9} queued {:<4} turns {:<5} last {} {}",
+                    a.name,
+                    a.backend,
+                    if a.enabled { "enabled" } else { "disabled" },
+                    a.queued,
+                    a.turns,
+                    a.last_turn_at.as_deref().unwrap_or("-"),
+                    a.last_status.as_deref().unwrap_or("")
+                );
+            }
+            for (p, a, why) in &s.waiting {
+                println!("  waiting: {p}.md for {a:?}: {why}");
+            }
+            if s.errors > 0 {
+                println!("  {} problem(s): run `vaultrunner check`", s.errors);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reset { vault, agent } => {
+            let changed = cli::reset(&vault, &agent)?;
+            println!("reset {agent}: {} thread(s) start afresh", changed.len());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vaultrunner: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vaultrunner: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

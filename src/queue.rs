@@ -1,0 +1,628 @@
+//! The index of what matters for routing, and the per-agent FIFO queues.
+//!
+//! The notes on disk are the truth; this is a cache of them that a scan can
+//! rebuild at any time. It keeps a fingerprint of every note (to tell real
+//! changes from our own writes and from no-op events), the definitions, the
+//! eligible inbound messages ordered per agent, and the problems found.
+//! No I/O here: callers hand in note text.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::agent::{Definition, DefinitionError, parse_definition, valid_name};
+use crate::note::{Note, NoteKind, has_conflict_markers};
+use crate::vault::Fingerprint;
+
+/// The processing state of an inbound note (`status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Draft,
+    Working,
+    Handled,
+    Error,
+    /// Anything else: left alone and reported.
+    Unknown,
+}
+
+impl Status {
+    pub fn parse(s: Option<&str>) -> Status {
+        match s.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("pending") => Status::Pending,
+            Some("draft") => Status::Draft,
+            Some("working") => Status::Working,
+            Some("handled") => Status::Handled,
+            Some("error") => Status::Error,
+            Some(_) => Status::Unknown,
+        }
+    }
+}
+
+/// Order within one agent: `ts`, else modification time (ms), then path.
+pub type OrderKey = (i64, String);
+
+/// The routing facts of an inbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    pub path: String,
+    /// `agent`, else `channel`; `None` when neither is set.
+    pub agent: Option<String>,
+    pub status: Status,
+    pub sender: Option<String>,
+    pub order: OrderKey,
+}
+
+/// Does `sender` mark a note vaultrunner wrote itself (atomically), which
+/// therefore needs no settle window?
+pub fn written_by_vaultrunner(sender: Option<&str>) -> bool {
+    match sender {
+        Some("cli") => true,
+        Some(s) => ["webhook:", "job:", "callback:", "agent:"]
+            .iter()
+            .any(|p| s.starts_with(p)),
+        None => false,
+    }
+}
+
+/// Parses an ISO-8601 / RFC 3339 timestamp (or a bare date) to epoch ms.
+pub fn parse_ts(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_millis());
+    }
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(t.and_utc().timestamp_millis());
+        }
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_millis());
+    }
+    None
+}
+
+/// What the index holds about one relevant note.
+#[derive(Debug, Clone)]
+enum Indexed {
+    Definition,
+    Inbound(InboundMessage),
+    /// Not routable; the reason is in `problems`.
+    Problem,
+}
+
+/// A problem found in a note, for `check`, `status` and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub reason: String,
+    /// Errors make `check` fail; warnings do not.
+    pub is_error: bool,
+}
+
+/// What an update changed, so the engine knows whom to wake.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub definitions_changed: bool,
+    pub queued: Vec<String>,
+}
+
+/// The in-memory index of a vault.
+#[derive(Debug, Default)]
+pub struct Index {
+    fingerprints: HashMap<String, Fingerprint>,
+    notes: HashMap<String, Indexed>,
+    /// Definition notes by path (first by path wins per name).
+    definitions: BTreeMap<String, Result<Arc<Definition>, DefinitionError>>,
+    /// Agent name → winning definition.
+    agents: BTreeMap<String, Arc<Definition>>,
+    /// Eligible messages per agent name, in order.
+    queues: BTreeMap<String, BTreeSet<(OrderKey, String)>>,
+    /// Eligible messages by path → agent (to remove on change).
+    queued_at: HashMap<String, String>,
+    problems: BTreeMap<String, Problem>,
+    /// Messages currently being run (not queued, not re-queued).
+    in_flight: BTreeSet<String>,
+}
+
+/// Quick test: can this text be a note of any kind vaultrunner routes?
+/// Every kind's tag starts with `agent/`, so a note without that string
+/// (in any case) is ordinary and need not be parsed at all.
+pub fn may_be_relevant(text: &str) -> bool {
+    let b = text.as_bytes();
+    let needle = b"agent/";
+    b.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The fingerprint last seen (or written) for a note.
+    pub fn fingerprint(&self, path: &str) -> Option<Fingerprint> {
+        self.fingerprints.get(path).copied()
+    }
+
+    /// Records a fingerprint for a note we wrote, so its event is ignored.
+    pub fn note_written(&mut self, path: &str, fp: Fingerprint) {
+        self.fingerprints.insert(path.to_string(), fp);
+    }
+
+    /// Number of notes known.
+    pub fn len(&self) -> usize {
+        self.fingerprints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fingerprints.is_empty()
+    }
+
+    /// Every known note path (for finding deletions after a rescan).
+    pub fn paths(&self) -> impl Iterator<Item = &String> {
+        self.fingerprints.keys()
+    }
+
+    /// Forgets a note that is gone from disk.
+    pub fn remove(&mut self, path: &str) -> Change {
+        self.fingerprints.remove(path);
+        self.unindex(path)
+    }
+
+    fn unindex(&mut self, path: &str) -> Change {
+        let mut change = Change::default();
+        self.problems.remove(path);
+        if let Some(agent) = self.queued_at.remove(path)
+            && let Some(q) = self.queues.get_mut(&agent)
+        {
+            q.retain(|(_, p)| p != path);
+        }
+        if let Some(Indexed::Definition) = self.notes.remove(path) {
+            self.definitions.remove(path);
+            self.rebuild_agents();
+            change.definitions_changed = true;
+        }
+        change
+    }
+
+    /// Indexes a note's current text. `recovering` is true only during the
+    /// start-up scan, when `working` messages are leftovers of a crash and
+    /// are queued again.
+    pub fn update(&mut self, path: &str, text: &str, fp: Fingerprint, recovering: bool) -> Change {
+        self.fingerprints.insert(path.to_string(), fp);
+        let mut change = self.unindex(path);
+        if !may_be_relevant(text) {
+            return change;
+        }
+        if has_conflict_markers(text) {
+            self.problem(
+                path,
+                "has Git conflict markers; resolve the conflict first (not processed)",
+                true,
+            );
+            return change;
+        }
+        let note = match Note::parse(text) {
+            Ok(n) => n,
+            Err(e) => {
+                // Only a note that looks like ours is worth reporting.
+                self.problem(path, &format!("{e} (note skipped)"), true);
+                return change;
+            }
+        };
+        match note.kind() {
+            NoteKind::Definition => {
+                let def = parse_definition(path, &note).map(Arc::new);
+                if let Err(e) = &def {
+                    self.problems.insert(
+                        path.to_string(),
+                        Problem {
+                            path: path.to_string(),
+                            reason: format!(
+                                "definition disabled: field `{}`: {}",
+                                e.field, e.reason
+                            ),
+                            is_error: true,
+                        },
+                    );
+                }
+                self.definitions.insert(path.to_string(), def);
+                self.notes.insert(path.to_string(), Indexed::Definition);
+                self.rebuild_agents();
+                change.definitions_changed = true;
+            }
+            NoteKind::Inbound => {
+                let msg = inbound_of(path, &note, fp);
+                let eligible = match msg.status {
+                    Status::Pending => true,
+                    Status::Working => recovering,
+                    Status::Unknown => {
+                        self.problem(
+                            path,
+                            "unknown `status` (expected pending, draft, working, handled or error); left alone",
+                            false,
+                        );
+                        false
+                    }
+                    _ => false,
+                };
+                if let Some(ts) = note.str("ts")
+                    && parse_ts(&ts).is_none()
+                {
+                    self.problem(
+                        path,
+                        &format!(
+                            "field `ts`: {ts:?} is not an ISO-8601 time; ordered by file time"
+                        ),
+                        false,
+                    );
+                }
+                if eligible && !self.in_flight.contains(path) {
+                    match &msg.agent {
+                        None => self.problem(
+                            path,
+                            "inbound message without `agent` (or `channel`): nobody to route it to",
+                            true,
+                        ),
+                        Some(agent) => {
+                            self.queues
+                                .entry(agent.clone())
+                                .or_default()
+                                .insert((msg.order.clone(), path.to_string()));
+                            self.queued_at.insert(path.to_string(), agent.clone());
+                            change.queued.push(agent.clone());
+                        }
+                    }
+                }
+                self.notes.insert(path.to_string(), Indexed::Inbound(msg));
+            }
+            _ => {}
+        }
+        change
+    }
+
+    fn problem(&mut self, path: &str, reason: &str, is_error: bool) {
+        self.problems.insert(
+            path.to_string(),
+            Problem {
+                path: path.to_string(),
+                reason: reason.to_string(),
+                is_error,
+            },
+        );
+        self.notes.insert(path.to_string(), Indexed::Problem);
+    }
+
+    fn rebuild_agents(&mut self) {
+        self.agents.clear();
+        let mut dupes = Vec::new();
+        for (path, def) in &self.definitions {
+            if let Ok(def) = def {
+                if let Some(first) = self.agents.get(&def.name) {
+                    dupes.push((path.clone(), def.name.clone(), first.path.clone()));
+                } else {
+                    self.agents.insert(def.name.clone(), def.clone());
+                }
+            }
+        }
+        self.problems
+            .retain(|_, p| !p.reason.starts_with("duplicate definition"));
+        for (path, name, first) in dupes {
+            self.problems.insert(
+                path.clone(),
+                Problem {
+                    path,
+                    reason: format!(
+                        "duplicate definition of agent {name:?}: {first}.md comes first by path and wins; this one is ignored"
+                    ),
+                    is_error: true,
+                },
+            );
+        }
+    }
+
+    /// The winning definition of an agent.
+    pub fn agent(&self, name: &str) -> Option<&Arc<Definition>> {
+        self.agents.get(name)
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Arc<Definition>> {
+        self.agents.values()
+    }
+
+    /// Can messages for this agent run now?
+    pub fn runnable(&self, agent: &str) -> bool {
+        self.agents.get(agent).is_some_and(|d| d.enabled) || !valid_name(agent)
+    }
+
+    /// Agents that have queued messages.
+    pub fn queued_agents(&self) -> impl Iterator<Item = (&String, usize)> {
+        self.queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(a, q)| (a, q.len()))
+    }
+
+    /// How many messages wait for this agent.
+    pub fn queue_len(&self, agent: &str) -> usize {
+        self.queues.get(agent).map_or(0, BTreeSet::len)
+    }
+
+    /// Takes the next message of an agent off its queue, marking it in
+    /// flight.
+    pub fn pop(&mut self, agent: &str) -> Option<String> {
+        let q = self.queues.get_mut(agent)?;
+        let first = q.pop_first()?;
+        self.queued_at.remove(&first.1);
+        self.in_flight.insert(first.1.clone());
+        Some(first.1)
+    }
+
+    /// A turn for this message ended (or was abandoned).
+    pub fn finish(&mut self, path: &str) {
+        self.in_flight.remove(path);
+    }
+
+    /// Puts a message back at its place in its agent's queue (a turn that
+    /// was cut short by shutdown, in `process`-until-quiet loops).
+    pub fn requeue(&mut self, agent: &str, path: &str, order: OrderKey) {
+        self.in_flight.remove(path);
+        self.queues
+            .entry(agent.to_string())
+            .or_default()
+            .insert((order, path.to_string()));
+        self.queued_at.insert(path.to_string(), agent.to_string());
+    }
+
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.values()
+    }
+
+    /// Definitions that failed validation.
+    pub fn broken_definitions(&self) -> impl Iterator<Item = &DefinitionError> {
+        self.definitions.values().filter_map(|d| d.as_ref().err())
+    }
+
+    /// Queued messages whose agent has no definition or is disabled.
+    pub fn waiting(&self) -> Vec<(String, String, &'static str)> {
+        let mut out = Vec::new();
+        for (agent, q) in &self.queues {
+            let why = match self.agents.get(agent) {
+                None => "no definition for this agent (yet)",
+                Some(d) if !d.enabled => "agent is disabled",
+                Some(_) => continue,
+            };
+            for (_, p) in q {
+                out.push((p.clone(), agent.clone(), why));
+            }
+        }
+        out
+    }
+
+    /// The inbound facts of an indexed message.
+    pub fn inbound(&self, path: &str) -> Option<&InboundMessage> {
+        match self.notes.get(path) {
+            Some(Indexed::Inbound(m)) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the routing facts of an inbound note.
+pub fn inbound_of(path: &str, note: &Note, fp: Fingerprint) -> InboundMessage {
+    let agent = note
+        .str("agent")
+        .or_else(|| note.str("channel"))
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty());
+    let ts = note.str("ts").and_then(|t| parse_ts(&t));
+    let mtime_ms = (fp.mtime_ns / 1_000_000) as i64;
+    InboundMessage {
+        path: path.to_string(),
+        agent,
+        status: Status::parse(note.str("status").as_deref()),
+        sender: note.str("sender"),
+        order: (ts.unwrap_or(mtime_ms), path.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(ms: i128) -> Fingerprint {
+        Fingerprint {
+            len: 1,
+            mtime_ns: ms * 1_000_000,
+        }
+    }
+
+    const DEF: &str = "---\ntags: [agent/definition]\n---\n";
+
+    fn msg(agent: &str, extra: &str) -> String {
+        format!("---\ntags: [agent/message/inbound]\nagent: {agent}\n{extra}---\nhi\n")
+    }
+
+    #[test]
+    fn order_is_ts_then_mtime_then_path() {
+        let mut ix = Index::new();
+        ix.update("Agents/a", DEF, fp(0), false);
+        ix.update("m/3", &msg("a", ""), fp(5_000), false);
+        ix.update(
+            "m/2",
+            &msg("a", "ts: 2000-01-01T00:00:02Z\n"),
+            fp(9_999_999_999_999),
+            false,
+        );
+        ix.update(
+            "m/1",
+            &msg("a", "ts: \"2000-01-01T00:00:01Z\"\n"),
+            fp(0),
+            false,
+        );
+        ix.update("m/0", &msg("a", ""), fp(5_000), false);
+        let order: Vec<_> = std::iter::from_fn(|| ix.pop("a")).collect();
+        // mtime 5 s after the epoch sorts before the year-2000 `ts` values;
+        // equal times fall back to the path.
+        assert_eq!(order, vec!["m/0", "m/3", "m/1", "m/2"]);
+    }
+
+    #[test]
+    fn statuses_and_recovery() {
+        let mut ix = Index::new();
+        ix.update("Agents/a", DEF, fp(0), false);
+        ix.update(
+            "m/draft",
+            &msg(
+                "a",
+                "status: draft
+",
+            ),
+            fp(1),
+            false,
+        );
+        ix.update(
+            "m/done",
+            &msg(
+                "a",
+                "status: handled
+",
+            ),
+            fp(1),
+            false,
+        );
+        ix.update(
+            "m/err",
+            &msg(
+                "a",
+                "status: error
+",
+            ),
+            fp(1),
+            false,
+        );
+        ix.update(
+            "m/work",
+            &msg(
+                "a",
+                "status: working
+",
+            ),
+            fp(1),
+            false,
+        );
+        assert_eq!(ix.queue_len("a"), 0);
+        ix.update("m/work", &msg("a", "status: working\n"), fp(2), true);
+        assert_eq!(ix.queue_len("a"), 1);
+        ix.update("m/odd", &msg("a", "status: later\n"), fp(1), false);
+        assert_eq!(ix.queue_len("a"), 1);
+        assert!(ix.problems().any(|p| p.path == "m/odd" && !p.is_error));
+    }
+
+    #[test]
+    fn in_flight_is_not_requeued_by_an_edit() {
+        let mut ix = Index::new();
+        ix.update("Agents/a", DEF, fp(0), false);
+        ix.update("m/1", &msg("a", ""), fp(1), false);
+        assert_eq!(ix.pop("a").as_deref(), Some("m/1"));
+        ix.update("m/1", &msg("a", ""), fp(2), false);
+        assert_eq!(ix.queue_len("a"), 0);
+        ix.finish("m/1");
+        ix.update("m/1", &msg("a", ""), fp(3), false);
+        assert_eq!(ix.queue_len("a"), 1);
+    }
+
+    #[test]
+    fn definitions_duplicates_broken_and_deleted() {
+        let mut ix = Index::new();
+        ix.update(
+            "Agents/b",
+            "---\ntags: [agent/definition]\nname: x\n---\n",
+            fp(0),
+            false,
+        );
+        ix.update(
+            "Agents/a",
+            "---\ntags: [agent/definition]\nname: x\nbackend: echo\n---\n",
+            fp(0),
+            false,
+        );
+        assert_eq!(ix.agent("x").unwrap().path, "Agents/a");
+        assert!(
+            ix.problems()
+                .any(|p| p.path == "Agents/b" && p.reason.contains("duplicate"))
+        );
+        ix.update(
+            "Agents/c",
+            "---\ntags: [agent/definition]\nbackend: nope\n---\n",
+            fp(0),
+            false,
+        );
+        assert!(ix.agent("c").is_none());
+        assert_eq!(ix.broken_definitions().count(), 1);
+        ix.remove("Agents/a");
+        assert_eq!(ix.agent("x").unwrap().path, "Agents/b");
+        assert!(!ix.problems().any(|p| p.reason.contains("duplicate")));
+    }
+
+    #[test]
+    fn waiting_for_missing_or_disabled_agent() {
+        let mut ix = Index::new();
+        ix.update("m/1", &msg("ghost", ""), fp(1), false);
+        ix.update(
+            "Agents/off",
+            "---\ntags: [agent/definition]\nenabled: false\n---\n",
+            fp(0),
+            false,
+        );
+        ix.update("m/2", &msg("off", ""), fp(1), false);
+        assert!(!ix.runnable("ghost"));
+        assert!(!ix.runnable("off"));
+        let w = ix.waiting();
+        assert_eq!(w.len(), 2);
+    }
+
+    #[test]
+    fn irrelevant_and_broken_notes() {
+        let mut ix = Index::new();
+        let ch = ix.update(
+            "plain",
+            "---\ntitle: [broken\n---\njust a note",
+            fp(1),
+            false,
+        );
+        assert_eq!(ch, Change::default());
+        assert_eq!(ix.problems().count(), 0);
+        ix.update(
+            "bad",
+            "---\ntags: [agent/message/inbound\n---\n",
+            fp(1),
+            false,
+        );
+        let p: Vec<_> = ix.problems().collect();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].reason.contains("invalid YAML"), "{}", p[0].reason);
+        ix.update("conf", "---\ntags: [agent/message/inbound]\nagent: a\n---\n<<<<<<< HEAD\na\n=======\nb\n>>>>>>> x\n", fp(1), false);
+        assert_eq!(ix.queue_len("a"), 0);
+        assert!(
+            ix.problems()
+                .any(|p| p.path == "conf" && p.reason.contains("conflict"))
+        );
+    }
+
+    #[test]
+    fn vaultrunner_senders() {
+        assert!(written_by_vaultrunner(Some("cli")));
+        assert!(written_by_vaultrunner(Some("webhook:github")));
+        assert!(written_by_vaultrunner(Some("job:Jobs/daily")));
+        assert!(!written_by_vaultrunner(Some("alice")));
+        assert!(!written_by_vaultrunner(None));
+    }
+}

@@ -1,0 +1,785 @@
+//! The turn pipeline of SPEC §3, for one inbound message:
+//!
+//! 1. stamp the inbound `status: working`, `attempts` + 1;
+//! 2. upsert the thread note `status: working`;
+//!    (1 and 2 are one durable write batch)
+//! 3. run the backend;
+//! 4. thread end record; 5. the outbound note; 7. stamp the inbound
+//!    `handled|error` (4, 5, 7 are one durable write batch, renamed in that
+//!    order, so a crash leaves a prefix: the inbound is never `handled`
+//!    without its reply on disk).
+//!
+//! Step 6 (the `reply_to` callback) comes with delegation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_yaml::Mapping;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Definition, Mode, SystemPromptMode, valid_name};
+use crate::backend::{
+    self, AgentEvent, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
+};
+use crate::note::{FmValue, Note, NoteKind, TAG_THREAD, edit_front_matter, link, render_new, slug};
+use crate::queue::Status;
+use crate::vault::{Fingerprint, NoteWrite, Vault, VaultError};
+
+/// Attempts after which a message is given up (a 4th start is refused).
+pub const MAX_ATTEMPTS: u64 = 3;
+/// Inbound notes at this delegation depth or deeper are not run.
+pub const MAX_DELEGATION_DEPTH: u64 = 8;
+
+/// Now as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// A stable 64-bit FNV-1a hash (std's hasher may change between releases;
+/// this one names files, so it must not).
+pub fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The reply note's path: `<inbound dir>/<inbound stem>.reply`, derived only
+/// from the inbound's path (a very long stem is shortened with a hash so the
+/// file name stays within limits).
+pub fn reply_path(inbound: &str) -> String {
+    derived_path(inbound, "reply")
+}
+
+/// `<inbound dir>/<stem>.<suffix>`, shortened the same way as replies.
+pub fn derived_path(inbound: &str, suffix: &str) -> String {
+    let (dir, stem) = match inbound.rsplit_once('/') {
+        Some((d, s)) => (Some(d), s),
+        None => (None, inbound),
+    };
+    let stem = if stem.len() > 160 {
+        let mut cut = 140;
+        while !stem.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}-{:08x}", &stem[..cut], fnv1a(stem) as u32)
+    } else {
+        stem.to_string()
+    };
+    match dir {
+        Some(d) => format!("{d}/{stem}.{suffix}"),
+        None => format!("{stem}.{suffix}"),
+    }
+}
+
+/// The thread note of a message (SPEC §2, Thread).
+pub fn thread_path(def: &Definition, subject: Option<&str>, inbound: &str) -> String {
+    let name = &def.name;
+    if let Some(subject) = subject.map(str::trim).filter(|s| !s.is_empty()) {
+        let s = slug(subject);
+        let s = if s.is_empty() {
+            format!("{:08x}", fnv1a(subject) as u32)
+        } else {
+            s
+        };
+        return format!("Threads/{name}/{name}--{s}");
+    }
+    match def.mode {
+        Mode::SingleThreaded => format!("Threads/{name}/{name}"),
+        Mode::MultiThreaded => {
+            let stem = inbound.rsplit('/').next().unwrap_or(inbound);
+            let s = slug(stem);
+            let s: String = s.chars().take(60).collect();
+            let h = fnv1a(inbound) as u32;
+            if s.is_empty() {
+                format!("Threads/{name}/{h:08x}")
+            } else {
+                format!("Threads/{name}/{s}-{h:08x}")
+            }
+        }
+    }
+}
+
+fn int_of(meta: &Mapping, key: &str) -> Option<u64> {
+    match meta.get(key)? {
+        serde_yaml::Value::Number(n) => {
+            n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64))
+        }
+        serde_yaml::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn float_of(meta: &Mapping, key: &str) -> f64 {
+    match meta.get(key) {
+        Some(serde_yaml::Value::Number(n)) => n.as_f64().unwrap_or(0.0),
+        Some(serde_yaml::Value::String(s)) => s.trim().parse().unwrap_or(0.0),
+        _ => 0.0,
+    }
+}
+
+/// What became of a message handed to [`run`].
+#[derive(Debug)]
+pub enum Outcome {
+    /// The note was no longer eligible (edited, deleted, already handled).
+    Skipped(String),
+    /// Ended with a reply note: `ok` or `error`.
+    Done {
+        ok: bool,
+        /// Did the backend run programs that may have written notes?
+        external: bool,
+    },
+    /// Cut short by shutdown; the inbound was put back to `pending`.
+    Cancelled,
+}
+
+/// Notes written by a turn, with their fingerprints (for the index).
+pub type Written = Vec<(String, Fingerprint)>;
+
+/// Everything a turn needs from the engine.
+pub struct TurnEnv {
+    pub vault: Arc<Vault>,
+    pub events: tokio::sync::broadcast::Sender<AgentEvent>,
+    pub cancel: CancellationToken,
+}
+
+/// The fields of an inbound message a turn uses.
+struct Inbound {
+    text: String,
+    note: Note,
+    agent: String,
+    attempts: u64,
+    depth: Result<u64, String>,
+    subject: Option<String>,
+    sender: Option<String>,
+}
+
+fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, VaultError> {
+    let (text, _) = match vault.read(path) {
+        Ok(t) => t,
+        Err(VaultError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Err("note was deleted".into()));
+        }
+        Err(e) => return Err(e),
+    };
+    let note = match Note::parse(&text) {
+        Ok(n) => n,
+        Err(e) => return Ok(Err(format!("{e}"))),
+    };
+    if note.kind() != NoteKind::Inbound {
+        return Ok(Err("no longer an inbound message".into()));
+    }
+    let status = Status::parse(note.str("status").as_deref());
+    if !matches!(status, Status::Pending | Status::Working) {
+        return Ok(Err(format!("status is now {:?}", status)));
+    }
+    let Some(agent) = note
+        .str("agent")
+        .or_else(|| note.str("channel"))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(Err("no `agent`".into()));
+    };
+    let attempts = int_of(&note.meta, "attempts").unwrap_or(0);
+    let depth = match note.meta.get("delegation_depth") {
+        None | Some(serde_yaml::Value::Null) => Ok(0),
+        Some(_) => int_of(&note.meta, "delegation_depth")
+            .ok_or_else(|| "field `delegation_depth` is not a whole number".to_string()),
+    };
+    Ok(Ok(Inbound {
+        subject: note.str("subject"),
+        sender: note.str("sender"),
+        text,
+        note,
+        agent,
+        attempts,
+        depth,
+    }))
+}
+
+/// Retries a write batch on transient I/O errors (not on refused paths).
+fn write_retrying(vault: &Vault, writes: &[NoteWrite]) -> Result<Vec<Fingerprint>, VaultError> {
+    let mut delay = Duration::from_millis(20);
+    let mut tries = 0;
+    loop {
+        match vault.write_batch(writes) {
+            Ok(fps) => return Ok(fps),
+            Err(e @ VaultError::UnsafePath { .. }) => return Err(e),
+            Err(e) if tries >= 4 => return Err(e),
+            Err(e) => {
+                tracing::warn!("write failed, retrying: {e}");
+                std::thread::sleep(delay);
+                delay *= 4;
+                tries += 1;
+            }
+        }
+    }
+}
+
+fn zip_written(writes: &[NoteWrite], fps: Vec<Fingerprint>) -> Written {
+    writes.iter().map(|w| w.path.clone()).zip(fps).collect()
+}
+
+/// The outbound note's text.
+fn outbound_text(agent: &str, inbound: &str, thread: Option<&str>, ok: bool, body: &str) -> String {
+    let mut fields: Vec<(&str, FmValue)> = vec![
+        ("agent", agent.into()),
+        ("direction", "outbound".into()),
+        ("sender", agent.into()),
+        ("ts", now_rfc3339().into()),
+        ("in_reply_to", link(inbound).into()),
+    ];
+    if let Some(t) = thread {
+        fields.push(("thread", link(t).into()));
+    }
+    fields.push(("status", if ok { "ok" } else { "error" }.into()));
+    render_new(&["agent/message", "agent/message/outbound"], &fields, body)
+}
+
+/// The body of a failure reply: short and human-readable.
+pub fn failure_body(reason: &str) -> String {
+    format!("**vaultrunner: this message could not be answered.**\n\n{reason}\n")
+}
+
+/// Ends an inbound as `error` without running a turn (invalid agent name,
+/// attempts used up, delegation too deep): a failure reply, then the stamp.
+fn fail_without_turn(
+    vault: &Vault,
+    path: &str,
+    inbound_text: &str,
+    agent: &str,
+    thread: Option<&str>,
+    reason: &str,
+) -> Result<Written, VaultError> {
+    let reply = reply_path(path);
+    let mut writes = Vec::new();
+    // A thread left `working` by a crashed turn is closed as `error`.
+    if let Some(t) = thread
+        && let Ok((ttext, _)) = vault.read(t)
+        && let Ok(tn) = Note::parse(&ttext)
+        && tn.str("status").as_deref() == Some("working")
+        && let Ok((edited, _)) = edit_front_matter(
+            &ttext,
+            &[
+                ("status", "error".into()),
+                ("last_turn_at", now_rfc3339().into()),
+            ],
+        )
+    {
+        writes.push(NoteWrite {
+            path: t.to_string(),
+            content: edited,
+        });
+    }
+    writes.push(NoteWrite {
+        path: reply.clone(),
+        content: outbound_text(agent, path, thread, false, &failure_body(reason)),
+    });
+    let mut stamp: Vec<(&str, FmValue)> = vec![
+        ("status", "error".into()),
+        ("handled_at", now_rfc3339().into()),
+        ("reply", link(&reply).into()),
+        ("error", reason.into()),
+    ];
+    if let Some(t) = thread {
+        stamp.push(("thread", link(t).into()));
+    }
+    let (edited, _) =
+        edit_front_matter(inbound_text, &stamp).map_err(|e| VaultError::UnsafePath {
+            path: path.to_string(),
+            reason: leak_reason(e.to_string()),
+        })?;
+    writes.push(NoteWrite {
+        path: path.to_string(),
+        content: edited,
+    });
+    let fps = write_retrying(vault, &writes)?;
+    Ok(zip_written(&writes, fps))
+}
+
+fn leak_reason(_s: String) -> &'static str {
+    "front-matter could not be edited"
+}
+
+/// Runs one turn for the inbound note at `path`, for agent `def` (the
+/// engine found it runnable). Returns what became of it and the notes it
+/// wrote.
+pub async fn run(
+    env: &TurnEnv,
+    def: Option<Arc<Definition>>,
+    path: &str,
+) -> Result<(Outcome, Written), VaultError> {
+    let vault = env.vault.clone();
+    let p = path.to_string();
+    let inbound = tokio::task::spawn_blocking(move || read_inbound(&vault, &p))
+        .await
+        .map_err(join_err)??;
+    let inbound = match inbound {
+        Ok(i) => i,
+        Err(why) => return Ok((Outcome::Skipped(why), Vec::new())),
+    };
+    let fail = |thread: Option<String>, reason: String, inbound: Inbound| {
+        let vault = env.vault.clone();
+        let path = path.to_string();
+        let events = env.events.clone();
+        async move {
+            let written = tokio::task::spawn_blocking(move || {
+                fail_without_turn(
+                    &vault,
+                    &path,
+                    &inbound.text,
+                    &inbound.agent,
+                    thread.as_deref(),
+                    &reason,
+                )
+                .map(|w| (w, reason, inbound.agent))
+            })
+            .await
+            .map_err(join_err)??;
+            let (written, reason, agent) = written;
+            let _ = events.send(AgentEvent {
+                agent,
+                thread: String::new(),
+                message: String::new(),
+                event: TurnEvent::Error { message: reason },
+            });
+            Ok((
+                Outcome::Done {
+                    ok: false,
+                    external: false,
+                },
+                written,
+            ))
+        }
+    };
+    if !valid_name(&inbound.agent) {
+        let reason = format!(
+            "field `agent`: {:?} is not a valid agent name (letters, digits, `_` and `-` only)",
+            inbound.agent
+        );
+        return fail(None, reason, inbound).await;
+    }
+    let Some(def) = def else {
+        return Ok((Outcome::Skipped("no definition".into()), Vec::new()));
+    };
+    let depth = match &inbound.depth {
+        Ok(d) => *d,
+        Err(e) => return fail(None, e.clone(), inbound).await,
+    };
+    if depth >= MAX_DELEGATION_DEPTH {
+        let reason = format!(
+            "not run: delegation depth {depth} reached the limit of {MAX_DELEGATION_DEPTH} (agents handing work to each other stop here, so a loop cannot run forever)"
+        );
+        return fail(None, reason, inbound).await;
+    }
+    let thread = thread_path(&def, inbound.subject.as_deref(), path);
+    if inbound.attempts >= MAX_ATTEMPTS {
+        let reason = format!(
+            "gave up after {} attempts: each one was interrupted before it finished (crash or kill); send the message again to retry",
+            inbound.attempts
+        );
+        return fail(Some(thread), reason, inbound).await;
+    }
+
+    // Steps 1 + 2: claim the message durably before running anything.
+    let started = start_batch(env, &def, path, &thread, &inbound).await?;
+    let (thread_meta, thread_body, mut written) = started;
+
+    // Step 3: run the backend.
+    let resume = match (def.mode, inbound.subject.is_some()) {
+        (Mode::SingleThreaded, _) | (_, true) => {
+            crate::note::get_str(&thread_meta, "session").filter(|s| !s.trim().is_empty())
+        }
+        _ => None,
+    };
+    let events = EventSink::new(env.events.clone(), &def.name, &thread, path);
+    let (result, external) = match backend::for_definition(&def) {
+        Ok(b) => {
+            let req = build_request(
+                env,
+                &def,
+                path,
+                &thread,
+                &inbound,
+                &thread_body,
+                resume,
+                depth,
+                b.wants_context_header(),
+            );
+            let external = b.runs_external_programs();
+            let grace = backend::process::KILL_GRACE + Duration::from_secs(5);
+            let r =
+                match tokio::time::timeout(req.timeout + grace, b.run(&req, &events, &env.cancel))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(TurnError::Timeout(req.timeout)),
+                };
+            (r, external)
+        }
+        Err(e) => (Err(e), false),
+    };
+    if matches!(result, Err(TurnError::Cancelled)) {
+        // Shutdown: hand the message back as it was, so the next start runs
+        // it without counting this cut-short attempt.
+        let w = release(env, path, inbound.attempts).await?;
+        written.extend(w);
+        events.emit(TurnEvent::Error {
+            message: TurnError::Cancelled.to_string(),
+        });
+        return Ok((Outcome::Cancelled, written));
+    }
+    let ok = result.is_ok();
+    match &result {
+        Ok(out) => events.emit(TurnEvent::Done {
+            reply: out.reply.clone(),
+        }),
+        Err(e) => events.emit(TurnEvent::Error {
+            message: e.to_string(),
+        }),
+    }
+    let end = end_batch(env, &def, path, &thread, result).await?;
+    written.extend(end);
+    Ok((Outcome::Done { ok, external }, written))
+}
+
+fn join_err(e: tokio::task::JoinError) -> VaultError {
+    VaultError::Io {
+        path: PathBuf::new(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_request(
+    env: &TurnEnv,
+    def: &Arc<Definition>,
+    path: &str,
+    thread: &str,
+    inbound: &Inbound,
+    thread_body: &str,
+    session: Option<String>,
+    depth: u64,
+    header: bool,
+) -> TurnRequest {
+    let root = env.vault.root();
+    let message = inbound.note.body.trim().to_string();
+    let prompt = if header {
+        format!(
+            "[vaultrunner] time: {} · agent: {} · thread: {} · from: {}\n\n{}",
+            now_rfc3339(),
+            def.name,
+            thread,
+            inbound.sender.as_deref().unwrap_or("user"),
+            message
+        )
+    } else {
+        message.clone()
+    };
+    let mut system_prompt = match def.system_prompt_mode {
+        SystemPromptMode::Append | SystemPromptMode::Replace => def.system_prompt.clone(),
+    };
+    let tb = thread_body.trim();
+    if !tb.is_empty() {
+        if !system_prompt.is_empty() {
+            system_prompt.push_str("\n\n");
+        }
+        system_prompt.push_str(tb);
+    }
+    let workspace = match def
+        .workspace
+        .as_deref()
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+    {
+        None => root.to_path_buf(),
+        Some(w) if w.starts_with("~/") => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(&w[2..]))
+            .unwrap_or_else(|| root.join(w)),
+        Some(w) => root.join(w),
+    };
+    let env_vars = vec![
+        ("VAULTRUNNER_VAULT".to_string(), root.display().to_string()),
+        ("VAULTRUNNER_AGENT".to_string(), def.name.clone()),
+        ("VAULTRUNNER_THREAD".to_string(), thread.to_string()),
+        (
+            "VAULTRUNNER_SESSION".to_string(),
+            session.clone().unwrap_or_default(),
+        ),
+        (
+            "VAULTRUNNER_MESSAGE".to_string(),
+            env.vault.abs(path).display().to_string(),
+        ),
+        (
+            "VAULTRUNNER_DELEGATION_DEPTH".to_string(),
+            depth.to_string(),
+        ),
+    ];
+    TurnRequest {
+        definition: def.clone(),
+        prompt,
+        message,
+        system_prompt,
+        session,
+        workspace,
+        env: env_vars,
+        timeout: def.timeout,
+    }
+}
+
+/// Steps 1 and 2 in one durable batch. Returns the thread's metadata and
+/// body as they were, and what was written.
+async fn start_batch(
+    env: &TurnEnv,
+    def: &Arc<Definition>,
+    path: &str,
+    thread: &str,
+    inbound: &Inbound,
+) -> Result<(Mapping, String, Written), VaultError> {
+    let vault = env.vault.clone();
+    let def = def.clone();
+    let path = path.to_string();
+    let thread = thread.to_string();
+    let text = inbound.text.clone();
+    let attempts = inbound.attempts;
+    tokio::task::spawn_blocking(move || {
+        let (stamped, _) = edit_front_matter(
+            &text,
+            &[
+                ("status", "working".into()),
+                ("attempts", (attempts + 1).into()),
+                ("thread", link(&thread).into()),
+            ],
+        )
+        .map_err(|_| VaultError::UnsafePath {
+            path: path.clone(),
+            reason: "front-matter could not be edited",
+        })?;
+        let (thread_text, meta, body) = match vault.read(&thread) {
+            Ok((t, _)) => match Note::parse(&t) {
+                Ok(n) => {
+                    let fields = thread_fields(&def, "working");
+                    let edits: Vec<(&str, FmValue)> =
+                        fields.iter().map(|(k, v)| (*k, v.clone())).collect();
+                    let edited = edit_front_matter(&t, &edits)
+                        .map(|(s, _)| s)
+                        .unwrap_or_else(|_| new_thread(&def));
+                    (edited, n.meta, n.body)
+                }
+                // A thread note whose YAML the user broke: start it again
+                // rather than wedging the agent; its body is kept.
+                Err(_) => {
+                    let body = crate::note::split(&t).body.to_string();
+                    (
+                        format!("{}{}", new_thread(&def), body),
+                        Mapping::new(),
+                        body,
+                    )
+                }
+            },
+            Err(_) => (new_thread(&def), Mapping::new(), String::new()),
+        };
+        let writes = vec![
+            NoteWrite {
+                path: path.clone(),
+                content: stamped,
+            },
+            NoteWrite {
+                path: thread.clone(),
+                content: thread_text,
+            },
+        ];
+        let fps = write_retrying(&vault, &writes)?;
+        Ok((meta, body, zip_written(&writes, fps)))
+    })
+    .await
+    .map_err(join_err)?
+}
+
+fn thread_fields(def: &Definition, status: &str) -> Vec<(&'static str, FmValue)> {
+    vec![
+        ("agent", def.name.as_str().into()),
+        ("mode", def.mode.as_str().into()),
+        ("definition", link(&def.path).into()),
+        ("backend", def.backend.as_str().into()),
+        (
+            "model",
+            def.model
+                .clone()
+                .map(FmValue::Str)
+                .unwrap_or(FmValue::Remove),
+        ),
+        ("status", status.into()),
+    ]
+}
+
+fn new_thread(def: &Definition) -> String {
+    let mut fields = thread_fields(def, "working");
+    fields.push(("started_at", now_rfc3339().into()));
+    fields.push(("turn_count", 0i64.into()));
+    render_new(&[TAG_THREAD], &fields, "")
+}
+
+/// Puts a cut-short message back to `pending` with its attempts as before.
+async fn release(env: &TurnEnv, path: &str, attempts: u64) -> Result<Written, VaultError> {
+    let vault = env.vault.clone();
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || {
+        let (text, _) = vault.read(&path)?;
+        let attempts = if attempts == 0 {
+            FmValue::Remove
+        } else {
+            attempts.into()
+        };
+        let Ok((edited, _)) = edit_front_matter(
+            &text,
+            &[("status", "pending".into()), ("attempts", attempts)],
+        ) else {
+            return Ok(Vec::new());
+        };
+        let w = [NoteWrite {
+            path: path.clone(),
+            content: edited,
+        }];
+        let fps = write_retrying(&vault, &w)?;
+        Ok(zip_written(&w, fps))
+    })
+    .await
+    .map_err(join_err)?
+}
+
+/// Steps 4, 5 and 7 in one durable batch, renamed in that order.
+async fn end_batch(
+    env: &TurnEnv,
+    def: &Arc<Definition>,
+    path: &str,
+    thread: &str,
+    result: Result<TurnOutput, TurnError>,
+) -> Result<Written, VaultError> {
+    let vault = env.vault.clone();
+    let def = def.clone();
+    let path = path.to_string();
+    let thread = thread.to_string();
+    tokio::task::spawn_blocking(move || {
+        let now = now_rfc3339();
+        let ok = result.is_ok();
+        let reply = reply_path(&path);
+        let mut writes = Vec::with_capacity(3);
+        // Step 4: the thread's end record, on its current text (the user may
+        // have edited its body during the turn).
+        if let Ok((ttext, _)) = vault.read(&thread)
+            && let Ok(tn) = Note::parse(&ttext)
+        {
+            let turns = int_of(&tn.meta, "turn_count").unwrap_or(0) + 1;
+            let mut edits: Vec<(&str, FmValue)> = vec![
+                ("status", if ok { "ok" } else { "error" }.into()),
+                ("last_turn_at", now.clone().into()),
+                ("turn_count", turns.into()),
+            ];
+            if let Ok(out) = &result {
+                if let Some(s) = &out.session {
+                    edits.push(("session", s.clone().into()));
+                }
+                let u: Usage = out.usage;
+                if u != Usage::default() || tn.meta.contains_key("input_tokens") {
+                    let inp = int_of(&tn.meta, "input_tokens").unwrap_or(0) + u.input_tokens;
+                    let outp = int_of(&tn.meta, "output_tokens").unwrap_or(0) + u.output_tokens;
+                    let cost = float_of(&tn.meta, "total_cost_usd") + u.total_cost_usd;
+                    edits.push(("input_tokens", inp.into()));
+                    edits.push(("output_tokens", outp.into()));
+                    edits.push(("total_cost_usd", FmValue::Float((cost * 1e6).round() / 1e6)));
+                }
+            }
+            if let Ok((edited, _)) = edit_front_matter(&ttext, &edits) {
+                writes.push(NoteWrite {
+                    path: thread.clone(),
+                    content: edited,
+                });
+            }
+        }
+        // Step 5: the outbound note.
+        let (body, err) = match &result {
+            Ok(out) => (out.reply.clone(), None),
+            Err(e) => (failure_body(&e.to_string()), Some(e.to_string())),
+        };
+        writes.push(NoteWrite {
+            path: reply.clone(),
+            content: outbound_text(&def.name, &path, Some(&thread), ok, &body),
+        });
+        // Step 7: stamp the inbound, on its current text.
+        let (text, _) = vault.read(&path)?;
+        let (stamped, _) = edit_front_matter(
+            &text,
+            &[
+                ("status", if ok { "handled" } else { "error" }.into()),
+                ("handled_at", now.into()),
+                ("reply", link(&reply).into()),
+                ("thread", link(&thread).into()),
+                ("error", err.map(FmValue::Str).unwrap_or(FmValue::Remove)),
+            ],
+        )
+        .map_err(|_| VaultError::UnsafePath {
+            path: path.clone(),
+            reason: "front-matter could not be edited",
+        })?;
+        writes.push(NoteWrite {
+            path: path.clone(),
+            content: stamped,
+        });
+        let fps = write_retrying(&vault, &writes)?;
+        Ok(zip_written(&writes, fps))
+    })
+    .await
+    .map_err(join_err)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(mode: Mode) -> Definition {
+        let n = Note::parse("---\ntags: [agent/definition]\n---\n").unwrap();
+        let mut d = crate::agent::parse_definition("Agents/bot", &n).unwrap();
+        d.mode = mode;
+        d
+    }
+
+    #[test]
+    fn reply_paths_are_derived_from_the_inbound_path() {
+        assert_eq!(reply_path("Inbox/hello"), "Inbox/hello.reply");
+        assert_eq!(reply_path("hello"), "hello.reply");
+        let long = format!("Inbox/{}", "x".repeat(300));
+        let r = reply_path(&long);
+        assert!(r.len() < 200 && r.ends_with(".reply"));
+        assert_eq!(r, reply_path(&long));
+        assert_ne!(r, reply_path(&format!("Inbox/{}y", "x".repeat(300))));
+    }
+
+    #[test]
+    fn thread_paths() {
+        let s = def(Mode::SingleThreaded);
+        assert_eq!(thread_path(&s, None, "Inbox/a"), "Threads/bot/bot");
+        assert_eq!(
+            thread_path(&s, Some("Weekly Report!"), "Inbox/a"),
+            "Threads/bot/bot--weekly-report"
+        );
+        assert_eq!(
+            thread_path(&s, Some("../../etc"), "Inbox/a"),
+            "Threads/bot/bot--etc"
+        );
+        let m = def(Mode::MultiThreaded);
+        let a = thread_path(&m, None, "Inbox/Hello There");
+        assert!(a.starts_with("Threads/bot/hello-there-"), "{a}");
+        assert_eq!(a, thread_path(&m, None, "Inbox/Hello There"));
+        assert_ne!(a, thread_path(&m, None, "Other/Hello There"));
+        for p in [a, thread_path(&s, Some("!!!"), "x")] {
+            crate::vault::check_rel_path(&p).unwrap();
+        }
+    }
+}

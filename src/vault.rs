@@ -1,0 +1,674 @@
+//! The local vault: a directory of notes. Listing, reading, safe paths,
+//! atomic durable writes (in batches), the single-instance lock.
+//!
+//! Everything that touches the disk for notes goes through here, and no path
+//! that leaves the vault root is ever written.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+/// Largest note vaultrunner reads; larger `.md` files are reported and
+/// skipped so a stray dump cannot exhaust memory.
+pub const MAX_NOTE_BYTES: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("vault {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("refusing unsafe note path {path:?}: {reason}")]
+    UnsafePath { path: String, reason: &'static str },
+    #[error(
+        "another vaultrunner is already running on this vault (lock {} is held); stop it first",
+        .0.display()
+    )]
+    Locked(PathBuf),
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+}
+
+fn io_err(path: &Path, source: io::Error) -> VaultError {
+    VaultError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Names Windows refuses (with or without an extension).
+const WINDOWS_RESERVED: &[&str] = &[
+    "con", "prn", "aux", "nul", "com1", "com2", "com3", "com4", "com5", "com6", "com7", "com8",
+    "com9", "lpt1", "lpt2", "lpt3", "lpt4", "lpt5", "lpt6", "lpt7", "lpt8", "lpt9",
+];
+
+/// Checks a vault-relative note path (without `.md`, `/`-separated) for
+/// anything that could escape the vault or break on another OS: `..`,
+/// absolute paths, backslashes, NUL and control characters, empty or
+/// overlong components, Windows-reserved names, dot-components.
+pub fn check_rel_path(path: &str) -> Result<(), VaultError> {
+    let bad = |reason| {
+        Err(VaultError::UnsafePath {
+            path: path.to_string(),
+            reason,
+        })
+    };
+    if path.is_empty() {
+        return bad("empty path");
+    }
+    if path.len() > 1024 {
+        return bad("path longer than 1024 bytes");
+    }
+    if path.starts_with('/') {
+        return bad("absolute path");
+    }
+    if path.contains('\\') {
+        return bad("backslash in path");
+    }
+    if path.chars().any(|c| c.is_control()) {
+        return bad("control character in path");
+    }
+    for comp in path.split('/') {
+        if comp.is_empty() {
+            return bad("empty path component");
+        }
+        if comp == "." || comp == ".." {
+            return bad("`.` or `..` component");
+        }
+        if comp.starts_with('.') {
+            return bad("hidden (dot) component");
+        }
+        if comp.len() > 200 {
+            return bad("path component longer than 200 bytes");
+        }
+        if comp.contains(':') && cfg!(windows) {
+            return bad("`:` in path");
+        }
+        let stem = comp.split('.').next().unwrap_or(comp).to_ascii_lowercase();
+        if WINDOWS_RESERVED.contains(&stem.as_str()) {
+            return bad("Windows-reserved name");
+        }
+        if comp.ends_with(' ') || comp.ends_with('.') {
+            return bad("component ends with a space or dot");
+        }
+    }
+    Ok(())
+}
+
+/// Why a file in the vault is passed over. `None` = a note to read.
+pub fn ignore_reason(rel: &str) -> Option<&'static str> {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    for comp in rel.split('/') {
+        if comp.starts_with('.') {
+            return Some("dot-folder or hidden file");
+        }
+    }
+    if !name.ends_with(".md") {
+        return Some("not a .md file");
+    }
+    let lower = name.to_ascii_lowercase();
+    if name.starts_with('~')
+        || name.starts_with('#')
+        || name.ends_with('~')
+        || lower.contains("___jb_tmp___")
+        || lower.contains("___jb_old___")
+    {
+        return Some("editor temporary file");
+    }
+    if lower.contains(".sync-conflict-")
+        || lower.contains("conflicted copy")
+        || lower.contains("(conflict")
+        || lower.contains("case conflict")
+    {
+        return Some("sync conflict copy");
+    }
+    None
+}
+
+/// Is this directory entry name one the walker descends into?
+fn walk_dir_ok(name: &str) -> bool {
+    !name.starts_with('.')
+}
+
+/// A file found by a scan: vault-relative note path and a cheap fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Vault-relative path without `.md`.
+    pub path: String,
+    pub fingerprint: Fingerprint,
+}
+
+/// What tells whether a file changed since we last looked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Fingerprint {
+    pub len: u64,
+    pub mtime_ns: i128,
+}
+
+impl Fingerprint {
+    pub fn of(meta: &fs::Metadata) -> Self {
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| match t.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => Some(d.as_nanos() as i128),
+                Err(e) => Some(-(e.duration().as_nanos() as i128)),
+            })
+            .unwrap_or(0);
+        Fingerprint {
+            len: meta.len(),
+            mtime_ns,
+        }
+    }
+}
+
+/// Something a scan passed over that a user should hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub rel: String,
+    pub reason: String,
+}
+
+/// The result of listing the vault.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// A local vault directory.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    root: PathBuf,
+}
+
+/// One file of a write batch.
+#[derive(Debug, Clone)]
+pub struct NoteWrite {
+    pub path: String,
+    pub content: String,
+}
+
+impl Vault {
+    /// Opens a vault at `root` (canonicalized).
+    pub fn open(root: &Path) -> Result<Vault, VaultError> {
+        let root = fs::canonicalize(root).map_err(|e| io_err(root, e))?;
+        if !root.is_dir() {
+            return Err(VaultError::NotADirectory(root));
+        }
+        Ok(Vault { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The absolute file path of a note path (checked).
+    pub fn file_path(&self, path: &str) -> Result<PathBuf, VaultError> {
+        check_rel_path(path)?;
+        Ok(self.root.join(format!("{path}.md")))
+    }
+
+    /// The absolute file path of a note path, without safety checks (for
+    /// reading notes found by a scan).
+    pub fn abs(&self, path: &str) -> PathBuf {
+        self.root.join(format!("{path}.md"))
+    }
+
+    /// Vault-relative note path of an absolute file path, if it is a note
+    /// inside the vault that is not ignored.
+    pub fn rel_of(&self, abs: &Path) -> Option<String> {
+        let rel = abs.strip_prefix(&self.root).ok()?;
+        let mut parts = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(s) => parts.push(s.to_str()?.to_string()),
+                _ => return None,
+            }
+        }
+        let rel = parts.join("/");
+        if ignore_reason(&rel).is_some() {
+            return None;
+        }
+        Some(rel.strip_suffix(".md")?.to_string())
+    }
+
+    /// Lists every note in the vault (recursively), passing over ignored
+    /// files, symlinks and unreadable directories (reported in `skipped`).
+    pub fn list(&self) -> Listing {
+        self.list_from(self.root.clone(), String::new())
+    }
+
+    /// Lists the notes under one folder of the vault (`prefix`, no slash at
+    /// either end).
+    pub fn list_under(&self, prefix: &str) -> Listing {
+        if check_rel_path(prefix).is_err() {
+            return Listing::default();
+        }
+        self.list_from(self.root.join(prefix), prefix.to_string())
+    }
+
+    fn list_from(&self, dir: PathBuf, prefix: String) -> Listing {
+        let mut out = Listing::default();
+        let mut stack = vec![(dir, prefix)];
+        while let Some((dir, prefix)) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    out.skipped.push(Skipped {
+                        rel: prefix.clone(),
+                        reason: format!("cannot read directory: {e}"),
+                    });
+                    continue;
+                }
+            };
+            for ent in rd.flatten() {
+                let Ok(name) = ent.file_name().into_string() else {
+                    continue;
+                };
+                let rel = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                let Ok(ft) = ent.file_type() else { continue };
+                if ft.is_symlink() {
+                    if name.ends_with(".md") || !name.contains('.') {
+                        let inside = fs::canonicalize(ent.path())
+                            .map(|t| t.starts_with(&self.root))
+                            .unwrap_or(false);
+                        if !inside {
+                            out.skipped.push(Skipped {
+                                rel,
+                                reason: "symlink that resolves outside the vault (ignored)".into(),
+                            });
+                        }
+                    }
+                    continue;
+                }
+                if ft.is_dir() {
+                    if walk_dir_ok(&name) {
+                        stack.push((ent.path(), rel));
+                    }
+                    continue;
+                }
+                if !ft.is_file() || ignore_reason(&rel).is_some() {
+                    continue;
+                }
+                let Ok(meta) = ent.metadata() else { continue };
+                if meta.len() > MAX_NOTE_BYTES {
+                    out.skipped.push(Skipped {
+                        rel,
+                        reason: format!(
+                            "note is {} bytes, over the {} byte limit (ignored)",
+                            meta.len(),
+                            MAX_NOTE_BYTES
+                        ),
+                    });
+                    continue;
+                }
+                if let Some(path) = rel.strip_suffix(".md") {
+                    out.entries.push(Entry {
+                        path: path.to_string(),
+                        fingerprint: Fingerprint::of(&meta),
+                    });
+                }
+            }
+        }
+        out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// Stats a note (no symlink following: a symlink is not a note).
+    pub fn stat(&self, path: &str) -> Option<Fingerprint> {
+        let meta = fs::symlink_metadata(self.abs(path)).ok()?;
+        meta.is_file().then(|| Fingerprint::of(&meta))
+    }
+
+    /// Reads a note as text. Invalid UTF-8 (a binary file named `.md`) is an
+    /// error naming the file.
+    pub fn read(&self, path: &str) -> Result<(String, Fingerprint), VaultError> {
+        let abs = self.abs(path);
+        let meta = fs::symlink_metadata(&abs).map_err(|e| io_err(&abs, e))?;
+        if !meta.is_file() {
+            return Err(io_err(
+                &abs,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+            ));
+        }
+        if meta.len() > MAX_NOTE_BYTES {
+            return Err(io_err(
+                &abs,
+                io::Error::new(io::ErrorKind::InvalidData, "note is over the size limit"),
+            ));
+        }
+        let bytes = fs::read(&abs).map_err(|e| io_err(&abs, e))?;
+        let fp = Fingerprint::of(&meta);
+        match String::from_utf8(bytes) {
+            Ok(s) => Ok((s, fp)),
+            Err(_) => Err(io_err(
+                &abs,
+                io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text (binary file?)"),
+            )),
+        }
+    }
+
+    /// Makes sure the directory of a note exists and really lies inside the
+    /// vault (no symlinked directory leading out).
+    fn ensure_dir(&self, file: &Path) -> Result<PathBuf, VaultError> {
+        let dir = file
+            .parent()
+            .ok_or_else(|| io_err(file, io::Error::other("no parent directory")))?;
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let real = fs::canonicalize(dir).map_err(|e| io_err(dir, e))?;
+        if !real.starts_with(&self.root) {
+            return Err(VaultError::UnsafePath {
+                path: dir.display().to_string(),
+                reason: "directory resolves outside the vault",
+            });
+        }
+        Ok(dir.to_path_buf())
+    }
+
+    /// Writes one note atomically and durably; returns its fingerprint.
+    pub fn write(&self, path: &str, content: &str) -> Result<Fingerprint, VaultError> {
+        let fps = self.write_batch(&[NoteWrite {
+            path: path.to_string(),
+            content: content.to_string(),
+        }])?;
+        Ok(fps[0])
+    }
+
+    /// Writes several notes atomically (each file is either old or new) and
+    /// durably, in order: all temp files are written and flushed to disk
+    /// first, then renamed into place in the order given, then their
+    /// directories are flushed. A crash part-way leaves a prefix of the
+    /// batch in place (metadata operations on journaling file systems are
+    /// ordered), so callers list the writes in the order SPEC §3 needs them.
+    ///
+    /// Batching is the point: one flush of N files costs about one journal
+    /// commit instead of N.
+    pub fn write_batch(&self, writes: &[NoteWrite]) -> Result<Vec<Fingerprint>, VaultError> {
+        let mut staged = Vec::with_capacity(writes.len());
+        for w in writes {
+            let file = self.file_path(&w.path)?;
+            let dir = self.ensure_dir(&file)?;
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".vaultrunner-")
+                .suffix(".tmp")
+                .tempfile_in(&dir)
+                .map_err(|e| io_err(&dir, e))?;
+            tmp.write_all(w.content.as_bytes())
+                .map_err(|e| io_err(tmp.path(), e))?;
+            staged.push((tmp, file, dir));
+        }
+        sync_files(staged.iter().map(|(t, _, _)| t.as_file()))
+            .map_err(|e| io_err(&self.root, e))?;
+        let mut fps = Vec::with_capacity(staged.len());
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (tmp, file, dir) in staged {
+            let meta = tmp.as_file().metadata().map_err(|e| io_err(&file, e))?;
+            fps.push(Fingerprint::of(&meta));
+            tmp.persist(&file).map_err(|e| io_err(&file, e.error))?;
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for d in dirs {
+            sync_dir(&d).map_err(|e| io_err(&d, e))?;
+        }
+        Ok(fps)
+    }
+
+    /// Creates a note only if nothing is at its path yet (atomic: link the
+    /// finished temp file into place). Returns `false` if it existed.
+    pub fn create_new(&self, path: &str, content: &str) -> Result<bool, VaultError> {
+        let file = self.file_path(path)?;
+        let dir = self.ensure_dir(&file)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".vaultrunner-")
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(|e| io_err(&dir, e))?;
+        tmp.write_all(content.as_bytes())
+            .map_err(|e| io_err(tmp.path(), e))?;
+        tmp.as_file().sync_all().map_err(|e| io_err(&file, e))?;
+        match tmp.persist_noclobber(&file) {
+            Ok(_) => {
+                sync_dir(&dir).map_err(|e| io_err(&dir, e))?;
+                Ok(true)
+            }
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err(&file, e.error)),
+        }
+    }
+
+    /// Takes the single-instance lock of this vault. Held until the returned
+    /// guard is dropped (or the process dies: the OS releases it).
+    pub fn lock(&self) -> Result<VaultLock, VaultError> {
+        let dir = self.root.join(".vaultrunner");
+        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        let path = dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(VaultLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(VaultError::Locked(path)),
+            Err(fs::TryLockError::Error(e)) => Err(io_err(&path, e)),
+        }
+    }
+
+    /// Removes temp files an earlier crash left behind.
+    pub fn clean_temp_files(&self) -> usize {
+        let mut n = 0;
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for ent in rd.flatten() {
+                let name = ent.file_name();
+                let name = name.to_string_lossy();
+                let Ok(ft) = ent.file_type() else { continue };
+                if ft.is_dir() && walk_dir_ok(&name) {
+                    stack.push(ent.path());
+                } else if ft.is_file()
+                    && name.starts_with(".vaultrunner-")
+                    && name.ends_with(".tmp")
+                    && fs::remove_file(ent.path()).is_ok()
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+}
+
+/// Held while this process owns the vault.
+#[derive(Debug)]
+pub struct VaultLock {
+    _file: File,
+}
+
+/// Flushes several files' data to disk. On Linux a single `syncfs` on the
+/// file system flushes them all with one journal commit; elsewhere each file
+/// is fsynced.
+fn sync_files<'a>(files: impl Iterator<Item = &'a File>) -> io::Result<()> {
+    let files: Vec<&File> = files.collect();
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if files.len() > 1 {
+            // SAFETY: the fd is valid for the duration of the call.
+            let rc = unsafe { libc::syncfs(files[0].as_raw_fd()) };
+            if rc == 0 {
+                return Ok(());
+            }
+        }
+    }
+    for f in files {
+        f.sync_all()?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// The set of directories under the root that a watcher should cover.
+pub fn watch_dirs(root: &Path) -> HashSet<PathBuf> {
+    let mut out = HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        out.insert(dir.clone());
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for ent in rd.flatten() {
+            let name = ent.file_name();
+            if let Ok(ft) = ent.file_type()
+                && ft.is_dir()
+                && walk_dir_ok(&name.to_string_lossy())
+            {
+                stack.push(ent.path());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_paths_are_refused() {
+        for p in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a\\b",
+            "a\0b",
+            "",
+            "a//b",
+            ".hidden/x",
+            "CON",
+            "x/aux.txt",
+            "x/nul",
+            "a/b ",
+            "a/.",
+            "a\nb",
+        ] {
+            assert!(check_rel_path(p).is_err(), "{p:?} should be refused");
+        }
+        let long = "a".repeat(201);
+        assert!(check_rel_path(&long).is_err());
+        for p in [
+            "Inbox/echo/2026-11-21 hello",
+            "Threads/a/b--c",
+            "ünïcode/ok",
+        ] {
+            assert!(check_rel_path(p).is_ok(), "{p:?} should pass");
+        }
+    }
+
+    #[test]
+    fn ignore_rules() {
+        for p in [
+            ".obsidian/workspace.md",
+            ".trash/old.md",
+            "a/.git/x.md",
+            "note.md~",
+            "~$note.md",
+            "#note.md#",
+            ".#note.md",
+            "note.sync-conflict-20261121-120000-ABCDEF.md",
+            "note (conflicted copy 2026-11-21).md",
+            "note.txt",
+            "note.md.swp",
+            "note.md___jb_tmp___",
+            ".syncthing.note.md.tmp",
+            "4913",
+        ] {
+            assert!(ignore_reason(p).is_some(), "{p} should be ignored");
+        }
+        assert!(ignore_reason("Inbox/hello.md").is_none());
+        assert!(ignore_reason("Conflict resolution notes.md").is_none());
+    }
+
+    #[test]
+    fn write_batch_read_list_and_escape_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vault::open(dir.path()).unwrap();
+        v.write_batch(&[
+            NoteWrite {
+                path: "a/one".into(),
+                content: "1".into(),
+            },
+            NoteWrite {
+                path: "b/two".into(),
+                content: "2".into(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(v.read("a/one").unwrap().0, "1");
+        let l = v.list();
+        let paths: Vec<_> = l.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec!["a/one", "b/two"]);
+        assert!(v.write("../escape", "x").is_err());
+        assert!(!dir.path().parent().unwrap().join("escape.md").exists());
+        // No temp files left behind.
+        assert_eq!(v.clean_temp_files(), 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinked_dir_out_of_vault_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("x.md"), dir.path().join("file.md"))
+            .unwrap();
+        fs::write(outside.path().join("x.md"), "secret").unwrap();
+        let v = Vault::open(dir.path()).unwrap();
+        assert!(v.write("link/evil", "x").is_err());
+        assert!(!outside.path().join("evil.md").exists());
+        let l = v.list();
+        assert!(l.entries.is_empty());
+        assert!(l.skipped.iter().any(|s| s.rel == "file.md"));
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vault::open(dir.path()).unwrap();
+        let g = v.lock().unwrap();
+        assert!(matches!(v.lock(), Err(VaultError::Locked(_))));
+        drop(g);
+        assert!(v.lock().is_ok());
+    }
+
+    #[test]
+    fn create_new_does_not_clobber() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vault::open(dir.path()).unwrap();
+        assert!(v.create_new("x", "1").unwrap());
+        assert!(!v.create_new("x", "2").unwrap());
+        assert_eq!(v.read("x").unwrap().0, "1");
+    }
+}
