@@ -49,11 +49,15 @@ impl Backend for CommandBackend {
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
         Box::pin(async move {
+            // Programs get the system prompt (definition body + thread body)
+            // in the environment; stdin carries the message.
+            let mut env = req.env.clone();
+            env.push(("VAULTRUNNER_SYSTEM_PROMPT".into(), req.system_prompt.clone()));
             let done = process::run(
                 &self.argv,
                 &req.prompt,
                 &req.workspace,
-                &req.env,
+                &env,
                 &[],
                 req.timeout,
                 cancel,
