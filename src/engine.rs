@@ -36,7 +36,13 @@ pub struct Stats {
     pub turns_ok: AtomicU64,
     pub turns_error: AtomicU64,
     pub skipped: AtomicU64,
+    /// Messages whose turn could not be recorded (I/O failures), given up.
+    pub stuck: AtomicU64,
 }
+
+/// How often a turn whose notes could not be written is tried again.
+const WRITE_RETRIES: u32 = 3;
+const WRITE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct State {
     index: Index,
@@ -44,6 +50,8 @@ struct State {
     running: HashSet<String>,
     /// Round-robin start for fairness across agents.
     cursor: usize,
+    /// Turns whose notes could not be written, by message path.
+    write_failures: std::collections::HashMap<String, u32>,
 }
 
 /// A vault being served or processed.
@@ -59,6 +67,8 @@ pub struct Engine {
     /// Turns running now (for `process` to know when all is quiet).
     in_flight: AtomicU64,
     idle: Notify,
+    /// A weak handle on itself, for tasks spawned from `&self`.
+    self_ref: std::sync::Weak<Engine>,
 }
 
 /// What a scan found (for logs).
@@ -72,12 +82,14 @@ pub struct ScanReport {
 impl Engine {
     pub fn new(vault: Vault, config: Config) -> Arc<Engine> {
         let (events, _) = broadcast::channel(1024);
-        Arc::new(Engine {
+        Arc::new_cyclic(|me| Engine {
+            self_ref: me.clone(),
             vault: Arc::new(vault),
             state: Mutex::new(State {
                 index: Index::new(),
                 running: HashSet::new(),
                 cursor: 0,
+                write_failures: Default::default(),
             }),
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(config.jobs.max(1))),
@@ -192,6 +204,18 @@ impl Engine {
         }
     }
 
+    /// Reads a note afresh, whatever its fingerprint says.
+    fn reindex(&self, path: &str) {
+        match self.vault.read(path) {
+            Ok((text, fp)) => {
+                self.lock().index.update(path, &text, fp, false);
+            }
+            Err(_) => {
+                self.lock().index.remove(path);
+            }
+        }
+    }
+
     /// Does the note at `path` need no settle window (an inbound note that
     /// vaultrunner wrote itself, atomically)?
     pub fn skip_settle(&self, path: &str) -> bool {
@@ -284,14 +308,47 @@ impl Engine {
                         Outcome::Skipped(why) => {
                             tracing::info!("{path}: not run: {why}");
                             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                            // Whatever the note is now, index it afresh so a
+                            // message that is still eligible is not dropped.
+                            drop(st);
+                            self.reindex(path);
+                            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            self.wake.notify_one();
+                            self.idle.notify_waiters();
+                            return;
                         }
                         Outcome::Cancelled => tracing::info!("{path}: cut short by shutdown"),
                     }
                 }
                 Err(e) => {
-                    // The note stays as it is on disk (pending or working);
-                    // the next scan or start picks it up again.
-                    tracing::error!("{path}: turn could not be recorded: {e}");
+                    // The note stays as it is on disk (pending or working).
+                    // Try again a few times (a full disk may clear up); then
+                    // leave it for the next start, which recovers it.
+                    let tries = st.write_failures.entry(path.to_string()).or_insert(0);
+                    *tries += 1;
+                    if *tries <= WRITE_RETRIES {
+                        tracing::error!(
+                            "{path}: turn could not be recorded: {e}; retrying in {WRITE_RETRY_DELAY:?}"
+                        );
+                        let order = st.index.inbound(path).map(|m| m.order.clone());
+                        let engine = self.self_ref.upgrade();
+                        let (agent, path) = (agent.to_string(), path.to_string());
+                        if let (Some(engine), Some(order)) = (engine, order) {
+                            self.in_flight.fetch_add(1, Ordering::SeqCst);
+                            tokio::spawn(async move {
+                                tokio::time::sleep(WRITE_RETRY_DELAY).await;
+                                engine.lock().index.requeue(&agent, &path, order);
+                                engine.in_flight.fetch_sub(1, Ordering::SeqCst);
+                                engine.wake.notify_one();
+                                engine.idle.notify_waiters();
+                            });
+                        }
+                    } else {
+                        tracing::error!(
+                            "{path}: turn could not be recorded: {e}; giving up until the next start"
+                        );
+                        self.stats.stuck.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -356,11 +413,11 @@ impl Engine {
     }
 }
 
+/// A note's text and fingerprint, or why it could not be read.
+type ReadResult = Result<(String, Fingerprint), VaultError>;
+
 /// Reads notes on a few threads (the 100,000-note vault must load fast).
-fn read_parallel(
-    vault: &Vault,
-    entries: &[crate::vault::Entry],
-) -> Vec<(String, Result<(String, Fingerprint), VaultError>)> {
+fn read_parallel(vault: &Vault, entries: &[crate::vault::Entry]) -> Vec<(String, ReadResult)> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -392,7 +449,7 @@ fn read_parallel(
 
 /// Reads a note; an ordinary note (no `agent/` anywhere) is returned empty,
 /// so a huge vault of ordinary notes costs little memory.
-fn read_relevant(vault: &Vault, path: &str) -> Result<(String, Fingerprint), VaultError> {
+fn read_relevant(vault: &Vault, path: &str) -> ReadResult {
     let (text, fp) = vault.read(path)?;
     if crate::queue::may_be_relevant(&text) {
         Ok((text, fp))

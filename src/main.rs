@@ -161,6 +161,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     String::new()
                 }
             );
+            if r.stuck > 0 {
+                eprintln!(
+                    "vaultrunner: {} message(s) could not be recorded (write failures, see the log); they are retried on the next run",
+                    r.stuck
+                );
+                return Ok(ExitCode::from(1));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Send {

@@ -272,6 +272,13 @@ impl Index {
                             true,
                         ),
                         Some(agent) => {
+                            if !valid_name(agent) {
+                                self.problem(
+                                    path,
+                                    &format!("field `agent`: {agent:?} is not a valid agent name; the message is answered with an error"),
+                                    true,
+                                );
+                            }
                             self.queues
                                 .entry(agent.clone())
                                 .or_default()
@@ -394,6 +401,9 @@ impl Index {
     pub fn waiting(&self) -> Vec<(String, String, &'static str)> {
         let mut out = Vec::new();
         for (agent, q) in &self.queues {
+            if !valid_name(agent) {
+                continue;
+            }
             let why = match self.agents.get(agent) {
                 None => "no definition for this agent (yet)",
                 Some(d) if !d.enabled => "agent is disabled",

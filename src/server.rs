@@ -37,6 +37,8 @@ pub struct ProcessReport {
     pub ok: u64,
     pub error: u64,
     pub skipped: u64,
+    /// Messages whose turn could not be recorded (I/O failures).
+    pub stuck: u64,
     /// Messages left waiting for an agent that has no (enabled) definition.
     pub waiting: usize,
 }
@@ -65,6 +67,7 @@ pub async fn process(
         ok: engine.stats.turns_ok.load(Ordering::Relaxed),
         error: engine.stats.turns_error.load(Ordering::Relaxed),
         skipped: engine.stats.skipped.load(Ordering::Relaxed),
+        stuck: engine.stats.stuck.load(Ordering::Relaxed),
         waiting: engine.with_index(|ix| ix.waiting().len()),
     })
 }

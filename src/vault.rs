@@ -154,9 +154,9 @@ impl Fingerprint {
         let mtime_ns = meta
             .modified()
             .ok()
-            .and_then(|t| match t.duration_since(SystemTime::UNIX_EPOCH) {
-                Ok(d) => Some(d.as_nanos() as i128),
-                Err(e) => Some(-(e.duration().as_nanos() as i128)),
+            .map(|t| match t.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => d.as_nanos() as i128,
+                Err(e) => -(e.duration().as_nanos() as i128),
             })
             .unwrap_or(0);
         Fingerprint {

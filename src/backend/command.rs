@@ -52,7 +52,10 @@ impl Backend for CommandBackend {
             // Programs get the system prompt (definition body + thread body)
             // in the environment; stdin carries the message.
             let mut env = req.env.clone();
-            env.push(("VAULTRUNNER_SYSTEM_PROMPT".into(), req.system_prompt.clone()));
+            env.push((
+                "VAULTRUNNER_SYSTEM_PROMPT".into(),
+                req.system_prompt.clone(),
+            ));
             let done = process::run(
                 &self.argv,
                 &req.prompt,
