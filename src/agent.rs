@@ -19,6 +19,8 @@ pub const BACKENDS: &[&str] = &[
 
 /// Default turn timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default stall timeout (no output for this long stops the turn).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -53,6 +55,8 @@ pub struct Definition {
     pub system_prompt_mode: SystemPromptMode,
     pub workspace: Option<String>,
     pub timeout: Duration,
+    /// Longest time a turn may go without output (`stall_timeout`).
+    pub stall_timeout: Duration,
     pub enabled: bool,
     /// The body: the system prompt.
     pub system_prompt: String,
@@ -206,6 +210,18 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
             }
         },
     };
+    let stall_timeout = match note.str("stall_timeout") {
+        None => DEFAULT_STALL_TIMEOUT,
+        Some(t) => match parse_duration(&t) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                return Err(err(
+                    "stall_timeout",
+                    format!("{t:?} is not a duration like 90s, 10m or 1h"),
+                ));
+            }
+        },
+    };
     let enabled = bool_of(&note.meta, "enabled")
         .map_err(|r| err("enabled", r))?
         .unwrap_or(true);
@@ -231,6 +247,7 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
         system_prompt_mode,
         workspace: note.str("workspace"),
         timeout,
+        stall_timeout,
         enabled,
         system_prompt: note.body.trim().to_string(),
         meta: note.meta.clone(),

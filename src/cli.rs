@@ -335,8 +335,9 @@ pub async fn wait_reply(
     }
 }
 
-/// `reset VAULT AGENT`: blanks `session` on the agent's thread notes so the
-/// next turn starts a fresh conversation. Returns the threads changed.
+/// `reset VAULT AGENT`: blanks `session` and stamps `reset_at` on the
+/// agent's thread notes so the next turn starts a fresh conversation.
+/// Returns the threads changed.
 pub fn reset(vault_dir: &Path, agent: &str) -> Result<Vec<String>, CliError> {
     if !valid_name(agent) {
         return Err(CliError::Usage(format!(
@@ -363,10 +364,15 @@ pub fn reset(vault_dir: &Path, agent: &str) -> Result<Vec<String>, CliError> {
             continue;
         };
         let Ok(n) = Note::parse(&text) else { continue };
-        if n.kind() != NoteKind::Thread || n.str("session").is_none_or(|s| s.is_empty()) {
+        if n.kind() != NoteKind::Thread {
             continue;
         }
-        if let Ok((edited, _)) = edit_front_matter(&text, &[("session", "".into())]) {
+        // `session` for CLI backends; `reset_at` for backends that rebuild
+        // the conversation from the thread's notes (older ones are left out).
+        if let Ok((edited, _)) = edit_front_matter(
+            &text,
+            &[("session", "".into()), ("reset_at", now_rfc3339().into())],
+        ) {
             vault.write(&path, &edited)?;
             changed.push(path);
         }

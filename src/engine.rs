@@ -266,10 +266,12 @@ impl Engine {
             let agent = agent.clone();
             let cancel = cancel.clone();
             tokio::spawn(async move {
+                let history_of = engine.clone();
                 let env = TurnEnv {
                     vault: engine.vault.clone(),
                     events: engine.events.clone(),
                     cancel,
+                    history: Box::new(move |t| history_of.with_index(|ix| ix.thread_history(t))),
                 };
                 let res = turn::run(&env, def, &path).await;
                 drop(permit);

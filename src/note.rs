@@ -490,7 +490,9 @@ fn top_level_key(line: &str) -> Option<&str> {
     if first.is_whitespace() || first == '#' || first == '-' || first == '?' {
         return None;
     }
-    let line = line.trim_end_matches('\r');
+    // Lines come with their terminator: a key with an empty value (`reply:`)
+    // ends in `:\n`, which must count as `:` at the end of the line.
+    let line = line.trim_end_matches(['\n', '\r']);
     // Key is up to the first ':' followed by space or end of line.
     let bytes = line.as_bytes();
     let mut i = 0;

@@ -129,6 +129,11 @@ pub struct Index {
     problems: BTreeMap<String, Problem>,
     /// Messages currently being run (not queued, not re-queued).
     in_flight: BTreeSet<String>,
+    /// Answered messages per thread note path, in order (the history of
+    /// backends that rebuild the conversation from the vault).
+    threads: HashMap<String, BTreeSet<(OrderKey, String)>>,
+    /// Message path → its thread (to remove on change).
+    thread_of: HashMap<String, String>,
 }
 
 /// Quick test: can this text be a note of any kind vaultrunner routes?
@@ -179,6 +184,11 @@ impl Index {
     fn unindex(&mut self, path: &str) -> Change {
         let mut change = Change::default();
         self.problems.remove(path);
+        if let Some(t) = self.thread_of.remove(path)
+            && let Some(set) = self.threads.get_mut(&t)
+        {
+            set.retain(|(_, p)| p != path);
+        }
         if let Some(agent) = self.queued_at.remove(path)
             && let Some(q) = self.queues.get_mut(&agent)
         {
@@ -263,6 +273,16 @@ impl Index {
                         ),
                         false,
                     );
+                }
+                if msg.status == Status::Handled
+                    && let Some(t) = note.str("thread")
+                {
+                    let t = crate::note::unlink(&t).to_string();
+                    self.threads
+                        .entry(t.clone())
+                        .or_default()
+                        .insert((msg.order.clone(), path.to_string()));
+                    self.thread_of.insert(path.to_string(), t);
                 }
                 if eligible && !self.in_flight.contains(path) {
                     match &msg.agent {
@@ -414,6 +434,14 @@ impl Index {
             }
         }
         out
+    }
+
+    /// Answered messages of a thread, oldest first.
+    pub fn thread_history(&self, thread: &str) -> Vec<String> {
+        self.threads
+            .get(thread)
+            .map(|s| s.iter().map(|(_, p)| p.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// The inbound facts of an indexed message.

@@ -141,11 +141,74 @@ pub enum Outcome {
 /// Notes written by a turn, with their fingerprints (for the index).
 pub type Written = Vec<(String, Fingerprint)>;
 
+/// Looks up the answered messages of a thread.
+pub type HistoryFn = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
 /// Everything a turn needs from the engine.
 pub struct TurnEnv {
     pub vault: Arc<Vault>,
     pub events: tokio::sync::broadcast::Sender<AgentEvent>,
     pub cancel: CancellationToken,
+    /// The answered messages of a thread, oldest first (from the index).
+    pub history: HistoryFn,
+}
+
+/// Default `history_budget`: characters of earlier exchanges sent to
+/// backends that rebuild the conversation from the vault.
+pub const DEFAULT_HISTORY_BUDGET: usize = 200_000;
+
+/// Rebuilds a thread's earlier exchanges from its notes: answered inbound
+/// messages and their `ok` replies, newest first until the budget is
+/// spent, returned oldest first. Messages answered before the thread's
+/// `reset_at` are left out.
+pub fn load_history(
+    vault: &Vault,
+    paths: &[String],
+    current: &str,
+    reset_at: Option<&str>,
+    budget: usize,
+) -> Vec<backend::Exchange> {
+    let mut out = Vec::new();
+    let mut used = 0usize;
+    for p in paths.iter().rev() {
+        if p == current {
+            continue;
+        }
+        let Ok((text, _)) = vault.read(p) else {
+            continue;
+        };
+        let Ok(n) = Note::parse(&text) else { continue };
+        if Status::parse(n.str("status").as_deref()) != Status::Handled {
+            continue;
+        }
+        if let (Some(r), Some(h)) = (reset_at, n.str("handled_at"))
+            && h.as_str() <= r
+        {
+            continue;
+        }
+        let rp = n
+            .str("reply")
+            .map(|r| crate::note::unlink(&r).to_string())
+            .unwrap_or_else(|| reply_path(p));
+        let Ok((rtext, _)) = vault.read(&rp) else {
+            continue;
+        };
+        let Ok(rn) = Note::parse(&rtext) else {
+            continue;
+        };
+        if rn.str("status").as_deref() == Some("error") {
+            continue;
+        }
+        let user = n.body.trim().to_string();
+        let assistant = rn.body.trim().to_string();
+        used += user.len() + assistant.len();
+        if used > budget {
+            break;
+        }
+        out.push(backend::Exchange { user, assistant });
+    }
+    out.reverse();
+    out
 }
 
 /// The fields of an inbound message a turn uses.
@@ -530,6 +593,8 @@ fn build_request(
         workspace,
         env: env_vars,
         timeout: def.timeout,
+        stall: def.stall_timeout,
+        history: Vec::new(),
     }
 }
 

@@ -18,9 +18,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::Definition;
 
+pub mod anthropic;
+pub mod claude;
+pub mod codex;
 pub mod command;
 pub mod echo;
+pub mod gemini;
+pub mod http;
+pub mod openai;
 pub mod process;
+pub mod sse;
 
 /// Everything a backend needs to run one turn.
 #[derive(Debug, Clone)]
@@ -39,6 +46,18 @@ pub struct TurnRequest {
     /// Extra environment (`VAULTRUNNER_*`).
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Longest time without output before the turn is stopped.
+    pub stall: Duration,
+    /// Earlier exchanges of this thread, oldest first (for backends that
+    /// rebuild the conversation from the vault: `openai`, `anthropic`).
+    pub history: Vec<Exchange>,
+}
+
+/// One earlier message and its reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub user: String,
+    pub assistant: String,
 }
 
 /// Token and cost figures of one turn.
@@ -67,6 +86,132 @@ pub enum TurnError {
     Timeout(Duration),
     #[error("the turn was cut short by shutdown")]
     Cancelled,
+    /// A failure worth retrying (429, 5xx, overloaded, connection reset),
+    /// returned only while the turn has produced no assistant content.
+    #[error("{message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// How transient failures are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    /// First backoff; doubled each time, with ±25 % jitter.
+    pub base: Duration,
+    /// Longest wait, whatever `retry-after` asks for.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `n + 1` (n ≥ 1).
+    pub fn backoff(&self, n: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.min(self.max);
+        }
+        let exp = self.base.saturating_mul(1u32 << (n - 1).min(16));
+        // Jitter from a random UUID: ±25 %.
+        let r = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+        exp.mul_f64(0.75 + 0.5 * r).min(self.max)
+    }
+}
+
+/// Runs a backend, retrying transient failures per `policy`. A transient
+/// failure on the last attempt becomes a plain failure naming the attempts.
+pub async fn run_with_retries(
+    backend: &dyn Backend,
+    req: &TurnRequest,
+    events: &EventSink,
+    cancel: &CancellationToken,
+    policy: RetryPolicy,
+) -> Result<TurnOutput, TurnError> {
+    let mut n = 1;
+    loop {
+        match backend.run(req, events, cancel).await {
+            Err(TurnError::Transient {
+                message,
+                retry_after,
+            }) => {
+                if n >= policy.attempts {
+                    return Err(TurnError::Failed(format!(
+                        "{message} (gave up after {n} attempts)"
+                    )));
+                }
+                let wait = policy.backoff(n, retry_after);
+                tracing::warn!(
+                    "{}: transient failure (attempt {n} of {}): {message}; retrying in {wait:?}",
+                    req.definition.name,
+                    policy.attempts
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => return Err(TurnError::Cancelled),
+                }
+                n += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Is this failure text one of the transient kinds (rate limits, overload,
+/// server errors, dropped connections)? Permanent kinds (auth, billing,
+/// invalid request, unknown model) are checked first and never transient.
+pub fn is_transient_text(s: &str) -> bool {
+    let l = s.to_ascii_lowercase();
+    let permanent = [
+        "not logged in",
+        "authentication",
+        "invalid api key",
+        "invalid x-api-key",
+        "billing",
+        "credit balance",
+        "permission",
+        "model_not_found",
+        "not_found_error",
+        "invalid_request",
+        "unauthorized",
+    ];
+    if permanent.iter().any(|p| l.contains(p)) {
+        return false;
+    }
+    let transient = [
+        "overloaded",
+        "529",
+        "(429)",
+        " 429",
+        "rate limit",
+        "rate_limit",
+        "api error: 500",
+        "api error: 502",
+        "api error: 503",
+        "api error: 504",
+        "internal server error",
+        "api_error",
+        "server_error",
+        "service unavailable",
+        "bad gateway",
+        "connection reset",
+        "econnreset",
+        "connection error",
+        "connection refused",
+        "socket hang up",
+        "stream disconnected",
+        "temporarily unavailable",
+    ];
+    transient.iter().any(|t| l.contains(t))
 }
 
 /// A live event of a turn.
@@ -158,6 +303,12 @@ pub trait Backend: Send + Sync {
     fn wants_context_header(&self) -> bool {
         true
     }
+
+    /// Does this backend need the thread's earlier exchanges (it keeps no
+    /// session of its own)?
+    fn wants_history(&self) -> bool {
+        false
+    }
 }
 
 /// The backend a definition names.
@@ -165,8 +316,96 @@ pub fn for_definition(def: &Definition) -> Result<Box<dyn Backend>, TurnError> {
     match def.backend.as_str() {
         "echo" => Ok(Box::new(echo::Echo)),
         "command" => Ok(Box::new(command::CommandBackend::new(def)?)),
-        other => Err(TurnError::Failed(format!(
-            "the {other} backend is not available in this build of vaultrunner yet"
-        ))),
+        "claude" => Ok(Box::new(claude::Claude::new(def))),
+        "codex" => Ok(Box::new(codex::Codex::new(def))),
+        "gemini" => Ok(Box::new(gemini::Gemini::new(def))),
+        "openai" => Ok(Box::new(openai::OpenAi::new(def)?)),
+        "anthropic" => Ok(Box::new(anthropic::Anthropic::new(def)?)),
+        other => Err(TurnError::Failed(format!("unknown backend {other:?}"))),
+    }
+}
+
+/// Extra arguments from a definition's `args` list.
+pub fn extra_args(def: &Definition) -> Vec<String> {
+    match def.meta.get("args") {
+        Some(serde_yaml::Value::Sequence(seq)) => seq
+            .iter()
+            .filter_map(|v| match v {
+                serde_yaml::Value::String(s) => Some(s.clone()),
+                serde_yaml::Value::Number(n) => Some(n.to_string()),
+                serde_yaml::Value::Bool(b) => Some(b.to_string()),
+                _ => None,
+            })
+            .collect(),
+        Some(serde_yaml::Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The program to run: the definition's `program`, else the default name.
+pub fn program(def: &Definition, default: &str) -> String {
+    def.str("program")
+        .filter(|p| !p.trim().is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The system prompt folded into the prompt, for CLIs without a flag for
+/// it (codex, gemini).
+pub fn with_system_prompt(system: &str, prompt: &str) -> String {
+    if system.trim().is_empty() {
+        prompt.to_string()
+    } else {
+        format!("<system>\n{}\n</system>\n\n{prompt}", system.trim())
+    }
+}
+
+/// Text of the last characters of a string (error messages).
+pub fn tail(s: &str, n: usize) -> &str {
+    command::tail(s, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_texts() {
+        for t in [
+            "API Error: Repeated 529 Overloaded errors. The API is at capacity",
+            "API Error: Request rejected (429) · this may be a temporary capacity issue",
+            "API Error: 500 {\"type\":\"error\",\"error\":{\"type\":\"api_error\"}}",
+            "stream error: connection reset by peer",
+        ] {
+            assert!(is_transient_text(t), "{t}");
+        }
+        for t in [
+            "Not logged in · Please run /login",
+            "authentication_error: invalid x-api-key",
+            "model_not_found: no such model",
+            "some other failure",
+        ] {
+            assert!(!is_transient_text(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_honours_retry_after() {
+        let p = RetryPolicy {
+            attempts: 3,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        };
+        let b1 = p.backoff(1, None);
+        let b2 = p.backoff(2, None);
+        assert!(b1 >= Duration::from_millis(75) && b1 <= Duration::from_millis(125));
+        assert!(b2 >= Duration::from_millis(150) && b2 <= Duration::from_millis(250));
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(100))),
+            Duration::from_secs(5)
+        );
     }
 }

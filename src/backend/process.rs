@@ -155,3 +155,166 @@ pub async fn run(
         }
     }
 }
+
+/// How to start a streaming child.
+#[derive(Debug, Clone)]
+pub struct Spawn<'a> {
+    pub argv: &'a [String],
+    /// Text for stdin, or `None` to give the child a closed stdin.
+    pub stdin: Option<&'a str>,
+    pub cwd: &'a std::path::Path,
+    pub env: &'a [(String, String)],
+    pub remove_env: &'a [&'a str],
+    /// Time left for the whole run.
+    pub timeout: Duration,
+    /// Longest time without a line on stdout.
+    pub stall: Duration,
+}
+
+/// What a streaming child left besides its stdout lines.
+#[derive(Debug)]
+pub struct Streamed {
+    /// The last 64 KiB of stderr.
+    pub stderr: String,
+    pub code: Option<i32>,
+    /// The signal that ended it, if any.
+    pub signal: Option<i32>,
+}
+
+const STDERR_KEEP: usize = 64 * 1024;
+
+/// Runs a child and hands each stdout line (without its newline) to
+/// `on_line` as it arrives. Lines may be any length. On timeout, stall or
+/// cancel the whole process group is terminated.
+pub async fn run_lines(
+    spec: &Spawn<'_>,
+    cancel: &CancellationToken,
+    mut on_line: impl FnMut(&[u8]),
+) -> Result<Streamed, TurnError> {
+    use tokio::io::AsyncBufReadExt;
+    let (prog, args) = spec
+        .argv
+        .split_first()
+        .ok_or_else(|| TurnError::Failed("empty command".into()))?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .current_dir(spec.cwd)
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in spec.env {
+        cmd.env(k, v);
+    }
+    for k in spec.remove_env {
+        cmd.env_remove(k);
+    }
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let name = prog.rsplit('/').next().unwrap_or(prog);
+    let mut child = cmd.spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            TurnError::Failed(format!(
+                "{name} not found on PATH; install it (or set `program:` in the definition)"
+            ))
+        } else {
+            TurnError::Failed(format!("could not start {prog}: {e}"))
+        }
+    })?;
+    if let (Some(mut w), Some(input)) = (child.stdin.take(), spec.stdin) {
+        let input = input.to_string();
+        tokio::spawn(async move {
+            let _ = w.write_all(input.as_bytes()).await;
+            let _ = w.shutdown().await;
+        });
+    }
+    let stderr_task = child.stderr.take().map(|mut e| {
+        tokio::spawn(async move {
+            let mut keep: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                match e.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        keep.extend_from_slice(&buf[..n]);
+                        if keep.len() > 2 * STDERR_KEEP {
+                            keep.drain(..keep.len() - STDERR_KEEP);
+                        }
+                    }
+                }
+            }
+            String::from_utf8_lossy(&keep).into_owned()
+        })
+    });
+    let Some(stdout) = child.stdout.take() else {
+        terminate_group(&mut child).await;
+        return Err(TurnError::Failed("no stdout from child".into()));
+    };
+    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let mut buf = Vec::new();
+    let mut stall_at = tokio::time::Instant::now() + spec.stall;
+    let failure = loop {
+        tokio::select! {
+            r = reader.read_until(b'\n', &mut buf) => match r {
+                Ok(0) => break None,
+                Ok(_) => {
+                    let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    on_line(line);
+                    buf.clear();
+                    stall_at = tokio::time::Instant::now() + spec.stall;
+                }
+                Err(_) => break None,
+            },
+            _ = tokio::time::sleep_until(deadline) => break Some(TurnError::Timeout(spec.timeout)),
+            _ = tokio::time::sleep_until(stall_at) => break Some(TurnError::Failed(format!(
+                "{name} produced no output for {:?} (stall_timeout); stopped it", spec.stall
+            ))),
+            _ = cancel.cancelled() => break Some(TurnError::Cancelled),
+        }
+    };
+    if let Some(err) = failure {
+        terminate_group(&mut child).await;
+        return Err(err);
+    }
+    if !buf.is_empty() {
+        on_line(&buf);
+    }
+    let status = tokio::select! {
+        s = child.wait() => s.map_err(|e| TurnError::Failed(format!("waiting for {name}: {e}")))?,
+        _ = tokio::time::sleep_until(deadline) => {
+            terminate_group(&mut child).await;
+            return Err(TurnError::Timeout(spec.timeout));
+        }
+        _ = cancel.cancelled() => {
+            terminate_group(&mut child).await;
+            return Err(TurnError::Cancelled);
+        }
+    };
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        signal_group(pid, libc::SIGKILL);
+    }
+    let stderr = match stderr_task {
+        Some(t) => tokio::time::timeout(Duration::from_secs(2), t)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    #[cfg(unix)]
+    let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+    #[cfg(not(unix))]
+    let signal = None;
+    Ok(Streamed {
+        stderr,
+        code: status.code(),
+        signal,
+    })
+}

@@ -1,0 +1,227 @@
+//! `anthropic`: the Messages API, streamed (`x-api-key`,
+//! `anthropic-version`). The conversation is rebuilt from the thread's
+//! notes in the vault each turn, within `history_budget` characters.
+//!
+//! Stream shape: `message_start` (usage.input_tokens) → per block
+//! `content_block_start` / `content_block_delta` (`text_delta`,
+//! `input_json_delta`, …) / `content_block_stop` → `message_delta`
+//! (stop_reason, cumulative usage.output_tokens) → `message_stop`; `ping`
+//! anywhere; an `error` event can arrive mid-stream on an HTTP 200.
+//! Source: ../../shared/PROTOCOLS.md and Anthropic's streaming docs.
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::http::{self, client};
+use super::{Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage};
+use crate::agent::Definition;
+
+pub const API_VERSION: &str = "2023-06-01";
+
+pub struct Anthropic {
+    base_url: String,
+    model: String,
+    api_key_env: String,
+    max_tokens: u64,
+}
+
+impl Anthropic {
+    pub fn new(def: &Definition) -> Result<Self, TurnError> {
+        let model = def.model.clone().ok_or_else(|| {
+            TurnError::Failed(format!(
+                "{}.md: field `model` is required for the anthropic backend",
+                def.path
+            ))
+        })?;
+        Ok(Anthropic {
+            base_url: def
+                .str("base_url")
+                .unwrap_or_else(|| "https://api.anthropic.com".into())
+                .trim_end_matches('/')
+                .to_string(),
+            model,
+            api_key_env: def
+                .str("api_key_env")
+                .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
+            max_tokens: def
+                .str("max_tokens")
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(8192),
+        })
+    }
+
+    fn body(&self, req: &TurnRequest) -> Value {
+        let mut messages = Vec::new();
+        for ex in &req.history {
+            messages.push(json!({"role": "user", "content": ex.user}));
+            messages.push(json!({"role": "assistant", "content": ex.assistant}));
+        }
+        messages.push(json!({"role": "user", "content": req.prompt}));
+        let mut body = json!({
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "messages": messages,
+            "stream": true,
+        });
+        if !req.system_prompt.trim().is_empty() {
+            body["system"] = json!(req.system_prompt.trim());
+        }
+        body
+    }
+}
+
+fn transient_error_type(t: &str) -> bool {
+    matches!(
+        t,
+        "overloaded_error" | "api_error" | "rate_limit_error" | "timeout_error"
+    )
+}
+
+impl Backend for Anthropic {
+    fn run<'a>(
+        &'a self,
+        req: &'a TurnRequest,
+        events: &'a EventSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + req.timeout;
+            let key = http::api_key(Some(&self.api_key_env), None)?.unwrap_or_default();
+            let rb = client()
+                .post(format!("{}/v1/messages", self.base_url))
+                .header("x-api-key", key)
+                .header("anthropic-version", API_VERSION)
+                .json(&self.body(req));
+            let resp = tokio::select! {
+                r = rb.send() => r.map_err(|e| http::request_error("anthropic", &e, false))?,
+                _ = tokio::time::sleep_until(deadline) => return Err(TurnError::Timeout(req.timeout)),
+                _ = cancel.cancelled() => return Err(TurnError::Cancelled),
+            };
+            if !resp.status().is_success() {
+                return Err(http::status_error("anthropic", resp).await);
+            }
+            let produced = std::sync::atomic::AtomicBool::new(false);
+            let mut reply = String::new();
+            let mut usage = Usage::default();
+            let mut stopped = false;
+            http::read_sse(
+                "anthropic",
+                resp,
+                http::Bounds {
+                    deadline,
+                    timeout: req.timeout,
+                    stall: req.stall,
+                },
+                cancel,
+                || produced.load(std::sync::atomic::Ordering::Relaxed),
+                |f| {
+                    let Ok(v) = serde_json::from_str::<Value>(&f.data) else {
+                        return Ok(true);
+                    };
+                    let kind = v
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .or(f.event.as_deref())
+                        .unwrap_or("");
+                    match kind {
+                        "message_start" => {
+                            let n = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+                            usage.input_tokens = n("/message/usage/input_tokens")
+                                + n("/message/usage/cache_creation_input_tokens")
+                                + n("/message/usage/cache_read_input_tokens");
+                            usage.output_tokens = n("/message/usage/output_tokens");
+                        }
+                        "content_block_start"
+                            if v.pointer("/content_block/type").and_then(Value::as_str)
+                                == Some("tool_use") =>
+                        {
+                            produced.store(true, std::sync::atomic::Ordering::Relaxed);
+                            events.emit(TurnEvent::Tool {
+                                name: v
+                                    .pointer("/content_block/name")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("tool")
+                                    .to_string(),
+                                input: v
+                                    .pointer("/content_block/input")
+                                    .cloned()
+                                    .unwrap_or(Value::Null),
+                            });
+                        }
+                        "content_block_delta"
+                            if v.pointer("/delta/type").and_then(Value::as_str)
+                                == Some("text_delta") =>
+                        {
+                            let t = v
+                                .pointer("/delta/text")
+                                .and_then(Value::as_str)
+                                .unwrap_or("");
+                            produced.store(true, std::sync::atomic::Ordering::Relaxed);
+                            reply.push_str(t);
+                            events.emit(TurnEvent::Text {
+                                text: t.to_string(),
+                            });
+                        }
+                        "message_delta" => {
+                            if let Some(o) =
+                                v.pointer("/usage/output_tokens").and_then(Value::as_u64)
+                            {
+                                usage.output_tokens = o;
+                            }
+                        }
+                        "message_stop" => {
+                            stopped = true;
+                            return Ok(false);
+                        }
+                        "error" => {
+                            let ty = v
+                                .pointer("/error/type")
+                                .and_then(Value::as_str)
+                                .unwrap_or("error");
+                            let msg = v
+                                .pointer("/error/message")
+                                .and_then(Value::as_str)
+                                .unwrap_or("");
+                            let message = format!("anthropic: {ty}: {msg}");
+                            return Err(
+                                if !produced.load(std::sync::atomic::Ordering::Relaxed)
+                                    && transient_error_type(ty)
+                                {
+                                    TurnError::Transient {
+                                        message,
+                                        retry_after: None,
+                                    }
+                                } else {
+                                    TurnError::Failed(message)
+                                },
+                            );
+                        }
+                        _ => {}
+                    }
+                    Ok(true)
+                },
+            )
+            .await?;
+            if !stopped {
+                let message = "anthropic: the stream ended before message_stop".to_string();
+                return Err(if produced.load(std::sync::atomic::Ordering::Relaxed) {
+                    TurnError::Failed(message)
+                } else {
+                    TurnError::Transient {
+                        message,
+                        retry_after: None,
+                    }
+                });
+            }
+            Ok(TurnOutput {
+                reply,
+                session: None,
+                usage,
+            })
+        })
+    }
+
+    fn wants_history(&self) -> bool {
+        true
+    }
+}

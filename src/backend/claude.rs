@@ -1,0 +1,364 @@
+//! `claude`: Claude Code headless, `claude -p --output-format stream-json
+//! --verbose` (stream-json refuses to run without `--verbose`).
+//!
+//! The prompt goes on stdin (no argv length limit). A thread's first turn
+//! creates its session with `--session-id <uuid>`; later turns of a
+//! single-threaded or subject thread `--resume <id>`. Only an id the CLI
+//! echoed (`system/init` or `result`) is stored. "No conversation found
+//! with session ID" on a resume retries once with a fresh session.
+//!
+//! The `result` line decides the outcome: `subtype` and `is_error` (an auth
+//! failure arrives as `subtype: "success"` with `is_error: true`).
+//! Shapes: ../../shared/PROTOCOLS.md, from public captures of Claude Code
+//! 2.1.x stream-json output.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::process::{self, Spawn};
+use super::{
+    Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
+    extra_args, is_transient_text, program, tail,
+};
+use crate::agent::{Definition, SystemPromptMode};
+
+/// System prompts longer than this go through a file, not argv.
+const ARGV_PROMPT_LIMIT: usize = 100_000;
+
+pub struct Claude {
+    program: String,
+    model: Option<String>,
+    mode: SystemPromptMode,
+    extra: Vec<String>,
+}
+
+impl Claude {
+    pub fn new(def: &Definition) -> Self {
+        Claude {
+            program: program(def, "claude"),
+            model: def.model.clone(),
+            mode: def.system_prompt_mode,
+            extra: extra_args(def),
+        }
+    }
+}
+
+/// What the stream said, line by line.
+#[derive(Debug, Default)]
+pub struct ClaudeStream {
+    pub init_session: Option<String>,
+    pub texts: Vec<String>,
+    /// Assistant text or a tool call was seen: never retry after this.
+    pub produced: bool,
+    /// The synthetic assistant line's top-level `error` kind.
+    pub api_error: Option<String>,
+    pub result: Option<Value>,
+    /// Non-JSON lines (Claude prints some runtime errors on stdout).
+    pub other: Vec<String>,
+}
+
+fn tool_result_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+impl ClaudeStream {
+    /// Takes one stdout line.
+    pub fn feed(&mut self, line: &[u8], events: &EventSink) {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            let s = String::from_utf8_lossy(line).trim().to_string();
+            if !s.is_empty() && self.other.len() < 50 {
+                self.other.push(s);
+            }
+            return;
+        };
+        match v.get("type").and_then(Value::as_str) {
+            Some("system") => {
+                if v.get("subtype").and_then(Value::as_str) == Some("init")
+                    && let Some(id) = v.get("session_id").and_then(Value::as_str)
+                {
+                    self.init_session = Some(id.to_string());
+                }
+            }
+            Some("assistant") => {
+                if let Some(kind) = v.get("error").and_then(Value::as_str) {
+                    self.api_error = Some(kind.to_string());
+                    return;
+                }
+                let blocks = v
+                    .pointer("/message/content")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for b in blocks {
+                    match b.get("type").and_then(Value::as_str) {
+                        Some("text") => {
+                            let t = b.get("text").and_then(Value::as_str).unwrap_or_default();
+                            self.produced = true;
+                            self.texts.push(t.to_string());
+                            events.emit(TurnEvent::Text {
+                                text: t.to_string(),
+                            });
+                        }
+                        Some("tool_use") => {
+                            self.produced = true;
+                            events.emit(TurnEvent::Tool {
+                                name: b
+                                    .get("name")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("tool")
+                                    .to_string(),
+                                input: b.get("input").cloned().unwrap_or(Value::Null),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Some("user") => {
+                let blocks = v
+                    .pointer("/message/content")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for b in blocks {
+                    if b.get("type").and_then(Value::as_str) == Some("tool_result") {
+                        events.emit(TurnEvent::ToolResult {
+                            output: tool_result_text(b.get("content").unwrap_or(&Value::Null)),
+                            is_error: b.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                        });
+                    }
+                }
+            }
+            Some("result") => self.result = Some(v),
+            _ => {}
+        }
+    }
+}
+
+/// How one run of the CLI ended.
+#[derive(Debug)]
+pub enum Ended {
+    Ok(TurnOutput),
+    Err(TurnError),
+    /// The resumed session does not exist (any more).
+    StaleSession,
+}
+
+fn usage_of(result: &Value) -> Usage {
+    let n = |p: &str| result.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    Usage {
+        input_tokens: n("/usage/input_tokens")
+            + n("/usage/cache_creation_input_tokens")
+            + n("/usage/cache_read_input_tokens"),
+        output_tokens: n("/usage/output_tokens"),
+        total_cost_usd: result
+            .get("total_cost_usd")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0),
+    }
+}
+
+/// Decides the outcome of a run from its stream, exit and stderr.
+pub fn outcome(s: ClaudeStream, done: &process::Streamed, resumed: bool) -> Ended {
+    let stale = |t: &str| t.contains("No conversation found with session ID");
+    if let Some(r) = &s.result {
+        let subtype = r.get("subtype").and_then(Value::as_str).unwrap_or("");
+        let is_error = r.get("is_error").and_then(Value::as_bool).unwrap_or(false);
+        let text = r.get("result").and_then(Value::as_str).unwrap_or("");
+        let session = r
+            .get("session_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or(s.init_session.clone());
+        if subtype == "success" && !is_error {
+            let reply = if text.is_empty() && r.get("result").is_none() {
+                s.texts.join("\n\n")
+            } else {
+                text.to_string()
+            };
+            return Ended::Ok(TurnOutput {
+                reply,
+                session,
+                usage: usage_of(r),
+            });
+        }
+        if resumed && stale(text) {
+            return Ended::StaleSession;
+        }
+        let errors: Vec<&str> = r
+            .get("errors")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let reason = if !text.is_empty() {
+            text.to_string()
+        } else if !errors.is_empty() {
+            format!("{subtype}: {}", errors.join("; "))
+        } else {
+            match subtype {
+                "error_max_turns" => {
+                    "claude stopped: the maximum number of turns was reached (error_max_turns)"
+                        .into()
+                }
+                "error_max_budget_usd" => {
+                    "claude stopped: the budget was used up (error_max_budget_usd)".into()
+                }
+                "" => "claude reported an error".into(),
+                other => format!("claude stopped: {other}"),
+            }
+        };
+        let transient_kind = matches!(
+            s.api_error.as_deref(),
+            Some("rate_limit" | "overloaded" | "server_error")
+        );
+        if !s.produced && (transient_kind || is_transient_text(&reason)) {
+            return Ended::Err(TurnError::Transient {
+                message: format!("claude: {reason}"),
+                retry_after: None,
+            });
+        }
+        return Ended::Err(TurnError::Failed(format!("claude: {reason}")));
+    }
+    let out_text = s.other.join("\n");
+    if resumed && (stale(&done.stderr) || stale(&out_text)) {
+        return Ended::StaleSession;
+    }
+    let how = match (done.code, done.signal) {
+        (Some(143), _) | (_, Some(15)) => "was terminated (SIGTERM) before it finished".to_string(),
+        (_, Some(sig)) => format!("was killed by signal {sig} before it finished"),
+        (Some(c), _) => format!("exited with status {c} without a result"),
+        (None, None) => "ended without a result".to_string(),
+    };
+    let detail = [tail(&done.stderr, 1500), tail(&out_text, 1500)]
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let msg = if detail.is_empty() {
+        format!("claude {how}")
+    } else {
+        format!("claude {how}: {detail}")
+    };
+    if !s.produced && is_transient_text(&detail) {
+        Ended::Err(TurnError::Transient {
+            message: msg,
+            retry_after: None,
+        })
+    } else {
+        Ended::Err(TurnError::Failed(msg))
+    }
+}
+
+impl Claude {
+    fn argv(
+        &self,
+        req: &TurnRequest,
+        session: &SessionArg,
+        prompt_file: Option<&str>,
+    ) -> Vec<String> {
+        let mut a = vec![
+            self.program.clone(),
+            "-p".into(),
+            "--output-format".into(),
+            "stream-json".into(),
+            "--verbose".into(),
+        ];
+        match session {
+            SessionArg::Create(id) => a.extend(["--session-id".into(), id.clone()]),
+            SessionArg::Resume(id) => a.extend(["--resume".into(), id.clone()]),
+        }
+        if let Some(m) = &self.model {
+            a.extend(["--model".into(), m.clone()]);
+        }
+        let sp = req.system_prompt.trim();
+        if !sp.is_empty() {
+            let flag = match (self.mode, prompt_file.is_some()) {
+                (SystemPromptMode::Append, false) => "--append-system-prompt",
+                (SystemPromptMode::Replace, false) => "--system-prompt",
+                (SystemPromptMode::Append, true) => "--append-system-prompt-file",
+                (SystemPromptMode::Replace, true) => "--system-prompt-file",
+            };
+            a.push(flag.into());
+            a.push(prompt_file.map_or_else(|| sp.to_string(), str::to_string));
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+}
+
+enum SessionArg {
+    Create(String),
+    Resume(String),
+}
+
+impl Backend for Claude {
+    fn run<'a>(
+        &'a self,
+        req: &'a TurnRequest,
+        events: &'a EventSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
+        Box::pin(async move {
+            // A very long system prompt goes through a file (argv limits).
+            let sp_file = if req.system_prompt.len() > ARGV_PROMPT_LIMIT {
+                let f = tempfile::Builder::new()
+                    .prefix("vaultrunner-system-")
+                    .suffix(".md")
+                    .tempfile()
+                    .map_err(|e| {
+                        TurnError::Failed(format!("temp file for the system prompt: {e}"))
+                    })?;
+                std::fs::write(f.path(), req.system_prompt.trim()).map_err(|e| {
+                    TurnError::Failed(format!("temp file for the system prompt: {e}"))
+                })?;
+                Some(f)
+            } else {
+                None
+            };
+            let sp_path = sp_file.as_ref().map(|f| f.path().display().to_string());
+            let mut session = match &req.session {
+                Some(id) => SessionArg::Resume(id.clone()),
+                None => SessionArg::Create(uuid::Uuid::new_v4().to_string()),
+            };
+            let started = tokio::time::Instant::now();
+            loop {
+                let argv = self.argv(req, &session, sp_path.as_deref());
+                let remaining = req.timeout.saturating_sub(started.elapsed());
+                let spec = Spawn {
+                    argv: &argv,
+                    stdin: Some(&req.prompt),
+                    cwd: &req.workspace,
+                    env: &req.env,
+                    remove_env: &["CLAUDECODE"],
+                    timeout: remaining.max(Duration::from_millis(1)),
+                    stall: req.stall,
+                };
+                let mut stream = ClaudeStream::default();
+                let done = process::run_lines(&spec, cancel, |l| stream.feed(l, events)).await?;
+                let resumed = matches!(session, SessionArg::Resume(_));
+                match outcome(stream, &done, resumed) {
+                    Ended::Ok(out) => return Ok(out),
+                    Ended::Err(e) => return Err(e),
+                    Ended::StaleSession => {
+                        tracing::warn!(
+                            "{}: stored session is gone from claude; starting a fresh one",
+                            req.definition.name
+                        );
+                        session = SessionArg::Create(uuid::Uuid::new_v4().to_string());
+                    }
+                }
+            }
+        })
+    }
+}

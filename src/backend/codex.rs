@@ -1,0 +1,250 @@
+//! `codex`: `codex exec --json [--model M] <prompt>` to start,
+//! `codex exec --json resume <id> <prompt>` to continue a thread. Stdin is
+//! closed (codex reads it even with a prompt on argv). The system prompt is
+//! folded into the prompt (codex exec has no flag for it).
+//!
+//! Events (JSON lines): `thread.started` gives the session; `item.*` with
+//! `agent_message`, `command_execution`, `mcp_tool_call`, …;
+//! `turn.completed` gives usage; `error` lines may be retries
+//! ("Reconnecting... 4/5"); `turn.failed` fails the turn. Shapes:
+//! ../../shared/PROTOCOLS.md, from public captures of `codex exec --json`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::process::{self, Spawn};
+use super::{
+    Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
+    extra_args, is_transient_text, program, tail, with_system_prompt,
+};
+use crate::agent::Definition;
+
+pub struct Codex {
+    program: String,
+    model: Option<String>,
+    extra: Vec<String>,
+}
+
+impl Codex {
+    pub fn new(def: &Definition) -> Self {
+        Codex {
+            program: program(def, "codex"),
+            model: def.model.clone(),
+            extra: extra_args(def),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct CodexStream {
+    pub session: Option<String>,
+    pub last_message: Option<String>,
+    pub produced: bool,
+    pub completed: bool,
+    pub failed: Option<String>,
+    pub last_error: Option<String>,
+    pub usage: Usage,
+}
+
+impl CodexStream {
+    pub fn feed(&mut self, line: &[u8], events: &EventSink) {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        let item = v.get("item");
+        let item_type = item
+            .and_then(|i| i.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        match v.get("type").and_then(Value::as_str) {
+            Some("thread.started") => {
+                self.session = v
+                    .get("thread_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+            }
+            Some("item.started") => {
+                if let Some(i) = item
+                    && matches!(
+                        item_type,
+                        "command_execution" | "mcp_tool_call" | "web_search" | "file_change"
+                    )
+                {
+                    self.produced = true;
+                    events.emit(TurnEvent::Tool {
+                        name: item_type.to_string(),
+                        input: i.clone(),
+                    });
+                }
+            }
+            Some("item.completed") => {
+                let Some(i) = item else { return };
+                match item_type {
+                    "agent_message" => {
+                        let t = i.get("text").and_then(Value::as_str).unwrap_or("");
+                        self.produced = true;
+                        self.last_message = Some(t.to_string());
+                        events.emit(TurnEvent::Text {
+                            text: t.to_string(),
+                        });
+                    }
+                    "command_execution" | "mcp_tool_call" | "web_search" | "file_change" => {
+                        self.produced = true;
+                        let output = i
+                            .get("aggregated_output")
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                            .unwrap_or_else(|| i.to_string());
+                        let is_error = i
+                            .get("exit_code")
+                            .and_then(Value::as_i64)
+                            .is_some_and(|c| c != 0)
+                            || i.get("status").and_then(Value::as_str) == Some("failed");
+                        events.emit(TurnEvent::ToolResult { output, is_error });
+                    }
+                    "error" => {
+                        self.last_error =
+                            i.get("message").and_then(Value::as_str).map(str::to_string);
+                    }
+                    _ => {}
+                }
+            }
+            Some("turn.completed") => {
+                self.completed = true;
+                let n = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+                self.usage.input_tokens += n("/usage/input_tokens");
+                self.usage.output_tokens += n("/usage/output_tokens");
+            }
+            Some("turn.failed") => {
+                self.failed = Some(
+                    v.pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("codex reported turn.failed")
+                        .to_string(),
+                );
+            }
+            Some("error") => {
+                self.last_error = v.get("message").and_then(Value::as_str).map(str::to_string);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn looks_stale(t: &str) -> bool {
+    let l = t.to_ascii_lowercase();
+    (l.contains("session") || l.contains("thread") || l.contains("conversation"))
+        && (l.contains("not found") || l.contains("no such") || l.contains("does not exist"))
+}
+
+/// How a codex run ended: Ok, Err, or `None` for a stale resumed session.
+pub fn outcome(
+    s: CodexStream,
+    done: &process::Streamed,
+    resumed: bool,
+) -> Option<Result<TurnOutput, TurnError>> {
+    if let Some(msg) = &s.failed {
+        if resumed && looks_stale(msg) {
+            return None;
+        }
+        let message = format!("codex: {msg}");
+        return Some(Err(if !s.produced && is_transient_text(msg) {
+            TurnError::Transient {
+                message,
+                retry_after: None,
+            }
+        } else {
+            TurnError::Failed(message)
+        }));
+    }
+    if s.completed && done.code == Some(0) {
+        return Some(Ok(TurnOutput {
+            reply: s.last_message.unwrap_or_default(),
+            session: s.session,
+            usage: s.usage,
+        }));
+    }
+    let detail = s
+        .last_error
+        .clone()
+        .unwrap_or_else(|| tail(&done.stderr, 1500).to_string());
+    if resumed && (looks_stale(&detail) || looks_stale(&done.stderr)) {
+        return None;
+    }
+    let how = match (done.code, done.signal) {
+        (Some(2), _) => "rejected its arguments (exit 2)".to_string(),
+        (Some(c), _) => format!("exited with status {c}"),
+        (_, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "ended without finishing the turn".to_string(),
+    };
+    let message = if detail.is_empty() {
+        format!("codex {how}")
+    } else {
+        format!("codex {how}: {detail}")
+    };
+    Some(Err(if !s.produced && is_transient_text(&detail) {
+        TurnError::Transient {
+            message,
+            retry_after: None,
+        }
+    } else {
+        TurnError::Failed(message)
+    }))
+}
+
+impl Backend for Codex {
+    fn run<'a>(
+        &'a self,
+        req: &'a TurnRequest,
+        events: &'a EventSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
+        Box::pin(async move {
+            let prompt = with_system_prompt(&req.system_prompt, &req.prompt);
+            let mut resume = req.session.clone();
+            let started = tokio::time::Instant::now();
+            loop {
+                let mut argv = vec![
+                    self.program.clone(),
+                    "exec".into(),
+                    "--json".into(),
+                    "--skip-git-repo-check".into(),
+                ];
+                if let Some(m) = &self.model {
+                    argv.extend(["--model".into(), m.clone()]);
+                }
+                argv.extend(self.extra.iter().cloned());
+                if let Some(id) = &resume {
+                    argv.extend(["resume".into(), id.clone()]);
+                }
+                argv.push(prompt.clone());
+                let spec = Spawn {
+                    argv: &argv,
+                    stdin: None,
+                    cwd: &req.workspace,
+                    env: &req.env,
+                    remove_env: &[],
+                    timeout: req
+                        .timeout
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_millis(1)),
+                    stall: req.stall,
+                };
+                let mut stream = CodexStream::default();
+                let done = process::run_lines(&spec, cancel, |l| stream.feed(l, events)).await?;
+                match outcome(stream, &done, resume.is_some()) {
+                    Some(r) => return r,
+                    None => {
+                        tracing::warn!(
+                            "{}: stored codex session is gone; starting a fresh one",
+                            req.definition.name
+                        );
+                        resume = None;
+                    }
+                }
+            }
+        })
+    }
+}

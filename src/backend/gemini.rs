@@ -1,0 +1,242 @@
+//! `gemini`: `gemini --output-format stream-json [--model M] [--resume ID]
+//! -p <prompt>`. The system prompt is folded into the prompt.
+//!
+//! Events (JSON lines): `init` (session_id), `message` (assistant content,
+//! `delta: true` appends), `tool_use`, `tool_result`, `error`, and a final
+//! `result` with `status` and `stats`. Exit codes: 0 ok, 1 error, 41 auth,
+//! 42 input, 52 config, 53 turn limit, 54 fatal tool error, 130 SIGINT.
+//! Shapes: ../../shared/PROTOCOLS.md, from public captures of Gemini CLI
+//! stream-json output.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::process::{self, Spawn};
+use super::{
+    Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
+    extra_args, is_transient_text, program, tail, with_system_prompt,
+};
+use crate::agent::Definition;
+
+pub struct Gemini {
+    program: String,
+    model: Option<String>,
+    extra: Vec<String>,
+}
+
+impl Gemini {
+    pub fn new(def: &Definition) -> Self {
+        Gemini {
+            program: program(def, "gemini"),
+            model: def.model.clone(),
+            extra: extra_args(def),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct GeminiStream {
+    pub session: Option<String>,
+    pub reply: String,
+    pub produced: bool,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+}
+
+impl GeminiStream {
+    pub fn feed(&mut self, line: &[u8], events: &EventSink) {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        match v.get("type").and_then(Value::as_str) {
+            Some("init") => {
+                self.session = v
+                    .get("session_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+            }
+            Some("message") => {
+                if v.get("role").and_then(Value::as_str) != Some("assistant") {
+                    return;
+                }
+                let c = v.get("content").and_then(Value::as_str).unwrap_or("");
+                if v.get("delta").and_then(Value::as_bool).unwrap_or(false) {
+                    self.reply.push_str(c);
+                } else {
+                    self.reply = c.to_string();
+                }
+                self.produced = true;
+                events.emit(TurnEvent::Text {
+                    text: c.to_string(),
+                });
+            }
+            Some("tool_use") => {
+                self.produced = true;
+                events.emit(TurnEvent::Tool {
+                    name: v
+                        .get("tool_name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("tool")
+                        .to_string(),
+                    input: v.get("parameters").cloned().unwrap_or(Value::Null),
+                });
+            }
+            Some("tool_result") => {
+                let output = match v.get("output") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => String::new(),
+                };
+                events.emit(TurnEvent::ToolResult {
+                    output,
+                    is_error: v.get("status").and_then(Value::as_str) != Some("success"),
+                });
+            }
+            Some("error") => {
+                self.last_error = v.get("message").and_then(Value::as_str).map(str::to_string);
+            }
+            Some("result") => self.result = Some(v),
+            _ => {}
+        }
+    }
+}
+
+/// What a Gemini CLI exit code means.
+pub fn exit_reason(code: i32) -> &'static str {
+    match code {
+        41 => "authentication failed (exit 41): run `gemini` once to log in, or set GEMINI_API_KEY",
+        42 => "the input was rejected (exit 42)",
+        52 => "its configuration is invalid (exit 52)",
+        53 => "the turn limit was reached (exit 53)",
+        54 => "a tool failed fatally (exit 54)",
+        130 => "was interrupted (exit 130)",
+        _ => "failed",
+    }
+}
+
+fn looks_stale(t: &str) -> bool {
+    let l = t.to_ascii_lowercase();
+    l.contains("session")
+        && (l.contains("not found") || l.contains("invalid") || l.contains("no previous"))
+}
+
+pub fn outcome(
+    s: GeminiStream,
+    done: &process::Streamed,
+    resumed: bool,
+) -> Option<Result<TurnOutput, TurnError>> {
+    if let Some(r) = &s.result {
+        let status = r.get("status").and_then(Value::as_str).unwrap_or("");
+        if status == "success" {
+            let n = |p: &str| r.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+            return Some(Ok(TurnOutput {
+                reply: s.reply,
+                session: s.session,
+                usage: Usage {
+                    input_tokens: n("/stats/input_tokens"),
+                    output_tokens: n("/stats/output_tokens"),
+                    total_cost_usd: 0.0,
+                },
+            }));
+        }
+    }
+    let detail = s
+        .last_error
+        .clone()
+        .or_else(|| {
+            s.result.as_ref().and_then(|r| {
+                r.pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+        })
+        .unwrap_or_else(|| tail(&done.stderr, 1500).to_string());
+    if resumed && (looks_stale(&detail) || looks_stale(&done.stderr)) {
+        return None;
+    }
+    let how = match (done.code, done.signal) {
+        (Some(0), _) => "ended without a successful result".to_string(),
+        (Some(c), _) => {
+            exit_reason(c).to_string()
+                + if exit_reason(c) == "failed" {
+                    format!(" (exit {c})")
+                } else {
+                    String::new()
+                }
+                .as_str()
+        }
+        (_, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "failed".to_string(),
+    };
+    let message = if detail.is_empty() {
+        format!("gemini {how}")
+    } else {
+        format!("gemini {how}: {detail}")
+    };
+    Some(Err(
+        if !s.produced && done.code != Some(41) && is_transient_text(&detail) {
+            TurnError::Transient {
+                message,
+                retry_after: None,
+            }
+        } else {
+            TurnError::Failed(message)
+        },
+    ))
+}
+
+impl Backend for Gemini {
+    fn run<'a>(
+        &'a self,
+        req: &'a TurnRequest,
+        events: &'a EventSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
+        Box::pin(async move {
+            let prompt = with_system_prompt(&req.system_prompt, &req.prompt);
+            let mut resume = req.session.clone();
+            let started = tokio::time::Instant::now();
+            loop {
+                let mut argv = vec![
+                    self.program.clone(),
+                    "--output-format".into(),
+                    "stream-json".into(),
+                ];
+                if let Some(m) = &self.model {
+                    argv.extend(["--model".into(), m.clone()]);
+                }
+                if let Some(id) = &resume {
+                    argv.extend(["--resume".into(), id.clone()]);
+                }
+                argv.extend(self.extra.iter().cloned());
+                argv.extend(["-p".into(), prompt.clone()]);
+                let spec = Spawn {
+                    argv: &argv,
+                    stdin: None,
+                    cwd: &req.workspace,
+                    env: &req.env,
+                    remove_env: &[],
+                    timeout: req
+                        .timeout
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_millis(1)),
+                    stall: req.stall,
+                };
+                let mut stream = GeminiStream::default();
+                let done = process::run_lines(&spec, cancel, |l| stream.feed(l, events)).await?;
+                match outcome(stream, &done, resume.is_some()) {
+                    Some(r) => return r,
+                    None => {
+                        tracing::warn!(
+                            "{}: stored gemini session is gone; starting a fresh one",
+                            req.definition.name
+                        );
+                        resume = None;
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,159 @@
+//! Shared pieces of the HTTP model backends: the client, error bodies,
+//! `retry-after`, and reading a streamed body with a stall bound.
+
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::TurnError;
+use super::sse::{Frame, Parser};
+
+/// One client for the process: connection pooling across turns.
+pub fn client() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default()
+        })
+        .clone()
+}
+
+/// The API key from the env var a definition names (`api_key_env`).
+pub fn api_key(
+    env_name: Option<&str>,
+    default_env: Option<&str>,
+) -> Result<Option<String>, TurnError> {
+    match (env_name, default_env) {
+        (Some(name), _) => match std::env::var(name) {
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
+            _ => Err(TurnError::Failed(format!(
+                "the environment variable {name} (named by `api_key_env`) is not set"
+            ))),
+        },
+        (None, Some(name)) => Ok(std::env::var(name).ok().filter(|v| !v.is_empty())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `retry-after-ms` or `retry-after` (seconds) of a response.
+pub fn retry_after(resp: &Response) -> Option<Duration> {
+    let h = resp.headers();
+    if let Some(ms) = h
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+    {
+        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+    }
+    h.get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .map(|s| Duration::from_secs_f64(s.max(0.0)))
+}
+
+/// Is an HTTP status worth retrying?
+pub fn transient_status(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 408 | 409 | 429 | 500..=599)
+}
+
+/// The message of an error body (`{"error": {"message", "type"}}` or text).
+pub fn error_message(body: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        let e = v.get("error").unwrap_or(&v);
+        let msg = e.get("message").and_then(Value::as_str);
+        let ty = e.get("type").and_then(Value::as_str);
+        match (ty, msg) {
+            (Some(t), Some(m)) => return format!("{t}: {m}"),
+            (None, Some(m)) => return m.to_string(),
+            _ => {}
+        }
+    }
+    super::tail(body, 500).to_string()
+}
+
+/// Turns a non-2xx response into a turn error (transient or not).
+pub async fn status_error(name: &str, resp: Response) -> TurnError {
+    let status = resp.status();
+    let ra = retry_after(&resp);
+    let body = resp.text().await.unwrap_or_default();
+    let message = format!("{name}: HTTP {}: {}", status.as_u16(), error_message(&body));
+    if transient_status(status) {
+        TurnError::Transient {
+            message,
+            retry_after: ra,
+        }
+    } else {
+        TurnError::Failed(message)
+    }
+}
+
+/// A request error (connect, reset, timeout) as a turn error.
+pub fn request_error(name: &str, e: &reqwest::Error, produced: bool) -> TurnError {
+    let message = format!("{name}: connection error: {e}");
+    if produced {
+        TurnError::Failed(message)
+    } else {
+        TurnError::Transient {
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+/// Time bounds of a streamed response.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub deadline: tokio::time::Instant,
+    /// The turn's timeout (named in the error).
+    pub timeout: Duration,
+    /// Longest wait for the next chunk.
+    pub stall: Duration,
+}
+
+/// Reads an SSE body, handing each frame to `on_frame` (which returns
+/// `false` to stop). Bounded by the deadline, the stall time and `cancel`.
+/// `produced` tells whether content was seen, to classify a dropped
+/// connection.
+pub async fn read_sse(
+    name: &str,
+    mut resp: Response,
+    bounds: Bounds,
+    cancel: &CancellationToken,
+    produced: impl Fn() -> bool,
+    mut on_frame: impl FnMut(Frame) -> Result<bool, TurnError>,
+) -> Result<(), TurnError> {
+    let Bounds {
+        deadline,
+        timeout,
+        stall,
+    } = bounds;
+    let mut parser = Parser::default();
+    loop {
+        let chunk = tokio::select! {
+            c = tokio::time::timeout(stall, resp.chunk()) => match c {
+                Err(_) => return Err(TurnError::Failed(format!("{name}: no data for {stall:?} (stall_timeout)"))),
+                Ok(Err(e)) => return Err(request_error(name, &e, produced())),
+                Ok(Ok(c)) => c,
+            },
+            _ = tokio::time::sleep_until(deadline) => return Err(TurnError::Timeout(timeout)),
+            _ = cancel.cancelled() => return Err(TurnError::Cancelled),
+        };
+        let (frames, end) = match chunk {
+            Some(bytes) => (parser.feed(&bytes), false),
+            None => (parser.finish(), true),
+        };
+        for f in frames {
+            if !on_frame(f)? {
+                return Ok(());
+            }
+        }
+        if end {
+            return Ok(());
+        }
+    }
+}
