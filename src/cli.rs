@@ -89,13 +89,15 @@ pub fn load_index(vault: &Vault) -> (Index, Vec<Finding>) {
             Ok((text, fp)) => {
                 ix.update(&e.path, &text, fp, true);
             }
+            // An unreadable or binary `.md` cannot be an agent note; it is
+            // worth a warning, not a failed check.
             Err(err) => findings.push(Finding {
                 file: format!("{}.md", e.path),
                 reason: match err {
-                    VaultError::Io { source, .. } => source.to_string(),
+                    VaultError::Io { source, .. } => format!("{source} (ignored)"),
                     other => other.to_string(),
                 },
-                is_error: true,
+                is_error: false,
             }),
         }
     }
@@ -149,7 +151,7 @@ pub struct StatusReport {
 /// `status VAULT`.
 pub fn status(vault_dir: &Path) -> Result<StatusReport, CliError> {
     let vault = Vault::open(vault_dir)?;
-    let served = matches!(vault.lock(), Err(VaultError::Locked(_)));
+    let served = vault.is_locked();
     let (ix, findings) = load_index(&vault);
     let mut agents = Vec::new();
     for def in ix.agents() {

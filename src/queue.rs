@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::agent::{Definition, DefinitionError, parse_definition, valid_name};
+use crate::job::{Job, parse_job};
 use crate::note::{Note, NoteKind, has_conflict_markers};
 use crate::vault::Fingerprint;
 
@@ -110,6 +111,7 @@ pub struct Problem {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Change {
     pub definitions_changed: bool,
+    pub jobs_changed: bool,
     pub queued: Vec<String>,
 }
 
@@ -134,6 +136,12 @@ pub struct Index {
     threads: HashMap<String, BTreeSet<(OrderKey, String)>>,
     /// Message path → its thread (to remove on change).
     thread_of: HashMap<String, String>,
+    /// Job notes by path (valid ones; invalid ones are problems).
+    jobs: BTreeMap<String, Arc<Job>>,
+    /// The zone of jobs without `tz`.
+    default_tz: Option<chrono_tz::Tz>,
+    /// Bumped whenever a job is added, changed or removed.
+    jobs_version: u64,
 }
 
 /// Quick test: can this text be a note of any kind vaultrunner routes?
@@ -193,6 +201,10 @@ impl Index {
             && let Some(q) = self.queues.get_mut(&agent)
         {
             q.retain(|(_, p)| p != path);
+        }
+        if self.jobs.remove(path).is_some() {
+            self.jobs_version += 1;
+            change.jobs_changed = true;
         }
         if let Some(Indexed::Definition) = self.notes.remove(path) {
             self.definitions.remove(path);
@@ -310,9 +322,43 @@ impl Index {
                 }
                 self.notes.insert(path.to_string(), Indexed::Inbound(msg));
             }
+            NoteKind::Job => {
+                let tz = *self.default_tz.get_or_insert_with(crate::job::host_tz);
+                match parse_job(path, &note, tz) {
+                    Ok(job) => {
+                        self.jobs.insert(path.to_string(), Arc::new(job));
+                        self.jobs_version += 1;
+                        change.jobs_changed = true;
+                    }
+                    Err(e) => {
+                        self.problem(
+                            path,
+                            &format!("job disabled: field `{}`: {}", e.field, e.reason),
+                            true,
+                        );
+                        self.jobs_version += 1;
+                        change.jobs_changed = true;
+                    }
+                }
+            }
             _ => {}
         }
         change
+    }
+
+    /// The valid job notes.
+    pub fn jobs(&self) -> impl Iterator<Item = &Arc<Job>> {
+        self.jobs.values()
+    }
+
+    /// Changes whenever the set of jobs changes.
+    pub fn jobs_version(&self) -> u64 {
+        self.jobs_version
+    }
+
+    /// Sets the zone of jobs without `tz` (tests; default: the host's).
+    pub fn set_default_tz(&mut self, tz: chrono_tz::Tz) {
+        self.default_tz = Some(tz);
     }
 
     fn problem(&mut self, path: &str, reason: &str, is_error: bool) {

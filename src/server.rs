@@ -45,7 +45,7 @@ pub struct ProcessReport {
 
 /// Opens a vault and takes its lock, cleaning up a crashed run's temp files.
 fn open_locked(path: &Path) -> Result<(Vault, crate::vault::VaultLock), VaultError> {
-    let vault = Vault::open(path)?;
+    let vault = Vault::open(path)?.with_group_commit();
     let lock = vault.lock()?;
     let n = vault.clean_temp_files();
     if n > 0 {

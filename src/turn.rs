@@ -464,7 +464,7 @@ pub async fn run(
     let events = EventSink::new(env.events.clone(), &def.name, &thread, path);
     let (result, external) = match backend::for_definition(&def) {
         Ok(b) => {
-            let req = build_request(
+            let mut req = build_request(
                 env,
                 &def,
                 path,
@@ -475,15 +475,32 @@ pub async fn run(
                 depth,
                 b.wants_context_header(),
             );
+            if b.wants_history() {
+                // The vault is the session store: earlier exchanges of this
+                // thread (since its `reset_at`), oldest first.
+                let paths = (env.history)(&thread);
+                let reset_at =
+                    crate::note::get_str(&thread_meta, "reset_at").filter(|s| !s.trim().is_empty());
+                let budget = def
+                    .str("history_budget")
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(DEFAULT_HISTORY_BUDGET);
+                let vault = env.vault.clone();
+                let current = path.to_string();
+                req.history = tokio::task::spawn_blocking(move || {
+                    load_history(&vault, &paths, &current, reset_at.as_deref(), budget)
+                })
+                .await
+                .map_err(join_err)?;
+            }
             let external = b.runs_external_programs();
             let grace = backend::process::KILL_GRACE + Duration::from_secs(5);
-            let r =
-                match tokio::time::timeout(req.timeout + grace, b.run(&req, &events, &env.cancel))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(TurnError::Timeout(req.timeout)),
-                };
+            let policy = retry_policy(&def);
+            let run = backend::run_with_retries(b.as_ref(), &req, &events, &env.cancel, policy);
+            let r = match tokio::time::timeout(req.timeout + grace, run).await {
+                Ok(r) => r,
+                Err(_) => Err(TurnError::Timeout(req.timeout)),
+            };
             (r, external)
         }
         Err(e) => (Err(e), false),
@@ -510,6 +527,19 @@ pub async fn run(
     let end = end_batch(env, &def, path, &thread, result).await?;
     written.extend(end);
     Ok((Outcome::Done { ok, external }, written))
+}
+
+/// How a definition's transient failures are retried: the default policy,
+/// with `retry_base` (a duration) as the first backoff when given.
+fn retry_policy(def: &Definition) -> backend::RetryPolicy {
+    let mut policy = backend::RetryPolicy::default();
+    if let Some(base) = def
+        .str("retry_base")
+        .and_then(|s| crate::agent::parse_duration(&s))
+    {
+        policy.base = base;
+    }
+    policy
 }
 
 fn join_err(e: tokio::task::JoinError) -> VaultError {

@@ -184,7 +184,33 @@ pub struct Listing {
 #[derive(Debug, Clone)]
 pub struct Vault {
     root: PathBuf,
+    /// When set, write batches go through one committer thread that merges
+    /// the batches of concurrent writers into one flush (group commit).
+    committer: Option<std::sync::Arc<Committer>>,
 }
+
+/// A batch waiting for the committer.
+struct Pending {
+    writes: Vec<NoteWrite>,
+    done: std::sync::mpsc::SyncSender<Result<Vec<Fingerprint>, VaultError>>,
+}
+
+/// The group-commit thread's handle.
+#[derive(Debug)]
+pub struct Committer {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<Pending>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("writes", &self.writes.len())
+            .finish()
+    }
+}
+
+/// Most batches merged into one flush.
+const GROUP_MAX: usize = 512;
 
 /// One file of a write batch.
 #[derive(Debug, Clone)]
@@ -200,7 +226,69 @@ impl Vault {
         if !root.is_dir() {
             return Err(VaultError::NotADirectory(root));
         }
-        Ok(Vault { root })
+        Ok(Vault {
+            root,
+            committer: None,
+        })
+    }
+
+    /// Turns on group commit: concurrent `write_batch` calls are merged
+    /// into one flush by a committer thread. Each caller still returns only
+    /// once its own files are durable, and each batch keeps its order.
+    pub fn with_group_commit(mut self) -> Vault {
+        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
+        let plain = Vault {
+            root: self.root.clone(),
+            committer: None,
+        };
+        std::thread::Builder::new()
+            .name("vaultrunner-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut group = vec![first];
+                    while group.len() < GROUP_MAX {
+                        match rx.try_recv() {
+                            Ok(p) => group.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    plain.commit_group(group);
+                }
+            })
+            .ok();
+        self.committer = Some(std::sync::Arc::new(Committer {
+            tx: std::sync::Mutex::new(tx),
+        }));
+        self
+    }
+
+    fn commit_group(&self, group: Vec<Pending>) {
+        if group.len() == 1 {
+            let p = group.into_iter().next();
+            if let Some(p) = p {
+                let _ = p.done.send(self.write_batch_now(&p.writes));
+            }
+            return;
+        }
+        let all: Vec<NoteWrite> = group
+            .iter()
+            .flat_map(|p| p.writes.iter().cloned())
+            .collect();
+        match self.write_batch_now(&all) {
+            Ok(fps) => {
+                let mut it = fps.into_iter();
+                for p in group {
+                    let mine: Vec<Fingerprint> = it.by_ref().take(p.writes.len()).collect();
+                    let _ = p.done.send(Ok(mine));
+                }
+            }
+            // One bad batch must not fail the others: retry each alone.
+            Err(_) => {
+                for p in group {
+                    let _ = p.done.send(self.write_batch_now(&p.writes));
+                }
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -393,6 +481,26 @@ impl Vault {
     /// Batching is the point: one flush of N files costs about one journal
     /// commit instead of N.
     pub fn write_batch(&self, writes: &[NoteWrite]) -> Result<Vec<Fingerprint>, VaultError> {
+        if let Some(c) = &self.committer {
+            let (done, wait) = std::sync::mpsc::sync_channel(1);
+            let sent =
+                c.tx.lock()
+                    .map(|tx| {
+                        tx.send(Pending {
+                            writes: writes.to_vec(),
+                            done,
+                        })
+                        .is_ok()
+                    })
+                    .unwrap_or(false);
+            if sent && let Ok(r) = wait.recv() {
+                return r;
+            }
+        }
+        self.write_batch_now(writes)
+    }
+
+    fn write_batch_now(&self, writes: &[NoteWrite]) -> Result<Vec<Fingerprint>, VaultError> {
         let mut staged = Vec::with_capacity(writes.len());
         for w in writes {
             let file = self.file_path(&w.path)?;
@@ -447,6 +555,16 @@ impl Vault {
         }
     }
 
+    /// Is the vault's lock held by another process right now? (A probe:
+    /// it takes and drops the lock if it is free.)
+    pub fn is_locked(&self) -> bool {
+        let path = self.root.join(".vaultrunner").join("lock");
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
+            return false;
+        };
+        matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
+    }
+
     /// Takes the single-instance lock of this vault. Held until the returned
     /// guard is dropped (or the process dies: the OS releases it).
     pub fn lock(&self) -> Result<VaultLock, VaultError> {
@@ -460,11 +578,19 @@ impl Vault {
             .write(true)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(VaultLock { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(VaultError::Locked(path)),
-            Err(fs::TryLockError::Error(e)) => Err(io_err(&path, e)),
+        // A few quick tries: `status` probes the lock for a moment, and a
+        // start that collides with that probe must not fail.
+        for attempt in 0..5 {
+            match file.try_lock() {
+                Ok(()) => return Ok(VaultLock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) if attempt < 4 => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(VaultError::Locked(path)),
+                Err(fs::TryLockError::Error(e)) => return Err(io_err(&path, e)),
+            }
         }
+        Err(VaultError::Locked(path))
     }
 
     /// Removes temp files an earlier crash left behind.
@@ -651,6 +777,41 @@ mod tests {
         let l = v.list();
         assert!(l.entries.is_empty());
         assert!(l.skipped.iter().any(|s| s.rel == "file.md"));
+    }
+
+    #[test]
+    fn group_commit_merges_concurrent_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vault::open(dir.path()).unwrap().with_group_commit();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let v = &v;
+                s.spawn(move || {
+                    for i in 0..20 {
+                        let fps = v
+                            .write_batch(&[
+                                NoteWrite {
+                                    path: format!("t{t}/a{i}"),
+                                    content: format!("a {t} {i}"),
+                                },
+                                NoteWrite {
+                                    path: format!("t{t}/b{i}"),
+                                    content: format!("bb {t} {i}"),
+                                },
+                            ])
+                            .unwrap();
+                        // Each caller gets its own files' fingerprints back.
+                        assert_eq!(fps.len(), 2);
+                        assert_eq!(fps[0].len, format!("a {t} {i}").len() as u64);
+                        assert_eq!(fps[1].len, format!("bb {t} {i}").len() as u64);
+                    }
+                });
+            }
+        });
+        assert_eq!(v.list().entries.len(), 8 * 20 * 2);
+        // A refused path fails only its own batch.
+        assert!(v.write("../x", "no").is_err());
+        assert!(v.write("fine", "yes").is_ok());
     }
 
     #[test]
