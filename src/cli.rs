@@ -1,15 +1,13 @@
 //! The one-shot commands of SPEC §5 (`init`, `check`, `status`, `send`,
 //! `reset`), as library functions returning values; `main.rs` prints them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::agent::valid_name;
-use crate::note::{
-    FmValue, Note, NoteKind, TAG_INBOUND, TAG_MESSAGE, edit_front_matter, render_new,
-};
-use crate::queue::{Index, Status};
-use crate::turn::{now_rfc3339, reply_path};
+pub use crate::message::{Reply, SendOptions, inbound_text, new_message_path, reply_of};
+use crate::note::{Note, NoteKind};
+use crate::queue::Index;
 use crate::vault::{Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
@@ -205,53 +203,6 @@ pub fn status(vault_dir: &Path) -> Result<StatusReport, CliError> {
     })
 }
 
-/// What `send` writes.
-#[derive(Debug, Clone, Default)]
-pub struct SendOptions {
-    pub subject: Option<String>,
-    pub reply_to: Option<String>,
-    pub correlation_id: Option<String>,
-    /// `cli`, `webhook:<name>`, `agent:<name>`, …
-    pub sender: Option<String>,
-    pub delegation_depth: Option<u64>,
-}
-
-/// The inbound note path for a new message to `agent`.
-pub fn new_message_path(agent: &str) -> String {
-    let now = chrono::Utc::now();
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    format!(
-        "Inbox/{agent}/{}-{}",
-        now.format("%Y%m%d-%H%M%S-%3f"),
-        &id[..8]
-    )
-}
-
-/// The text of an inbound note that vaultrunner writes.
-pub fn inbound_text(agent: &str, message: &str, opts: &SendOptions) -> String {
-    let mut fields: Vec<(&str, FmValue)> = vec![
-        ("agent", agent.into()),
-        (
-            "sender",
-            opts.sender.clone().unwrap_or_else(|| "cli".into()).into(),
-        ),
-        ("ts", now_rfc3339().into()),
-    ];
-    if let Some(s) = &opts.subject {
-        fields.push(("subject", s.clone().into()));
-    }
-    if let Some(r) = &opts.reply_to {
-        fields.push(("reply_to", r.clone().into()));
-    }
-    if let Some(c) = &opts.correlation_id {
-        fields.push(("correlation_id", c.clone().into()));
-    }
-    if let Some(d) = opts.delegation_depth {
-        fields.push(("delegation_depth", d.into()));
-    }
-    render_new(&[TAG_MESSAGE, TAG_INBOUND], &fields, message)
-}
-
 /// `send`: writes an inbound note durably; returns its path and whether the
 /// agent has a definition now.
 pub fn send(
@@ -291,33 +242,6 @@ fn load_definitions(vault: &Vault) -> (Index, ()) {
     (ix, ())
 }
 
-/// The reply to a message, once it is handled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: String,
-    pub text: String,
-    pub path: String,
-}
-
-/// Looks for the reply of an inbound note: `Some` once the inbound is
-/// `handled`/`error` and its reply note exists.
-pub fn reply_of(vault: &Vault, inbound: &str) -> Option<Reply> {
-    let (text, _) = vault.read(inbound).ok()?;
-    let n = Note::parse(&text).ok()?;
-    let st = Status::parse(n.str("status").as_deref());
-    if !matches!(st, Status::Handled | Status::Error) {
-        return None;
-    }
-    let rp = reply_path(inbound);
-    let (rtext, _) = vault.read(&rp).ok()?;
-    let r = Note::parse(&rtext).ok()?;
-    Some(Reply {
-        status: r.str("status").unwrap_or_else(|| "ok".into()),
-        text: r.body.trim_end().to_string(),
-        path: rp,
-    })
-}
-
 /// Waits up to `timeout` for the reply of `inbound`.
 pub async fn wait_reply(
     vault_dir: &Path,
@@ -347,37 +271,5 @@ pub fn reset(vault_dir: &Path, agent: &str) -> Result<Vec<String>, CliError> {
         )));
     }
     let vault = Vault::open(vault_dir)?;
-    let dir: PathBuf = vault.root().join("Threads").join(agent);
-    let mut changed = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Ok(changed);
-    };
-    let mut names: Vec<String> = rd
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    for name in names {
-        let Some(stem) = name.strip_suffix(".md") else {
-            continue;
-        };
-        let path = format!("Threads/{agent}/{stem}");
-        let Ok((text, _)) = vault.read(&path) else {
-            continue;
-        };
-        let Ok(n) = Note::parse(&text) else { continue };
-        if n.kind() != NoteKind::Thread {
-            continue;
-        }
-        // `session` for CLI backends; `reset_at` for backends that rebuild
-        // the conversation from the thread's notes (older ones are left out).
-        if let Ok((edited, _)) = edit_front_matter(
-            &text,
-            &[("session", "".into()), ("reset_at", now_rfc3339().into())],
-        ) {
-            vault.write(&path, &edited)?;
-            changed.push(path);
-        }
-    }
-    Ok(changed)
+    Ok(crate::message::reset_threads(&vault, agent)?)
 }

@@ -67,8 +67,63 @@ pub struct Engine {
     /// Turns running now (for `process` to know when all is quiet).
     in_flight: AtomicU64,
     idle: Notify,
+    /// Woken when job notes change (the cron trigger waits on it).
+    jobs_notify: Notify,
+    /// The path of every message whose turn ended (for `?wait`).
+    finished: broadcast::Sender<String>,
+    pub metrics: Metrics,
     /// A weak handle on itself, for tasks spawned from `&self`.
     self_ref: std::sync::Weak<Engine>,
+}
+
+/// An agent as `/health` shows it.
+#[derive(Debug, Clone)]
+pub struct AgentState {
+    pub definition: Arc<crate::agent::Definition>,
+    /// `idle`, `working` or `queued`.
+    pub state: &'static str,
+    pub queued: usize,
+}
+
+/// Upper bounds (seconds) of the turn-duration histogram.
+pub const DURATION_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0];
+
+/// Turn counters and durations per agent, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<MetricsInner>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct MetricsInner {
+    /// (agent, status) → turns.
+    pub turns: std::collections::BTreeMap<(String, &'static str), u64>,
+    /// agent → (bucket counts, sum of seconds, count).
+    pub durations: std::collections::BTreeMap<String, (Vec<u64>, f64, u64)>,
+}
+
+impl Metrics {
+    fn record(&self, agent: &str, ok: bool, secs: f64) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *m.turns
+            .entry((agent.to_string(), if ok { "ok" } else { "error" }))
+            .or_insert(0) += 1;
+        let d = m
+            .durations
+            .entry(agent.to_string())
+            .or_insert_with(|| (vec![0; DURATION_BUCKETS.len()], 0.0, 0));
+        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                d.0[i] += 1;
+            }
+        }
+        d.1 += secs;
+        d.2 += 1;
+    }
+
+    pub fn snapshot(&self) -> MetricsInner {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// What a scan found (for logs).
@@ -82,7 +137,11 @@ pub struct ScanReport {
 impl Engine {
     pub fn new(vault: Vault, config: Config) -> Arc<Engine> {
         let (events, _) = broadcast::channel(1024);
+        let (finished, _) = broadcast::channel(4096);
         Arc::new_cyclic(|me| Engine {
+            jobs_notify: Notify::new(),
+            finished,
+            metrics: Metrics::default(),
             self_ref: me.clone(),
             vault: Arc::new(vault),
             state: Mutex::new(State {
@@ -125,6 +184,28 @@ impl Engine {
     /// ones. `recovering` is true for the start-up scan (then `working`
     /// messages are crash leftovers and are queued again).
     pub fn scan(&self, recovering: bool) -> ScanReport {
+        self.scan_deferring(recovering, None).0
+    }
+
+    /// A scan for `serve`: a changed note modified less than `settle` ago
+    /// is not read but returned, for the watcher to read once it has been
+    /// quiet — so a scan never reads a half-written note either.
+    pub fn scan_settled(&self, settle: std::time::Duration) -> (ScanReport, Vec<String>) {
+        let cutoff = (!settle.is_zero()).then(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .saturating_sub(settle)
+                .as_nanos() as i128
+        });
+        self.scan_deferring(false, cutoff)
+    }
+
+    fn scan_deferring(
+        &self,
+        recovering: bool,
+        defer_after_ns: Option<i128>,
+    ) -> (ScanReport, Vec<String>) {
         let listing = self.vault.list();
         for s in &listing.skipped {
             tracing::warn!("{}: {}", s.rel, s.reason);
@@ -134,17 +215,18 @@ impl Engine {
             ..Default::default()
         };
         // Decide what to read without holding the lock during I/O.
-        let todo: Vec<_> = {
+        let (deferred, todo): (Vec<_>, Vec<_>) = {
             let st = self.lock();
             listing
                 .entries
                 .iter()
                 .filter(|e| st.index.fingerprint(&e.path) != Some(e.fingerprint))
                 .cloned()
-                .collect()
+                .partition(|e| defer_after_ns.is_some_and(|c| e.fingerprint.mtime_ns > c))
         };
         let read = read_parallel(&self.vault, &todo);
         let mut woke = false;
+        let mut jobs = false;
         {
             let mut st = self.lock();
             for (path, got) in read {
@@ -152,6 +234,7 @@ impl Engine {
                     Ok((text, fp)) => {
                         let ch = st.index.update(&path, &text, fp, recovering);
                         woke |= ch.definitions_changed || !ch.queued.is_empty();
+                        jobs |= ch.jobs_changed;
                         report.changed += 1;
                     }
                     Err(e) => tracing::warn!("{e}"),
@@ -167,13 +250,17 @@ impl Engine {
             for p in gone {
                 let ch = st.index.remove(&p);
                 woke |= ch.definitions_changed;
+                jobs |= ch.jobs_changed;
                 report.removed += 1;
             }
         }
         if woke {
             self.wake.notify_one();
         }
-        report
+        if jobs {
+            self.jobs_notify.notify_waiters();
+        }
+        (report, deferred.into_iter().map(|e| e.path).collect())
     }
 
     /// A note may have changed on disk (watcher event). Reads it if its
@@ -186,22 +273,81 @@ impl Engine {
             None => {
                 if known.is_some() {
                     let ch = self.lock().index.remove(path);
-                    if ch.definitions_changed {
-                        self.wake.notify_one();
-                    }
+                    self.changed(&ch);
                 }
             }
             Some(fp) if Some(fp) == known => {}
             Some(_) => match self.vault.read(path) {
                 Ok((text, fp)) => {
                     let ch = self.lock().index.update(path, &text, fp, false);
-                    if ch.definitions_changed || !ch.queued.is_empty() {
-                        self.wake.notify_one();
-                    }
+                    self.changed(&ch);
                 }
                 Err(e) => tracing::warn!("{e}"),
             },
         }
+    }
+
+    fn changed(&self, ch: &crate::queue::Change) {
+        if ch.definitions_changed || !ch.queued.is_empty() {
+            self.wake.notify_one();
+        }
+        if ch.jobs_changed {
+            self.jobs_notify.notify_waiters();
+        }
+    }
+
+    /// Resolves when job notes change next.
+    pub fn jobs_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.jobs_notify.notified()
+    }
+
+    /// Paths of messages whose turn ends, as they end.
+    pub fn finished(&self) -> broadcast::Receiver<String> {
+        self.finished.subscribe()
+    }
+
+    /// Writes a note durably (atomic, fsynced) and indexes it at once, so
+    /// a message written by a trigger is queued without waiting for the
+    /// watcher. Blocking: call from a blocking context.
+    pub fn write_note(&self, path: &str, text: &str) -> Result<Fingerprint, VaultError> {
+        let fp = self.vault.write(path, text)?;
+        let ch = self.lock().index.update(path, text, fp, false);
+        self.changed(&ch);
+        Ok(fp)
+    }
+
+    /// Creates a note only if nothing is at its path (durably), and indexes
+    /// it. Returns `false` if it was already there. Blocking.
+    pub fn create_note(&self, path: &str, text: &str) -> Result<bool, VaultError> {
+        let created = self.vault.create_new(path, text)?;
+        if created && let Some(fp) = self.vault.stat(path) {
+            let ch = self.lock().index.update(path, text, fp, false);
+            self.changed(&ch);
+        }
+        Ok(created)
+    }
+
+    /// Each agent's state for `/health` and `/api/agents`.
+    pub fn agent_states(&self) -> Vec<AgentState> {
+        let st = self.lock();
+        st.index
+            .agents()
+            .map(|d| {
+                let queued = st.index.queue_len(&d.name);
+                let state = if st.running.contains(&d.name) {
+                    "working"
+                } else if queued > 0 {
+                    "queued"
+                } else {
+                    "idle"
+                };
+                AgentState {
+                    definition: d.clone(),
+                    state,
+                    queued,
+                }
+            })
+            .collect()
     }
 
     /// Reads a note afresh, whatever its fingerprint says.
@@ -273,8 +419,14 @@ impl Engine {
                     cancel,
                     history: Box::new(move |t| history_of.with_index(|ix| ix.thread_history(t))),
                 };
+                let started = std::time::Instant::now();
                 let res = turn::run(&env, def, &path).await;
                 drop(permit);
+                if let Ok((Outcome::Done { ok, .. }, _)) = &res {
+                    engine
+                        .metrics
+                        .record(&agent, *ok, started.elapsed().as_secs_f64());
+                }
                 engine.turn_finished(&agent, &path, res);
             });
         }
@@ -355,6 +507,7 @@ impl Engine {
             }
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = self.finished.send(path.to_string());
         self.wake.notify_one();
         self.idle.notify_waiters();
     }

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod cli;
 pub mod engine;
 pub mod job;
+pub mod message;
 pub mod note;
 pub mod queue;
 pub mod server;

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use vaultrunner::cli::{self, SendOptions};
 use vaultrunner::engine::Config;
-use vaultrunner::server::{self, ServeOptions};
+use vaultrunner::server::{self, Listen, ServeOptions};
+use vaultrunner::trigger::http::HttpOptions;
 use vaultrunner::trigger::watch::WatchOptions;
 
 #[derive(Parser)]
@@ -40,6 +41,10 @@ enum Command {
         /// Seconds between safety-net full rescans of the vault.
         #[arg(long, default_value_t = 300)]
         rescan_secs: u64,
+        /// HTTP address (`none` for no HTTP). Beyond loopback it needs
+        /// VAULTRUNNER_TOKEN.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Run every pending message to completion (including messages turns
     /// create), then exit.
@@ -131,6 +136,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             settle_ms,
             jobs,
             rescan_secs,
+            listen,
         } => {
             let cancel = CancellationToken::new();
             shutdown_on_signals(cancel.clone());
@@ -140,6 +146,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     settle: Duration::from_millis(settle_ms),
                     rescan: Duration::from_secs(rescan_secs.max(1)),
                 },
+                listen: match listen.as_deref() {
+                    None => Listen::Default,
+                    Some("none" | "off") => Listen::Off,
+                    Some(a) => Listen::Addr(a.to_string()),
+                },
+                http: HttpOptions::from_env(),
             };
             server::serve(&vault, opts, cancel).await?;
             Ok(ExitCode::SUCCESS)

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Config, Engine};
+use crate::trigger::http::{self, HttpError, HttpOptions, check_listen};
 use crate::trigger::watch::{self, WatchOptions};
 use crate::vault::{Vault, VaultError};
 
@@ -22,13 +23,42 @@ pub enum ServeError {
     Vault(#[from] VaultError),
     #[error("file watcher: {0}")]
     Watch(#[from] notify::Error),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
+
+/// The default HTTP address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+
+/// Where `serve` listens for HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// The default address; if it is taken, serve without HTTP (warned).
+    Default,
+    /// An address the user asked for: failing to bind is an error.
+    Addr(String),
+    /// No HTTP.
+    Off,
 }
 
 /// Options of `serve`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub config: Config,
     pub watch: WatchOptions,
+    pub listen: Listen,
+    pub http: HttpOptions,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            config: Config::default(),
+            watch: WatchOptions::default(),
+            listen: Listen::Off,
+            http: HttpOptions::default(),
+        }
+    }
 }
 
 /// What `process` did.
@@ -80,6 +110,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
     let (vault, _lock) = open_locked(path)?;
+    let listener = bind(&opts).await?;
     let engine = Engine::new(vault, opts.config.clone());
     let report = engine.scan(true);
     tracing::info!(
@@ -88,7 +119,74 @@ pub async fn serve(
         report.notes,
         opts.watch.settle
     );
-    serve_engine(engine, opts.watch, cancel).await
+    let http_task = listener.map(|l| {
+        let addr = l.local_addr().ok();
+        if let Some(a) = addr {
+            tracing::info!("HTTP API on http://{a}");
+            let _ = std::fs::write(
+                engine.vault().root().join(".vaultrunner").join("http.addr"),
+                a.to_string(),
+            );
+        }
+        let (engine, http_opts, cancel) = (engine.clone(), opts.http.clone(), cancel.clone());
+        tokio::spawn(async move {
+            if let Err(e) = http::run(l, engine, http_opts, cancel).await {
+                tracing::error!("HTTP server: {e}");
+            }
+        })
+    });
+    let cron_task = {
+        let (engine, cancel) = (engine.clone(), cancel.clone());
+        tokio::spawn(crate::trigger::cron::run(engine, cancel))
+    };
+    let result = serve_engine(engine.clone(), opts.watch, cancel.clone()).await;
+    cancel.cancel();
+    let _ = tokio::time::timeout(SHUTDOWN_BOUND, cron_task).await;
+    if let Some(t) = http_task
+        && tokio::time::timeout(SHUTDOWN_BOUND, t).await.is_err()
+    {
+        tracing::warn!("HTTP connections still open after {SHUTDOWN_BOUND:?}; closing");
+    }
+    let _ = std::fs::remove_file(engine.vault().root().join(".vaultrunner").join("http.addr"));
+    result
+}
+
+/// Binds the HTTP listener per the options (before anything else starts,
+/// so a refused address fails fast).
+async fn bind(opts: &ServeOptions) -> Result<Option<tokio::net::TcpListener>, HttpError> {
+    let text = match &opts.listen {
+        Listen::Off => return Ok(None),
+        Listen::Default => DEFAULT_LISTEN.to_string(),
+        Listen::Addr(a) => a.clone(),
+    };
+    let looked_up = tokio::net::lookup_host(text.as_str())
+        .await
+        .map(|a| a.collect::<Vec<std::net::SocketAddr>>());
+    let addrs = match looked_up {
+        Ok(a) => a,
+        Err(e) => {
+            return Err(HttpError::Bind {
+                addr: text,
+                source: e,
+            });
+        }
+    };
+    for a in &addrs {
+        check_listen(*a, &opts.http)?;
+    }
+    match tokio::net::TcpListener::bind(&addrs[..]).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if opts.listen == Listen::Default => {
+            tracing::warn!(
+                "HTTP API off: cannot listen on {text} ({e}); pass --listen ADDR to choose another address"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(HttpError::Bind {
+            addr: text,
+            source: e,
+        }),
+    }
 }
 
 /// Runs an engine's dispatcher and watcher until `cancel`.

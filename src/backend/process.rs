@@ -91,6 +91,8 @@ pub async fn run(
             TurnError::Failed(format!("could not start {prog}: {e}"))
         }
     })?;
+    // The group id, kept: `child.id()` is `None` once the child is reaped.
+    let pgid = child.id();
     let mut child_in = child.stdin.take();
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
@@ -140,7 +142,7 @@ pub async fn run(
             };
             // Grandchildren left in the group do not outlive the turn.
             #[cfg(unix)]
-            if let Some(pid) = child.id() {
+            if let Some(pid) = pgid {
                 signal_group(pid, libc::SIGKILL);
             }
             Ok(Finished {
@@ -225,6 +227,8 @@ pub async fn run_lines(
             TurnError::Failed(format!("could not start {prog}: {e}"))
         }
     })?;
+    // The group id, kept: `child.id()` is `None` once the child is reaped.
+    let pgid = child.id();
     if let (Some(mut w), Some(input)) = (child.stdin.take(), spec.stdin) {
         let input = input.to_string();
         tokio::spawn(async move {
@@ -296,8 +300,9 @@ pub async fn run_lines(
             return Err(TurnError::Cancelled);
         }
     };
+    // Grandchildren left in the group do not outlive the turn.
     #[cfg(unix)]
-    if let Some(pid) = child.id() {
+    if let Some(pid) = pgid {
         signal_group(pid, libc::SIGKILL);
     }
     let stderr = match stderr_task {

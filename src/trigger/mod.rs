@@ -4,4 +4,6 @@
 //!
 //! [`Engine::note_changed`]: crate::engine::Engine::note_changed
 
+pub mod cron;
+pub mod http;
 pub mod watch;

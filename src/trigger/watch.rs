@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -77,6 +78,27 @@ fn watch_all(
     }
 }
 
+/// Reads a changed note now, or once it has been quiet for the settle
+/// window (a note vaultrunner wrote itself needs no settling).
+fn route(engine: &Engine, settle: Duration, pending: &mut HashMap<String, Instant>, rel: String) {
+    if settle.is_zero() || engine.skip_settle(&rel) {
+        pending.remove(&rel);
+        engine.note_changed(&rel);
+    } else {
+        pending.insert(rel, Instant::now() + settle);
+    }
+}
+
+/// A full scan that leaves notes changed within the settle window to it.
+fn scan(engine: &Engine, settle: Duration, pending: &mut HashMap<String, Instant>) {
+    let (_, deferred) = engine.scan_settled(settle);
+    for rel in deferred {
+        if !pending.contains_key(&rel) {
+            route(engine, settle, pending, rel);
+        }
+    }
+}
+
 /// Runs the watcher until `cancel`.
 pub async fn run(
     engine: Arc<Engine>,
@@ -93,10 +115,10 @@ pub async fn run(
     let root = engine.vault().root().to_path_buf();
     let mut watched = std::collections::HashSet::new();
     watch_all(&mut watcher, &mut watched, &root);
-    // Catch anything written between the start-up scan and the watches.
-    engine.scan(false);
-
     let mut pending: HashMap<String, Instant> = HashMap::new();
+    // Catch anything written between the start-up scan and the watches.
+    scan(&engine, opts.settle, &mut pending);
+
     let mut next_rescan = Instant::now() + opts.rescan;
     loop {
         let next_due = pending.values().min().copied();
@@ -123,9 +145,15 @@ pub async fn run(
                                 rescan = true;
                                 continue;
                             }
+                            // Opening a file changes nothing, and reacting to
+                            // opens would wake us on our own reads forever.
+                            if matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) {
+                                continue;
+                            }
                             for p in &ev.paths {
-                                if matches!(ev.kind, EventKind::Create(_)) && p.is_dir() {
-                                    // Files may have landed before the watch did.
+                                if matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))) && p.is_dir() {
+                                    // A directory created, moved in or renamed:
+                                    // files may have landed before the watch did.
                                     let name_ok = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.'));
                                     if name_ok && p.starts_with(&root) {
                                         watch_all(&mut watcher, &mut watched, p);
@@ -134,12 +162,7 @@ pub async fn run(
                                     continue;
                                 }
                                 if let Some(rel) = engine.vault().rel_of(p) {
-                                    if opts.settle.is_zero() || engine.skip_settle(&rel) {
-                                        pending.remove(&rel);
-                                        engine.note_changed(&rel);
-                                    } else {
-                                        pending.insert(rel, Instant::now() + opts.settle);
-                                    }
+                                    route(&engine, opts.settle, &mut pending, rel);
                                 }
                             }
                         }
@@ -148,7 +171,7 @@ pub async fn run(
                 if rescan {
                     watched.retain(|d| d.is_dir());
                     watch_all(&mut watcher, &mut watched, &root);
-                    engine.scan(false);
+                    scan(&engine, opts.settle, &mut pending);
                 }
                 continue;
             }
@@ -166,7 +189,7 @@ pub async fn run(
         if now >= next_rescan {
             watched.retain(|d| d.is_dir());
             watch_all(&mut watcher, &mut watched, &root);
-            engine.scan(false);
+            scan(&engine, opts.settle, &mut pending);
             next_rescan = now + opts.rescan;
         }
     }

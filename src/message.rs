@@ -1,0 +1,118 @@
+//! Messages that vaultrunner writes (from `send`, HTTP, webhooks, cron)
+//! and the replies it looks up for them.
+
+use crate::note::{FmValue, Note, TAG_INBOUND, TAG_MESSAGE, render_new};
+use crate::queue::Status;
+use crate::turn::{now_rfc3339, reply_path};
+use crate::vault::Vault;
+
+/// What `send` writes.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    pub subject: Option<String>,
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<String>,
+    /// `cli`, `webhook:<name>`, `agent:<name>`, …
+    pub sender: Option<String>,
+    pub delegation_depth: Option<u64>,
+}
+
+/// The inbound note path for a new message to `agent`.
+pub fn new_message_path(agent: &str) -> String {
+    let now = chrono::Utc::now();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "Inbox/{agent}/{}-{}",
+        now.format("%Y%m%d-%H%M%S-%3f"),
+        &id[..8]
+    )
+}
+
+/// The text of an inbound note that vaultrunner writes.
+pub fn inbound_text(agent: &str, message: &str, opts: &SendOptions) -> String {
+    let mut fields: Vec<(&str, FmValue)> = vec![
+        ("agent", agent.into()),
+        (
+            "sender",
+            opts.sender.clone().unwrap_or_else(|| "cli".into()).into(),
+        ),
+        ("ts", now_rfc3339().into()),
+    ];
+    if let Some(s) = &opts.subject {
+        fields.push(("subject", s.clone().into()));
+    }
+    if let Some(r) = &opts.reply_to {
+        fields.push(("reply_to", r.clone().into()));
+    }
+    if let Some(c) = &opts.correlation_id {
+        fields.push(("correlation_id", c.clone().into()));
+    }
+    if let Some(d) = opts.delegation_depth {
+        fields.push(("delegation_depth", d.into()));
+    }
+    render_new(&[TAG_MESSAGE, TAG_INBOUND], &fields, message)
+}
+
+/// The reply to a message, once it is handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: String,
+    pub text: String,
+    pub path: String,
+}
+
+/// Looks for the reply of an inbound note: `Some` once the inbound is
+/// `handled`/`error` and its reply note exists.
+pub fn reply_of(vault: &Vault, inbound: &str) -> Option<Reply> {
+    let (text, _) = vault.read(inbound).ok()?;
+    let n = Note::parse(&text).ok()?;
+    let st = Status::parse(n.str("status").as_deref());
+    if !matches!(st, Status::Handled | Status::Error) {
+        return None;
+    }
+    let rp = reply_path(inbound);
+    let (rtext, _) = vault.read(&rp).ok()?;
+    let r = Note::parse(&rtext).ok()?;
+    Some(Reply {
+        status: r.str("status").unwrap_or_else(|| "ok".into()),
+        text: r.body.trim_end().to_string(),
+        path: rp,
+    })
+}
+
+/// Blanks `session` and stamps `reset_at` on every thread note of `agent`
+/// (`session` for CLI backends; `reset_at` for backends that rebuild the
+/// conversation from the thread's notes: older ones are left out).
+pub fn reset_threads(vault: &Vault, agent: &str) -> Result<Vec<String>, crate::vault::VaultError> {
+    let dir = vault.root().join("Threads").join(agent);
+    let mut changed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(changed);
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let Some(stem) = name.strip_suffix(".md") else {
+            continue;
+        };
+        let path = format!("Threads/{agent}/{stem}");
+        let Ok((text, _)) = vault.read(&path) else {
+            continue;
+        };
+        let Ok(n) = Note::parse(&text) else { continue };
+        if n.kind() != crate::note::NoteKind::Thread {
+            continue;
+        }
+        if let Ok((edited, _)) = crate::note::edit_front_matter(
+            &text,
+            &[("session", "".into()), ("reset_at", now_rfc3339().into())],
+        ) {
+            vault.write(&path, &edited)?;
+            changed.push(path);
+        }
+    }
+    Ok(changed)
+}

@@ -1,0 +1,240 @@
+//! The cron trigger: fires job notes on schedule by writing inbound notes.
+//!
+//! Each job has an *anchor*: the scheduled time of its last fire
+//! (`last_run_at`), or, for a job that never ran, the moment it was first
+//! seen — a job that never ran has missed nothing. At every tick the latest
+//! scheduled time in `(anchor, now]` is due; missed runs (the daemon was
+//! down, the machine slept) collapse into that one fire with `catch_up:
+//! once`, or are recorded as skipped with `catch_up: skip`.
+//!
+//! A fire writes its inbound note with create-if-absent at a path derived
+//! from the job and the scheduled time, then stamps the job's
+//! `last_run_at`/`last_status`. A crash between the two is harmless: the
+//! restart finds the note already there and only stamps. While the previous
+//! fire's message is still queued or running, a fire is skipped and
+//! recorded. The clock is a parameter ([`Scheduler::tick`]), so tests drive
+//! time without sleeping.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::job::{CatchUp, Job};
+use crate::message::{SendOptions, inbound_text};
+use crate::note::{FmValue, Note, edit_front_matter};
+use crate::queue::Status;
+use crate::turn::now_rfc3339;
+
+/// A late timer within this is a normal fire, even with `catch_up: skip`.
+pub const LATE_GRACE: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
+
+/// The longest the scheduler sleeps before looking at the wall clock again
+/// (monotonic timers do not advance while a machine is suspended).
+pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// What a tick did for one job (for logs and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fired {
+    /// An inbound note was written (or was already there).
+    Fired {
+        job: String,
+        scheduled: DateTime<Utc>,
+        message: String,
+    },
+    /// Recorded as skipped, with the reason.
+    Skipped {
+        job: String,
+        scheduled: DateTime<Utc>,
+        reason: String,
+    },
+}
+
+/// The scheduler's memory: each job's anchor.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    anchors: HashMap<String, DateTime<Utc>>,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+impl Scheduler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn anchor(&mut self, job: &Job, now: DateTime<Utc>) -> DateTime<Utc> {
+        let a = self
+            .anchors
+            .entry(job.path.clone())
+            .or_insert_with(|| job.last_run_at.unwrap_or(now));
+        if let Some(l) = job.last_run_at
+            && l > *a
+        {
+            *a = l;
+        }
+        *a
+    }
+
+    /// When the scheduler next has something to do, if any job is enabled.
+    pub fn next_due(&mut self, jobs: &[Arc<Job>], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        jobs.iter()
+            .filter(|j| j.enabled)
+            .filter_map(|j| {
+                let a = self.anchor(j, now);
+                j.next_after(a)
+            })
+            .min()
+    }
+
+    /// Fires every job that is due at `now`. Does the I/O through the
+    /// engine (durable writes, index updates).
+    pub fn tick(&mut self, engine: &Engine, now: DateTime<Utc>) -> Vec<Fired> {
+        let jobs: Vec<Arc<Job>> = engine.with_index(|ix| ix.jobs().cloned().collect());
+        self.anchors
+            .retain(|p, _| jobs.iter().any(|j| &j.path == p));
+        let mut out = Vec::new();
+        for job in jobs.iter().filter(|j| j.enabled) {
+            let anchor = self.anchor(job, now);
+            let Some(due) = job.latest_between(anchor, now) else {
+                continue;
+            };
+            self.anchors.insert(job.path.clone(), due);
+            let late = now - due > LATE_GRACE;
+            let r = if late && job.catch_up == CatchUp::Skip {
+                let reason = "skipped: missed while vaultrunner was not running (catch_up: skip)"
+                    .to_string();
+                stamp(engine, job, due, &reason);
+                Fired::Skipped {
+                    job: job.path.clone(),
+                    scheduled: due,
+                    reason,
+                }
+            } else if let Some(prev) = previous_still_open(engine, job, anchor) {
+                let reason =
+                    format!("skipped: the previous run [[{prev}]] is still queued or running");
+                stamp(engine, job, due, &reason);
+                Fired::Skipped {
+                    job: job.path.clone(),
+                    scheduled: due,
+                    reason,
+                }
+            } else {
+                fire(engine, job, due)
+            };
+            match &r {
+                Fired::Fired { message, .. } => tracing::info!("{}: fired {}", job.path, message),
+                Fired::Skipped { reason, .. } => tracing::info!("{}: {reason}", job.path),
+            }
+            out.push(r);
+        }
+        out
+    }
+}
+
+/// The previous fire's message, if it is still pending or working.
+fn previous_still_open(engine: &Engine, job: &Job, anchor: DateTime<Utc>) -> Option<String> {
+    // The anchor is the previous fire's scheduled time (or, for a job that
+    // never fired, a time no message was written for).
+    let path = job.fire_path(anchor);
+    let (text, _) = engine.vault().read(&path).ok()?;
+    let n = Note::parse(&text).ok()?;
+    matches!(
+        Status::parse(n.str("status").as_deref()),
+        Status::Pending | Status::Working
+    )
+    .then_some(path)
+}
+
+fn fire(engine: &Engine, job: &Job, due: DateTime<Utc>) -> Fired {
+    let path = job.fire_path(due);
+    let opts = SendOptions {
+        subject: job.subject.clone(),
+        sender: Some(format!("job:{}", job.path)),
+        ..Default::default()
+    };
+    let text = inbound_text(&job.agent, &job.body, &opts);
+    match engine.create_note(&path, &text) {
+        Ok(_) => {
+            stamp(engine, job, due, "fired");
+            Fired::Fired {
+                job: job.path.clone(),
+                scheduled: due,
+                message: path,
+            }
+        }
+        Err(e) => {
+            let reason = format!("error: could not write the message: {e}");
+            tracing::error!("{}: {reason}", job.path);
+            stamp(engine, job, due, &reason);
+            Fired::Skipped {
+                job: job.path.clone(),
+                scheduled: due,
+                reason,
+            }
+        }
+    }
+}
+
+/// Records `last_run_at` and `last_status` on the job note, in place.
+fn stamp(engine: &Engine, job: &Job, due: DateTime<Utc>, status: &str) {
+    let vault = engine.vault();
+    let Ok((text, _)) = vault.read(&job.path) else {
+        return;
+    };
+    let edits = [
+        ("last_run_at", FmValue::Str(ts(due))),
+        ("last_status", FmValue::Str(status.to_string())),
+    ];
+    match edit_front_matter(&text, &edits) {
+        Ok((edited, _)) if edited != text => {
+            if let Err(e) = engine.write_note(&job.path, &edited) {
+                tracing::error!("{}: could not record the run: {e}", job.path);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!("{}: could not record the run: {e}", job.path),
+    }
+}
+
+/// Runs the scheduler until `cancel`. Sleeps until the next fire (at most
+/// [`MAX_SLEEP`]), or until jobs change; with no enabled job it only waits
+/// for a change.
+pub async fn run(engine: Arc<Engine>, cancel: CancellationToken) {
+    let mut sched = Scheduler::new();
+    tracing::debug!("cron scheduler started at {}", now_rfc3339());
+    loop {
+        let changed = engine.jobs_changed();
+        let now = Utc::now();
+        let e = engine.clone();
+        let fired = tokio::task::spawn_blocking(move || {
+            let r = sched.tick(&e, now);
+            (sched, r)
+        })
+        .await;
+        let Ok((s, _)) = fired else { return };
+        sched = s;
+        let jobs: Vec<Arc<Job>> = engine.with_index(|ix| ix.jobs().cloned().collect());
+        let wait = sched.next_due(&jobs, Utc::now()).map(|t| {
+            (t - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(MAX_SLEEP)
+        });
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = changed => {}
+            _ = async {
+                match wait {
+                    Some(w) => tokio::time::sleep(w + Duration::from_millis(5)).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    }
+}
