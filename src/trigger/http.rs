@@ -100,6 +100,16 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": msg.into()}))).into_response()
 }
 
+/// An error answer: a status and the text of `{"error": "…"}`.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 /// Constant-time comparison (length is not secret).
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -114,13 +124,13 @@ fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// `Ok` if the API may be used with these headers.
-fn api_auth(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn api_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     match &state.opts.token {
         None => Ok(()),
         Some(t) if bearer_ok(headers, t) => Ok(()),
-        Some(_) => Err(error(
+        Some(_) => Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong credentials: send Authorization: Bearer <VAULTRUNNER_TOKEN>",
+            "missing or wrong credentials: send Authorization: Bearer <VAULTRUNNER_TOKEN>".into(),
         )),
     }
 }
@@ -150,21 +160,21 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-async fn read_body(body: Body) -> Result<Bytes, Response> {
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        error(
+        ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body over {MAX_BODY} bytes"),
         )
     })
 }
 
-fn known_agent(state: &AppState, name: &str) -> Result<(), Response> {
+fn known_agent(state: &AppState, name: &str) -> Result<(), ApiError> {
     let known = valid_name(name) && state.engine.with_index(|ix| ix.agent(name).is_some());
     if known {
         Ok(())
     } else {
-        Err(error(
+        Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("unknown agent {name:?}: no definition with that name"),
         ))
@@ -183,7 +193,7 @@ async fn health(State(state): St) -> Response {
 
 async fn list_agents(State(state): St, headers: HeaderMap) -> Response {
     if let Err(r) = api_auth(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let agents: Vec<Value> = state
         .engine
@@ -300,14 +310,14 @@ async fn post_message(
     body: Body,
 ) -> Response {
     if let Err(r) = api_auth(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     if let Err(r) = known_agent(&state, &name) {
-        return r;
+        return r.into_response();
     }
     let bytes = match read_body(body).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (content, mut opts) = if is_json(&headers) {
         let m: MessageBody = match serde_json::from_slice(&bytes) {
@@ -361,10 +371,10 @@ async fn post_message(
 
 async fn reset_agent(State(state): St, Path(name): Path<String>, headers: HeaderMap) -> Response {
     if let Err(r) = api_auth(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     if let Err(r) = known_agent(&state, &name) {
-        return r;
+        return r.into_response();
     }
     let engine = state.engine.clone();
     let n = name.clone();
@@ -379,10 +389,10 @@ async fn reset_agent(State(state): St, Path(name): Path<String>, headers: Header
 
 async fn events_ticket(State(state): St, Path(name): Path<String>, headers: HeaderMap) -> Response {
     if let Err(r) = api_auth(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     if let Err(r) = known_agent(&state, &name) {
-        return r;
+        return r.into_response();
     }
     let ticket = uuid::Uuid::new_v4().simple().to_string();
     let mut t = state.tickets.lock().unwrap_or_else(|p| p.into_inner());
@@ -407,10 +417,10 @@ async fn events(
         matches!(tickets.remove(t), Some((agent, at)) if agent == name && at.elapsed() < TICKET_TTL)
     });
     if !by_ticket && let Err(r) = api_auth(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     if let Err(r) = known_agent(&state, &name) {
-        return r;
+        return r.into_response();
     }
     let rx = state.engine.subscribe();
     let cancel = state.cancel.clone();
@@ -461,15 +471,15 @@ fn event_stream(
 
 /// The webhook message: JSON pretty-printed in a code block (readable in
 /// the note), text as it is.
-fn webhook_message(bytes: &[u8]) -> Result<String, Response> {
+fn webhook_message(bytes: &[u8]) -> Result<String, ApiError> {
     if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
         let pretty = serde_json::to_string_pretty(&v).unwrap_or_default();
         return Ok(format!("```json\n{pretty}\n```\n"));
     }
     String::from_utf8(bytes.to_vec()).map_err(|_| {
-        error(
+        ApiError(
             StatusCode::BAD_REQUEST,
-            "the body is neither JSON nor UTF-8 text",
+            "the body is neither JSON nor UTF-8 text".into(),
         )
     })
 }
@@ -483,7 +493,7 @@ async fn webhook(
     let headers = req.headers().clone();
     let bytes = match read_body(req.into_body()).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let signed = match (
         &state.opts.webhook_secret,
@@ -505,11 +515,11 @@ async fn webhook(
         );
     }
     if let Err(r) = known_agent(&state, &name) {
-        return r;
+        return r.into_response();
     }
     let content = match webhook_message(&bytes) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let subject = q.subject.clone().or_else(|| {
         headers
