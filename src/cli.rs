@@ -273,3 +273,58 @@ pub fn reset(vault_dir: &Path, agent: &str) -> Result<Vec<String>, CliError> {
     let vault = Vault::open(vault_dir)?;
     Ok(crate::message::reset_threads(&vault, agent)?)
 }
+
+/// One job's line in `schedule`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobSchedule {
+    /// The job note's path.
+    pub job: String,
+    pub agent: String,
+    #[serde(skip)]
+    pub cron: String,
+    #[serde(skip)]
+    pub tz: String,
+    #[serde(skip)]
+    pub enabled: bool,
+    /// Next fire times, RFC 3339 with the zone's offset (none if disabled).
+    pub next: Vec<String>,
+}
+
+/// `schedule VAULT`: each job's next `count` fire times after `from`, and
+/// the job notes that are invalid (file and field).
+pub fn schedule(
+    vault_dir: &Path,
+    from: chrono::DateTime<chrono::Utc>,
+    count: usize,
+) -> Result<(Vec<JobSchedule>, Vec<Finding>), CliError> {
+    let vault = Vault::open(vault_dir)?;
+    let (ix, _) = load_index(&vault);
+    let jobs = ix
+        .jobs()
+        .map(|j| JobSchedule {
+            job: j.path.clone(),
+            agent: j.agent.clone(),
+            cron: j.cron_text.clone(),
+            tz: j.tz.name().to_string(),
+            enabled: j.enabled,
+            next: if j.enabled {
+                j.upcoming(from, count)
+                    .iter()
+                    .map(|t| t.to_rfc3339())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        })
+        .collect();
+    let invalid = ix
+        .problems()
+        .filter(|p| p.reason.starts_with("job disabled"))
+        .map(|p| Finding {
+            file: format!("{}.md", p.path),
+            reason: p.reason.clone(),
+            is_error: true,
+        })
+        .collect();
+    Ok((jobs, invalid))
+}

@@ -77,6 +77,19 @@ enum Command {
     Status { vault: PathBuf },
     /// Start an agent's conversation afresh (blanks the thread's session).
     Reset { vault: PathBuf, agent: String },
+    /// List each job's next fire times.
+    Schedule {
+        vault: PathBuf,
+        /// Start from this time (RFC 3339) instead of now.
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<String>,
+        /// How many fire times per job.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// Print JSON: [{"job","agent","next":[…]}].
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_tracing() {
@@ -307,6 +320,50 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("  {} problem(s): run `vaultrunner check`", s.errors);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Schedule {
+            vault,
+            from,
+            count,
+            json,
+        } => {
+            let from = match from {
+                None => chrono::Utc::now(),
+                Some(f) => chrono::DateTime::parse_from_rfc3339(&f)
+                    .with_context(|| {
+                        format!("--from {f:?} is not an RFC 3339 time like 2026-11-21T09:00:00Z")
+                    })?
+                    .with_timezone(&chrono::Utc),
+            };
+            let (jobs, invalid) = cli::schedule(&vault, from, count.min(1000))?;
+            for f in &invalid {
+                eprintln!("error: {}: {}", f.file, f.reason);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                for j in &jobs {
+                    println!(
+                        "{} → {} ({}, {}){}",
+                        j.job,
+                        j.agent,
+                        j.cron,
+                        j.tz,
+                        if j.enabled { "" } else { " disabled" }
+                    );
+                    for t in &j.next {
+                        println!("  {t}");
+                    }
+                }
+                if jobs.is_empty() && invalid.is_empty() {
+                    println!("no job notes (tag agent/job) in this vault");
+                }
+            }
+            Ok(if invalid.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Reset { vault, agent } => {
             let changed = cli::reset(&vault, &agent)?;
