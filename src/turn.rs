@@ -305,6 +305,86 @@ fn outbound_text(agent: &str, inbound: &str, thread: Option<&str>, ok: bool, bod
     render_new(&["agent/message", "agent/message/outbound"], &fields, body)
 }
 
+/// Step 6: a callback owed to the `reply_to` agent of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackTo {
+    pub agent: String,
+    pub correlation_id: Option<String>,
+    /// The callback's own depth: the message's + 1.
+    pub depth: u64,
+}
+
+/// The callback a message is owed, if any: it has a valid `reply_to`, and
+/// neither it nor the callback would be at or past the depth limit.
+pub fn callback_for(note: &Note, depth: u64) -> Option<CallbackTo> {
+    let to = note
+        .str("reply_to")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())?;
+    if !valid_name(&to) {
+        tracing::warn!("reply_to {to:?} is not a valid agent name; no callback");
+        return None;
+    }
+    if depth + 1 >= MAX_DELEGATION_DEPTH {
+        return None;
+    }
+    Some(CallbackTo {
+        agent: to,
+        correlation_id: note.str("correlation_id").filter(|s| !s.trim().is_empty()),
+        depth: depth + 1,
+    })
+}
+
+/// The callback note: a new inbound message to the `reply_to` agent at a
+/// path derived from the message's (`<stem>.callback`), so a re-run
+/// rewrites it. It never carries `reply_to`; its body is a notification
+/// with links, not the reply copied.
+pub fn callback_write(
+    cb: &CallbackTo,
+    message: &str,
+    source_agent: &str,
+    ok: bool,
+    thread: Option<&str>,
+    reply: Option<&str>,
+) -> NoteWrite {
+    let status = if ok { "ok" } else { "error" };
+    let mut fields: Vec<(&str, FmValue)> = vec![
+        ("agent", cb.agent.as_str().into()),
+        ("sender", format!("callback:{source_agent}").into()),
+        ("ts", now_rfc3339().into()),
+        ("callback", "true".into()),
+        ("source_status", status.into()),
+        ("source_agent", source_agent.into()),
+    ];
+    if let Some(t) = thread {
+        fields.push(("source_thread", link(t).into()));
+    }
+    if let Some(r) = reply {
+        fields.push(("source_message", link(r).into()));
+    }
+    if let Some(c) = &cb.correlation_id {
+        fields.push(("correlation_id", c.as_str().into()));
+    }
+    fields.push(("delegation_depth", cb.depth.into()));
+    let mut body = format!(
+        "{source_agent} finished the task you sent ({status}): {}\n",
+        reply
+            .map(link)
+            .unwrap_or_else(|| "its reply could not be written".into())
+    );
+    if let Some(t) = thread {
+        body.push_str(&format!("\nThread: {}\n", link(t)));
+    }
+    body.push_str(&format!("\nTask: {}\n", link(message)));
+    if let Some(c) = &cb.correlation_id {
+        body.push_str(&format!("\nCorrelation id: `{c}`\n"));
+    }
+    NoteWrite {
+        path: derived_path(message, "callback"),
+        content: render_new(&["agent/message", "agent/message/inbound"], &fields, &body),
+    }
+}
+
 /// The body of a failure reply: short and human-readable.
 pub fn failure_body(reason: &str) -> String {
     format!("**vaultrunner: this message could not be answered.**\n\n{reason}\n")
@@ -319,6 +399,7 @@ fn fail_without_turn(
     agent: &str,
     thread: Option<&str>,
     reason: &str,
+    callback: Option<&CallbackTo>,
 ) -> Result<Written, VaultError> {
     let reply = reply_path(path);
     let mut writes = Vec::new();
@@ -344,6 +425,9 @@ fn fail_without_turn(
         path: reply.clone(),
         content: outbound_text(agent, path, thread, false, &failure_body(reason)),
     });
+    if let Some(cb) = callback {
+        writes.push(callback_write(cb, path, agent, false, thread, Some(&reply)));
+    }
     let mut stamp: Vec<(&str, FmValue)> = vec![
         ("status", "error".into()),
         ("handled_at", now_rfc3339().into()),
@@ -353,21 +437,16 @@ fn fail_without_turn(
     if let Some(t) = thread {
         stamp.push(("thread", link(t).into()));
     }
-    let (edited, _) =
-        edit_front_matter(inbound_text, &stamp).map_err(|e| VaultError::UnsafePath {
-            path: path.to_string(),
-            reason: leak_reason(e.to_string()),
-        })?;
+    let (edited, _) = edit_front_matter(inbound_text, &stamp).map_err(|e| VaultError::Edit {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
     writes.push(NoteWrite {
         path: path.to_string(),
         content: edited,
     });
     let fps = write_retrying(vault, &writes)?;
     Ok(zip_written(&writes, fps))
-}
-
-fn leak_reason(_s: String) -> &'static str {
-    "front-matter could not be edited"
 }
 
 /// Runs one turn for the inbound note at `path`, for agent `def` (the
@@ -387,59 +466,67 @@ pub async fn run(
         Ok(i) => i,
         Err(why) => return Ok((Outcome::Skipped(why), Vec::new())),
     };
-    let fail = |thread: Option<String>, reason: String, inbound: Inbound| {
-        let vault = env.vault.clone();
-        let path = path.to_string();
-        let events = env.events.clone();
-        async move {
-            let written = tokio::task::spawn_blocking(move || {
-                fail_without_turn(
-                    &vault,
-                    &path,
-                    &inbound.text,
-                    &inbound.agent,
-                    thread.as_deref(),
-                    &reason,
-                )
-                .map(|w| (w, reason, inbound.agent))
-            })
-            .await
-            .map_err(join_err)??;
-            let (written, reason, agent) = written;
-            let _ = events.send(AgentEvent {
-                agent,
-                thread: String::new(),
-                message: String::new(),
-                event: TurnEvent::Error { message: reason },
-            });
-            Ok((
-                Outcome::Done {
-                    ok: false,
-                    external: false,
-                },
-                written,
-            ))
-        }
-    };
+    let fail =
+        |thread: Option<String>, reason: String, inbound: Inbound, callback: Option<CallbackTo>| {
+            let vault = env.vault.clone();
+            let path = path.to_string();
+            let events = env.events.clone();
+            async move {
+                let written = tokio::task::spawn_blocking(move || {
+                    fail_without_turn(
+                        &vault,
+                        &path,
+                        &inbound.text,
+                        &inbound.agent,
+                        thread.as_deref(),
+                        &reason,
+                        callback.as_ref(),
+                    )
+                    .map(|w| (w, reason, inbound.agent))
+                })
+                .await
+                .map_err(join_err)??;
+                let (written, reason, agent) = written;
+                let _ = events.send(AgentEvent {
+                    agent,
+                    thread: String::new(),
+                    message: String::new(),
+                    event: TurnEvent::Error { message: reason },
+                });
+                Ok((
+                    Outcome::Done {
+                        ok: false,
+                        external: false,
+                    },
+                    written,
+                ))
+            }
+        };
     if !valid_name(&inbound.agent) {
         let reason = format!(
             "field `agent`: {:?} is not a valid agent name (letters, digits, `_` and `-` only)",
             inbound.agent
         );
-        return fail(None, reason, inbound).await;
+        let cb = inbound
+            .depth
+            .as_ref()
+            .ok()
+            .and_then(|d| callback_for(&inbound.note, *d));
+        return fail(None, reason, inbound, cb).await;
     }
     let Some(def) = def else {
         return Ok((Outcome::Skipped("no definition".into()), Vec::new()));
     };
     let depth = match &inbound.depth {
         Ok(d) => *d,
-        Err(e) => return fail(None, e.clone(), inbound).await,
+        Err(e) => return fail(None, e.clone(), inbound, None).await,
     };
     if depth >= MAX_DELEGATION_DEPTH {
         let reason = format!(
             "not run: delegation depth {depth} reached the limit of {MAX_DELEGATION_DEPTH} (agents handing work to each other stop here, so a loop cannot run forever)"
         );
-        return fail(None, reason, inbound).await;
+        // No callback follows a message at the limit.
+        return fail(None, reason, inbound, None).await;
     }
     let thread = thread_path(&def, inbound.subject.as_deref(), path);
     if inbound.attempts >= MAX_ATTEMPTS {
@@ -447,7 +534,8 @@ pub async fn run(
             "gave up after {} attempts: each one was interrupted before it finished (crash or kill); send the message again to retry",
             inbound.attempts
         );
-        return fail(Some(thread), reason, inbound).await;
+        let cb = callback_for(&inbound.note, depth);
+        return fail(Some(thread), reason, inbound, cb).await;
     }
 
     // Steps 1 + 2: claim the message durably before running anything.
@@ -524,7 +612,8 @@ pub async fn run(
             message: e.to_string(),
         }),
     }
-    let end = end_batch(env, &def, path, &thread, result).await?;
+    let callback = callback_for(&inbound.note, depth);
+    let end = end_batch(env, &def, path, &thread, result, callback).await?;
     written.extend(end);
     Ok((Outcome::Done { ok, external }, written))
 }
@@ -652,9 +741,9 @@ async fn start_batch(
                 ("thread", link(&thread).into()),
             ],
         )
-        .map_err(|_| VaultError::UnsafePath {
+        .map_err(|e| VaultError::Edit {
             path: path.clone(),
-            reason: "front-matter could not be edited",
+            reason: e.to_string(),
         })?;
         let (thread_text, meta, body) = match vault.read(&thread) {
             Ok((t, _)) => match Note::parse(&t) {
@@ -756,6 +845,7 @@ async fn end_batch(
     path: &str,
     thread: &str,
     result: Result<TurnOutput, TurnError>,
+    callback: Option<CallbackTo>,
 ) -> Result<Written, VaultError> {
     let vault = env.vault.clone();
     let def = def.clone();
@@ -807,28 +897,71 @@ async fn end_batch(
             path: reply.clone(),
             content: outbound_text(&def.name, &path, Some(&thread), ok, &body),
         });
+        // Step 6: the callback, before the inbound is stamped, so a crash
+        // in between cannot lose it.
+        if let Some(cb) = &callback {
+            writes.push(callback_write(
+                cb,
+                &path,
+                &def.name,
+                ok,
+                Some(&thread),
+                Some(&reply),
+            ));
+        }
         // Step 7: stamp the inbound, on its current text.
         let (text, _) = vault.read(&path)?;
-        let (stamped, _) = edit_front_matter(
-            &text,
-            &[
-                ("status", if ok { "handled" } else { "error" }.into()),
-                ("handled_at", now.into()),
-                ("reply", link(&reply).into()),
+        let stamp = |status: &str, reply: Option<&str>, err: Option<String>| {
+            let mut edits: Vec<(&str, FmValue)> = vec![
+                ("status", status.into()),
+                ("handled_at", now.clone().into()),
+                (
+                    "reply",
+                    reply.map(link).map(FmValue::Str).unwrap_or(FmValue::Remove),
+                ),
                 ("thread", link(&thread).into()),
                 ("error", err.map(FmValue::Str).unwrap_or(FmValue::Remove)),
-            ],
-        )
-        .map_err(|_| VaultError::UnsafePath {
-            path: path.clone(),
-            reason: "front-matter could not be edited",
-        })?;
+            ];
+            if reply.is_none() {
+                edits.retain(|(k, _)| *k != "reply");
+            }
+            edit_front_matter(&text, &edits)
+                .map(|(s, _)| s)
+                .map_err(|e| VaultError::Edit {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+        };
         writes.push(NoteWrite {
             path: path.clone(),
-            content: stamped,
+            content: stamp(if ok { "handled" } else { "error" }, Some(&reply), err)?,
         });
-        let fps = write_retrying(&vault, &writes)?;
-        Ok(zip_written(&writes, fps))
+        match write_retrying(&vault, &writes) {
+            Ok(fps) => Ok(zip_written(&writes, fps)),
+            // The reply could not be written (a refused path, a full disk):
+            // still end the message as `error` and still call back.
+            Err(e) => {
+                tracing::error!("{path}: the reply could not be written: {e}");
+                let reason = format!("the reply could not be written: {e}");
+                let mut fallback = Vec::new();
+                if let Some(cb) = &callback {
+                    fallback.push(callback_write(
+                        cb,
+                        &path,
+                        &def.name,
+                        false,
+                        Some(&thread),
+                        None,
+                    ));
+                }
+                fallback.push(NoteWrite {
+                    path: path.clone(),
+                    content: stamp("error", None, Some(reason))?,
+                });
+                let fps = write_retrying(&vault, &fallback)?;
+                Ok(zip_written(&fallback, fps))
+            }
+        }
     })
     .await
     .map_err(join_err)?
@@ -854,6 +987,56 @@ mod tests {
         assert!(r.len() < 200 && r.ends_with(".reply"));
         assert_eq!(r, reply_path(&long));
         assert_ne!(r, reply_path(&format!("Inbox/{}y", "x".repeat(300))));
+    }
+
+    #[test]
+    fn callbacks_follow_the_depth_rule() {
+        let n = |extra: &str| {
+            Note::parse(&format!(
+                "---\ntags: [agent/message/inbound]\nagent: w\n{extra}---\ntask\n"
+            ))
+            .unwrap()
+        };
+        assert_eq!(callback_for(&n(""), 0), None);
+        let cb = callback_for(&n("reply_to: boss\ncorrelation_id: t-1\n"), 1).unwrap();
+        assert_eq!(
+            cb,
+            CallbackTo {
+                agent: "boss".into(),
+                correlation_id: Some("t-1".into()),
+                depth: 2
+            }
+        );
+        assert!(callback_for(&n("reply_to: boss\n"), 6).is_some());
+        assert_eq!(callback_for(&n("reply_to: boss\n"), 7), None);
+        assert_eq!(callback_for(&n("reply_to: ../x\n"), 0), None);
+        let w = callback_write(
+            &cb,
+            "Inbox/w/task",
+            "w",
+            true,
+            Some("Threads/w/w"),
+            Some("Inbox/w/task.reply"),
+        );
+        assert_eq!(w.path, "Inbox/w/task.callback");
+        let note = Note::parse(&w.content).unwrap();
+        assert_eq!(note.kind(), NoteKind::Inbound);
+        assert_eq!(note.str("agent").as_deref(), Some("boss"));
+        assert_eq!(note.str("callback").as_deref(), Some("true"));
+        assert!(matches!(
+            note.meta.get("callback"),
+            Some(serde_yaml::Value::String(_))
+        ));
+        assert_eq!(note.str("source_status").as_deref(), Some("ok"));
+        assert_eq!(
+            note.str("source_message").as_deref(),
+            Some("[[Inbox/w/task.reply]]")
+        );
+        assert_eq!(note.str("correlation_id").as_deref(), Some("t-1"));
+        assert_eq!(note.str("delegation_depth").as_deref(), Some("2"));
+        assert_eq!(note.str("sender").as_deref(), Some("callback:w"));
+        assert!(note.str("reply_to").is_none());
+        assert!(note.body.contains("[[Inbox/w/task.reply]]"));
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub enum VaultError {
     Locked(PathBuf),
     #[error("{} is not a directory", .0.display())]
     NotADirectory(PathBuf),
+    #[error("{path}.md: front-matter could not be edited: {reason}")]
+    Edit { path: String, reason: String },
 }
 
 fn io_err(path: &Path, source: io::Error) -> VaultError {
