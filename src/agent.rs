@@ -222,6 +222,35 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
             }
         },
     };
+    // Optional keys of some backends: a bad value is an error naming the
+    // field, never silently ignored.
+    if let Some(v) = note.str("retry_base")
+        && parse_duration(&v).is_none()
+    {
+        return Err(err(
+            "retry_base",
+            format!("{v:?} is not a duration like 2s or 500ms"),
+        ));
+    }
+    for key in ["history_budget", "max_tokens"] {
+        if let Some(v) = note.str(key)
+            && v.trim().parse::<u64>().is_err()
+        {
+            return Err(err(key, format!("{v:?} is not a whole number")));
+        }
+    }
+    if let Some(v) = note.str("temperature")
+        && v.trim().parse::<f64>().is_err()
+    {
+        return Err(err("temperature", format!("{v:?} is not a number")));
+    }
+    for key in ["model", "base_url", "api_key_env", "program", "workspace"] {
+        if let Some(v) = note.meta.get(key)
+            && !matches!(v, Value::String(_) | Value::Null)
+        {
+            return Err(err(key, "expected a text value".into()));
+        }
+    }
     let enabled = bool_of(&note.meta, "enabled")
         .map_err(|r| err("enabled", r))?
         .unwrap_or(true);
@@ -329,6 +358,19 @@ mod tests {
                 .field,
             "system_prompt_mode"
         );
+    }
+
+    #[test]
+    fn backend_keys_are_validated() {
+        let field = |t: &str| def(t).unwrap_err().field;
+        assert_eq!(field("---\nretry_base: soon\n---\n"), "retry_base");
+        assert_eq!(field("---\nhistory_budget: lots\n---\n"), "history_budget");
+        assert_eq!(field("---\nmax_tokens: -1\n---\n"), "max_tokens");
+        assert_eq!(field("---\ntemperature: warm\n---\n"), "temperature");
+        assert_eq!(field("---\nstall_timeout: never\n---\n"), "stall_timeout");
+        assert_eq!(field("---\nmodel: [a, b]\n---\n"), "model");
+        let d = def("---\nretry_base: 50ms\nhistory_budget: 1000\nmax_tokens: 10\ntemperature: 0.2\nstall_timeout: 2m\n---\n").unwrap();
+        assert_eq!(d.stall_timeout, Duration::from_secs(120));
     }
 
     #[test]

@@ -497,6 +497,18 @@ impl Index {
             _ => None,
         }
     }
+
+    /// A message from `sender` that is queued or being run, if any (the
+    /// cron trigger's "previous fire still open" check).
+    pub fn open_message_from(&self, sender: &str) -> Option<&String> {
+        self.in_flight
+            .iter()
+            .chain(self.queued_at.keys())
+            .find(|p| {
+                self.inbound(p)
+                    .is_some_and(|m| m.sender.as_deref() == Some(sender))
+            })
+    }
 }
 
 /// Reads the routing facts of an inbound note.

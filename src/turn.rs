@@ -585,7 +585,8 @@ pub async fn run(
             let grace = backend::process::KILL_GRACE + Duration::from_secs(5);
             let policy = retry_policy(&def);
             let run = backend::run_with_retries(b.as_ref(), &req, &events, &env.cancel, policy);
-            let r = match tokio::time::timeout(req.timeout + grace, run).await {
+            // A safety net only: backends stop at the deadline themselves.
+            let r = match tokio::time::timeout_at(req.deadline + grace, run).await {
                 Ok(r) => r,
                 Err(_) => Err(TurnError::Timeout(req.timeout)),
             };
@@ -712,6 +713,7 @@ fn build_request(
         workspace,
         env: env_vars,
         timeout: def.timeout,
+        deadline: tokio::time::Instant::now() + def.timeout,
         stall: def.stall_timeout,
         history: Vec::new(),
     }

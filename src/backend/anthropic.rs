@@ -85,7 +85,7 @@ impl Backend for Anthropic {
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + req.timeout;
+            let deadline = req.deadline;
             let key = http::api_key(Some(&self.api_key_env), None)?.unwrap_or_default();
             let rb = client()
                 .post(format!("{}/v1/messages", self.base_url))

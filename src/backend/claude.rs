@@ -12,8 +12,6 @@
 //! Shapes: ../../shared/PROTOCOLS.md, from public captures of Claude Code
 //! 2.1.x stream-json output.
 
-use std::time::Duration;
-
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -331,21 +329,24 @@ impl Backend for Claude {
                 Some(id) => SessionArg::Resume(id.clone()),
                 None => SessionArg::Create(uuid::Uuid::new_v4().to_string()),
             };
-            let started = tokio::time::Instant::now();
             loop {
                 let argv = self.argv(req, &session, sp_path.as_deref());
-                let remaining = req.timeout.saturating_sub(started.elapsed());
                 let spec = Spawn {
                     argv: &argv,
                     stdin: Some(&req.prompt),
                     cwd: &req.workspace,
                     env: &req.env,
                     remove_env: &["CLAUDECODE"],
-                    timeout: remaining.max(Duration::from_millis(1)),
+                    deadline: req.deadline,
+                    timeout: req.timeout,
                     stall: req.stall,
                 };
                 let mut stream = ClaudeStream::default();
-                let done = process::run_lines(&spec, cancel, |l| stream.feed(l, events)).await?;
+                let done = process::run_lines(&spec, cancel, |l| {
+                    stream.feed(l, events);
+                    stream.result.is_none()
+                })
+                .await?;
                 let resumed = matches!(session, SessionArg::Resume(_));
                 match outcome(stream, &done, resumed) {
                     Ended::Ok(out) => return Ok(out),

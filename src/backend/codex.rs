@@ -9,8 +9,6 @@
 //! ("Reconnecting... 4/5"); `turn.failed` fails the turn. Shapes:
 //! ../../shared/PROTOCOLS.md, from public captures of `codex exec --json`.
 
-use std::time::Duration;
-
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -204,7 +202,6 @@ impl Backend for Codex {
         Box::pin(async move {
             let prompt = with_system_prompt(&req.system_prompt, &req.prompt);
             let mut resume = req.session.clone();
-            let started = tokio::time::Instant::now();
             loop {
                 let mut argv = vec![
                     self.program.clone(),
@@ -226,14 +223,16 @@ impl Backend for Codex {
                     cwd: &req.workspace,
                     env: &req.env,
                     remove_env: &[],
-                    timeout: req
-                        .timeout
-                        .saturating_sub(started.elapsed())
-                        .max(Duration::from_millis(1)),
+                    deadline: req.deadline,
+                    timeout: req.timeout,
                     stall: req.stall,
                 };
                 let mut stream = CodexStream::default();
-                let done = process::run_lines(&spec, cancel, |l| stream.feed(l, events)).await?;
+                let done = process::run_lines(&spec, cancel, |l| {
+                    stream.feed(l, events);
+                    !stream.completed && stream.failed.is_none()
+                })
+                .await?;
                 match outcome(stream, &done, resume.is_some()) {
                     Some(r) => return r,
                     None => {

@@ -56,16 +56,17 @@ impl Backend for CommandBackend {
                 "VAULTRUNNER_SYSTEM_PROMPT".into(),
                 req.system_prompt.clone(),
             ));
-            let done = process::run(
-                &self.argv,
-                &req.prompt,
-                &req.workspace,
-                &env,
-                &[],
-                req.timeout,
-                cancel,
-            )
-            .await?;
+            let spec = process::Spawn {
+                argv: &self.argv,
+                stdin: Some(&req.prompt),
+                cwd: &req.workspace,
+                env: &env,
+                remove_env: &[],
+                deadline: req.deadline,
+                timeout: req.timeout,
+                stall: req.stall,
+            };
+            let done = process::run(&spec, cancel).await?;
             match done.code {
                 Some(0) => {
                     let reply = done.stdout.trim_end_matches(['\n', '\r']).to_string();

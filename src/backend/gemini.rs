@@ -8,8 +8,6 @@
 //! Shapes: ../../shared/PROTOCOLS.md, from public captures of Gemini CLI
 //! stream-json output.
 
-use std::time::Duration;
-
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -197,7 +195,6 @@ impl Backend for Gemini {
         Box::pin(async move {
             let prompt = with_system_prompt(&req.system_prompt, &req.prompt);
             let mut resume = req.session.clone();
-            let started = tokio::time::Instant::now();
             loop {
                 let mut argv = vec![
                     self.program.clone(),
@@ -218,14 +215,16 @@ impl Backend for Gemini {
                     cwd: &req.workspace,
                     env: &req.env,
                     remove_env: &[],
-                    timeout: req
-                        .timeout
-                        .saturating_sub(started.elapsed())
-                        .max(Duration::from_millis(1)),
+                    deadline: req.deadline,
+                    timeout: req.timeout,
                     stall: req.stall,
                 };
                 let mut stream = GeminiStream::default();
-                let done = process::run_lines(&spec, cancel, |l| stream.feed(l, events)).await?;
+                let done = process::run_lines(&spec, cancel, |l| {
+                    stream.feed(l, events);
+                    stream.result.is_none()
+                })
+                .await?;
                 match outcome(stream, &done, resume.is_some()) {
                     Some(r) => return r,
                     None => {

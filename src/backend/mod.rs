@@ -45,7 +45,10 @@ pub struct TurnRequest {
     pub workspace: PathBuf,
     /// Extra environment (`VAULTRUNNER_*`).
     pub env: Vec<(String, String)>,
+    /// The configured timeout (named in errors).
     pub timeout: Duration,
+    /// When the whole turn — every attempt — must be over.
+    pub deadline: tokio::time::Instant,
     /// Longest time without output before the turn is stopped.
     pub stall: Duration,
     /// Earlier exchanges of this thread, oldest first (for backends that
@@ -150,6 +153,11 @@ pub async fn run_with_retries(
                     )));
                 }
                 let wait = policy.backoff(n, retry_after);
+                if tokio::time::Instant::now() + wait >= req.deadline {
+                    return Err(TurnError::Failed(format!(
+                        "{message} (no time left for another attempt within the turn's timeout)"
+                    )));
+                }
                 tracing::warn!(
                     "{}: transient failure (attempt {n} of {}): {message}; retrying in {wait:?}",
                     req.definition.name,

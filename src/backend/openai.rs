@@ -83,7 +83,7 @@ impl Backend for OpenAi {
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + req.timeout;
+            let deadline = req.deadline;
             let key = http::api_key(self.api_key_env.as_deref(), Some("OPENAI_API_KEY"))?;
             let mut rb = client()
                 .post(format!("{}/chat/completions", self.base_url))

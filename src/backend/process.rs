@@ -55,17 +55,20 @@ pub async fn terminate_group(child: &mut tokio::process::Child) {
     let _ = child.wait().await;
 }
 
-/// Runs `argv` with `stdin` as input, in `cwd`, with `env`, until it exits,
-/// the timeout passes, or `cancel` fires.
-pub async fn run(
-    argv: &[String],
-    stdin: &str,
-    cwd: &std::path::Path,
-    env: &[(String, String)],
-    remove_env: &[&str],
-    timeout: Duration,
-    cancel: &CancellationToken,
-) -> Result<Finished, TurnError> {
+/// Runs a child with `spec.stdin` as input until it exits, the deadline
+/// passes, or `cancel` fires; returns all of its output.
+pub async fn run(spec: &Spawn<'_>, cancel: &CancellationToken) -> Result<Finished, TurnError> {
+    let Spawn {
+        argv,
+        stdin,
+        cwd,
+        env,
+        remove_env,
+        deadline,
+        timeout,
+        ..
+    } = *spec;
+    let stdin = stdin.unwrap_or("");
     let (prog, args) = argv
         .split_first()
         .ok_or_else(|| TurnError::Failed("empty command".into()))?;
@@ -122,7 +125,7 @@ pub async fn run(
     tokio::pin!(io);
     let outcome = tokio::select! {
         (_, o, e) = &mut io => Ok((o, e)),
-        _ = tokio::time::sleep(timeout) => Err(TurnError::Timeout(timeout)),
+        _ = tokio::time::sleep_until(deadline) => Err(TurnError::Timeout(timeout)),
         _ = cancel.cancelled() => Err(TurnError::Cancelled),
     };
     match outcome {
@@ -131,7 +134,7 @@ pub async fn run(
             // streams early) — give it the rest of the time to exit.
             let status = tokio::select! {
                 s = child.wait() => s.map_err(|e| TurnError::Failed(format!("waiting for {prog}: {e}")))?,
-                _ = tokio::time::sleep(timeout) => {
+                _ = tokio::time::sleep_until(deadline) => {
                     terminate_group(&mut child).await;
                     return Err(TurnError::Timeout(timeout));
                 }
@@ -167,7 +170,9 @@ pub struct Spawn<'a> {
     pub cwd: &'a std::path::Path,
     pub env: &'a [(String, String)],
     pub remove_env: &'a [&'a str],
-    /// Time left for the whole run.
+    /// When the turn must be over (all attempts together).
+    pub deadline: tokio::time::Instant,
+    /// The configured timeout (named in the error).
     pub timeout: Duration,
     /// Longest time without a line on stdout.
     pub stall: Duration,
@@ -186,12 +191,15 @@ pub struct Streamed {
 const STDERR_KEEP: usize = 64 * 1024;
 
 /// Runs a child and hands each stdout line (without its newline) to
-/// `on_line` as it arrives. Lines may be any length. On timeout, stall or
-/// cancel the whole process group is terminated.
+/// `on_line` as it arrives; `on_line` returns `false` once the stream said
+/// its last word (a `result` line), and then the child gets a short grace
+/// to exit before its group is killed — a grandchild holding stdout open
+/// cannot stall a finished turn. Lines may be any length. On timeout,
+/// stall or cancel the whole process group is terminated.
 pub async fn run_lines(
     spec: &Spawn<'_>,
     cancel: &CancellationToken,
-    mut on_line: impl FnMut(&[u8]),
+    mut on_line: impl FnMut(&[u8]) -> bool,
 ) -> Result<Streamed, TurnError> {
     use tokio::io::AsyncBufReadExt;
     let (prog, args) = spec
@@ -259,8 +267,9 @@ pub async fn run_lines(
         return Err(TurnError::Failed("no stdout from child".into()));
     };
     let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
-    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let deadline = spec.deadline;
     let mut buf = Vec::new();
+    let mut finished = false;
     let mut stall_at = tokio::time::Instant::now() + spec.stall;
     let failure = loop {
         tokio::select! {
@@ -269,9 +278,13 @@ pub async fn run_lines(
                 Ok(_) => {
                     let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    on_line(line);
+                    let more = on_line(line);
                     buf.clear();
                     stall_at = tokio::time::Instant::now() + spec.stall;
+                    if !more {
+                        finished = true;
+                        break None;
+                    }
                 }
                 Err(_) => break None,
             },
@@ -289,9 +302,20 @@ pub async fn run_lines(
     if !buf.is_empty() {
         on_line(&buf);
     }
+    // The stream is complete: the child should exit now; don't wait for
+    // anything that holds its stdout open.
+    let wait_until = if finished {
+        deadline.min(tokio::time::Instant::now() + KILL_GRACE)
+    } else {
+        deadline
+    };
     let status = tokio::select! {
         s = child.wait() => s.map_err(|e| TurnError::Failed(format!("waiting for {name}: {e}")))?,
-        _ = tokio::time::sleep_until(deadline) => {
+        _ = tokio::time::sleep_until(wait_until), if finished => {
+            terminate_group(&mut child).await;
+            child.wait().await.map_err(|e| TurnError::Failed(format!("waiting for {name}: {e}")))?
+        }
+        _ = tokio::time::sleep_until(deadline), if !finished => {
             terminate_group(&mut child).await;
             return Err(TurnError::Timeout(spec.timeout));
         }

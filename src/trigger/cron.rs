@@ -25,8 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::Engine;
 use crate::job::{CatchUp, Job};
 use crate::message::{SendOptions, inbound_text};
-use crate::note::{FmValue, Note, edit_front_matter};
-use crate::queue::Status;
+use crate::note::{FmValue, edit_front_matter};
 use crate::turn::now_rfc3339;
 
 /// A late timer within this is a normal fire, even with `catch_up: skip`.
@@ -115,7 +114,7 @@ impl Scheduler {
                     scheduled: due,
                     reason,
                 }
-            } else if let Some(prev) = previous_still_open(engine, job, anchor) {
+            } else if let Some(prev) = previous_still_open(engine, job) {
                 let reason =
                     format!("skipped: the previous run [[{prev}]] is still queued or running");
                 stamp(engine, job, due, &reason);
@@ -137,18 +136,12 @@ impl Scheduler {
     }
 }
 
-/// The previous fire's message, if it is still pending or working.
-fn previous_still_open(engine: &Engine, job: &Job, anchor: DateTime<Utc>) -> Option<String> {
-    // The anchor is the previous fire's scheduled time (or, for a job that
-    // never fired, a time no message was written for).
-    let path = job.fire_path(anchor);
-    let (text, _) = engine.vault().read(&path).ok()?;
-    let n = Note::parse(&text).ok()?;
-    matches!(
-        Status::parse(n.str("status").as_deref()),
-        Status::Pending | Status::Working
-    )
-    .then_some(path)
+/// The job's previous fire, if its message is still queued or running.
+/// Looked up by sender in the index, not at the anchor's path: after a
+/// skip the anchor is the skipped time, which has no message.
+fn previous_still_open(engine: &Engine, job: &Job) -> Option<String> {
+    let sender = format!("job:{}", job.path);
+    engine.with_index(|ix| ix.open_message_from(&sender).cloned())
 }
 
 fn fire(engine: &Engine, job: &Job, due: DateTime<Utc>) -> Fired {
