@@ -405,6 +405,12 @@ impl Engine {
                 continue;
             };
             let def = st.index.agent(agent).cloned();
+            // Only the claude backend's delegation section needs the list.
+            let agent_names: Vec<String> = if def.as_ref().is_some_and(|d| d.backend == "claude") {
+                st.index.agents().map(|d| d.name.clone()).collect()
+            } else {
+                Vec::new()
+            };
             st.running.insert(agent.clone());
             self.in_flight.fetch_add(1, Ordering::SeqCst);
             started += 1;
@@ -418,6 +424,7 @@ impl Engine {
                     events: engine.events.clone(),
                     cancel,
                     history: Box::new(move |t| history_of.with_index(|ix| ix.thread_history(t))),
+                    agents: agent_names,
                 };
                 let started = std::time::Instant::now();
                 let res = turn::run(&env, def, &path).await;

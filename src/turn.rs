@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Definition, Mode, SystemPromptMode, valid_name};
+use crate::agent::{Definition, Mode, valid_name};
 use crate::backend::{
     self, AgentEvent, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
 };
@@ -141,6 +141,38 @@ pub enum Outcome {
 /// Notes written by a turn, with their fingerprints (for the index).
 pub type Written = Vec<(String, Fingerprint)>;
 
+/// The running vaultrunner binary, for `$VAULTRUNNER_BIN send …` in turns.
+pub fn vaultrunner_bin() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "vaultrunner".into())
+}
+
+/// The section the claude backend's system prompt gains (unless the
+/// definition says `delegation_prompt: false`): how to hand work to
+/// another agent through the vault. Documented in docs/delegation.md.
+pub fn delegation_section(me: &str, agents: &[String]) -> String {
+    let others: Vec<&str> = agents
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != me)
+        .collect();
+    let list = if others.is_empty() {
+        "(no other agents are defined right now)".to_string()
+    } else {
+        others.join(", ")
+    };
+    format!(
+        "## Delegating to other agents\n\
+         You are the agent `{me}` in a vault run by vaultrunner. To hand a task to another agent, run:\n\
+         \n    \"$VAULTRUNNER_BIN\" send \"$VAULTRUNNER_VAULT\" <agent> \"<task>\" --reply-to {me} --correlation-id <id>\n\n\
+         Agents here: {list}. The task becomes a note and runs in that agent's queue; you do not wait for it. \
+         When it is answered you get a new message with `callback: \"true\"`, its `correlation_id`, \
+         `source_status` (ok or error) and a link to the reply note (read it from the vault). \
+         Give each task its own correlation id. Delegation chains stop at depth {MAX_DELEGATION_DEPTH}."
+    )
+}
+
 /// Looks up the answered messages of a thread.
 pub type HistoryFn = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
 
@@ -151,6 +183,8 @@ pub struct TurnEnv {
     pub cancel: CancellationToken,
     /// The answered messages of a thread, oldest first (from the index).
     pub history: HistoryFn,
+    /// The names of the agents defined now (for the delegation section).
+    pub agents: Vec<String>,
 }
 
 /// Default `history_budget`: characters of earlier exchanges sent to
@@ -665,15 +699,18 @@ fn build_request(
     } else {
         message.clone()
     };
-    let mut system_prompt = match def.system_prompt_mode {
-        SystemPromptMode::Append | SystemPromptMode::Replace => def.system_prompt.clone(),
-    };
-    let tb = thread_body.trim();
-    if !tb.is_empty() {
-        if !system_prompt.is_empty() {
-            system_prompt.push_str("\n\n");
+    let mut system_prompt = def.system_prompt.clone();
+    let mut add = |part: &str| {
+        if !part.is_empty() {
+            if !system_prompt.is_empty() {
+                system_prompt.push_str("\n\n");
+            }
+            system_prompt.push_str(part);
         }
-        system_prompt.push_str(tb);
+    };
+    add(thread_body.trim());
+    if def.backend == "claude" && def.flag("delegation_prompt", true) {
+        add(&delegation_section(&def.name, &env.agents));
     }
     let workspace = match def
         .workspace
@@ -703,6 +740,7 @@ fn build_request(
             "VAULTRUNNER_DELEGATION_DEPTH".to_string(),
             depth.to_string(),
         ),
+        ("VAULTRUNNER_BIN".to_string(), vaultrunner_bin()),
     ];
     TurnRequest {
         definition: def.clone(),
@@ -1039,6 +1077,14 @@ mod tests {
         assert_eq!(note.str("sender").as_deref(), Some("callback:w"));
         assert!(note.str("reply_to").is_none());
         assert!(note.body.contains("[[Inbox/w/task.reply]]"));
+    }
+
+    #[test]
+    fn delegation_section_names_the_others() {
+        let s = delegation_section("boss", &["boss".into(), "a".into(), "b".into()]);
+        assert!(s.contains("Agents here: a, b."), "{s}");
+        assert!(s.contains("--reply-to boss"));
+        assert!(s.contains("$VAULTRUNNER_BIN"));
     }
 
     #[test]

@@ -351,10 +351,13 @@ fn claude_session_created_then_resumed() {
         Some("stream-json")
     );
     assert_eq!(flag_value(&a, "--model").as_deref(), Some("opus-test"));
-    assert_eq!(
-        flag_value(&a, "--append-system-prompt").as_deref(),
-        Some("You are terse.")
+    // The definition body, then the delegation section (on by default).
+    let sp = flag_value(&a, "--append-system-prompt").unwrap_or_default();
+    assert!(
+        sp.starts_with("You are terse.\n\n## Delegating to other agents\n"),
+        "{sp}"
     );
+    assert!(sp.contains("--reply-to cc"), "{sp}");
     assert!(!a.contains(&"--system-prompt".to_string()), "{a:?}");
     assert!(!a.contains(&"--resume".to_string()), "{a:?}");
     let sid = flag_value(&a, "--session-id").expect("--session-id on the first turn");
@@ -440,7 +443,7 @@ fn claude_replace_mode_and_thread_body_in_system_prompt() {
     claude_agent(
         &env,
         "cc",
-        "system_prompt_mode: replace\n",
+        "system_prompt_mode: replace\ndelegation_prompt: false\n",
         "You are a pirate.\n",
     );
     env.write(
