@@ -30,6 +30,10 @@ pub const EXAMPLE_VAULT: &[(&str, &str)] = &[
         include_str!("../vault-example/Agents/shout.md"),
     ),
     (
+        "Agents/planner.md",
+        include_str!("../vault-example/Agents/planner.md"),
+    ),
+    (
         "Templates/Message.md",
         include_str!("../vault-example/Templates/Message.md"),
     ),
@@ -327,4 +331,49 @@ pub fn schedule(
         })
         .collect();
     Ok((jobs, invalid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `init` writes exactly what `vault-example/` holds.
+    #[test]
+    fn example_vault_is_complete() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("vault-example");
+        let mut on_disk = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    let rel = e
+                        .path()
+                        .strip_prefix(&root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .replace('\\', "/");
+                    // Notes the example vault gains by running it are not part of it.
+                    if !rel.starts_with("Threads/")
+                        && !rel.contains(".reply.")
+                        && !rel.contains(".callback.")
+                    {
+                        on_disk.push(rel);
+                    }
+                }
+            }
+        }
+        on_disk.sort();
+        let mut embedded: Vec<String> = EXAMPLE_VAULT.iter().map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+        for (p, text) in EXAMPLE_VAULT {
+            assert_eq!(&std::fs::read_to_string(root.join(p)).unwrap(), text, "{p}");
+        }
+    }
 }

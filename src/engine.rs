@@ -446,14 +446,18 @@ impl Engine {
         path: &str,
         res: Result<(Outcome, turn::Written), VaultError>,
     ) {
+        let mut wake_jobs = false;
         {
             let mut st = self.lock();
             st.running.remove(agent);
             st.index.finish(path);
             match res {
                 Ok((outcome, written)) => {
-                    for (p, fp) in written {
-                        st.index.note_written(&p, fp);
+                    // Index what the turn wrote: a callback is a new message
+                    // to queue, a stamped inbound joins its thread's history.
+                    for (p, fp, text) in written {
+                        let ch = st.index.update(&p, &text, fp, false);
+                        wake_jobs |= ch.jobs_changed;
                     }
                     match outcome {
                         Outcome::Done { ok, external } => {
@@ -512,6 +516,9 @@ impl Engine {
                     }
                 }
             }
+        }
+        if wake_jobs {
+            self.jobs_notify.notify_waiters();
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let _ = self.finished.send(path.to_string());

@@ -139,7 +139,10 @@ pub enum Outcome {
 }
 
 /// Notes written by a turn, with their fingerprints (for the index).
-pub type Written = Vec<(String, Fingerprint)>;
+/// Each with its content, so the engine can index what the turn wrote (a
+/// callback is a new message to queue; a stamped inbound joins its thread's
+/// history) without reading it back.
+pub type Written = Vec<(String, Fingerprint, String)>;
 
 /// The running vaultrunner binary, for `$VAULTRUNNER_BIN send …` in turns.
 pub fn vaultrunner_bin() -> String {
@@ -320,7 +323,11 @@ fn write_retrying(vault: &Vault, writes: &[NoteWrite]) -> Result<Vec<Fingerprint
 }
 
 fn zip_written(writes: &[NoteWrite], fps: Vec<Fingerprint>) -> Written {
-    writes.iter().map(|w| w.path.clone()).zip(fps).collect()
+    writes
+        .iter()
+        .zip(fps)
+        .map(|(w, fp)| (w.path.clone(), fp, w.content.clone()))
+        .collect()
 }
 
 /// The outbound note's text.

@@ -7,11 +7,7 @@ use std::time::Duration;
 
 use common::{TestVault, is_rfc3339_millis_utc, sh_quote, tags, vr};
 
-/// Asserts `hay` contains `needle`, showing both when not.
-#[track_caller]
-fn assert_contains(hay: &str, needle: &str) {
-    assert!(hay.contains(needle), "expected {needle:?} in:\n{hay}");
-}
+use common::assert_contains;
 
 // ---------------------------------------------------------------- init/process
 

@@ -216,7 +216,15 @@ impl TestVault {
         let log = self
             .parent
             .join(format!("serve-{}.log", std::process::id()));
-        let mut args = vec!["serve", self.root_str(), "--settle-ms", "0"];
+        // No HTTP: tests run in parallel and must not fight over a port.
+        let mut args = vec![
+            "serve",
+            self.root_str(),
+            "--settle-ms",
+            "0",
+            "--listen",
+            "none",
+        ];
         args.extend_from_slice(extra);
         let mut cmd = Command::new(BIN);
         cmd.args(&args)
@@ -569,4 +577,10 @@ impl Drop for Serve {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Asserts `hay` contains `needle`, showing both when not.
+#[track_caller]
+pub fn assert_contains(hay: &str, needle: &str) {
+    assert!(hay.contains(needle), "expected {needle:?} in:\n{hay}");
 }
