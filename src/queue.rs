@@ -261,7 +261,14 @@ impl Index {
                 change.definitions_changed = true;
             }
             NoteKind::Inbound => {
-                let msg = inbound_of(path, &note, fp);
+                let mut msg = inbound_of(path, &note, fp);
+                // A message left `working` by a crash was the head of its
+                // agent's queue (one turn at a time per agent); our own
+                // claim stamp changed its file time, so without a `ts` it
+                // would fall to the back. It goes first again.
+                if msg.status == Status::Working && recovering {
+                    msg.order.0 = i64::MIN;
+                }
                 let eligible = match msg.status {
                     Status::Pending => true,
                     Status::Working => recovering,
@@ -620,6 +627,22 @@ mod tests {
         ix.update("m/odd", &msg("a", "status: later\n"), fp(1), false);
         assert_eq!(ix.queue_len("a"), 1);
         assert!(ix.problems().any(|p| p.path == "m/odd" && !p.is_error));
+    }
+
+    #[test]
+    fn a_recovered_message_keeps_its_place_at_the_front() {
+        let mut ix = Index::new();
+        ix.update("Agents/a", DEF, fp(0), true);
+        ix.update("m/older", &msg("a", ""), fp(10), true);
+        // Crashed mid-turn: its claim stamp gave it the newest file time.
+        ix.update(
+            "m/crashed",
+            &msg("a", "status: working\nattempts: 1\n"),
+            fp(99),
+            true,
+        );
+        assert_eq!(ix.pop("a").as_deref(), Some("m/crashed"));
+        assert_eq!(ix.pop("a").as_deref(), Some("m/older"));
     }
 
     #[test]

@@ -96,69 +96,68 @@ pub async fn run(spec: &Spawn<'_>, cancel: &CancellationToken) -> Result<Finishe
     })?;
     // The group id, kept: `child.id()` is `None` once the child is reaped.
     let pgid = child.id();
-    let mut child_in = child.stdin.take();
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let input = stdin.to_string();
-    let feed = async move {
-        if let Some(mut w) = child_in.take() {
+    if let Some(mut w) = child.stdin.take() {
+        let input = stdin.to_string();
+        tokio::spawn(async move {
             // A child that does not read stdin closes it: not an error.
             let _ = w.write_all(input.as_bytes()).await;
             let _ = w.shutdown().await;
+        });
+    }
+    // Readers run on their own, so the child's exit can be noticed even
+    // while a grandchild still holds its output open.
+    let reader = |pipe: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| {
+        tokio::spawn(async move {
+            let mut s = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut s).await;
+            }
+            s
+        })
+    };
+    let out_task = reader(child.stdout.take().map(|p| Box::new(p) as _));
+    let err_task = reader(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = tokio::select! {
+        s = child.wait() => s.map_err(|e| TurnError::Failed(format!("waiting for {prog}: {e}")))?,
+        _ = tokio::time::sleep_until(deadline) => {
+            terminate_group(&mut child).await;
+            return Err(TurnError::Timeout(timeout));
+        }
+        _ = cancel.cancelled() => {
+            terminate_group(&mut child).await;
+            return Err(TurnError::Cancelled);
         }
     };
-    let read_out = async move {
-        let mut s = Vec::new();
-        if let Some(o) = out.as_mut() {
-            let _ = o.read_to_end(&mut s).await;
-        }
-        s
+    // The program has exited: collect what it wrote. Output still held open
+    // by a grandchild gets a short grace, then the group is killed (which
+    // closes the pipes) — a finished command is never turned into a timeout.
+    let collect = async {
+        let out = out_task.await.unwrap_or_default();
+        let err = err_task.await.unwrap_or_default();
+        (out, err)
     };
-    let read_err = async move {
-        let mut s = Vec::new();
-        if let Some(e) = err.as_mut() {
-            let _ = e.read_to_end(&mut s).await;
-        }
-        s
-    };
-    let io = async { tokio::join!(feed, read_out, read_err) };
-    tokio::pin!(io);
-    let outcome = tokio::select! {
-        (_, o, e) = &mut io => Ok((o, e)),
-        _ = tokio::time::sleep_until(deadline) => Err(TurnError::Timeout(timeout)),
-        _ = cancel.cancelled() => Err(TurnError::Cancelled),
-    };
-    match outcome {
-        Ok((o, e)) => {
-            // Output closed; the child may still be running (it closed its
-            // streams early) — give it the rest of the time to exit.
-            let status = tokio::select! {
-                s = child.wait() => s.map_err(|e| TurnError::Failed(format!("waiting for {prog}: {e}")))?,
-                _ = tokio::time::sleep_until(deadline) => {
-                    terminate_group(&mut child).await;
-                    return Err(TurnError::Timeout(timeout));
-                }
-                _ = cancel.cancelled() => {
-                    terminate_group(&mut child).await;
-                    return Err(TurnError::Cancelled);
-                }
-            };
-            // Grandchildren left in the group do not outlive the turn.
+    tokio::pin!(collect);
+    let grace_end = deadline.min(tokio::time::Instant::now() + KILL_GRACE);
+    let (o, e) = tokio::select! {
+        r = &mut collect => r,
+        _ = tokio::time::sleep_until(grace_end) => {
             #[cfg(unix)]
             if let Some(pid) = pgid {
                 signal_group(pid, libc::SIGKILL);
             }
-            Ok(Finished {
-                stdout: String::from_utf8_lossy(&o).into_owned(),
-                stderr: String::from_utf8_lossy(&e).into_owned(),
-                code: status.code(),
-            })
+            collect.await
         }
-        Err(e) => {
-            terminate_group(&mut child).await;
-            Err(e)
-        }
+    };
+    // Grandchildren left in the group do not outlive the turn.
+    #[cfg(unix)]
+    if let Some(pid) = pgid {
+        signal_group(pid, libc::SIGKILL);
     }
+    Ok(Finished {
+        stdout: String::from_utf8_lossy(&o).into_owned(),
+        stderr: String::from_utf8_lossy(&e).into_owned(),
+        code: status.code(),
+    })
 }
 
 /// How to start a streaming child.

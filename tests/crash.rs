@@ -1,0 +1,470 @@
+//! Crash safety, driving the real binary: several agents, hundreds of
+//! messages, `serve` and `process` SIGKILLed mid-run at staggered moments
+//! and restarted, then one `process` to completion. Afterwards every
+//! message is answered exactly once, every note is whole, no temp file is
+//! left behind, and the threads counted every turn.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vaultrunner");
+
+/// Messages in all.
+const TOTAL: usize = 400;
+/// Of which written before the first start (the rest while it runs).
+const UPFRONT: usize = 300;
+
+/// (agent, front-matter of its definition).
+const AGENTS: &[(&str, &str)] = &[
+    ("e0", "backend: echo\n"),
+    ("e1", "backend: echo\nmode: multi-threaded\n"),
+    ("e2", "backend: echo\n"),
+    ("e3", "backend: echo\n"),
+    ("e4", "backend: echo\n"),
+    ("shout", "backend: command\ncommand: [tr, a-z, A-Z]\n"),
+];
+
+// ---------------------------------------------------------------- helpers
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, content).unwrap();
+}
+
+/// The `i`-th message: its path, agent and note text.
+fn message(i: usize) -> (String, &'static str, String) {
+    let agent = AGENTS[i % AGENTS.len()].0;
+    let rel = if i.is_multiple_of(7) {
+        format!("Inbox/{agent}/deep/m{i:03}.md")
+    } else {
+        format!("Inbox/{agent}/m{i:03}.md")
+    };
+    // e2 spreads its messages over three named threads.
+    let subject = if agent == "e2" {
+        format!("subject: Topic {}\n", (i / AGENTS.len()) % 3)
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "---\ntags: [agent/message/inbound]\nagent: {agent}\n{subject}---\nmessage number {i}\n"
+    );
+    (rel, agent, text)
+}
+
+fn expected_reply(agent: &str, i: usize) -> String {
+    let m = format!("message number {i}");
+    if agent == "shout" {
+        m.to_uppercase()
+    } else {
+        format!("echo: {m}")
+    }
+}
+
+/// Every file under `root` (dot folders included), vault-relative.
+fn walk(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(
+                    e.path()
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn is_temp(rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap();
+    name.starts_with(".vaultrunner-") && name.ends_with(".tmp")
+}
+
+fn count_replies(root: &Path) -> usize {
+    walk(&root.join("Inbox"))
+        .iter()
+        .filter(|r| r.ends_with(".reply.md"))
+        .count()
+}
+
+/// Splits the front-matter off a note and parses it.
+fn parse(text: &str) -> Result<(serde_yaml::Mapping, String), String> {
+    let Some(rest) = text.strip_prefix("---\n") else {
+        return Err("no front-matter".into());
+    };
+    let mut yaml = String::new();
+    let mut off = 0;
+    for line in rest.split_inclusive('\n') {
+        off += line.len();
+        let l = line.trim_end_matches(['\n', '\r']);
+        if l == "---" || l == "..." {
+            return match serde_yaml::from_str::<serde_yaml::Value>(&yaml) {
+                Ok(serde_yaml::Value::Mapping(m)) => Ok((m, rest[off..].to_string())),
+                Ok(other) => Err(format!("front-matter is not a mapping: {other:?}")),
+                Err(e) => Err(format!("invalid YAML: {e}")),
+            };
+        }
+        yaml.push_str(line);
+    }
+    Err("front-matter is not closed".into())
+}
+
+fn field(m: &serde_yaml::Mapping, key: &str) -> Option<String> {
+    match m.get(key)? {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn tags(m: &serde_yaml::Mapping) -> Vec<String> {
+    match m.get("tags") {
+        Some(serde_yaml::Value::Sequence(s)) => s
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(serde_yaml::Value::String(s)) => s
+            .split([',', ' '])
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Starts `vaultrunner <args>` with its output in `log`.
+fn start(args: &[&str], log: &Path) -> Child {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(BIN)
+        .args(args)
+        .env("VAULTRUNNER_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap()
+}
+
+/// Kills (SIGKILL) and reaps a child; a child that already exited is fine.
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    child.wait().unwrap();
+}
+
+/// Polls until `cond` or `secs` pass; also stops if the child exits.
+fn wait_while_running(child: &mut Child, secs: f64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end || child.try_wait().unwrap().is_some() {
+            return cond();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// What one kill left behind.
+#[derive(Debug)]
+struct KillReport {
+    how: &'static str,
+    replies: usize,
+    working: usize,
+    temp_files: usize,
+    at: Duration,
+}
+
+fn inspect(root: &Path, how: &'static str, t0: Instant) -> KillReport {
+    let files = walk(root);
+    let working = files
+        .iter()
+        .filter(|r| r.starts_with("Inbox/") && r.ends_with(".md") && !r.ends_with(".reply.md"))
+        .filter(|r| {
+            fs::read_to_string(root.join(r))
+                .ok()
+                .and_then(|t| parse(&t).ok())
+                .is_some_and(|(m, _)| field(&m, "status").as_deref() == Some("working"))
+        })
+        .count();
+    KillReport {
+        how,
+        replies: count_replies(root),
+        working,
+        temp_files: files.iter().filter(|r| is_temp(r)).count(),
+        at: t0.elapsed(),
+    }
+}
+
+// ------------------------------------------------------------------- test
+
+#[test]
+fn killed_runs_recover_and_answer_everything_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("runs.log");
+    let vault = root.to_str().unwrap();
+    let read_log = || fs::read_to_string(&log).unwrap_or_default();
+
+    for (name, yaml) in AGENTS {
+        write(
+            root,
+            &format!("Agents/{name}.md"),
+            &format!("---\ntags: [agent/definition]\n{yaml}---\nAgent {name}.\n"),
+        );
+    }
+    for i in 0..UPFRONT {
+        let (rel, _, text) = message(i);
+        write(root, &rel, &text);
+    }
+
+    let t0 = Instant::now();
+    let mut kills: Vec<KillReport> = Vec::new();
+
+    // Run 1: serve; the rest of the messages arrive while it runs; killed
+    // once it has answered a few dozen.
+    {
+        let mut c = start(
+            &["serve", vault, "--settle-ms", "0", "--listen", "none"],
+            &log,
+        );
+        for i in UPFRONT..TOTAL {
+            let (rel, _, text) = message(i);
+            write(root, &rel, &text);
+        }
+        let reached = wait_while_running(&mut c, 60.0, || count_replies(root) >= 40);
+        assert!(reached, "run 1 made no progress:\n{}", read_log());
+        kill(&mut c);
+        kills.push(inspect(root, "serve, mid-run", t0));
+    }
+    // Run 2: serve killed almost at once (start-up: lock, temp clean-up,
+    // recovery scan, first turns).
+    {
+        let mut c = start(
+            &["serve", vault, "--settle-ms", "0", "--listen", "none"],
+            &log,
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        kill(&mut c);
+        kills.push(inspect(root, "serve, at start-up", t0));
+    }
+    // Run 3: process, killed mid-run.
+    {
+        let before = count_replies(root);
+        let mut c = start(&["process", vault], &log);
+        let reached = wait_while_running(&mut c, 60.0, || count_replies(root) >= before + 80);
+        assert!(reached, "run 3 made no progress:\n{}", read_log());
+        kill(&mut c);
+        kills.push(inspect(root, "process, mid-run", t0));
+    }
+    // Run 4: serve again, killed mid-run.
+    {
+        let before = count_replies(root);
+        let mut c = start(
+            &["serve", vault, "--settle-ms", "0", "--listen", "none"],
+            &log,
+        );
+        let reached = wait_while_running(&mut c, 60.0, || count_replies(root) >= before + 80);
+        assert!(reached, "run 4 made no progress:\n{}", read_log());
+        kill(&mut c);
+        kills.push(inspect(root, "serve, mid-run", t0));
+    }
+    // Run 5: process, killed after a short, odd delay.
+    {
+        let mut c = start(&["process", vault], &log);
+        std::thread::sleep(Duration::from_millis(173));
+        kill(&mut c);
+        kills.push(inspect(root, "process, after 173 ms", t0));
+    }
+    for k in &kills {
+        eprintln!(
+            "killed {} at {:?}: {} replies, {} messages working, {} temp files",
+            k.how, k.at, k.replies, k.working, k.temp_files
+        );
+    }
+    let mid_run = kills.iter().filter(|k| k.replies < TOTAL).count();
+    assert!(
+        mid_run >= 3,
+        "fewer than 3 kills hit unfinished work: {kills:?}"
+    );
+    // The kills interrupted turns (else recovery was not exercised).
+    assert!(
+        kills.iter().any(|k| k.working > 0),
+        "no kill caught a turn in flight: {kills:?}"
+    );
+
+    // Finally: process to completion.
+    let final_log = logdir.path().join("final.log");
+    let mut c = start(&["process", vault], &final_log);
+    // Runs until it exits by itself (or 120 s pass).
+    wait_while_running(&mut c, 120.0, || false);
+    let status = c.try_wait().unwrap();
+    if status.is_none() {
+        kill(&mut c);
+    }
+    let out = fs::read_to_string(&final_log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "final process failed or hung ({status:?}):\n{out}"
+    );
+    eprintln!(
+        "final process: {} (total {:?})",
+        out.lines().last().unwrap_or_default(),
+        t0.elapsed()
+    );
+
+    // ---- the vault afterwards
+    let files = walk(root);
+    let temps: Vec<_> = files.iter().filter(|r| is_temp(r)).collect();
+    assert!(temps.is_empty(), "temp files left: {temps:?}");
+
+    // Every note is whole: front-matter present and valid YAML.
+    for rel in files.iter().filter(|r| r.ends_with(".md")) {
+        let text = fs::read_to_string(root.join(rel)).unwrap();
+        if let Err(e) = parse(&text) {
+            panic!("{rel}: {e}\n{text}");
+        }
+    }
+
+    // The Inbox holds exactly the messages and one reply each.
+    let mut want: BTreeSet<String> = BTreeSet::new();
+    for i in 0..TOTAL {
+        let (rel, ..) = message(i);
+        want.insert(rel.replace(".md", ".reply.md"));
+        want.insert(rel);
+    }
+    let have: BTreeSet<String> = files
+        .iter()
+        .filter(|r| r.starts_with("Inbox/"))
+        .cloned()
+        .collect();
+    let extra: Vec<_> = have.difference(&want).collect();
+    let missing: Vec<_> = want.difference(&have).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "Inbox differs: extra {extra:?}, missing {missing:?}"
+    );
+    // Nothing reply-ish anywhere else.
+    let stray: Vec<_> = files
+        .iter()
+        .filter(|r| !r.starts_with("Inbox/"))
+        .filter(|r| r.contains(".reply") || r.contains(".callback"))
+        .collect();
+    assert!(stray.is_empty(), "stray replies: {stray:?}");
+
+    let mut handled_per_agent: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut retried = 0;
+    for i in 0..TOTAL {
+        let (rel, agent, _) = message(i);
+        let (m, body) = parse(&fs::read_to_string(root.join(&rel)).unwrap()).unwrap();
+        assert_eq!(
+            field(&m, "status").as_deref(),
+            Some("handled"),
+            "{rel}: {m:?}"
+        );
+        assert_eq!(body, format!("message number {i}\n"), "{rel}: body changed");
+        let stem = rel.strip_suffix(".md").unwrap();
+        assert_eq!(
+            field(&m, "reply").as_deref(),
+            Some(format!("[[{stem}.reply]]").as_str()),
+            "{rel}"
+        );
+        let attempts: u64 = field(&m, "attempts").unwrap().parse().unwrap();
+        assert!((1..=3).contains(&attempts), "{rel}: attempts {attempts}");
+        if attempts > 1 {
+            retried += 1;
+        }
+        *handled_per_agent.entry(agent).or_default() += 1;
+
+        let reply = format!("{stem}.reply.md");
+        let (r, rbody) = parse(&fs::read_to_string(root.join(&reply)).unwrap()).unwrap();
+        assert_eq!(
+            field(&r, "status").as_deref(),
+            Some("ok"),
+            "{reply}: {rbody}"
+        );
+        assert_eq!(field(&r, "agent").as_deref(), Some(agent), "{reply}");
+        assert_eq!(
+            field(&r, "in_reply_to").as_deref(),
+            Some(format!("[[{stem}]]").as_str()),
+            "{reply}"
+        );
+        assert_eq!(rbody.trim(), expected_reply(agent, i), "{reply}");
+        let t = tags(&r);
+        assert!(
+            t.iter().any(|t| t == "agent/message/outbound"),
+            "{reply}: {t:?}"
+        );
+    }
+    eprintln!("messages that needed more than one attempt: {retried}");
+
+    // Threads: whole, done, and counting at least one turn per message.
+    let mut turns_per_agent: BTreeMap<String, u64> = BTreeMap::new();
+    for rel in files.iter().filter(|r| r.starts_with("Threads/")) {
+        assert!(rel.ends_with(".md"), "unexpected file {rel}");
+        let (m, _) = parse(&fs::read_to_string(root.join(rel)).unwrap()).unwrap();
+        assert!(tags(&m).iter().any(|t| t == "agent/thread"), "{rel}");
+        assert_eq!(field(&m, "status").as_deref(), Some("ok"), "{rel}: {m:?}");
+        let agent = field(&m, "agent").unwrap();
+        let n: u64 = field(&m, "turn_count").unwrap().parse().unwrap();
+        *turns_per_agent.entry(agent).or_default() += n;
+    }
+    for (agent, handled) in &handled_per_agent {
+        let turns = turns_per_agent.get(*agent).copied().unwrap_or(0);
+        assert!(
+            turns >= *handled,
+            "{agent}: threads count {turns} turns for {handled} handled messages"
+        );
+    }
+    let e1_threads = files
+        .iter()
+        .filter(|r| r.starts_with("Threads/e1/"))
+        .count();
+    assert_eq!(
+        e1_threads as u64, handled_per_agent["e1"],
+        "multi-threaded: one thread per message"
+    );
+    let e2_threads: Vec<&String> = files
+        .iter()
+        .filter(|r| r.starts_with("Threads/e2/"))
+        .collect();
+    assert_eq!(e2_threads.len(), 3, "{e2_threads:?}");
+
+    // Nothing else was created outside Agents/, Inbox/, Threads/ and the
+    // lock directory.
+    let others: Vec<_> = files
+        .iter()
+        .filter(|r| {
+            !(r.starts_with("Agents/")
+                || r.starts_with("Inbox/")
+                || r.starts_with("Threads/")
+                || r.starts_with(".vaultrunner/"))
+        })
+        .collect();
+    assert!(others.is_empty(), "unexpected files: {others:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
