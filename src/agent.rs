@@ -75,12 +75,15 @@ pub struct DefinitionError {
 }
 
 /// Is `name` a valid agent name (`^[A-Za-z0-9_-]+$`, at most 64 chars)?
+/// Names Windows refuses (`con`, `aux`, …) are not valid either: an agent's
+/// name becomes a folder and a file name under `Threads/`.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !crate::vault::is_windows_reserved(name)
 }
 
 /// Parses durations like `90`, `30s`, `10m`, `1h30m`, `2d`, `500ms`.
@@ -251,6 +254,14 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
             return Err(err(key, "expected a text value".into()));
         }
     }
+    if matches!(backend.as_str(), "openai" | "anthropic")
+        && note.str("model").is_none_or(|m| m.trim().is_empty())
+    {
+        return Err(err(
+            "model",
+            format!("the {backend} backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"),
+        ));
+    }
     let enabled = bool_of(&note.meta, "enabled")
         .map_err(|r| err("enabled", r))?
         .unwrap_or(true);
@@ -371,6 +382,27 @@ mod tests {
         assert_eq!(field("---\nmodel: [a, b]\n---\n"), "model");
         let d = def("---\nretry_base: 50ms\nhistory_budget: 1000\nmax_tokens: 10\ntemperature: 0.2\nstall_timeout: 2m\n---\n").unwrap();
         assert_eq!(d.stall_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["echo", "my-agent_2", "Console", "a"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        let long = "x".repeat(65);
+        for bad in [
+            "",
+            "a b",
+            "../x",
+            "con",
+            "AUX",
+            "nul",
+            "com1",
+            "lpt9",
+            long.as_str(),
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub struct Finding {
 
 /// Reads a whole vault into an index (no lock needed: read-only).
 pub fn load_index(vault: &Vault) -> (Index, Vec<Finding>) {
+    load_index_as(vault, true)
+}
+
+/// [`load_index`], with `working` messages counted as queued or not.
+fn load_index_as(vault: &Vault, recovering: bool) -> (Index, Vec<Finding>) {
     let mut ix = Index::new();
     let mut findings = Vec::new();
     let listing = vault.list();
@@ -89,7 +94,7 @@ pub fn load_index(vault: &Vault) -> (Index, Vec<Finding>) {
     for e in listing.entries {
         match vault.read(&e.path) {
             Ok((text, fp)) => {
-                ix.update(&e.path, &text, fp, true);
+                ix.update(&e.path, &text, fp, recovering);
             }
             // An unreadable or binary `.md` cannot be an agent note; it is
             // worth a warning, not a failed check.
@@ -154,7 +159,9 @@ pub struct StatusReport {
 pub fn status(vault_dir: &Path) -> Result<StatusReport, CliError> {
     let vault = Vault::open(vault_dir)?;
     let served = vault.is_locked();
-    let (ix, findings) = load_index(&vault);
+    // Without a running serve, `working` notes are crash leftovers that the
+    // next start runs (queued); with one, they are in flight.
+    let (ix, findings) = load_index_as(&vault, !served);
     let mut agents = Vec::new();
     for def in ix.agents() {
         let (mut last, mut last_status, mut turns) = (None::<String>, None, 0u64);

@@ -430,9 +430,13 @@ impl Engine {
                 let res = turn::run(&env, def, &path).await;
                 drop(permit);
                 if let Ok((Outcome::Done { ok, .. }, _)) = &res {
-                    engine
-                        .metrics
-                        .record(&agent, *ok, started.elapsed().as_secs_f64());
+                    let secs = started.elapsed().as_secs_f64();
+                    engine.metrics.record(&agent, *ok, secs);
+                    tracing::info!(
+                        "{agent}: {path} → {} in {:.0} ms",
+                        if *ok { "ok" } else { "error" },
+                        secs * 1000.0
+                    );
                 }
                 engine.turn_finished(&agent, &path, res);
             });

@@ -9,7 +9,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Offset, TimeZone, Utc};
+use chrono::{DateTime, Offset, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -189,7 +189,10 @@ fn is_repeat_instance(t: &DateTime<Tz>) -> bool {
 impl Job {
     /// The first fire time strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut from = after.with_timezone(&self.tz);
+        // Fire times are whole minutes: search from a whole second so the
+        // result carries no fraction of `after`.
+        let whole = after.with_nanosecond(0).unwrap_or(after);
+        let mut from = whole.with_timezone(&self.tz);
         for _ in 0..4 {
             let t = self.cron.find_next_occurrence(&from, false).ok()?;
             if is_repeat_instance(&t) {
@@ -405,6 +408,15 @@ mod tests {
                 "2026-10-25T03:00:00+01:00"
             ]
         );
+    }
+
+    #[test]
+    fn fire_times_have_no_fraction_of_the_start() {
+        let j = job("0 9 * * *", "UTC");
+        let t = j.next_after(utc("2026-11-21T08:59:59.731Z")).unwrap();
+        assert_eq!(t, utc("2026-11-21T09:00:00Z"));
+        let t = j.next_after(utc("2026-11-21T09:00:00.2Z")).unwrap();
+        assert_eq!(t, utc("2026-11-22T09:00:00Z"));
     }
 
     #[test]

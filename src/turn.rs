@@ -107,9 +107,13 @@ pub fn thread_path(def: &Definition, subject: Option<&str>, inbound: &str) -> St
 
 fn int_of(meta: &Mapping, key: &str) -> Option<u64> {
     match meta.get(key)? {
-        serde_yaml::Value::Number(n) => {
-            n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64))
-        }
+        // Whole, non-negative numbers only (`2.0` counts as 2; `-1` and
+        // `1.5` are not counts).
+        serde_yaml::Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                .map(|f| f as u64)
+        }),
         serde_yaml::Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
@@ -286,7 +290,14 @@ fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, Va
     else {
         return Ok(Err("no `agent`".into()));
     };
-    let attempts = int_of(&note.meta, "attempts").unwrap_or(0);
+    // `attempts` bounds crash loops: it counts starts of a message that
+    // is still `working`. A message someone set back to `pending` (a
+    // deliberate re-run) starts counting afresh.
+    let attempts = if status == Status::Working {
+        int_of(&note.meta, "attempts").unwrap_or(0)
+    } else {
+        0
+    };
     let depth = match note.meta.get("delegation_depth") {
         None | Some(serde_yaml::Value::Null) => Ok(0),
         Some(_) => int_of(&note.meta, "delegation_depth")
@@ -635,10 +646,18 @@ pub async fn run(
         }
         Err(e) => (Err(e), false),
     };
+    // A program killed by the same SIGTERM that is stopping us (systemd
+    // signals the whole cgroup) failed because of the shutdown: hand the
+    // message back rather than answering it with an error.
+    let result = match result {
+        Err(_) if env.cancel.is_cancelled() => Err(TurnError::Cancelled),
+        r => r,
+    };
     if matches!(result, Err(TurnError::Cancelled)) {
         // Shutdown: hand the message back as it was, so the next start runs
         // it without counting this cut-short attempt.
-        let w = release(env, path, inbound.attempts).await?;
+        let before = crate::note::get_str(&thread_meta, "status");
+        let w = release(env, path, inbound.attempts, &thread, before).await?;
         written.extend(w);
         events.emit(TurnEvent::Error {
             message: TurnError::Cancelled.to_string(),
@@ -858,26 +877,48 @@ fn new_thread(def: &Definition) -> String {
 }
 
 /// Puts a cut-short message back to `pending` with its attempts as before.
-async fn release(env: &TurnEnv, path: &str, attempts: u64) -> Result<Written, VaultError> {
+async fn release(
+    env: &TurnEnv,
+    path: &str,
+    attempts: u64,
+    thread: &str,
+    thread_status: Option<String>,
+) -> Result<Written, VaultError> {
     let vault = env.vault.clone();
     let path = path.to_string();
+    let thread = thread.to_string();
     tokio::task::spawn_blocking(move || {
+        let mut w = Vec::new();
+        // The thread goes back to the status it had before this turn.
+        if let Ok((ttext, _)) = vault.read(&thread)
+            && let Ok((edited, _)) = edit_front_matter(
+                &ttext,
+                &[(
+                    "status",
+                    thread_status.map(FmValue::Str).unwrap_or(FmValue::Remove),
+                )],
+            )
+        {
+            w.push(NoteWrite {
+                path: thread.clone(),
+                content: edited,
+            });
+        }
         let (text, _) = vault.read(&path)?;
         let attempts = if attempts == 0 {
             FmValue::Remove
         } else {
             attempts.into()
         };
-        let Ok((edited, _)) = edit_front_matter(
+        if let Ok((edited, _)) = edit_front_matter(
             &text,
             &[("status", "pending".into()), ("attempts", attempts)],
-        ) else {
-            return Ok(Vec::new());
-        };
-        let w = [NoteWrite {
-            path: path.clone(),
-            content: edited,
-        }];
+        ) {
+            w.push(NoteWrite {
+                path: path.clone(),
+                content: edited,
+            });
+        }
         let fps = write_retrying(&vault, &w)?;
         Ok(zip_written(&w, fps))
     })

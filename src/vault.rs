@@ -49,9 +49,9 @@ const WINDOWS_RESERVED: &[&str] = &[
 ];
 
 /// Checks a vault-relative note path (without `.md`, `/`-separated) for
-/// anything that could escape the vault or break on another OS: `..`,
-/// absolute paths, backslashes, NUL and control characters, empty or
-/// overlong components, Windows-reserved names, dot-components.
+/// anything that could escape the vault or that the file system refuses:
+/// `..`, absolute paths, backslashes, NUL and control characters, empty or
+/// overlong components, dot-components (never read back: ignored).
 pub fn check_rel_path(path: &str) -> Result<(), VaultError> {
     let bad = |reason| {
         Err(VaultError::UnsafePath {
@@ -84,21 +84,24 @@ pub fn check_rel_path(path: &str) -> Result<(), VaultError> {
         if comp.starts_with('.') {
             return bad("hidden (dot) component");
         }
-        if comp.len() > 200 {
-            return bad("path component longer than 200 bytes");
+        if comp.len() > 255 {
+            return bad("path component longer than 255 bytes");
         }
         if comp.contains(':') && cfg!(windows) {
             return bad("`:` in path");
         }
-        let stem = comp.split('.').next().unwrap_or(comp).to_ascii_lowercase();
-        if WINDOWS_RESERVED.contains(&stem.as_str()) {
-            return bad("Windows-reserved name");
-        }
-        if comp.ends_with(' ') || comp.ends_with('.') {
-            return bad("component ends with a space or dot");
-        }
     }
     Ok(())
+}
+
+/// Is this a name Windows refuses for a file (`con`, `aux`, `nul`, `com1`,
+/// … with or without an extension)? Names vaultrunner makes from what
+/// notes say (agent names) are refused when they are, so a vault synced to
+/// Windows keeps working. Paths derived from files that already exist are
+/// not checked: they exist.
+pub fn is_windows_reserved(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or(name).to_ascii_lowercase();
+    WINDOWS_RESERVED.contains(&stem.as_str())
 }
 
 /// Why a file in the vault is passed over. `None` = a note to read.
@@ -113,12 +116,9 @@ pub fn ignore_reason(rel: &str) -> Option<&'static str> {
         return Some("not a .md file");
     }
     let lower = name.to_ascii_lowercase();
-    if name.starts_with('~')
-        || name.starts_with('#')
-        || name.ends_with('~')
-        || lower.contains("___jb_tmp___")
-        || lower.contains("___jb_old___")
-    {
+    // Editor temp files mostly do not end in `.md` (`x.md~`, `#x.md#`,
+    // `x.md.swp`, `4913`) and are passed over above; these do.
+    if lower.starts_with("~$") || lower.contains("___jb_tmp___") || lower.contains("___jb_old___") {
         return Some("editor temporary file");
     }
     if lower.contains(".sync-conflict-")
@@ -367,7 +367,9 @@ impl Vault {
                 };
                 let Ok(ft) = ent.file_type() else { continue };
                 if ft.is_symlink() {
-                    if name.ends_with(".md") || !name.contains('.') {
+                    // Worth reporting: a note, or a folder of notes.
+                    let target_is_dir = fs::metadata(ent.path()).is_ok_and(|m| m.is_dir());
+                    if name.ends_with(".md") || target_is_dir {
                         let inside = fs::canonicalize(ent.path())
                             .map(|t| t.starts_with(&self.root))
                             .unwrap_or(false);
@@ -695,16 +697,18 @@ mod tests {
             "",
             "a//b",
             ".hidden/x",
-            "CON",
-            "x/aux.txt",
-            "x/nul",
-            "a/b ",
             "a/.",
             "a\nb",
         ] {
             assert!(check_rel_path(p).is_err(), "{p:?} should be refused");
         }
-        let long = "a".repeat(201);
+        // Existing files may have names Windows refuses; they are not
+        // refused here (agent names are, in `valid_name`).
+        assert!(check_rel_path("Inbox/aux.reply").is_ok());
+        assert!(is_windows_reserved("CON"));
+        assert!(is_windows_reserved("aux.txt"));
+        assert!(!is_windows_reserved("console"));
+        let long = "a".repeat(256);
         assert!(check_rel_path(&long).is_err());
         for p in [
             "Inbox/echo/2026-11-21 hello",
@@ -724,6 +728,7 @@ mod tests {
             "note.md~",
             "~$note.md",
             "#note.md#",
+            "note.md.tmp",
             ".#note.md",
             "note.sync-conflict-20261121-120000-ABCDEF.md",
             "note (conflicted copy 2026-11-21).md",
@@ -737,6 +742,8 @@ mod tests {
         }
         assert!(ignore_reason("Inbox/hello.md").is_none());
         assert!(ignore_reason("Conflict resolution notes.md").is_none());
+        assert!(ignore_reason("#ideas.md").is_none());
+        assert!(ignore_reason("~draft.md").is_none());
     }
 
     #[test]

@@ -1175,3 +1175,57 @@ fn every_subcommand_has_help() {
     vr(&["--version"]).run().success();
     vr(&["no-such-command"]).run().failure();
 }
+
+// ------------------------------------------------------------ fixes found in review
+
+#[test]
+fn a_message_set_back_to_pending_starts_its_attempts_afresh() {
+    let v = TestVault::new();
+    v.agent("echo", "backend: echo\n", "");
+    // A user re-ran this note several times: it is `pending`, not a crash
+    // leftover, so the crash-loop bound does not apply.
+    v.message(
+        "Inbox/again.md",
+        "echo",
+        "status: pending\nattempts: 5\n",
+        "once more\n",
+    );
+    v.process(&[]);
+    assert_eq!(
+        v.get("Inbox/again.md", "status").as_deref(),
+        Some("handled")
+    );
+    assert_eq!(v.get("Inbox/again.md", "attempts").as_deref(), Some("1"));
+    assert_eq!(v.body("Inbox/again.reply.md").trim(), "echo: once more");
+}
+
+#[test]
+fn a_missing_workspace_is_named_not_mistaken_for_a_missing_program() {
+    let v = TestVault::new();
+    v.agent(
+        "cat",
+        "backend: command\ncommand: [cat]\nworkspace: no/such/dir\n",
+        "",
+    );
+    v.message("Inbox/m.md", "cat", "", "hi\n");
+    v.process(&[]);
+    assert_eq!(
+        v.get("Inbox/m.reply.md", "status").as_deref(),
+        Some("error")
+    );
+    let body = v.body("Inbox/m.reply.md");
+    assert_contains(&body, "workspace");
+    assert_contains(&body, "does not exist");
+    assert!(!body.contains("not found on PATH"), "{body}");
+}
+
+#[test]
+fn windows_reserved_agent_names_are_refused_up_front() {
+    let v = TestVault::new();
+    v.agent("con", "backend: echo\n", "");
+    let out = v.check().failure();
+    assert_contains(&out.stdout, "Agents/con.md");
+    assert_contains(&out.stdout, "field `name`");
+    let out = v.vr(&["send", v.root_str(), "aux", "hi"]).run().failure();
+    assert_contains(&out.all(), "not a valid agent name");
+}

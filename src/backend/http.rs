@@ -32,7 +32,7 @@ pub fn api_key(
         (Some(name), _) => match std::env::var(name) {
             Ok(v) if !v.is_empty() => Ok(Some(v)),
             _ => Err(TurnError::Failed(format!(
-                "the environment variable {name} (named by `api_key_env`) is not set"
+                "the API key is missing: the environment variable {name} is not set (choose another with `api_key_env`)"
             ))),
         },
         (None, Some(name)) => Ok(std::env::var(name).ok().filter(|v| !v.is_empty())),

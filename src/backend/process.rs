@@ -14,6 +14,25 @@ use super::TurnError;
 /// How long a process group gets between TERM and KILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
 
+/// Why a child could not start, in words that point at the fix: a missing
+/// working directory is not a missing program.
+fn spawn_error(prog: &str, cwd: &std::path::Path, e: &std::io::Error) -> TurnError {
+    let name = prog.rsplit('/').next().unwrap_or(prog);
+    if !cwd.is_dir() {
+        return TurnError::Failed(format!(
+            "the workspace {} does not exist (field `workspace`)",
+            cwd.display()
+        ));
+    }
+    if e.kind() == std::io::ErrorKind::NotFound {
+        TurnError::Failed(format!(
+            "{name} not found on PATH; install it (or set `program:` in the definition)"
+        ))
+    } else {
+        TurnError::Failed(format!("could not start {prog}: {e}"))
+    }
+}
+
 /// What a finished child left.
 #[derive(Debug)]
 pub struct Finished {
@@ -87,13 +106,7 @@ pub async fn run(spec: &Spawn<'_>, cancel: &CancellationToken) -> Result<Finishe
     }
     #[cfg(unix)]
     cmd.process_group(0);
-    let mut child = cmd.spawn().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            TurnError::Failed(format!("{prog} not found on PATH (or not executable)"))
-        } else {
-            TurnError::Failed(format!("could not start {prog}: {e}"))
-        }
-    })?;
+    let mut child = cmd.spawn().map_err(|e| spawn_error(prog, cwd, &e))?;
     // The group id, kept: `child.id()` is `None` once the child is reaped.
     let pgid = child.id();
     if let Some(mut w) = child.stdin.take() {
@@ -225,15 +238,7 @@ pub async fn run_lines(
     #[cfg(unix)]
     cmd.process_group(0);
     let name = prog.rsplit('/').next().unwrap_or(prog);
-    let mut child = cmd.spawn().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            TurnError::Failed(format!(
-                "{name} not found on PATH; install it (or set `program:` in the definition)"
-            ))
-        } else {
-            TurnError::Failed(format!("could not start {prog}: {e}"))
-        }
-    })?;
+    let mut child = cmd.spawn().map_err(|e| spawn_error(prog, spec.cwd, &e))?;
     // The group id, kept: `child.id()` is `None` once the child is reaped.
     let pgid = child.id();
     if let (Some(mut w), Some(input)) = (child.stdin.take(), spec.stdin) {

@@ -98,6 +98,11 @@ impl Scheduler {
         self.anchors
             .retain(|p, _| jobs.iter().any(|j| &j.path == p));
         let mut out = Vec::new();
+        // A disabled job misses nothing: while it is off its anchor moves
+        // with the clock, so enabling it again does not fire a catch-up.
+        for job in jobs.iter().filter(|j| !j.enabled) {
+            self.anchors.insert(job.path.clone(), now);
+        }
         for job in jobs.iter().filter(|j| j.enabled) {
             let anchor = self.anchor(job, now);
             let Some(due) = job.latest_between(anchor, now) else {

@@ -365,6 +365,12 @@ async fn post_message(
             "field `sender`: must be a short single line",
         );
     }
+    if crate::queue::written_by_vaultrunner(opts.sender.as_deref()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "field `sender`: cli, webhook:…, job:…, callback:… and agent:… are vaultrunner's own senders",
+        );
+    }
     opts.sender = Some(opts.sender.unwrap_or_else(|| "http".into()));
     deliver(&state, &name, &content, opts, q.wait).await
 }

@@ -151,7 +151,7 @@ pub async fn run(
                                 continue;
                             }
                             for p in &ev.paths {
-                                if matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))) && p.is_dir() {
+                                if matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))) && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
                                     // A directory created, moved in or renamed:
                                     // files may have landed before the watch did.
                                     let name_ok = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.'));
