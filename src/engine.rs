@@ -350,6 +350,24 @@ impl Engine {
             .collect()
     }
 
+    /// Indexes notes a turn wrote, as soon as they are durable: a callback
+    /// is a new message to queue, a stamped inbound joins its thread's
+    /// history, and the fingerprints make the watcher's events for them
+    /// no-ops.
+    pub fn index_written(&self, written: turn::Written) {
+        let mut all = crate::queue::Change::default();
+        {
+            let mut st = self.lock();
+            for (p, fp, text) in written {
+                let ch = st.index.update(&p, &text, fp, false);
+                all.definitions_changed |= ch.definitions_changed;
+                all.jobs_changed |= ch.jobs_changed;
+                all.queued.extend(ch.queued);
+            }
+        }
+        self.changed(&all);
+    }
+
     /// Reads a note afresh, whatever its fingerprint says.
     fn reindex(&self, path: &str) {
         match self.vault.read(path) {
@@ -372,6 +390,13 @@ impl Engine {
             return false;
         };
         written_by_vaultrunner(n.str("sender").as_deref())
+    }
+
+    /// Is the note on disk exactly what the index last saw or wrote (same
+    /// size and modification time)? Then an event for it needs no read.
+    pub fn unchanged(&self, path: &str) -> bool {
+        let known = self.lock().index.fingerprint(path);
+        known.is_some() && self.vault.stat(path) == known
     }
 
     /// The fingerprint the index holds for a note.
@@ -419,17 +444,19 @@ impl Engine {
             let cancel = cancel.clone();
             tokio::spawn(async move {
                 let history_of = engine.clone();
+                let index_of = engine.clone();
                 let env = TurnEnv {
                     vault: engine.vault.clone(),
                     events: engine.events.clone(),
                     cancel,
                     history: Box::new(move |t| history_of.with_index(|ix| ix.thread_history(t))),
                     agents: agent_names,
+                    on_written: Box::new(move |w| index_of.index_written(w)),
                 };
                 let started = std::time::Instant::now();
                 let res = turn::run(&env, def, &path).await;
                 drop(permit);
-                if let Ok((Outcome::Done { ok, .. }, _)) = &res {
+                if let Ok(Outcome::Done { ok, .. }) = &res {
                     let secs = started.elapsed().as_secs_f64();
                     engine.metrics.record(&agent, *ok, secs);
                     tracing::info!(
@@ -444,25 +471,13 @@ impl Engine {
         started
     }
 
-    fn turn_finished(
-        &self,
-        agent: &str,
-        path: &str,
-        res: Result<(Outcome, turn::Written), VaultError>,
-    ) {
-        let mut wake_jobs = false;
+    fn turn_finished(&self, agent: &str, path: &str, res: Result<Outcome, VaultError>) {
         {
             let mut st = self.lock();
             st.running.remove(agent);
             st.index.finish(path);
             match res {
-                Ok((outcome, written)) => {
-                    // Index what the turn wrote: a callback is a new message
-                    // to queue, a stamped inbound joins its thread's history.
-                    for (p, fp, text) in written {
-                        let ch = st.index.update(&p, &text, fp, false);
-                        wake_jobs |= ch.jobs_changed;
-                    }
+                Ok(outcome) => {
                     match outcome {
                         Outcome::Done { ok, external } => {
                             if ok {
@@ -520,9 +535,6 @@ impl Engine {
                     }
                 }
             }
-        }
-        if wake_jobs {
-            self.jobs_notify.notify_waiters();
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let _ = self.finished.send(path.to_string());

@@ -192,7 +192,14 @@ pub struct TurnEnv {
     pub history: HistoryFn,
     /// The names of the agents defined now (for the delegation section).
     pub agents: Vec<String>,
+    /// Called with each batch of notes the turn wrote, once it is durable
+    /// (the engine indexes them: a callback is queued at once, our own
+    /// writes are recognised by the watcher).
+    pub on_written: WrittenFn,
 }
+
+/// Receives the notes a turn wrote.
+pub type WrittenFn = Box<dyn Fn(Written) + Send + Sync>;
 
 /// Default `history_budget`: characters of earlier exchanges sent to
 /// backends that rebuild the conversation from the vault.
@@ -502,13 +509,13 @@ fn fail_without_turn(
 }
 
 /// Runs one turn for the inbound note at `path`, for agent `def` (the
-/// engine found it runnable). Returns what became of it and the notes it
-/// wrote.
+/// engine found it runnable). Returns what became of it; every batch of
+/// notes it writes is handed to `env.on_written` as soon as it is durable.
 pub async fn run(
     env: &TurnEnv,
     def: Option<Arc<Definition>>,
     path: &str,
-) -> Result<(Outcome, Written), VaultError> {
+) -> Result<Outcome, VaultError> {
     let vault = env.vault.clone();
     let p = path.to_string();
     let inbound = tokio::task::spawn_blocking(move || read_inbound(&vault, &p))
@@ -516,12 +523,13 @@ pub async fn run(
         .map_err(join_err)??;
     let inbound = match inbound {
         Ok(i) => i,
-        Err(why) => return Ok((Outcome::Skipped(why), Vec::new())),
+        Err(why) => return Ok(Outcome::Skipped(why)),
     };
     let fail =
         |thread: Option<String>, reason: String, inbound: Inbound, callback: Option<CallbackTo>| {
             let vault = env.vault.clone();
             let path = path.to_string();
+            let message_path = path.clone();
             let events = env.events.clone();
             async move {
                 let written = tokio::task::spawn_blocking(move || {
@@ -539,19 +547,17 @@ pub async fn run(
                 .await
                 .map_err(join_err)??;
                 let (written, reason, agent) = written;
+                (env.on_written)(written);
                 let _ = events.send(AgentEvent {
                     agent,
                     thread: String::new(),
-                    message: String::new(),
+                    message: message_path,
                     event: TurnEvent::Error { message: reason },
                 });
-                Ok((
-                    Outcome::Done {
-                        ok: false,
-                        external: false,
-                    },
-                    written,
-                ))
+                Ok(Outcome::Done {
+                    ok: false,
+                    external: false,
+                })
             }
         };
     if !valid_name(&inbound.agent) {
@@ -567,7 +573,7 @@ pub async fn run(
         return fail(None, reason, inbound, cb).await;
     }
     let Some(def) = def else {
-        return Ok((Outcome::Skipped("no definition".into()), Vec::new()));
+        return Ok(Outcome::Skipped("no definition".into()));
     };
     let depth = match &inbound.depth {
         Ok(d) => *d,
@@ -591,8 +597,9 @@ pub async fn run(
     }
 
     // Steps 1 + 2: claim the message durably before running anything.
-    let started = start_batch(env, &def, path, &thread, &inbound).await?;
-    let (thread_meta, thread_body, mut written) = started;
+    let (thread_meta, thread_body, written) =
+        start_batch(env, &def, path, &thread, &inbound).await?;
+    (env.on_written)(written);
 
     // Step 3: run the backend.
     let resume = match (def.mode, inbound.subject.is_some()) {
@@ -658,11 +665,11 @@ pub async fn run(
         // it without counting this cut-short attempt.
         let before = crate::note::get_str(&thread_meta, "status");
         let w = release(env, path, inbound.attempts, &thread, before).await?;
-        written.extend(w);
+        (env.on_written)(w);
         events.emit(TurnEvent::Error {
             message: TurnError::Cancelled.to_string(),
         });
-        return Ok((Outcome::Cancelled, written));
+        return Ok(Outcome::Cancelled);
     }
     let ok = result.is_ok();
     match &result {
@@ -675,8 +682,8 @@ pub async fn run(
     }
     let callback = callback_for(&inbound.note, depth);
     let end = end_batch(env, &def, path, &thread, result, callback).await?;
-    written.extend(end);
-    Ok((Outcome::Done { ok, external }, written))
+    (env.on_written)(end);
+    Ok(Outcome::Done { ok, external })
 }
 
 /// How a definition's transient failures are retried: the default policy,

@@ -193,9 +193,24 @@ pub struct Vault {
 
 /// A batch waiting for the committer.
 struct Pending {
-    writes: Vec<NoteWrite>,
+    staged: Vec<Staged>,
     done: std::sync::mpsc::SyncSender<Result<Vec<Fingerprint>, VaultError>>,
 }
+
+/// A file written to its temp file, waiting to be flushed and renamed.
+struct Staged {
+    tmp: tempfile::NamedTempFile,
+    file: PathBuf,
+    dir: PathBuf,
+    fingerprint: Fingerprint,
+}
+
+/// What each batch of a group gets back, and the directories it touched.
+type GroupResult = (
+    std::sync::mpsc::SyncSender<Result<Vec<Fingerprint>, VaultError>>,
+    Result<Vec<Fingerprint>, VaultError>,
+    Vec<PathBuf>,
+);
 
 /// The group-commit thread's handle.
 #[derive(Debug)]
@@ -206,7 +221,7 @@ pub struct Committer {
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending")
-            .field("writes", &self.writes.len())
+            .field("files", &self.staged.len())
             .finish()
     }
 }
@@ -264,33 +279,71 @@ impl Vault {
         self
     }
 
+    /// Commits the batches of several writers with one flush: every temp
+    /// file is already written (by its writer's thread); here they are
+    /// flushed together, each batch is renamed into place in its own order,
+    /// and each directory is flushed once. A failure is reported to the
+    /// batches it touches only.
     fn commit_group(&self, group: Vec<Pending>) {
-        if group.len() == 1 {
-            let p = group.into_iter().next();
-            if let Some(p) = p {
-                let _ = p.done.send(self.write_batch_now(&p.writes));
-            }
-            return;
+        let synced = sync_files(
+            group
+                .iter()
+                .flat_map(|p| p.staged.iter().map(|s| s.tmp.as_file())),
+        );
+        let mut results: Vec<GroupResult> = Vec::with_capacity(group.len());
+        for p in group {
+            let r = match &synced {
+                Err(e) => Err(io_err(&self.root, io::Error::new(e.kind(), e.to_string()))),
+                Ok(()) => rename_all(p.staged),
+            };
+            let (r, dirs) = match r {
+                Ok((fps, dirs)) => (Ok(fps), dirs),
+                Err(e) => (Err(e), Vec::new()),
+            };
+            results.push((p.done, r, dirs));
         }
-        let all: Vec<NoteWrite> = group
+        let mut dirs: Vec<PathBuf> = results
             .iter()
-            .flat_map(|p| p.writes.iter().cloned())
+            .flat_map(|(_, _, d)| d.iter().cloned())
             .collect();
-        match self.write_batch_now(&all) {
-            Ok(fps) => {
-                let mut it = fps.into_iter();
-                for p in group {
-                    let mine: Vec<Fingerprint> = it.by_ref().take(p.writes.len()).collect();
-                    let _ = p.done.send(Ok(mine));
-                }
-            }
-            // One bad batch must not fail the others: retry each alone.
-            Err(_) => {
-                for p in group {
-                    let _ = p.done.send(self.write_batch_now(&p.writes));
-                }
-            }
+        dirs.sort();
+        dirs.dedup();
+        let failed: Vec<(PathBuf, String)> = dirs
+            .iter()
+            .filter_map(|d| sync_dir(d).err().map(|e| (d.clone(), e.to_string())))
+            .collect();
+        for (done, r, my_dirs) in results {
+            let r = match failed.iter().find(|(d, _)| my_dirs.contains(d)) {
+                Some((d, e)) if r.is_ok() => Err(io_err(d, io::Error::other(e.clone()))),
+                _ => r,
+            };
+            let _ = done.send(r);
         }
+    }
+
+    /// Writes a batch's files to temp files next to their targets (not yet
+    /// flushed or renamed), in the caller's thread.
+    fn stage(&self, writes: &[NoteWrite]) -> Result<Vec<Staged>, VaultError> {
+        let mut staged = Vec::with_capacity(writes.len());
+        for w in writes {
+            let file = self.file_path(&w.path)?;
+            let dir = self.ensure_dir(&file)?;
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".vaultrunner-")
+                .suffix(".tmp")
+                .tempfile_in(&dir)
+                .map_err(|e| io_err(&dir, e))?;
+            tmp.write_all(w.content.as_bytes())
+                .map_err(|e| io_err(tmp.path(), e))?;
+            let meta = tmp.as_file().metadata().map_err(|e| io_err(&file, e))?;
+            staged.push(Staged {
+                tmp,
+                file,
+                dir,
+                fingerprint: Fingerprint::of(&meta),
+            });
+        }
+        Ok(staged)
     }
 
     pub fn root(&self) -> &Path {
@@ -485,51 +538,31 @@ impl Vault {
     /// Batching is the point: one flush of N files costs about one journal
     /// commit instead of N.
     pub fn write_batch(&self, writes: &[NoteWrite]) -> Result<Vec<Fingerprint>, VaultError> {
+        let staged = self.stage(writes)?;
         if let Some(c) = &self.committer {
             let (done, wait) = std::sync::mpsc::sync_channel(1);
-            let sent =
-                c.tx.lock()
-                    .map(|tx| {
-                        tx.send(Pending {
-                            writes: writes.to_vec(),
-                            done,
-                        })
-                        .is_ok()
-                    })
-                    .unwrap_or(false);
-            if sent && let Ok(r) = wait.recv() {
-                return r;
-            }
+            let pending = Pending { staged, done };
+            let unsent = match c.tx.lock() {
+                Ok(tx) => tx.send(pending).err().map(|e| e.0),
+                Err(_) => Some(pending),
+            };
+            return match unsent {
+                // The committer is gone: commit here.
+                Some(p) => self.commit_alone(p.staged),
+                None => wait.recv().unwrap_or_else(|_| {
+                    Err(io_err(
+                        &self.root,
+                        io::Error::other("the commit thread stopped"),
+                    ))
+                }),
+            };
         }
-        self.write_batch_now(writes)
+        self.commit_alone(staged)
     }
 
-    fn write_batch_now(&self, writes: &[NoteWrite]) -> Result<Vec<Fingerprint>, VaultError> {
-        let mut staged = Vec::with_capacity(writes.len());
-        for w in writes {
-            let file = self.file_path(&w.path)?;
-            let dir = self.ensure_dir(&file)?;
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".vaultrunner-")
-                .suffix(".tmp")
-                .tempfile_in(&dir)
-                .map_err(|e| io_err(&dir, e))?;
-            tmp.write_all(w.content.as_bytes())
-                .map_err(|e| io_err(tmp.path(), e))?;
-            staged.push((tmp, file, dir));
-        }
-        sync_files(staged.iter().map(|(t, _, _)| t.as_file()))
-            .map_err(|e| io_err(&self.root, e))?;
-        let mut fps = Vec::with_capacity(staged.len());
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        for (tmp, file, dir) in staged {
-            let meta = tmp.as_file().metadata().map_err(|e| io_err(&file, e))?;
-            fps.push(Fingerprint::of(&meta));
-            tmp.persist(&file).map_err(|e| io_err(&file, e.error))?;
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
-            }
-        }
+    fn commit_alone(&self, staged: Vec<Staged>) -> Result<Vec<Fingerprint>, VaultError> {
+        sync_files(staged.iter().map(|s| s.tmp.as_file())).map_err(|e| io_err(&self.root, e))?;
+        let (fps, dirs) = rename_all(staged)?;
         for d in dirs {
             sync_dir(&d).map_err(|e| io_err(&d, e))?;
         }
@@ -620,6 +653,23 @@ impl Vault {
         }
         n
     }
+}
+
+/// Renames a batch's flushed temp files into place, in order; returns their
+/// fingerprints and the directories to flush.
+fn rename_all(staged: Vec<Staged>) -> Result<(Vec<Fingerprint>, Vec<PathBuf>), VaultError> {
+    let mut fps = Vec::with_capacity(staged.len());
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for s in staged {
+        s.tmp
+            .persist(&s.file)
+            .map_err(|e| io_err(&s.file, e.error))?;
+        fps.push(s.fingerprint);
+        if !dirs.contains(&s.dir) {
+            dirs.push(s.dir);
+        }
+    }
+    Ok((fps, dirs))
 }
 
 /// Held while this process owns the vault.

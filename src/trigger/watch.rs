@@ -81,6 +81,12 @@ fn watch_all(
 /// Reads a changed note now, or once it has been quiet for the settle
 /// window (a note vaultrunner wrote itself needs no settling).
 fn route(engine: &Engine, settle: Duration, pending: &mut HashMap<String, Instant>, rel: String) {
+    // Our own writes (and events that changed nothing) end here, before
+    // the note is read at all.
+    if engine.unchanged(&rel) {
+        pending.remove(&rel);
+        return;
+    }
     if settle.is_zero() || engine.skip_settle(&rel) {
         pending.remove(&rel);
         engine.note_changed(&rel);
