@@ -187,6 +187,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     String::new()
                 }
             );
+            if let Some(left) = r.interrupted {
+                eprintln!(
+                    "vaultrunner: interrupted; {left} message(s) still queued (a later run answers them)"
+                );
+                return Ok(ExitCode::from(130));
+            }
             if r.stuck > 0 {
                 eprintln!(
                     "vaultrunner: {} message(s) could not be recorded (write failures, see the log); they are retried on the next run",

@@ -71,6 +71,9 @@ pub struct ProcessReport {
     pub stuck: u64,
     /// Messages left waiting for an agent that has no (enabled) definition.
     pub waiting: usize,
+    /// Stopped by SIGINT/SIGTERM before every message was answered: how
+    /// many were still queued for runnable agents.
+    pub interrupted: Option<usize>,
 }
 
 /// Opens a vault and takes its lock, cleaning up a crashed run's temp files.
@@ -92,13 +95,22 @@ pub async fn process(
 ) -> Result<ProcessReport, VaultError> {
     let (vault, _lock) = open_locked(path)?;
     let engine = Engine::new(vault, config);
-    engine.process(cancel).await;
+    engine.process(cancel.clone()).await;
+    let interrupted = cancel.is_cancelled().then(|| {
+        engine.with_index(|ix| {
+            ix.queued_agents()
+                .filter(|(a, _)| ix.runnable(a))
+                .map(|(_, n)| n)
+                .sum()
+        })
+    });
     Ok(ProcessReport {
         ok: engine.stats.turns_ok.load(Ordering::Relaxed),
         error: engine.stats.turns_error.load(Ordering::Relaxed),
         skipped: engine.stats.skipped.load(Ordering::Relaxed),
         stuck: engine.stats.stuck.load(Ordering::Relaxed),
         waiting: engine.with_index(|ix| ix.waiting().len()),
+        interrupted,
     })
 }
 

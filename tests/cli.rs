@@ -1229,3 +1229,36 @@ fn windows_reserved_agent_names_are_refused_up_front() {
     let out = v.vr(&["send", v.root_str(), "aux", "hi"]).run().failure();
     assert_contains(&out.all(), "not a valid agent name");
 }
+
+#[test]
+fn an_interrupted_process_says_so_and_exits_130() {
+    let v = TestVault::new();
+    v.command_agent("slow", "", "sleep 20; cat");
+    v.message("Inbox/a.md", "slow", "", "one\n");
+    v.message("Inbox/b.md", "slow", "", "two\n");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["process", v.root_str()])
+        .env_remove("VAULTRUNNER_VAULT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until(
+        std::time::Duration::from_secs(10),
+        "the turn to start",
+        || v.get("Inbox/a.md", "status").as_deref() == Some("working"),
+    );
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(130));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_contains(&err, "interrupted; 1 message(s) still queued");
+    // The cut-short message went back to pending; nothing was answered.
+    assert_eq!(v.get("Inbox/a.md", "status").as_deref(), Some("pending"));
+    assert!(!v.exists("Inbox/a.reply.md"));
+}
