@@ -1236,7 +1236,7 @@ fn an_interrupted_process_says_so_and_exits_130() {
     v.command_agent("slow", "", "sleep 20; cat");
     v.message("Inbox/a.md", "slow", "", "one\n");
     v.message("Inbox/b.md", "slow", "", "two\n");
-    let mut child = std::process::Command::new(common::BIN)
+    let child = std::process::Command::new(common::BIN)
         .args(["process", v.root_str()])
         .env_remove("VAULTRUNNER_VAULT")
         .stdout(std::process::Stdio::piped())
