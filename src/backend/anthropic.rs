@@ -92,14 +92,7 @@ impl Backend for Anthropic {
                 .header("x-api-key", key)
                 .header("anthropic-version", API_VERSION)
                 .json(&self.body(req));
-            let resp = tokio::select! {
-                r = rb.send() => r.map_err(|e| http::request_error("anthropic", &e, false))?,
-                _ = tokio::time::sleep_until(deadline) => return Err(TurnError::Timeout(req.timeout)),
-                _ = cancel.cancelled() => return Err(TurnError::Cancelled),
-            };
-            if !resp.status().is_success() {
-                return Err(http::status_error("anthropic", resp).await);
-            }
+            let resp = http::send("anthropic", rb, deadline, req.timeout, cancel).await?;
             let produced = std::sync::atomic::AtomicBool::new(false);
             let mut reply = String::new();
             let mut usage = Usage::default();

@@ -15,7 +15,7 @@
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::process::{self, Spawn};
+use super::process;
 use super::{
     Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
     extra_args, is_transient_text, program, tail,
@@ -300,6 +300,25 @@ enum SessionArg {
     Resume(String),
 }
 
+impl process::CliStream for ClaudeStream {
+    fn feed(&mut self, line: &[u8], events: &EventSink) -> bool {
+        ClaudeStream::feed(self, line, events);
+        self.result.is_none()
+    }
+
+    fn outcome(
+        self,
+        done: &process::Streamed,
+        resumed: bool,
+    ) -> Option<Result<TurnOutput, TurnError>> {
+        match outcome(self, done, resumed) {
+            Ended::Ok(out) => Some(Ok(out)),
+            Ended::Err(e) => Some(Err(e)),
+            Ended::StaleSession => None,
+        }
+    }
+}
+
 impl Backend for Claude {
     fn run<'a>(
         &'a self,
@@ -325,41 +344,23 @@ impl Backend for Claude {
                 None
             };
             let sp_path = sp_file.as_ref().map(|f| f.path().display().to_string());
-            let mut session = match &req.session {
-                Some(id) => SessionArg::Resume(id.clone()),
-                None => SessionArg::Create(uuid::Uuid::new_v4().to_string()),
-            };
-            loop {
-                let argv = self.argv(req, &session, sp_path.as_deref());
-                let spec = Spawn {
-                    argv: &argv,
-                    stdin: Some(&req.prompt),
-                    cwd: &req.workspace,
-                    env: &req.env,
-                    remove_env: &["CLAUDECODE"],
-                    deadline: req.deadline,
-                    timeout: req.timeout,
-                    stall: req.stall,
-                };
-                let mut stream = ClaudeStream::default();
-                let done = process::run_lines(&spec, cancel, |l| {
-                    stream.feed(l, events);
-                    stream.result.is_none()
-                })
-                .await?;
-                let resumed = matches!(session, SessionArg::Resume(_));
-                match outcome(stream, &done, resumed) {
-                    Ended::Ok(out) => return Ok(out),
-                    Ended::Err(e) => return Err(e),
-                    Ended::StaleSession => {
-                        tracing::warn!(
-                            "{}: stored session is gone from claude; starting a fresh one",
-                            req.definition.name
-                        );
-                        session = SessionArg::Create(uuid::Uuid::new_v4().to_string());
-                    }
-                }
-            }
+            // The prompt goes on stdin (no argv length limit); a fresh
+            // session gets a new UUID for `--session-id`.
+            process::run_cli::<ClaudeStream>(
+                req,
+                events,
+                cancel,
+                Some(&req.prompt),
+                &["CLAUDECODE"],
+                |resume| {
+                    let session = match resume {
+                        Some(id) => SessionArg::Resume(id.to_string()),
+                        None => SessionArg::Create(uuid::Uuid::new_v4().to_string()),
+                    };
+                    self.argv(req, &session, sp_path.as_deref())
+                },
+            )
+            .await
         })
     }
 }

@@ -12,7 +12,7 @@
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::process::{self, Spawn};
+use super::process;
 use super::{
     Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
     extra_args, is_transient_text, program, tail, with_system_prompt,
@@ -192,6 +192,21 @@ pub fn outcome(
     }))
 }
 
+impl process::CliStream for CodexStream {
+    fn feed(&mut self, line: &[u8], events: &EventSink) -> bool {
+        CodexStream::feed(self, line, events);
+        !self.completed && self.failed.is_none()
+    }
+
+    fn outcome(
+        self,
+        done: &process::Streamed,
+        resumed: bool,
+    ) -> Option<Result<TurnOutput, TurnError>> {
+        outcome(self, done, resumed)
+    }
+}
+
 impl Backend for Codex {
     fn run<'a>(
         &'a self,
@@ -201,8 +216,8 @@ impl Backend for Codex {
     ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
         Box::pin(async move {
             let prompt = with_system_prompt(&req.system_prompt, &req.prompt);
-            let mut resume = req.session.clone();
-            loop {
+            // Codex reads stdin even with a prompt on argv: it gets a closed one.
+            process::run_cli::<CodexStream>(req, events, cancel, None, &[], |resume| {
                 let mut argv = vec![
                     self.program.clone(),
                     "exec".into(),
@@ -213,37 +228,13 @@ impl Backend for Codex {
                     argv.extend(["--model".into(), m.clone()]);
                 }
                 argv.extend(self.extra.iter().cloned());
-                if let Some(id) = &resume {
-                    argv.extend(["resume".into(), id.clone()]);
+                if let Some(id) = resume {
+                    argv.extend(["resume".into(), id.to_string()]);
                 }
                 argv.push(prompt.clone());
-                let spec = Spawn {
-                    argv: &argv,
-                    stdin: None,
-                    cwd: &req.workspace,
-                    env: &req.env,
-                    remove_env: &[],
-                    deadline: req.deadline,
-                    timeout: req.timeout,
-                    stall: req.stall,
-                };
-                let mut stream = CodexStream::default();
-                let done = process::run_lines(&spec, cancel, |l| {
-                    stream.feed(l, events);
-                    !stream.completed && stream.failed.is_none()
-                })
-                .await?;
-                match outcome(stream, &done, resume.is_some()) {
-                    Some(r) => return r,
-                    None => {
-                        tracing::warn!(
-                            "{}: stored codex session is gone; starting a fresh one",
-                            req.definition.name
-                        );
-                        resume = None;
-                    }
-                }
-            }
+                argv
+            })
+            .await
         })
     }
 }

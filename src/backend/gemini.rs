@@ -11,7 +11,7 @@
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::process::{self, Spawn};
+use super::process;
 use super::{
     Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
     extra_args, is_transient_text, program, tail, with_system_prompt,
@@ -185,6 +185,21 @@ pub fn outcome(
     ))
 }
 
+impl process::CliStream for GeminiStream {
+    fn feed(&mut self, line: &[u8], events: &EventSink) -> bool {
+        GeminiStream::feed(self, line, events);
+        self.result.is_none()
+    }
+
+    fn outcome(
+        self,
+        done: &process::Streamed,
+        resumed: bool,
+    ) -> Option<Result<TurnOutput, TurnError>> {
+        outcome(self, done, resumed)
+    }
+}
+
 impl Backend for Gemini {
     fn run<'a>(
         &'a self,
@@ -194,8 +209,7 @@ impl Backend for Gemini {
     ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
         Box::pin(async move {
             let prompt = with_system_prompt(&req.system_prompt, &req.prompt);
-            let mut resume = req.session.clone();
-            loop {
+            process::run_cli::<GeminiStream>(req, events, cancel, None, &[], |resume| {
                 let mut argv = vec![
                     self.program.clone(),
                     "--output-format".into(),
@@ -204,38 +218,14 @@ impl Backend for Gemini {
                 if let Some(m) = &self.model {
                     argv.extend(["--model".into(), m.clone()]);
                 }
-                if let Some(id) = &resume {
-                    argv.extend(["--resume".into(), id.clone()]);
+                if let Some(id) = resume {
+                    argv.extend(["--resume".into(), id.to_string()]);
                 }
                 argv.extend(self.extra.iter().cloned());
                 argv.extend(["-p".into(), prompt.clone()]);
-                let spec = Spawn {
-                    argv: &argv,
-                    stdin: None,
-                    cwd: &req.workspace,
-                    env: &req.env,
-                    remove_env: &[],
-                    deadline: req.deadline,
-                    timeout: req.timeout,
-                    stall: req.stall,
-                };
-                let mut stream = GeminiStream::default();
-                let done = process::run_lines(&spec, cancel, |l| {
-                    stream.feed(l, events);
-                    stream.result.is_none()
-                })
-                .await?;
-                match outcome(stream, &done, resume.is_some()) {
-                    Some(r) => return r,
-                    None => {
-                        tracing::warn!(
-                            "{}: stored gemini session is gone; starting a fresh one",
-                            req.definition.name
-                        );
-                        resume = None;
-                    }
-                }
-            }
+                argv
+            })
+            .await
         })
     }
 }

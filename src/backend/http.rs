@@ -76,6 +76,26 @@ pub fn error_message(body: &str) -> String {
     super::tail(body, 500).to_string()
 }
 
+/// Sends a request, bounded by the turn's deadline and the shutdown token;
+/// a non-2xx answer becomes a turn error (transient or not).
+pub async fn send(
+    name: &str,
+    rb: reqwest::RequestBuilder,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<Response, TurnError> {
+    let resp = tokio::select! {
+        r = rb.send() => r.map_err(|e| request_error(name, &e, false))?,
+        _ = tokio::time::sleep_until(deadline) => return Err(TurnError::Timeout(timeout)),
+        _ = cancel.cancelled() => return Err(TurnError::Cancelled),
+    };
+    if !resp.status().is_success() {
+        return Err(status_error(name, resp).await);
+    }
+    Ok(resp)
+}
+
 /// Turns a non-2xx response into a turn error (transient or not).
 pub async fn status_error(name: &str, resp: Response) -> TurnError {
     let status = resp.status();

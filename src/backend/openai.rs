@@ -91,14 +91,7 @@ impl Backend for OpenAi {
             if let Some(k) = key {
                 rb = rb.bearer_auth(k);
             }
-            let resp = tokio::select! {
-                r = rb.send() => r.map_err(|e| http::request_error("openai", &e, false))?,
-                _ = tokio::time::sleep_until(deadline) => return Err(TurnError::Timeout(req.timeout)),
-                _ = cancel.cancelled() => return Err(TurnError::Cancelled),
-            };
-            if !resp.status().is_success() {
-                return Err(http::status_error("openai", resp).await);
-            }
+            let resp = http::send("openai", rb, deadline, req.timeout, cancel).await?;
             let produced = std::sync::atomic::AtomicBool::new(false);
             let mut reply = String::new();
             let mut usage = Usage::default();

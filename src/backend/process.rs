@@ -351,3 +351,57 @@ pub async fn run_lines(
         signal,
     })
 }
+
+/// The stdout stream of one run of a headless CLI (claude, codex, gemini).
+pub trait CliStream: Default {
+    /// Takes one stdout line; returns `false` once the stream has said its
+    /// last word (so a grandchild holding stdout open cannot stall it).
+    fn feed(&mut self, line: &[u8], events: &super::EventSink) -> bool;
+    /// How the run ended; `None` for a resumed session the CLI no longer
+    /// has.
+    fn outcome(
+        self,
+        done: &Streamed,
+        resumed: bool,
+    ) -> Option<Result<super::TurnOutput, TurnError>>;
+}
+
+/// Runs a headless CLI for a turn. `argv_for(session)` builds the command
+/// line that resumes `session`, or starts fresh for `None`. A resumed
+/// session the CLI no longer has is retried once with a fresh one.
+pub async fn run_cli<S: CliStream>(
+    req: &super::TurnRequest,
+    events: &super::EventSink,
+    cancel: &CancellationToken,
+    stdin: Option<&str>,
+    remove_env: &[&str],
+    argv_for: impl Fn(Option<&str>) -> Vec<String>,
+) -> Result<super::TurnOutput, TurnError> {
+    let mut resume = req.session.clone();
+    loop {
+        let argv = argv_for(resume.as_deref());
+        let spec = Spawn {
+            argv: &argv,
+            stdin,
+            cwd: &req.workspace,
+            env: &req.env,
+            remove_env,
+            deadline: req.deadline,
+            timeout: req.timeout,
+            stall: req.stall,
+        };
+        let mut stream = S::default();
+        let done = run_lines(&spec, cancel, |l| stream.feed(l, events)).await?;
+        match stream.outcome(&done, resume.is_some()) {
+            Some(r) => return r,
+            None => {
+                tracing::warn!(
+                    "{}: the stored session is gone from {}; starting a fresh one",
+                    req.definition.name,
+                    argv.first().map_or("the CLI", String::as_str)
+                );
+                resume = None;
+            }
+        }
+    }
+}
