@@ -454,7 +454,17 @@ impl Engine {
                     on_written: Box::new(move |w| index_of.index_written(w)),
                 };
                 let started = std::time::Instant::now();
-                let res = turn::run(&env, def, &path).await;
+                // The turn runs in a task of its own: should it panic, the
+                // bookkeeping below still runs (the agent is freed and the
+                // message is retried, then left for the next start).
+                let p = path.clone();
+                let res = match tokio::spawn(async move { turn::run(&env, def, &p).await }).await {
+                    Ok(r) => r,
+                    Err(e) => Err(VaultError::Io {
+                        path: engine.vault.abs(&path),
+                        source: std::io::Error::other(format!("the turn panicked: {e}")),
+                    }),
+                };
                 drop(permit);
                 if let Ok(Outcome::Done { ok, .. }) = &res {
                     let secs = started.elapsed().as_secs_f64();
