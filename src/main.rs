@@ -10,6 +10,23 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use vaultrunner::cli::{self, SendOptions};
+
+/// `println!` that ignores a closed stdout (`vaultrunner … | head -1`)
+/// instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! err {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
 use vaultrunner::engine::Config;
 use vaultrunner::server::{self, Listen, ServeOptions};
 use vaultrunner::trigger::http::HttpOptions;
@@ -98,6 +115,9 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A closed stderr must not turn every log line into a panic (which
+        // would kill the turn that logged it).
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
@@ -173,7 +193,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let cancel = CancellationToken::new();
             shutdown_on_signals(cancel.clone());
             let r = server::process(&vault, Config { jobs }, cancel).await?;
-            println!(
+            out!(
                 "processed {} message(s): {} ok, {} error{}",
                 r.ok + r.error,
                 r.ok,
@@ -188,13 +208,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             );
             if let Some(left) = r.interrupted {
-                eprintln!(
+                err!(
                     "vaultrunner: interrupted; {left} message(s) still queued (a later run answers them)"
                 );
                 return Ok(ExitCode::from(130));
             }
             if r.stuck > 0 {
-                eprintln!(
+                err!(
                     "vaultrunner: {} message(s) could not be recorded (write failures, see the log); they are retried on the next run",
                     r.stuck
                 );
@@ -234,19 +254,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let (path, known) = cli::send(&vault, &agent, &message, &opts)?;
             if !known {
-                eprintln!(
+                err!(
                     "note: no definition for agent {agent:?} under Agents/ yet; the message waits until there is one"
                 );
             }
             match wait {
                 None => {
-                    println!("{path}");
+                    out!("{path}");
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(secs) => {
                     match cli::wait_reply(&vault, &path, Duration::from_secs(secs)).await? {
                         Some(r) => {
-                            println!("{}", r.text);
+                            out!("{}", r.text);
                             Ok(if r.status == "ok" {
                                 ExitCode::SUCCESS
                             } else {
@@ -254,7 +274,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                             })
                         }
                         None => {
-                            eprintln!(
+                            err!(
                                 "no reply within {secs}s; the message is kept at {path}.md and will still be answered"
                             );
                             Ok(ExitCode::from(2))
@@ -266,26 +286,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init { dir } => {
             let written = cli::init(&dir)?;
             for f in &written {
-                println!("created {}", dir.join(f).display());
+                out!("created {}", dir.join(f).display());
             }
             if written.is_empty() {
-                println!("nothing to do: every example file already exists");
+                out!("nothing to do: every example file already exists");
             }
-            println!("next: vaultrunner process {}", dir.display());
+            out!("next: vaultrunner process {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { vault } => {
             let findings = cli::check(&vault)?;
             let errors = findings.iter().filter(|f| f.is_error).count();
             for f in &findings {
-                println!(
+                out!(
                     "{}: {}: {}",
                     if f.is_error { "error" } else { "warning" },
                     f.file,
                     f.reason
                 );
             }
-            println!(
+            out!(
                 "{} error(s), {} warning(s)",
                 errors,
                 findings.len() - errors
@@ -298,7 +318,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { vault } => {
             let s = cli::status(&vault)?;
-            println!(
+            out!(
                 "vault {}: {}",
                 vault.display(),
                 if s.served {
@@ -308,7 +328,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             );
             for a in &s.agents {
-                println!(
+                out!(
                     "  {:<20} {:<10} {:<9} queued {:<4} turns {:<5} last {} {}",
                     a.name,
                     a.backend,
@@ -320,10 +340,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             for (p, a, why) in &s.waiting {
-                println!("  waiting: {p}.md for {a:?}: {why}");
+                out!("  waiting: {p}.md for {a:?}: {why}");
             }
             if s.errors > 0 {
-                println!("  {} problem(s): run `vaultrunner check`", s.errors);
+                out!("  {} problem(s): run `vaultrunner check`", s.errors);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -343,13 +363,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let (jobs, invalid) = cli::schedule(&vault, from, count.min(1000))?;
             for f in &invalid {
-                eprintln!("error: {}: {}", f.file, f.reason);
+                err!("error: {}: {}", f.file, f.reason);
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&jobs)?);
+                out!("{}", serde_json::to_string_pretty(&jobs)?);
             } else {
                 for j in &jobs {
-                    println!(
+                    out!(
                         "{} → {} ({}, {}){}",
                         j.job,
                         j.agent,
@@ -358,11 +378,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         if j.enabled { "" } else { " disabled" }
                     );
                     for t in &j.next {
-                        println!("  {t}");
+                        out!("  {t}");
                     }
                 }
                 if jobs.is_empty() && invalid.is_empty() {
-                    println!("no job notes (tag agent/job) in this vault");
+                    out!("no job notes (tag agent/job) in this vault");
                 }
             }
             Ok(if invalid.is_empty() {
@@ -373,7 +393,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Reset { vault, agent } => {
             let changed = cli::reset(&vault, &agent)?;
-            println!("reset {agent}: {} thread(s) start afresh", changed.len());
+            out!("reset {agent}: {} thread(s) start afresh", changed.len());
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -388,14 +408,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("vaultrunner: cannot start the runtime: {e}");
+            err!("vaultrunner: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vaultrunner: {e:#}");
+            err!("vaultrunner: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -1262,3 +1262,47 @@ fn an_interrupted_process_says_so_and_exits_130() {
     assert_eq!(v.get("Inbox/a.md", "status").as_deref(), Some("pending"));
     assert!(!v.exists("Inbox/a.reply.md"));
 }
+
+#[test]
+fn a_closed_stderr_and_stdout_do_not_stop_the_work() {
+    // `vaultrunner process V 2>&1 >/dev/null | head -1`: every log line after
+    // the first fails to write. That must not panic turns (it used to wedge
+    // every agent after its first message).
+    let v = TestVault::new();
+    for a in ["a", "b"] {
+        v.agent(a, "backend: echo\n", "");
+        for i in 0..5 {
+            v.message(&format!("Inbox/{a}{i}.md"), a, "", &format!("m{i}\n"));
+        }
+    }
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["process", v.root_str()])
+        .env("VAULTRUNNER_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close both pipes without reading anything.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "process hung with closed output"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    for a in ["a", "b"] {
+        for i in 0..5 {
+            assert_eq!(
+                v.get(&format!("Inbox/{a}{i}.md"), "status").as_deref(),
+                Some("handled")
+            );
+        }
+    }
+}
