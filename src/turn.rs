@@ -24,7 +24,26 @@ use crate::backend::{
 };
 use crate::note::{FmValue, Note, NoteKind, TAG_THREAD, edit_front_matter, link, render_new, slug};
 use crate::queue::Status;
-use crate::vault::{Fingerprint, NoteWrite, Vault, VaultError};
+use crate::vault::{Fingerprint, NoteWrite, Plan, Vault, VaultError};
+
+/// A batch that ends with the inbound's stamp: everything before it (the
+/// thread record, the reply, the callback) is durable before the inbound
+/// says `handled`/`error`, on any file system.
+fn stamp_last(writes: &[NoteWrite]) -> Plan {
+    Plan {
+        barrier: Some(writes.len().saturating_sub(1)),
+        sync_dirs: true,
+    }
+}
+
+/// The claim (`working`, `attempts`): each file is old or new after a crash,
+/// never torn, but the renames need not survive a power loss — a lost claim
+/// only means the message runs again from `pending`. That saves the
+/// directory flushes on the way in.
+const CLAIM: Plan = Plan {
+    barrier: None,
+    sync_dirs: false,
+};
 
 /// Attempts after which a message is given up (a 4th start is refused).
 pub const MAX_ATTEMPTS: u64 = 3;
@@ -322,11 +341,15 @@ fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, Va
 }
 
 /// Retries a write batch on transient I/O errors (not on refused paths).
-fn write_retrying(vault: &Vault, writes: &[NoteWrite]) -> Result<Vec<Fingerprint>, VaultError> {
+fn write_retrying(
+    vault: &Vault,
+    writes: &[NoteWrite],
+    plan: Plan,
+) -> Result<Vec<Fingerprint>, VaultError> {
     let mut delay = Duration::from_millis(20);
     let mut tries = 0;
     loop {
-        match vault.write_batch(writes) {
+        match vault.write_planned(writes, plan) {
             Ok(fps) => return Ok(fps),
             Err(e @ VaultError::UnsafePath { .. }) => return Err(e),
             Err(e) if tries >= 4 => return Err(e),
@@ -504,7 +527,7 @@ fn fail_without_turn(
         path: path.to_string(),
         content: edited,
     });
-    let fps = write_retrying(vault, &writes)?;
+    let fps = write_retrying(vault, &writes, stamp_last(&writes))?;
     Ok(zip_written(&writes, fps))
 }
 
@@ -852,7 +875,7 @@ async fn start_batch(
                 content: thread_text,
             },
         ];
-        let fps = write_retrying(&vault, &writes)?;
+        let fps = write_retrying(&vault, &writes, CLAIM)?;
         Ok((meta, body, zip_written(&writes, fps)))
     })
     .await
@@ -926,7 +949,7 @@ async fn release(
                 content: edited,
             });
         }
-        let fps = write_retrying(&vault, &w)?;
+        let fps = write_retrying(&vault, &w, Plan::DURABLE)?;
         Ok(zip_written(&w, fps))
     })
     .await
@@ -1031,7 +1054,7 @@ async fn end_batch(
             path: path.clone(),
             content: stamp(if ok { "handled" } else { "error" }, Some(&reply), err)?,
         });
-        match write_retrying(&vault, &writes) {
+        match write_retrying(&vault, &writes, stamp_last(&writes)) {
             Ok(fps) => Ok(zip_written(&writes, fps)),
             // The reply could not be written (a refused path, a full disk):
             // still end the message as `error` and still call back.
@@ -1053,7 +1076,7 @@ async fn end_batch(
                     path: path.clone(),
                     content: stamp("error", None, Some(reason))?,
                 });
-                let fps = write_retrying(&vault, &fallback)?;
+                let fps = write_retrying(&vault, &fallback, stamp_last(&fallback))?;
                 Ok(zip_written(&fallback, fps))
             }
         }

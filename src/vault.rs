@@ -194,7 +194,31 @@ pub struct Vault {
 /// A batch waiting for the committer.
 struct Pending {
     staged: Vec<Staged>,
+    plan: Plan,
     done: std::sync::mpsc::SyncSender<Result<Vec<Fingerprint>, VaultError>>,
+}
+
+/// How a write batch is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The index of the first write that may be renamed into place only
+    /// once every earlier one is durable (renamed and its directory
+    /// flushed). Without it, a crash can leave any subset of the renames
+    /// on a file system that does not keep metadata operations in order.
+    pub barrier: Option<usize>,
+    /// Flush the directories after the renames (the new names are durable
+    /// when the call returns). Without it only the files' data is flushed:
+    /// each file is still old or new after a crash, never torn, but a
+    /// power loss may undo the renames.
+    pub sync_dirs: bool,
+}
+
+impl Plan {
+    /// Every file durable, in no particular order.
+    pub const DURABLE: Plan = Plan {
+        barrier: None,
+        sync_dirs: true,
+    };
 }
 
 /// A file written to its temp file, waiting to be flushed and renamed.
@@ -204,13 +228,6 @@ struct Staged {
     dir: PathBuf,
     fingerprint: Fingerprint,
 }
-
-/// What each batch of a group gets back, and the directories it touched.
-type GroupResult = (
-    std::sync::mpsc::SyncSender<Result<Vec<Fingerprint>, VaultError>>,
-    Result<Vec<Fingerprint>, VaultError>,
-    Vec<PathBuf>,
-);
 
 /// The group-commit thread's handle.
 #[derive(Debug)]
@@ -279,46 +296,115 @@ impl Vault {
         self
     }
 
-    /// Commits the batches of several writers with one flush: every temp
-    /// file is already written (by its writer's thread); here they are
-    /// flushed together, each batch is renamed into place in its own order,
-    /// and each directory is flushed once. A failure is reported to the
-    /// batches it touches only.
+    /// Commits the batches of several writers with one flush of the files
+    /// and at most two rounds of directory flushes, shared by all of them
+    /// (group commit). Every temp file is already written, by its writer's
+    /// thread. Each batch is renamed in its own order; a batch's failure is
+    /// reported to it alone.
     fn commit_group(&self, group: Vec<Pending>) {
-        let synced = sync_files(
-            group
-                .iter()
-                .flat_map(|p| p.staged.iter().map(|s| s.tmp.as_file())),
-        );
-        let mut results: Vec<GroupResult> = Vec::with_capacity(group.len());
-        for p in group {
-            let r = match &synced {
-                Err(e) => Err(io_err(&self.root, io::Error::new(e.kind(), e.to_string()))),
-                Ok(()) => rename_all(p.staged),
-            };
-            let (r, dirs) = match r {
-                Ok((fps, dirs)) => (Ok(fps), dirs),
-                Err(e) => (Err(e), Vec::new()),
-            };
-            results.push((p.done, r, dirs));
-        }
-        let mut dirs: Vec<PathBuf> = results
-            .iter()
-            .flat_map(|(_, _, d)| d.iter().cloned())
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        let failed: Vec<(PathBuf, String)> = dirs
-            .iter()
-            .filter_map(|d| sync_dir(d).err().map(|e| (d.clone(), e.to_string())))
-            .collect();
-        for (done, r, my_dirs) in results {
-            let r = match failed.iter().find(|(d, _)| my_dirs.contains(d)) {
-                Some((d, e)) if r.is_ok() => Err(io_err(d, io::Error::other(e.clone()))),
-                _ => r,
-            };
+        let (batches, dones): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|p| ((p.staged, p.plan), p.done))
+            .unzip();
+        for (r, done) in self.commit(batches).into_iter().zip(dones) {
             let _ = done.send(r);
         }
+    }
+
+    fn commit(
+        &self,
+        batches: Vec<(Vec<Staged>, Plan)>,
+    ) -> Vec<Result<Vec<Fingerprint>, VaultError>> {
+        // 1. Every file's data, in one flush.
+        if let Err(e) = sync_files(
+            batches
+                .iter()
+                .flat_map(|(s, _)| s.iter().map(|f| f.tmp.as_file())),
+        ) {
+            return batches
+                .iter()
+                .map(|_| Err(io_err(&self.root, io::Error::new(e.kind(), e.to_string()))))
+                .collect();
+        }
+        struct State {
+            fps: Vec<Fingerprint>,
+            rest: Vec<Staged>,
+            plan: Plan,
+            err: Option<VaultError>,
+            dirs: Vec<PathBuf>,
+        }
+        let mut states: Vec<State> = batches
+            .into_iter()
+            .map(|(mut staged, plan)| {
+                let rest = match plan.barrier {
+                    Some(b) if b < staged.len() => staged.split_off(b),
+                    _ => Vec::new(),
+                };
+                let mut st = State {
+                    fps: Vec::new(),
+                    rest: Vec::new(),
+                    plan,
+                    err: None,
+                    dirs: Vec::new(),
+                };
+                // 2. Renames before the barrier (all of them, without one).
+                match rename_all(staged) {
+                    Ok((fps, dirs)) => {
+                        st.fps = fps;
+                        st.dirs = dirs;
+                        st.rest = rest;
+                    }
+                    Err(e) => st.err = Some(e),
+                }
+                st
+            })
+            .collect();
+        // 3. Directories that must be durable now: before a barrier, or at
+        //    the end of a batch that asked for it (no reason to wait).
+        let round1: Vec<PathBuf> = states
+            .iter()
+            .filter(|s| s.err.is_none() && (s.plan.sync_dirs || !s.rest.is_empty()))
+            .flat_map(|s| s.dirs.iter().cloned())
+            .collect();
+        let failed1 = sync_dirs(round1);
+        let mut round2 = Vec::new();
+        for st in &mut states {
+            if st.err.is_some() {
+                continue;
+            }
+            if let Some(e) = dir_failure(&failed1, &st.dirs) {
+                st.err = Some(e);
+                continue;
+            }
+            // 4. The renames after the barrier.
+            if !st.rest.is_empty() {
+                match rename_all(std::mem::take(&mut st.rest)) {
+                    Ok((fps, dirs)) => {
+                        st.fps.extend(fps);
+                        if st.plan.sync_dirs {
+                            round2.extend(dirs.iter().cloned());
+                        }
+                        st.dirs = dirs;
+                    }
+                    Err(e) => st.err = Some(e),
+                }
+            } else {
+                st.dirs.clear();
+            }
+        }
+        // 5. Their directories.
+        let failed2 = sync_dirs(round2);
+        states
+            .into_iter()
+            .map(|st| match st.err {
+                Some(e) => Err(e),
+                None if st.plan.sync_dirs => match dir_failure(&failed2, &st.dirs) {
+                    Some(e) => Err(e),
+                    None => Ok(st.fps),
+                },
+                None => Ok(st.fps),
+            })
+            .collect()
     }
 
     /// Writes a batch's files to temp files next to their targets (not yet
@@ -538,17 +624,27 @@ impl Vault {
     /// Batching is the point: one flush of N files costs about one journal
     /// commit instead of N.
     pub fn write_batch(&self, writes: &[NoteWrite]) -> Result<Vec<Fingerprint>, VaultError> {
+        self.write_planned(writes, Plan::DURABLE)
+    }
+
+    /// [`Vault::write_batch`] with a [`Plan`]: an ordering barrier, or data
+    /// durability only.
+    pub fn write_planned(
+        &self,
+        writes: &[NoteWrite],
+        plan: Plan,
+    ) -> Result<Vec<Fingerprint>, VaultError> {
         let staged = self.stage(writes)?;
         if let Some(c) = &self.committer {
             let (done, wait) = std::sync::mpsc::sync_channel(1);
-            let pending = Pending { staged, done };
+            let pending = Pending { staged, plan, done };
             let unsent = match c.tx.lock() {
                 Ok(tx) => tx.send(pending).err().map(|e| e.0),
                 Err(_) => Some(pending),
             };
             return match unsent {
                 // The committer is gone: commit here.
-                Some(p) => self.commit_alone(p.staged),
+                Some(p) => self.commit_alone(p.staged, p.plan),
                 None => wait.recv().unwrap_or_else(|_| {
                     Err(io_err(
                         &self.root,
@@ -557,16 +653,17 @@ impl Vault {
                 }),
             };
         }
-        self.commit_alone(staged)
+        self.commit_alone(staged, plan)
     }
 
-    fn commit_alone(&self, staged: Vec<Staged>) -> Result<Vec<Fingerprint>, VaultError> {
-        sync_files(staged.iter().map(|s| s.tmp.as_file())).map_err(|e| io_err(&self.root, e))?;
-        let (fps, dirs) = rename_all(staged)?;
-        for d in dirs {
-            sync_dir(&d).map_err(|e| io_err(&d, e))?;
-        }
-        Ok(fps)
+    fn commit_alone(
+        &self,
+        staged: Vec<Staged>,
+        plan: Plan,
+    ) -> Result<Vec<Fingerprint>, VaultError> {
+        self.commit(vec![(staged, plan)])
+            .pop()
+            .unwrap_or_else(|| Err(io_err(&self.root, io::Error::other("nothing committed"))))
     }
 
     /// Creates a note only if nothing is at its path yet (atomic: link the
@@ -670,6 +767,23 @@ fn rename_all(staged: Vec<Staged>) -> Result<(Vec<Fingerprint>, Vec<PathBuf>), V
         }
     }
     Ok((fps, dirs))
+}
+
+/// Flushes each directory once; returns the ones that failed, with why.
+fn sync_dirs(mut dirs: Vec<PathBuf>) -> Vec<(PathBuf, String)> {
+    dirs.sort();
+    dirs.dedup();
+    dirs.into_iter()
+        .filter_map(|d| sync_dir(&d).err().map(|e| (d, e.to_string())))
+        .collect()
+}
+
+/// The error for a batch one of whose directories could not be flushed.
+fn dir_failure(failed: &[(PathBuf, String)], mine: &[PathBuf]) -> Option<VaultError> {
+    failed
+        .iter()
+        .find(|(d, _)| mine.contains(d))
+        .map(|(d, e)| io_err(d, io::Error::other(e.clone())))
 }
 
 /// Held while this process owns the vault.
@@ -871,6 +985,50 @@ mod tests {
         // A refused path fails only its own batch.
         assert!(v.write("../x", "no").is_err());
         assert!(v.write("fine", "yes").is_ok());
+    }
+
+    #[test]
+    fn planned_batches_mix_in_one_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vault::open(dir.path()).unwrap().with_group_commit();
+        let plans = [
+            Plan::DURABLE,
+            Plan {
+                barrier: Some(2),
+                sync_dirs: true,
+            },
+            Plan {
+                barrier: None,
+                sync_dirs: false,
+            },
+            Plan {
+                barrier: Some(0),
+                sync_dirs: false,
+            },
+        ];
+        std::thread::scope(|s| {
+            for (t, plan) in plans.iter().enumerate() {
+                let v = &v;
+                s.spawn(move || {
+                    for i in 0..25 {
+                        let writes: Vec<NoteWrite> = (0..3)
+                            .map(|k| NoteWrite {
+                                path: format!("p{t}/d{k}/n{i}"),
+                                content: format!("{t} {k} {i}"),
+                            })
+                            .collect();
+                        let fps = v.write_planned(&writes, *plan).unwrap();
+                        assert_eq!(fps.len(), 3);
+                        for (k, w) in writes.iter().enumerate() {
+                            assert_eq!(v.read(&w.path).unwrap().0, w.content);
+                            assert_eq!(fps[k].len, w.content.len() as u64);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(v.list().entries.len(), 4 * 25 * 3);
+        assert_eq!(v.clean_temp_files(), 0);
     }
 
     #[test]
