@@ -189,6 +189,8 @@ pub struct Vault {
     /// When set, write batches go through one committer thread that merges
     /// the batches of concurrent writers into one flush (group commit).
     committer: Option<std::sync::Arc<Committer>>,
+    /// Directories already created and found to lie inside the vault.
+    checked_dirs: std::sync::Arc<std::sync::Mutex<HashSet<PathBuf>>>,
 }
 
 /// A batch waiting for the committer.
@@ -263,6 +265,7 @@ impl Vault {
         Ok(Vault {
             root,
             committer: None,
+            checked_dirs: Default::default(),
         })
     }
 
@@ -274,6 +277,7 @@ impl Vault {
         let plain = Vault {
             root: self.root.clone(),
             committer: None,
+            checked_dirs: self.checked_dirs.clone(),
         };
         std::thread::Builder::new()
             .name("vaultrunner-commit".into())
@@ -563,8 +567,24 @@ impl Vault {
     /// Reads a note as text. Invalid UTF-8 (a binary file named `.md`) is an
     /// error naming the file.
     pub fn read(&self, path: &str) -> Result<(String, Fingerprint), VaultError> {
+        use std::io::Read as _;
         let abs = self.abs(path);
-        let meta = fs::symlink_metadata(&abs).map_err(|e| io_err(&abs, e))?;
+        // One open (never through a symlink) and one stat of the open file.
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
+        let mut f = opts.open(&abs).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io_err(
+                    &abs,
+                    io::Error::new(io::ErrorKind::InvalidInput, "a symlink, not a note"),
+                )
+            } else {
+                io_err(&abs, e)
+            }
+        })?;
+        let meta = f.metadata().map_err(|e| io_err(&abs, e))?;
         if !meta.is_file() {
             return Err(io_err(
                 &abs,
@@ -577,7 +597,8 @@ impl Vault {
                 io::Error::new(io::ErrorKind::InvalidData, "note is over the size limit"),
             ));
         }
-        let bytes = fs::read(&abs).map_err(|e| io_err(&abs, e))?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+        f.read_to_end(&mut bytes).map_err(|e| io_err(&abs, e))?;
         let fp = Fingerprint::of(&meta);
         match String::from_utf8(bytes) {
             Ok(s) => Ok((s, fp)),
@@ -590,10 +611,21 @@ impl Vault {
 
     /// Makes sure the directory of a note exists and really lies inside the
     /// vault (no symlinked directory leading out).
+    /// A directory checked once is remembered; later writes only confirm
+    /// with one `lstat` that it is still a real directory (not replaced by
+    /// a symlink), instead of creating and resolving the whole path again.
     fn ensure_dir(&self, file: &Path) -> Result<PathBuf, VaultError> {
         let dir = file
             .parent()
             .ok_or_else(|| io_err(file, io::Error::other("no parent directory")))?;
+        let known = self
+            .checked_dirs
+            .lock()
+            .map(|k| k.contains(dir))
+            .unwrap_or(false);
+        if known && fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+            return Ok(dir.to_path_buf());
+        }
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let real = fs::canonicalize(dir).map_err(|e| io_err(dir, e))?;
         if !real.starts_with(&self.root) {
@@ -601,6 +633,9 @@ impl Vault {
                 path: dir.display().to_string(),
                 reason: "directory resolves outside the vault",
             });
+        }
+        if let Ok(mut k) = self.checked_dirs.lock() {
+            k.insert(dir.to_path_buf());
         }
         Ok(dir.to_path_buf())
     }
