@@ -8,7 +8,7 @@
 //! ```text
 //! cargo bench --bench engine                      # all scenarios
 //! cargo bench --bench engine -- throughput        # some of them:
-//!                                                 #   throughput latency bigvault idle
+//!                                                 #   throughput latency bigvault idle claude
 //! VR_BENCH_QUICK=1 cargo bench --bench engine     # small sizes, a few seconds
 //! ```
 //!
@@ -1463,7 +1463,106 @@ mod linux {
 
     // ------------------------------------------------------------------
 
-    const SCENARIOS: &[&str] = &["throughput", "latency", "bigvault", "idle"];
+    const SCENARIOS: &[&str] = &["throughput", "latency", "bigvault", "idle", "claude"];
+
+    // ------------------------------------------------------------------
+    // claude: vaultrunner's own cost per claude turn (issue 3)
+
+    /// A fake `claude` that answers at once with the real stream-json shapes
+    /// (system/init, one assistant line, result; see tests/fakes/claude for
+    /// the sources). It reads its prompt from stdin, as vaultrunner sends it.
+    const FAKE_CLAUDE: &str = r#"#!/bin/sh
+cat >/dev/null
+sid=53eec219-0000-4000-8000-000000000001
+printf '%s\n' '{"type":"system","subtype":"init","cwd":"/tmp","session_id":"'$sid'","tools":["Bash"],"mcp_servers":[],"model":"claude-haiku-4-5-20251001","permissionMode":"default","apiKeySource":"none","claude_code_version":"2.1.117","uuid":"74b6"}'
+printf '%s\n' '{"type":"assistant","message":{"model":"claude-haiku-4-5-20251001","id":"msg_01J","type":"message","role":"assistant","content":[{"type":"text","text":"ok"}],"stop_reason":null,"usage":{"input_tokens":10,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":7}},"parent_tool_use_id":null,"session_id":"'$sid'","uuid":"222a"}'
+printf '%s\n' '{"type":"result","subtype":"success","is_error":false,"api_error_status":null,"duration_ms":1,"duration_api_ms":1,"num_turns":1,"result":"ok","stop_reason":"end_turn","session_id":"'$sid'","total_cost_usd":0.0001,"usage":{"input_tokens":10,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":7},"modelUsage":{},"permission_denials":[],"terminal_reason":"completed","uuid":"e573"}'
+"#;
+
+    fn claude_overhead(s: &Settings, res: &mut Results) {
+        use std::os::unix::fs::PermissionsExt as _;
+        const SC: &str = "claude";
+        let n = if s.quick { 30 } else { 200 };
+        let root = s.tempdir("claude");
+        let fake = root.path().join("claude");
+        fs::write(&fake, FAKE_CLAUDE).unwrap();
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+
+        // The child alone: spawned the way a turn spawns it (prompt on
+        // stdin, stdout read to the end), n times in a row.
+        eprintln!("[claude] the fake alone, {n} runs");
+        let prompt =
+            "[vaultrunner] time: … · agent: cc · thread: Threads/cc/cc · from: you\n\nhello";
+        let t = Instant::now();
+        for _ in 0..n {
+            let mut c = Command::new(&fake)
+                .args(["-p", "--output-format", "stream-json", "--verbose"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(prompt.as_bytes())
+                .unwrap();
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+        }
+        let child = t.elapsed().as_secs_f64() / n as f64;
+
+        // The same fake through vaultrunner: one agent, n messages, one
+        // `process` run (turns are serial within an agent).
+        let vault = root.path().join("vault");
+        fs::create_dir_all(vault.join("Agents")).unwrap();
+        fs::create_dir_all(vault.join("Inbox/cc")).unwrap();
+        fs::write(
+            vault.join("Agents/cc.md"),
+            format!(
+                "---\ntags: [agent/definition]\nname: cc\nbackend: claude\nprogram: {}\n---\nYou are terse.\n",
+                fake.display()
+            ),
+        )
+        .unwrap();
+        for i in 0..n {
+            fs::write(
+                vault.join(format!("Inbox/cc/m{i:05}.md")),
+                inbound_note("cc", &probe_ts(i), "you", "hello"),
+            )
+            .unwrap();
+        }
+        syncfs(&vault);
+        eprintln!("[claude] {n} turns through vaultrunner process");
+        let logs = root.path().join("logs");
+        fs::create_dir_all(&logs).unwrap();
+        let argv: Vec<&std::ffi::OsStr> = vec!["process".as_ref(), vault.as_os_str()];
+        let run = run_to_end(&argv, &logs, Duration::from_secs(600));
+        let handled = processed_counts(&run.stdout).map_or(0, |(ok, _)| ok);
+        let per_turn = run.elapsed.as_secs_f64() / n as f64;
+        let overhead_ms = (per_turn - child) * 1000.0;
+        res.info(
+            SC,
+            "the fake claude alone, per run",
+            format!("{:.2} ms", child * 1000.0),
+        );
+        res.info(
+            SC,
+            format!("`process`, {n} claude turns (one agent)"),
+            format!(
+                "{handled} ok in {:.2} s: {:.2} ms per turn",
+                run.elapsed.as_secs_f64(),
+                per_turn * 1000.0
+            ),
+        );
+        res.check(
+            SC,
+            "vaultrunner's own cost per turn (spawn, parse, notes, durable writes)",
+            format!("{overhead_ms:.2} ms"),
+            "< 5 ms",
+            handled == n as u64 && overhead_ms < 5.0,
+        );
+    }
 
     /// The 1-minute load average: other work on the machine skews results.
     fn loadavg() -> String {
@@ -1509,6 +1608,9 @@ mod linux {
         }
         if on("idle") {
             idle(&s, &mut res);
+        }
+        if on("claude") {
+            claude_overhead(&s, &mut res);
         }
         println!();
         println!(
