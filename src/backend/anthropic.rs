@@ -176,18 +176,11 @@ impl Backend for Anthropic {
                                 .and_then(Value::as_str)
                                 .unwrap_or("");
                             let message = format!("anthropic: {ty}: {msg}");
-                            return Err(
-                                if !produced.load(std::sync::atomic::Ordering::Relaxed)
-                                    && transient_error_type(ty)
-                                {
-                                    TurnError::Transient {
-                                        message,
-                                        retry_after: None,
-                                    }
-                                } else {
-                                    TurnError::Failed(message)
-                                },
-                            );
+                            return Err(TurnError::classify(
+                                message,
+                                transient_error_type(ty),
+                                produced.load(std::sync::atomic::Ordering::Relaxed),
+                            ));
                         }
                         _ => {}
                     }
@@ -197,14 +190,11 @@ impl Backend for Anthropic {
             .await?;
             if !stopped {
                 let message = "anthropic: the stream ended before message_stop".to_string();
-                return Err(if produced.load(std::sync::atomic::Ordering::Relaxed) {
-                    TurnError::Failed(message)
-                } else {
-                    TurnError::Transient {
-                        message,
-                        retry_after: None,
-                    }
-                });
+                return Err(TurnError::classify(
+                    message,
+                    true,
+                    produced.load(std::sync::atomic::Ordering::Relaxed),
+                ));
             }
             Ok(TurnOutput {
                 reply,

@@ -220,13 +220,12 @@ pub fn outcome(s: ClaudeStream, done: &process::Streamed, resumed: bool) -> Ende
             s.api_error.as_deref(),
             Some("rate_limit" | "overloaded" | "server_error")
         );
-        if !s.produced && (transient_kind || is_transient_text(&reason)) {
-            return Ended::Err(TurnError::Transient {
-                message: format!("claude: {reason}"),
-                retry_after: None,
-            });
-        }
-        return Ended::Err(TurnError::Failed(format!("claude: {reason}")));
+        let transient = transient_kind || is_transient_text(&reason);
+        return Ended::Err(TurnError::classify(
+            format!("claude: {reason}"),
+            transient,
+            s.produced,
+        ));
     }
     let out_text = s.other.join("\n");
     if resumed && (stale(&done.stderr) || stale(&out_text)) {
@@ -248,14 +247,11 @@ pub fn outcome(s: ClaudeStream, done: &process::Streamed, resumed: bool) -> Ende
     } else {
         format!("claude {how}: {detail}")
     };
-    if !s.produced && is_transient_text(&detail) {
-        Ended::Err(TurnError::Transient {
-            message: msg,
-            retry_after: None,
-        })
-    } else {
-        Ended::Err(TurnError::Failed(msg))
-    }
+    Ended::Err(TurnError::classify(
+        msg,
+        is_transient_text(&detail),
+        s.produced,
+    ))
 }
 
 impl Claude {

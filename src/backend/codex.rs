@@ -148,14 +148,11 @@ pub fn outcome(
             return None;
         }
         let message = format!("codex: {msg}");
-        return Some(Err(if !s.produced && is_transient_text(msg) {
-            TurnError::Transient {
-                message,
-                retry_after: None,
-            }
-        } else {
-            TurnError::Failed(message)
-        }));
+        return Some(Err(TurnError::classify(
+            message,
+            is_transient_text(msg),
+            s.produced,
+        )));
     }
     if s.completed && done.code == Some(0) {
         return Some(Ok(TurnOutput {
@@ -182,14 +179,11 @@ pub fn outcome(
     } else {
         format!("codex {how}: {detail}")
     };
-    Some(Err(if !s.produced && is_transient_text(&detail) {
-        TurnError::Transient {
-            message,
-            retry_after: None,
-        }
-    } else {
-        TurnError::Failed(message)
-    }))
+    Some(Err(TurnError::classify(
+        message,
+        is_transient_text(&detail),
+        s.produced,
+    )))
 }
 
 impl process::CliStream for CodexStream {

@@ -173,16 +173,9 @@ pub fn outcome(
     } else {
         format!("gemini {how}: {detail}")
     };
-    Some(Err(
-        if !s.produced && done.code != Some(41) && is_transient_text(&detail) {
-            TurnError::Transient {
-                message,
-                retry_after: None,
-            }
-        } else {
-            TurnError::Failed(message)
-        },
-    ))
+    // Exit 41 is an authentication failure, whatever its text says.
+    let transient = done.code != Some(41) && is_transient_text(&detail);
+    Some(Err(TurnError::classify(message, transient, s.produced)))
 }
 
 impl process::CliStream for GeminiStream {

@@ -114,15 +114,7 @@ pub async fn status_error(name: &str, resp: Response) -> TurnError {
 
 /// A request error (connect, reset, timeout) as a turn error.
 pub fn request_error(name: &str, e: &reqwest::Error, produced: bool) -> TurnError {
-    let message = format!("{name}: connection error: {e}");
-    if produced {
-        TurnError::Failed(message)
-    } else {
-        TurnError::Transient {
-            message,
-            retry_after: None,
-        }
-    }
+    TurnError::classify(format!("{name}: connection error: {e}"), true, produced)
 }
 
 /// Time bounds of a streamed response.

@@ -98,6 +98,22 @@ pub enum TurnError {
     },
 }
 
+impl TurnError {
+    /// The one rule for retries: a failure that looks transient is retried
+    /// only while the turn has produced no assistant content (text or a
+    /// tool call) — a retried turn must not run tools twice.
+    pub fn classify(message: String, transient: bool, produced: bool) -> TurnError {
+        if transient && !produced {
+            TurnError::Transient {
+                message,
+                retry_after: None,
+            }
+        } else {
+            TurnError::Failed(message)
+        }
+    }
+}
+
 /// How transient failures are retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {

@@ -118,18 +118,12 @@ impl Backend for OpenAi {
                             "openai: {}",
                             http::error_message(&json!({"error": e}).to_string())
                         );
-                        return Err(
-                            if !produced.load(std::sync::atomic::Ordering::Relaxed)
-                                && super::is_transient_text(&msg)
-                            {
-                                TurnError::Transient {
-                                    message: msg,
-                                    retry_after: None,
-                                }
-                            } else {
-                                TurnError::Failed(msg)
-                            },
-                        );
+                        let transient = super::is_transient_text(&msg);
+                        return Err(TurnError::classify(
+                            msg,
+                            transient,
+                            produced.load(std::sync::atomic::Ordering::Relaxed),
+                        ));
                     }
                     if let Some(c) = v
                         .pointer("/choices/0/delta/content")
