@@ -482,6 +482,7 @@ impl Engine {
     }
 
     fn turn_finished(&self, agent: &str, path: &str, res: Result<Outcome, VaultError>) {
+        let mut reindex = false;
         {
             let mut st = self.lock();
             st.running.remove(agent);
@@ -504,12 +505,7 @@ impl Engine {
                             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
                             // Whatever the note is now, index it afresh so a
                             // message that is still eligible is not dropped.
-                            drop(st);
-                            self.reindex(path);
-                            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                            self.wake.notify_one();
-                            self.idle.notify_waiters();
-                            return;
+                            reindex = true;
                         }
                         Outcome::Cancelled => tracing::info!("{path}: cut short by shutdown"),
                     }
@@ -532,9 +528,7 @@ impl Engine {
                             tokio::spawn(async move {
                                 tokio::time::sleep(WRITE_RETRY_DELAY).await;
                                 engine.lock().index.requeue(&agent, &path, order);
-                                engine.in_flight.fetch_sub(1, Ordering::SeqCst);
-                                engine.wake.notify_one();
-                                engine.idle.notify_waiters();
+                                engine.released();
                             });
                         }
                     } else {
@@ -546,8 +540,17 @@ impl Engine {
                 }
             }
         }
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if reindex {
+            self.reindex(path);
+        }
         let _ = self.finished.send(path.to_string());
+        self.released();
+    }
+
+    /// One piece of work in flight is over: let the dispatcher look again
+    /// and `process` check whether all is quiet.
+    fn released(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.wake.notify_one();
         self.idle.notify_waiters();
     }
