@@ -7,6 +7,8 @@
 //!
 //! Every helper lives in this file (tests/common belongs to other suites).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -18,31 +20,6 @@ use serde_json::{Value, json};
 use serde_yaml::Mapping;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vaultrunner");
-
-/// Environment that would leak into the binary under test: a surrounding
-/// vaultrunner turn, server settings, or proxies (the HTTP fakes are on
-/// loopback and must be reached directly).
-const SCRUB_ENV: &[&str] = &[
-    "VAULTRUNNER_VAULT",
-    "VAULTRUNNER_AGENT",
-    "VAULTRUNNER_THREAD",
-    "VAULTRUNNER_SESSION",
-    "VAULTRUNNER_MESSAGE",
-    "VAULTRUNNER_DELEGATION_DEPTH",
-    "VAULTRUNNER_SYSTEM_PROMPT",
-    "VAULTRUNNER_TOKEN",
-    "VAULTRUNNER_WEBHOOK_SECRET",
-    "CLAUDECODE",
-    "FAKE_SCENARIO",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "OPENAI_API_KEY",
-    "ANTHROPIC_API_KEY",
-];
 
 fn fakes_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes")
@@ -112,7 +89,7 @@ impl Env {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for k in SCRUB_ENV {
+        for k in common::SCRUB_ENV {
             cmd.env_remove(k);
         }
         cmd.env("NO_PROXY", "127.0.0.1,localhost")

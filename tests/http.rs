@@ -7,6 +7,8 @@
 //! Notes are read back with our own front-matter split + YAML parse, not
 //! the crate's parser.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -24,20 +26,6 @@ use vaultrunner::vault::Vault;
 const BIN: &str = env!("CARGO_BIN_EXE_vaultrunner");
 const TOKEN: &str = "t0ken-for-tests";
 const SECRET: &str = "webhook-secret-for-tests";
-
-/// Environment variables that would leak a surrounding turn or server
-/// configuration into the binary under test.
-const SCRUB_ENV: &[&str] = &[
-    "VAULTRUNNER_VAULT",
-    "VAULTRUNNER_AGENT",
-    "VAULTRUNNER_THREAD",
-    "VAULTRUNNER_SESSION",
-    "VAULTRUNNER_MESSAGE",
-    "VAULTRUNNER_DELEGATION_DEPTH",
-    "VAULTRUNNER_SYSTEM_PROMPT",
-    "VAULTRUNNER_TOKEN",
-    "VAULTRUNNER_WEBHOOK_SECRET",
-];
 
 // ---------------------------------------------------------------- vaults
 
@@ -1231,7 +1219,7 @@ fn serve_cmd(vault: &Path, listen: &str) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("VAULTRUNNER_LOG", "info");
-    for k in SCRUB_ENV {
+    for k in common::SCRUB_ENV {
         cmd.env_remove(k);
     }
     cmd

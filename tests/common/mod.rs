@@ -16,9 +16,11 @@ use serde_yaml::{Mapping, Value};
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_vaultrunner");
 
-/// Environment variables that would leak a surrounding vaultrunner turn (or
-/// server settings) into the binary under test.
-const SCRUB_ENV: &[&str] = &[
+/// Environment variables that would leak into the binary under test: a
+/// surrounding vaultrunner turn, server settings, fake scenarios, API keys,
+/// or proxies (the fake servers are on loopback and must be reached
+/// directly). One list for every test file.
+pub const SCRUB_ENV: &[&str] = &[
     "VAULTRUNNER_VAULT",
     "VAULTRUNNER_AGENT",
     "VAULTRUNNER_THREAD",
@@ -26,8 +28,19 @@ const SCRUB_ENV: &[&str] = &[
     "VAULTRUNNER_MESSAGE",
     "VAULTRUNNER_DELEGATION_DEPTH",
     "VAULTRUNNER_SYSTEM_PROMPT",
+    "VAULTRUNNER_BIN",
     "VAULTRUNNER_TOKEN",
     "VAULTRUNNER_WEBHOOK_SECRET",
+    "CLAUDECODE",
+    "FAKE_SCENARIO",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
 ];
 
 /// A vault in a temp directory: `<tmp>/vault`, so that `<tmp>` (the
