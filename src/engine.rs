@@ -399,11 +399,6 @@ impl Engine {
         known.is_some() && self.vault.stat(path) == known
     }
 
-    /// The fingerprint the index holds for a note.
-    pub fn known(&self, path: &str) -> Option<Fingerprint> {
-        self.lock().index.fingerprint(path)
-    }
-
     /// Starts every turn that can start now. Returns how many started.
     fn dispatch(self: &Arc<Self>, cancel: &CancellationToken) -> usize {
         if cancel.is_cancelled() {

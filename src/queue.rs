@@ -165,11 +165,6 @@ impl Index {
         self.fingerprints.get(path).copied()
     }
 
-    /// Records a fingerprint for a note we wrote, so its event is ignored.
-    pub fn note_written(&mut self, path: &str, fp: Fingerprint) {
-        self.fingerprints.insert(path.to_string(), fp);
-    }
-
     /// Number of notes known.
     pub fn len(&self) -> usize {
         self.fingerprints.len()
