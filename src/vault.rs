@@ -186,18 +186,11 @@ pub struct Listing {
 #[derive(Debug, Clone)]
 pub struct Vault {
     root: PathBuf,
-    /// When set, write batches go through one committer thread that merges
-    /// the batches of concurrent writers into one flush (group commit).
-    committer: Option<std::sync::Arc<Committer>>,
+    /// When set, the data of concurrent write batches is flushed by one
+    /// `syncfs` shared by all of them (group commit).
+    flusher: Option<std::sync::Arc<Flusher>>,
     /// Directories already created and found to lie inside the vault.
     checked_dirs: std::sync::Arc<std::sync::Mutex<HashSet<PathBuf>>>,
-}
-
-/// A batch waiting for the committer.
-struct Pending {
-    staged: Vec<Staged>,
-    plan: Plan,
-    done: std::sync::mpsc::SyncSender<Result<Vec<Fingerprint>, VaultError>>,
 }
 
 /// How a write batch is made durable.
@@ -229,24 +222,57 @@ struct Staged {
     file: PathBuf,
     dir: PathBuf,
     fingerprint: Fingerprint,
+    /// The version the rename replaces, held open (`O_PATH`) so that
+    /// freeing it happens when the reaper closes it, not inside the rename.
+    old: Option<File>,
 }
 
-/// The group-commit thread's handle.
+/// The group-commit flusher: one thread that runs `syncfs` for every
+/// writer waiting on it. A writer takes a ticket (the number of the next
+/// flush to start) once its temp files are written, and waits until that
+/// flush has finished: it started after the data was written, so it covers
+/// it. Writers that arrive while a flush runs share the next one.
 #[derive(Debug)]
-pub struct Committer {
-    tx: std::sync::Mutex<std::sync::mpsc::Sender<Pending>>,
+pub struct Flusher {
+    state: std::sync::Mutex<FlushState>,
+    /// Wakes the flusher thread (work) and the writers (a flush finished).
+    wake: std::sync::Condvar,
+    done: std::sync::Condvar,
 }
 
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending")
-            .field("files", &self.staged.len())
-            .finish()
-    }
+#[derive(Debug, Default)]
+struct FlushState {
+    /// Highest ticket asked for.
+    wanted: u64,
+    /// Flushes started / finished.
+    started: u64,
+    finished: u64,
+    /// Recent failed flushes (number, error), newest last.
+    failed: std::collections::VecDeque<(u64, io::ErrorKind, String)>,
 }
 
-/// Most batches merged into one flush.
-const GROUP_MAX: usize = 512;
+/// Replaced versions of notes wait here to be closed (and so freed) off
+/// the writers' path. Bounded, so at most this many are held open.
+const REAPER_QUEUE: usize = 256;
+
+fn reaper() -> Option<&'static std::sync::mpsc::SyncSender<File>> {
+    static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<File>>> =
+        std::sync::OnceLock::new();
+    REAPER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<File>(REAPER_QUEUE);
+            std::thread::Builder::new()
+                .name("vaultrunner-reap".into())
+                .spawn(move || {
+                    while let Ok(f) = rx.recv() {
+                        drop(f);
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
+}
 
 /// One file of a write batch.
 #[derive(Debug, Clone)]
@@ -264,151 +290,37 @@ impl Vault {
         }
         Ok(Vault {
             root,
-            committer: None,
+            flusher: None,
             checked_dirs: Default::default(),
         })
     }
 
-    /// Turns on group commit: concurrent `write_batch` calls are merged
-    /// into one flush by a committer thread. Each caller still returns only
-    /// once its own files are durable, and each batch keeps its order.
+    /// Turns on group commit: the data of concurrent write batches is
+    /// flushed by one `syncfs` (on Linux; elsewhere each writer fsyncs its
+    /// own files). Each caller still returns only once its own files are
+    /// durable, and each batch keeps its order: renames and directory
+    /// flushes happen in the caller's thread, in parallel with the others.
     pub fn with_group_commit(mut self) -> Vault {
-        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
-        let plain = Vault {
-            root: self.root.clone(),
-            committer: None,
-            checked_dirs: self.checked_dirs.clone(),
+        if !cfg!(target_os = "linux") {
+            return self;
+        }
+        let root = match File::open(&self.root) {
+            Ok(f) => f,
+            Err(_) => return self,
         };
-        std::thread::Builder::new()
-            .name("vaultrunner-commit".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut group = vec![first];
-                    while group.len() < GROUP_MAX {
-                        match rx.try_recv() {
-                            Ok(p) => group.push(p),
-                            Err(_) => break,
-                        }
-                    }
-                    plain.commit_group(group);
-                }
-            })
-            .ok();
-        self.committer = Some(std::sync::Arc::new(Committer {
-            tx: std::sync::Mutex::new(tx),
-        }));
+        let flusher = std::sync::Arc::new(Flusher {
+            state: Default::default(),
+            wake: Default::default(),
+            done: Default::default(),
+        });
+        let f = flusher.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vaultrunner-sync".into())
+            .spawn(move || f.run(&root));
+        if spawned.is_ok() {
+            self.flusher = Some(flusher);
+        }
         self
-    }
-
-    /// Commits the batches of several writers with one flush of the files
-    /// and at most two rounds of directory flushes, shared by all of them
-    /// (group commit). Every temp file is already written, by its writer's
-    /// thread. Each batch is renamed in its own order; a batch's failure is
-    /// reported to it alone.
-    fn commit_group(&self, group: Vec<Pending>) {
-        let (batches, dones): (Vec<_>, Vec<_>) = group
-            .into_iter()
-            .map(|p| ((p.staged, p.plan), p.done))
-            .unzip();
-        for (r, done) in self.commit(batches).into_iter().zip(dones) {
-            let _ = done.send(r);
-        }
-    }
-
-    fn commit(
-        &self,
-        batches: Vec<(Vec<Staged>, Plan)>,
-    ) -> Vec<Result<Vec<Fingerprint>, VaultError>> {
-        // 1. Every file's data, in one flush.
-        if let Err(e) = sync_files(
-            batches
-                .iter()
-                .flat_map(|(s, _)| s.iter().map(|f| f.tmp.as_file())),
-        ) {
-            return batches
-                .iter()
-                .map(|_| Err(io_err(&self.root, io::Error::new(e.kind(), e.to_string()))))
-                .collect();
-        }
-        struct State {
-            fps: Vec<Fingerprint>,
-            rest: Vec<Staged>,
-            plan: Plan,
-            err: Option<VaultError>,
-            dirs: Vec<PathBuf>,
-        }
-        let mut states: Vec<State> = batches
-            .into_iter()
-            .map(|(mut staged, plan)| {
-                let rest = match plan.barrier {
-                    Some(b) if b < staged.len() => staged.split_off(b),
-                    _ => Vec::new(),
-                };
-                let mut st = State {
-                    fps: Vec::new(),
-                    rest: Vec::new(),
-                    plan,
-                    err: None,
-                    dirs: Vec::new(),
-                };
-                // 2. Renames before the barrier (all of them, without one).
-                match rename_all(staged) {
-                    Ok((fps, dirs)) => {
-                        st.fps = fps;
-                        st.dirs = dirs;
-                        st.rest = rest;
-                    }
-                    Err(e) => st.err = Some(e),
-                }
-                st
-            })
-            .collect();
-        // 3. Directories that must be durable now: before a barrier, or at
-        //    the end of a batch that asked for it (no reason to wait).
-        let round1: Vec<PathBuf> = states
-            .iter()
-            .filter(|s| s.err.is_none() && (s.plan.sync_dirs || !s.rest.is_empty()))
-            .flat_map(|s| s.dirs.iter().cloned())
-            .collect();
-        let failed1 = sync_dirs(round1);
-        let mut round2 = Vec::new();
-        for st in &mut states {
-            if st.err.is_some() {
-                continue;
-            }
-            if let Some(e) = dir_failure(&failed1, &st.dirs) {
-                st.err = Some(e);
-                continue;
-            }
-            // 4. The renames after the barrier.
-            if !st.rest.is_empty() {
-                match rename_all(std::mem::take(&mut st.rest)) {
-                    Ok((fps, dirs)) => {
-                        st.fps.extend(fps);
-                        if st.plan.sync_dirs {
-                            round2.extend(dirs.iter().cloned());
-                        }
-                        st.dirs = dirs;
-                    }
-                    Err(e) => st.err = Some(e),
-                }
-            } else {
-                st.dirs.clear();
-            }
-        }
-        // 5. Their directories.
-        let failed2 = sync_dirs(round2);
-        states
-            .into_iter()
-            .map(|st| match st.err {
-                Some(e) => Err(e),
-                None if st.plan.sync_dirs => match dir_failure(&failed2, &st.dirs) {
-                    Some(e) => Err(e),
-                    None => Ok(st.fps),
-                },
-                None => Ok(st.fps),
-            })
-            .collect()
     }
 
     /// Writes a batch's files to temp files next to their targets (not yet
@@ -427,6 +339,7 @@ impl Vault {
                 .map_err(|e| io_err(tmp.path(), e))?;
             let meta = tmp.as_file().metadata().map_err(|e| io_err(&file, e))?;
             staged.push(Staged {
+                old: open_old(&file),
                 tmp,
                 file,
                 dir,
@@ -669,36 +582,33 @@ impl Vault {
         writes: &[NoteWrite],
         plan: Plan,
     ) -> Result<Vec<Fingerprint>, VaultError> {
-        let staged = self.stage(writes)?;
-        if let Some(c) = &self.committer {
-            let (done, wait) = std::sync::mpsc::sync_channel(1);
-            let pending = Pending { staged, plan, done };
-            let unsent = match c.tx.lock() {
-                Ok(tx) => tx.send(pending).err().map(|e| e.0),
-                Err(_) => Some(pending),
-            };
-            return match unsent {
-                // The committer is gone: commit here.
-                Some(p) => self.commit_alone(p.staged, p.plan),
-                None => wait.recv().unwrap_or_else(|_| {
-                    Err(io_err(
-                        &self.root,
-                        io::Error::other("the commit thread stopped"),
-                    ))
-                }),
-            };
+        let mut staged = self.stage(writes)?;
+        // 1. Every file's data, before any rename.
+        match &self.flusher {
+            Some(f) => f.flush().map_err(|e| io_err(&self.root, e))?,
+            None => sync_files(staged.iter().map(|s| s.tmp.as_file()))
+                .map_err(|e| io_err(&self.root, e))?,
         }
-        self.commit_alone(staged, plan)
-    }
-
-    fn commit_alone(
-        &self,
-        staged: Vec<Staged>,
-        plan: Plan,
-    ) -> Result<Vec<Fingerprint>, VaultError> {
-        self.commit(vec![(staged, plan)])
-            .pop()
-            .unwrap_or_else(|| Err(io_err(&self.root, io::Error::other("nothing committed"))))
+        let rest = match plan.barrier {
+            Some(b) if b < staged.len() => staged.split_off(b),
+            _ => Vec::new(),
+        };
+        // 2. The renames before the barrier (all of them, without one).
+        let (mut fps, dirs) = rename_all(staged)?;
+        if rest.is_empty() {
+            if plan.sync_dirs {
+                sync_dirs(&dirs)?;
+            }
+            return Ok(fps);
+        }
+        // 3. Those renames durable, then the ones after the barrier.
+        sync_dirs(&dirs)?;
+        let (more, dirs) = rename_all(rest)?;
+        fps.extend(more);
+        if plan.sync_dirs {
+            sync_dirs(&dirs)?;
+        }
+        Ok(fps)
     }
 
     /// Creates a note only if nothing is at its path yet (atomic: link the
@@ -788,7 +698,8 @@ impl Vault {
 }
 
 /// Renames a batch's flushed temp files into place, in order; returns their
-/// fingerprints and the directories to flush.
+/// fingerprints and the directories to flush. The versions they replace go
+/// to the reaper.
 fn rename_all(staged: Vec<Staged>) -> Result<(Vec<Fingerprint>, Vec<PathBuf>), VaultError> {
     let mut fps = Vec::with_capacity(staged.len());
     let mut dirs: Vec<PathBuf> = Vec::new();
@@ -797,6 +708,13 @@ fn rename_all(staged: Vec<Staged>) -> Result<(Vec<Fingerprint>, Vec<PathBuf>), V
             .persist(&s.file)
             .map_err(|e| io_err(&s.file, e.error))?;
         fps.push(s.fingerprint);
+        if let Some(old) = s.old
+            && let Some(r) = reaper()
+        {
+            // A full queue waits for the reaper rather than holding more
+            // files open.
+            let _ = r.send(old);
+        }
         if !dirs.contains(&s.dir) {
             dirs.push(s.dir);
         }
@@ -804,21 +722,83 @@ fn rename_all(staged: Vec<Staged>) -> Result<(Vec<Fingerprint>, Vec<PathBuf>), V
     Ok((fps, dirs))
 }
 
-/// Flushes each directory once; returns the ones that failed, with why.
-fn sync_dirs(mut dirs: Vec<PathBuf>) -> Vec<(PathBuf, String)> {
-    dirs.sort();
-    dirs.dedup();
-    dirs.into_iter()
-        .filter_map(|d| sync_dir(&d).err().map(|e| (d, e.to_string())))
-        .collect()
+/// The file a write is about to replace, held open without reading it
+/// (`O_PATH`: no permission needed, never blocks on a FIFO, a symlink is
+/// not followed). On file systems that free and discard blocks inside the
+/// rename that replaces a file, this moves that cost to the reaper.
+fn open_old(file: &Path) -> Option<File> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_PATH | libc::O_NOFOLLOW);
+        opts.open(file).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        None
+    }
 }
 
-/// The error for a batch one of whose directories could not be flushed.
-fn dir_failure(failed: &[(PathBuf, String)], mine: &[PathBuf]) -> Option<VaultError> {
-    failed
-        .iter()
-        .find(|(d, _)| mine.contains(d))
-        .map(|(d, e)| io_err(d, io::Error::other(e.clone())))
+/// Flushes each directory once.
+fn sync_dirs(dirs: &[PathBuf]) -> Result<(), VaultError> {
+    for d in dirs {
+        sync_dir(d).map_err(|e| io_err(d, e))?;
+    }
+    Ok(())
+}
+
+impl Flusher {
+    /// The flusher thread: one `syncfs` at a time, for everyone waiting.
+    fn run(&self, root: &File) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        loop {
+            while st.wanted <= st.started {
+                st = match self.wake.wait(st) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            }
+            st.started += 1;
+            let n = st.started;
+            drop(st);
+            let r = syncfs(root);
+            st = match self.state.lock() {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            st.finished = n;
+            if let Err(e) = r {
+                st.failed.push_back((n, e.kind(), e.to_string()));
+                if st.failed.len() > 64 {
+                    st.failed.pop_front();
+                }
+            }
+            self.done.notify_all();
+        }
+    }
+
+    /// Waits for a flush that started after this call (and so covers every
+    /// write this thread made before it).
+    fn flush(&self) -> io::Result<()> {
+        let lost = || io::Error::other("the flusher thread stopped");
+        let mut st = self.state.lock().map_err(|_| lost())?;
+        let ticket = st.started + 1;
+        if st.wanted < ticket {
+            st.wanted = ticket;
+            self.wake.notify_one();
+        }
+        while st.finished < ticket {
+            st = self.done.wait(st).map_err(|_| lost())?;
+        }
+        match st.failed.iter().find(|(n, _, _)| *n == ticket) {
+            Some((_, kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Held while this process owns the vault.
@@ -827,26 +807,34 @@ pub struct VaultLock {
     _file: File,
 }
 
-/// Flushes several files' data to disk. On Linux a single `syncfs` on the
-/// file system flushes them all with one journal commit; elsewhere each file
-/// is fsynced.
+/// Flushes several files' data to disk: on Linux, more than one with a
+/// single `syncfs` of their file system; otherwise each file is fsynced.
 fn sync_files<'a>(files: impl Iterator<Item = &'a File>) -> io::Result<()> {
     let files: Vec<&File> = files.collect();
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        if files.len() > 1 {
-            // SAFETY: the fd is valid for the duration of the call.
-            let rc = unsafe { libc::syncfs(files[0].as_raw_fd()) };
-            if rc == 0 {
-                return Ok(());
-            }
-        }
+    if files.len() > 1 && syncfs(files[0]).is_ok() {
+        return Ok(());
     }
     for f in files {
         f.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn syncfs(f: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is valid for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn syncfs(f: &File) -> io::Result<()> {
+    f.sync_all()
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -1064,6 +1052,36 @@ mod tests {
         });
         assert_eq!(v.list().entries.len(), 4 * 25 * 3);
         assert_eq!(v.clean_temp_files(), 0);
+    }
+
+    /// The version a write replaces is held open without reading it: a
+    /// FIFO (or a file we may not read) in the way must not block or fail
+    /// the write, and a replaced symlink's target is left alone.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn replacing_a_fifo_or_symlink_does_not_block_or_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.md");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let target = dir.path().join("target.txt");
+        fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("link.md")).unwrap();
+        let v = Vault::open(dir.path()).unwrap().with_group_commit();
+        v.write_batch(&[
+            NoteWrite {
+                path: "pipe".into(),
+                content: "now a note".into(),
+            },
+            NoteWrite {
+                path: "link".into(),
+                content: "also a note".into(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(v.read("pipe").unwrap().0, "now a note");
+        assert_eq!(v.read("link").unwrap().0, "also a note");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
     }
 
     #[test]
