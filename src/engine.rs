@@ -40,6 +40,13 @@ pub struct Stats {
     pub stuck: AtomicU64,
 }
 
+/// An agent's next message and its definition, taken for a pipelined turn.
+type NextMessage = (String, Arc<crate::agent::Definition>);
+
+/// How long an agent may keep its slot for turn after turn while other
+/// agents wait for one (see `Engine::take_next`).
+const CHAIN_QUANTUM: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How often a turn whose notes could not be written is tried again.
 const WRITE_RETRIES: u32 = 3;
 const WRITE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -425,62 +432,145 @@ impl Engine {
                 continue;
             };
             let def = st.index.agent(agent).cloned();
-            // Only the claude backend's delegation section needs the list.
-            let agent_names: Vec<String> = if def.as_ref().is_some_and(|d| d.backend == "claude") {
-                st.index.agents().map(|d| d.name.clone()).collect()
-            } else {
-                Vec::new()
-            };
             st.running.insert(agent.clone());
             self.in_flight.fetch_add(1, Ordering::SeqCst);
             started += 1;
             let engine = self.clone();
             let agent = agent.clone();
             let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let history_of = engine.clone();
-                let index_of = engine.clone();
-                let env = TurnEnv {
-                    vault: engine.vault.clone(),
-                    events: engine.events.clone(),
-                    cancel,
-                    history: Box::new(move |t| history_of.with_index(|ix| ix.thread_history(t))),
-                    agents: agent_names,
-                    on_written: Box::new(move |w| index_of.index_written(w)),
-                };
-                let started = std::time::Instant::now();
-                // The turn runs in a task of its own: should it panic, the
-                // bookkeeping below still runs (the agent is freed and the
-                // message is retried, then left for the next start).
-                let p = path.clone();
-                let res = match tokio::spawn(async move { turn::run(&env, def, &p).await }).await {
-                    Ok(r) => r,
-                    Err(e) => Err(VaultError::Io {
-                        path: engine.vault.abs(&path),
-                        source: std::io::Error::other(format!("the turn panicked: {e}")),
-                    }),
-                };
-                drop(permit);
-                if let Ok(Outcome::Done { ok, .. }) = &res {
-                    let secs = started.elapsed().as_secs_f64();
-                    engine.metrics.record(&agent, *ok, secs);
-                    tracing::info!(
-                        "{agent}: {path} → {} in {:.0} ms",
-                        if *ok { "ok" } else { "error" },
-                        secs * 1000.0
-                    );
-                }
-                engine.turn_finished(&agent, &path, res);
-            });
+            tokio::spawn(engine.run_agent(agent, path, def, cancel, permit));
         }
         started
     }
 
-    fn turn_finished(&self, agent: &str, path: &str, res: Result<Outcome, VaultError>) {
+    /// Runs turns of one agent in its slot: the message it was given, then,
+    /// while [`Engine::take_next`] allows, the agent's next messages, each
+    /// claimed in the end batch of the turn before it (pipelined turns).
+    async fn run_agent(
+        self: Arc<Self>,
+        agent: String,
+        mut path: String,
+        mut def: Option<Arc<crate::agent::Definition>>,
+        cancel: CancellationToken,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let mut permit = Some(permit);
+        let chain_start = std::time::Instant::now();
+        let mut claimed: Option<turn::Claimed> = None;
+        loop {
+            // Only the claude backend's delegation section needs the list.
+            let agent_names: Vec<String> = if def.as_ref().is_some_and(|d| d.backend == "claude") {
+                self.with_index(|ix| ix.agents().map(|d| d.name.clone()).collect())
+            } else {
+                Vec::new()
+            };
+            // What `next` took off the queue, whatever becomes of the turn.
+            let taken: Arc<std::sync::Mutex<Option<NextMessage>>> = Default::default();
+            let history_of = self.clone();
+            let index_of = self.clone();
+            let next_of = self.clone();
+            let (next_agent, next_cancel, next_taken) =
+                (agent.clone(), cancel.clone(), taken.clone());
+            let env = TurnEnv {
+                vault: self.vault.clone(),
+                events: self.events.clone(),
+                cancel: cancel.clone(),
+                history: Box::new(move |t| history_of.with_index(|ix| ix.thread_history(t))),
+                agents: agent_names,
+                on_written: Box::new(move |w| index_of.index_written(w)),
+                next: Some(Box::new(move || {
+                    let next = next_of.take_next(&next_agent, chain_start, &next_cancel)?;
+                    if let Ok(mut t) = next_taken.lock() {
+                        *t = Some(next.clone());
+                    }
+                    Some(next)
+                })),
+            };
+            let started = std::time::Instant::now();
+            // The turn runs in a task of its own: should it panic, the
+            // bookkeeping below still runs (the agent is freed and the
+            // message is retried, then left for the next start).
+            let p = path.clone();
+            let c = claimed.take();
+            let (res, next_claimed) =
+                match tokio::spawn(async move { turn::run(&env, def, &p, c).await }).await {
+                    Ok(r) => r,
+                    Err(e) => (
+                        Err(VaultError::Io {
+                            path: self.vault.abs(&path),
+                            source: std::io::Error::other(format!("the turn panicked: {e}")),
+                        }),
+                        None,
+                    ),
+                };
+            if let Ok(Outcome::Done { ok, .. }) = &res {
+                let secs = started.elapsed().as_secs_f64();
+                self.metrics.record(&agent, *ok, secs);
+                tracing::info!(
+                    "{agent}: {path} → {} in {:.0} ms",
+                    if *ok { "ok" } else { "error" },
+                    secs * 1000.0
+                );
+            }
+            let next = taken.lock().ok().and_then(|mut t| t.take());
+            if next.is_none() {
+                // The slot is free before the dispatcher is woken.
+                permit.take();
+            }
+            self.turn_finished(&agent, &path, res, next.is_none());
+            let Some((next_path, next_def)) = next else {
+                break;
+            };
+            // Claimed with the end batch, or (when it could not be) run
+            // from the start like any message.
+            claimed = next_claimed.filter(|c| c.path() == next_path);
+            path = next_path;
+            def = Some(next_def);
+        }
+    }
+
+    /// The next message of an agent whose turn is ending, when the agent may
+    /// keep its slot: it is still runnable, nothing is shutting down, and
+    /// either no other agent waits for a slot or this agent has held it for
+    /// less than [`CHAIN_QUANTUM`] (so a backlog of quick turns is
+    /// pipelined, and slow turns never keep others waiting).
+    fn take_next(
+        &self,
+        agent: &str,
+        chain_start: std::time::Instant,
+        cancel: &CancellationToken,
+    ) -> Option<NextMessage> {
+        if cancel.is_cancelled() {
+            return None;
+        }
+        let mut st = self.lock();
+        if !st.index.runnable(agent) {
+            return None;
+        }
+        let def = st.index.agent(agent).cloned()?;
+        if chain_start.elapsed() >= CHAIN_QUANTUM && self.slots.available_permits() == 0 {
+            let waiting = st
+                .index
+                .queued_agents()
+                .any(|(a, _)| a != agent && !st.running.contains(a) && st.index.runnable(a));
+            if waiting {
+                return None;
+            }
+        }
+        let path = st.index.pop(agent)?;
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Some((path, def))
+    }
+
+    /// Bookkeeping for a message whose turn ended; `last` frees its agent
+    /// for the dispatcher (the agent's turns are over for now).
+    fn turn_finished(&self, agent: &str, path: &str, res: Result<Outcome, VaultError>, last: bool) {
         let mut reindex = false;
         {
             let mut st = self.lock();
-            st.running.remove(agent);
+            if last {
+                st.running.remove(agent);
+            }
             st.index.finish(path);
             match res {
                 Ok(outcome) => {

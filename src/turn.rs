@@ -215,10 +215,19 @@ pub struct TurnEnv {
     /// (the engine indexes them: a callback is queued at once, our own
     /// writes are recognised by the watcher).
     pub on_written: WrittenFn,
+    /// Asked once a turn's reply is ready: the agent's next message (taken
+    /// off its queue) and its definition, when the engine lets the agent
+    /// keep its slot. The turn claims it in its own end batch — one flush
+    /// and one write of the thread note instead of two — and hands it back
+    /// from [`run`] as [`Claimed`].
+    pub next: Option<NextFn>,
 }
 
 /// Receives the notes a turn wrote.
 pub type WrittenFn = Box<dyn Fn(Written) + Send + Sync>;
+
+/// Takes an agent's next message for a pipelined turn (see [`TurnEnv::next`]).
+pub type NextFn = Box<dyn Fn() -> Option<(String, Arc<Definition>)> + Send + Sync>;
 
 /// Default `history_budget`: characters of earlier exchanges sent to
 /// backends that rebuild the conversation from the vault.
@@ -531,14 +540,72 @@ fn fail_without_turn(
     Ok(zip_written(&writes, fps))
 }
 
+/// A message whose claim (steps 1 and 2) the previous turn of its agent
+/// already wrote, in that turn's end batch (see [`TurnEnv::next`]).
+pub struct Claimed {
+    path: String,
+    def: Arc<Definition>,
+    inbound: Inbound,
+    thread: String,
+    thread_meta: Mapping,
+    thread_body: String,
+}
+
+impl Claimed {
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// A message ready for step 3: claimed, with its thread as it was.
+struct Prepared {
+    def: Arc<Definition>,
+    inbound: Inbound,
+    depth: u64,
+    thread: String,
+    thread_meta: Mapping,
+    thread_body: String,
+}
+
 /// Runs one turn for the inbound note at `path`, for agent `def` (the
-/// engine found it runnable). Returns what became of it; every batch of
-/// notes it writes is handed to `env.on_written` as soon as it is durable.
+/// engine found it runnable), or for a message the agent's previous turn
+/// already claimed. Returns what became of it, and the agent's next
+/// message if this turn claimed it too; every batch of notes it writes is
+/// handed to `env.on_written` as soon as it is durable.
 pub async fn run(
     env: &TurnEnv,
     def: Option<Arc<Definition>>,
     path: &str,
-) -> Result<Outcome, VaultError> {
+    claimed: Option<Claimed>,
+) -> (Result<Outcome, VaultError>, Option<Claimed>) {
+    let prepared = match claimed {
+        Some(c) if c.path == path => {
+            let depth = c.inbound.depth.clone().unwrap_or(0);
+            Prepared {
+                def: c.def,
+                inbound: c.inbound,
+                depth,
+                thread: c.thread,
+                thread_meta: c.thread_meta,
+                thread_body: c.thread_body,
+            }
+        }
+        _ => match prepare(env, def, path).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(outcome)) => return (Ok(outcome), None),
+            Err(e) => return (Err(e), None),
+        },
+    };
+    run_prepared(env, path, prepared).await
+}
+
+/// Reads and checks a message, ends it without a turn if it cannot run,
+/// and otherwise claims it (steps 1 and 2, one durable batch).
+async fn prepare(
+    env: &TurnEnv,
+    def: Option<Arc<Definition>>,
+    path: &str,
+) -> Result<Result<Prepared, Outcome>, VaultError> {
     let vault = env.vault.clone();
     let p = path.to_string();
     let inbound = tokio::task::spawn_blocking(move || read_inbound(&vault, &p))
@@ -546,7 +613,7 @@ pub async fn run(
         .map_err(join_err)??;
     let inbound = match inbound {
         Ok(i) => i,
-        Err(why) => return Ok(Outcome::Skipped(why)),
+        Err(why) => return Ok(Err(Outcome::Skipped(why))),
     };
     let fail =
         |thread: Option<String>, reason: String, inbound: Inbound, callback: Option<CallbackTo>| {
@@ -577,10 +644,10 @@ pub async fn run(
                     message: message_path,
                     event: TurnEvent::Error { message: reason },
                 });
-                Ok(Outcome::Done {
+                Ok(Err(Outcome::Done {
                     ok: false,
                     external: false,
-                })
+                }))
             }
         };
     if !valid_name(&inbound.agent) {
@@ -596,7 +663,7 @@ pub async fn run(
         return fail(None, reason, inbound, cb).await;
     }
     let Some(def) = def else {
-        return Ok(Outcome::Skipped("no definition".into()));
+        return Ok(Err(Outcome::Skipped("no definition".into())));
     };
     let depth = match &inbound.depth {
         Ok(d) => *d,
@@ -623,7 +690,30 @@ pub async fn run(
     let (thread_meta, thread_body, written) =
         start_batch(env, &def, path, &thread, &inbound).await?;
     (env.on_written)(written);
+    Ok(Ok(Prepared {
+        def,
+        inbound,
+        depth,
+        thread,
+        thread_meta,
+        thread_body,
+    }))
+}
 
+/// Steps 3 to 7 for a claimed message.
+async fn run_prepared(
+    env: &TurnEnv,
+    path: &str,
+    prepared: Prepared,
+) -> (Result<Outcome, VaultError>, Option<Claimed>) {
+    let Prepared {
+        def,
+        inbound,
+        depth,
+        thread,
+        thread_meta,
+        thread_body,
+    } = prepared;
     // Step 3: run the backend.
     let resume = match (def.mode, inbound.subject.is_some()) {
         (Mode::SingleThreaded, _) | (_, true) => {
@@ -657,11 +747,14 @@ pub async fn run(
                     .unwrap_or(DEFAULT_HISTORY_BUDGET);
                 let vault = env.vault.clone();
                 let current = path.to_string();
-                req.history = tokio::task::spawn_blocking(move || {
+                req.history = match tokio::task::spawn_blocking(move || {
                     load_history(&vault, &paths, &current, reset_at.as_deref(), budget)
                 })
                 .await
-                .map_err(join_err)?;
+                {
+                    Ok(h) => h,
+                    Err(e) => return (Err(join_err(e)), None),
+                };
             }
             let external = b.runs_external_programs();
             let grace = backend::process::KILL_GRACE + Duration::from_secs(5);
@@ -687,12 +780,15 @@ pub async fn run(
         // Shutdown: hand the message back as it was, so the next start runs
         // it without counting this cut-short attempt.
         let before = crate::note::get_str(&thread_meta, "status");
-        let w = release(env, path, inbound.attempts, &thread, before).await?;
+        let w = match release(env, path, inbound.attempts, &thread, before).await {
+            Ok(w) => w,
+            Err(e) => return (Err(e), None),
+        };
         (env.on_written)(w);
         events.emit(TurnEvent::Error {
             message: TurnError::Cancelled.to_string(),
         });
-        return Ok(Outcome::Cancelled);
+        return (Ok(Outcome::Cancelled), None);
     }
     let ok = result.is_ok();
     match &result {
@@ -704,9 +800,20 @@ pub async fn run(
         }),
     }
     let callback = callback_for(&inbound.note, depth);
-    let end = end_batch(env, &def, path, &thread, result, callback).await?;
-    (env.on_written)(end);
-    Ok(Outcome::Done { ok, external })
+    // The agent's next message, if the engine lets it keep its slot: its
+    // claim goes into this turn's end batch.
+    let next = if env.cancel.is_cancelled() {
+        None
+    } else {
+        env.next.as_ref().and_then(|f| f())
+    };
+    match end_batch(env, &def, path, &thread, result, callback, next).await {
+        Ok((end, claimed)) => {
+            (env.on_written)(end);
+            (Ok(Outcome::Done { ok, external }), claimed)
+        }
+        Err(e) => (Err(e), None),
+    }
 }
 
 /// How a definition's transient failures are retried: the default policy,
@@ -829,57 +936,78 @@ async fn start_batch(
     let text = inbound.text.clone();
     let attempts = inbound.attempts;
     tokio::task::spawn_blocking(move || {
-        let (stamped, _) = edit_front_matter(
-            &text,
-            &[
-                ("status", "working".into()),
-                ("attempts", (attempts + 1).into()),
-                ("thread", link(&thread).into()),
-            ],
-        )
-        .map_err(|e| VaultError::Edit {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let (thread_text, meta, body) = match vault.read(&thread) {
-            Ok((t, _)) => match Note::parse(&t) {
-                Ok(n) => {
-                    let fields = thread_fields(&def, "working");
-                    let edits: Vec<(&str, FmValue)> =
-                        fields.iter().map(|(k, v)| (*k, v.clone())).collect();
-                    let edited = edit_front_matter(&t, &edits)
-                        .map(|(s, _)| s)
-                        .unwrap_or_else(|_| new_thread(&def));
-                    (edited, n.meta, n.body)
-                }
-                // A thread note whose YAML the user broke: start it again
-                // rather than wedging the agent; its body is kept.
-                Err(_) => {
-                    let body = crate::note::split(&t).body.to_string();
-                    (
-                        format!("{}{}", new_thread(&def), body),
-                        Mapping::new(),
-                        body,
-                    )
-                }
-            },
-            Err(_) => (new_thread(&def), Mapping::new(), String::new()),
-        };
-        let writes = vec![
-            NoteWrite {
-                path: path.clone(),
-                content: stamped,
-            },
-            NoteWrite {
-                path: thread.clone(),
-                content: thread_text,
-            },
-        ];
+        let (msg, thread_write, meta, body) =
+            claim_writes(&vault, &def, &path, &thread, &text, attempts, None)?;
+        let writes = vec![msg, thread_write];
         let fps = write_retrying(&vault, &writes, CLAIM)?;
         Ok((meta, body, zip_written(&writes, fps)))
     })
     .await
     .map_err(join_err)?
+}
+
+/// The writes of a claim (steps 1 and 2): the inbound stamped `working`
+/// with its attempt counted, and its thread note upserted `working`.
+/// `base` is the thread note's text when the caller is about to write it
+/// (a pipelined turn's end record); otherwise it is read from disk.
+/// Returns the two writes and the thread's metadata and body as they were.
+fn claim_writes(
+    vault: &Vault,
+    def: &Definition,
+    path: &str,
+    thread: &str,
+    inbound_text: &str,
+    attempts: u64,
+    base: Option<&str>,
+) -> Result<(NoteWrite, NoteWrite, Mapping, String), VaultError> {
+    let (stamped, _) = edit_front_matter(
+        inbound_text,
+        &[
+            ("status", "working".into()),
+            ("attempts", (attempts + 1).into()),
+            ("thread", link(thread).into()),
+        ],
+    )
+    .map_err(|e| VaultError::Edit {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
+    let current = match base {
+        Some(t) => Some(t.to_string()),
+        None => vault.read(thread).ok().map(|(t, _)| t),
+    };
+    let (thread_text, meta, body) = match current {
+        Some(t) => match Note::parse(&t) {
+            Ok(n) => {
+                let fields = thread_fields(def, "working");
+                let edits: Vec<(&str, FmValue)> =
+                    fields.iter().map(|(k, v)| (*k, v.clone())).collect();
+                let edited = edit_front_matter(&t, &edits)
+                    .map(|(s, _)| s)
+                    .unwrap_or_else(|_| new_thread(def));
+                (edited, n.meta, n.body)
+            }
+            // A thread note whose YAML the user broke: start it again
+            // rather than wedging the agent; its body is kept.
+            Err(_) => {
+                let body = crate::note::split(&t).body.to_string();
+                (format!("{}{}", new_thread(def), body), Mapping::new(), body)
+            }
+        },
+        None => (new_thread(def), Mapping::new(), String::new()),
+    };
+    Ok((
+        NoteWrite {
+            path: path.to_string(),
+            content: stamped,
+        },
+        NoteWrite {
+            path: thread.to_string(),
+            content: thread_text,
+        },
+        meta,
+        body,
+    ))
 }
 
 fn thread_fields(def: &Definition, status: &str) -> Vec<(&'static str, FmValue)> {
@@ -956,7 +1084,10 @@ async fn release(
     .map_err(join_err)?
 }
 
-/// Steps 4, 5 and 7 in one durable batch, renamed in that order.
+/// Steps 4, 5, 6 and 7 in one durable batch, renamed in that order, with
+/// a barrier before the stamp. With `next` (the agent's next message), its
+/// claim joins the batch after the stamp: the thread note is written once,
+/// with this turn's end record and `working` for the next.
 async fn end_batch(
     env: &TurnEnv,
     def: &Arc<Definition>,
@@ -964,7 +1095,8 @@ async fn end_batch(
     thread: &str,
     result: Result<TurnOutput, TurnError>,
     callback: Option<CallbackTo>,
-) -> Result<Written, VaultError> {
+    next: Option<(String, Arc<Definition>)>,
+) -> Result<(Written, Option<Claimed>), VaultError> {
     let vault = env.vault.clone();
     let def = def.clone();
     let path = path.to_string();
@@ -973,7 +1105,7 @@ async fn end_batch(
         let now = now_rfc3339();
         let ok = result.is_ok();
         let reply = reply_path(&path);
-        let mut writes = Vec::with_capacity(3);
+        let mut writes = Vec::with_capacity(6);
         // Step 4: the thread's end record, on its current text (the user may
         // have edited its body during the turn).
         if let Ok((ttext, _)) = vault.read(&thread)
@@ -1054,8 +1186,14 @@ async fn end_batch(
             path: path.clone(),
             content: stamp(if ok { "handled" } else { "error" }, Some(&reply), err)?,
         });
-        match write_retrying(&vault, &writes, stamp_last(&writes)) {
-            Ok(fps) => Ok(zip_written(&writes, fps)),
+        let mut plan = stamp_last(&writes);
+        let claimed =
+            next.and_then(|(npath, ndef)| claim_next(&vault, &mut writes, &thread, npath, ndef));
+        if claimed.is_some() {
+            plan.barrier = Some(writes.iter().position(|w| w.path == path).unwrap_or(0));
+        }
+        match write_retrying(&vault, &writes, plan) {
+            Ok(fps) => Ok((zip_written(&writes, fps), claimed)),
             // The reply could not be written (a refused path, a full disk):
             // still end the message as `error` and still call back.
             Err(e) => {
@@ -1077,12 +1215,65 @@ async fn end_batch(
                     content: stamp("error", None, Some(reason))?,
                 });
                 let fps = write_retrying(&vault, &fallback, stamp_last(&fallback))?;
-                Ok(zip_written(&fallback, fps))
+                // The next message was not claimed: it runs on its own.
+                Ok((zip_written(&fallback, fps), None))
             }
         }
     })
     .await
     .map_err(join_err)?
+}
+
+/// Adds the claim of the agent's next message to a turn's end batch, if
+/// that message can run now (still eligible, attempts and depth within
+/// bounds, for this agent). Otherwise nothing is added and the message
+/// runs on its own, which also ends it properly when it cannot run.
+fn claim_next(
+    vault: &Vault,
+    writes: &mut Vec<NoteWrite>,
+    thread: &str,
+    npath: String,
+    ndef: Arc<Definition>,
+) -> Option<Claimed> {
+    let inbound = read_inbound(vault, &npath).ok()?.ok()?;
+    let depth = inbound.depth.clone().ok()?;
+    if inbound.agent != ndef.name
+        || depth >= MAX_DELEGATION_DEPTH
+        || inbound.attempts >= MAX_ATTEMPTS
+    {
+        return None;
+    }
+    let nthread = thread_path(&ndef, inbound.subject.as_deref(), &npath);
+    // The same thread: edit the end record this batch writes.
+    let same = writes
+        .iter()
+        .position(|w| w.path == nthread && nthread == thread);
+    let base = same.map(|i| writes[i].content.clone());
+    // The thread's metadata comes back as the next turn starts: after this
+    // turn's end record (the session to resume), before the claim.
+    let (msg, thread_write, meta, body) = claim_writes(
+        vault,
+        &ndef,
+        &npath,
+        &nthread,
+        &inbound.text,
+        inbound.attempts,
+        base.as_deref(),
+    )
+    .ok()?;
+    match same {
+        Some(i) => writes[i].content = thread_write.content,
+        None => writes.push(thread_write),
+    }
+    writes.push(msg);
+    Some(Claimed {
+        path: npath,
+        def: ndef,
+        inbound,
+        thread: nthread,
+        thread_meta: meta,
+        thread_body: body,
+    })
 }
 
 #[cfg(test)]
@@ -1094,6 +1285,94 @@ mod tests {
         let mut d = crate::agent::parse_definition("Agents/bot", &n).unwrap();
         d.mode = mode;
         d
+    }
+
+    fn test_env(
+        vault: &Arc<Vault>,
+        next: Option<NextFn>,
+    ) -> (TurnEnv, Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
+        let batches: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Default::default();
+        let b = batches.clone();
+        let env = TurnEnv {
+            vault: vault.clone(),
+            events: tokio::sync::broadcast::channel(16).0,
+            cancel: CancellationToken::new(),
+            history: Box::new(|_| Vec::new()),
+            agents: Vec::new(),
+            on_written: Box::new(move |w| {
+                b.lock()
+                    .unwrap()
+                    .push(w.into_iter().map(|(p, _, _)| p).collect())
+            }),
+            next,
+        };
+        (env, batches)
+    }
+
+    /// A pipelined turn: the next message's claim is written in the end
+    /// batch of the turn before it (one thread write), and the next turn
+    /// runs from that claim without claiming again.
+    #[tokio::test]
+    async fn the_next_message_is_claimed_in_the_end_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Arc::new(Vault::open(dir.path()).unwrap());
+        for m in ["m1", "m2"] {
+            vault
+                .write(
+                    &format!("Inbox/{m}"),
+                    &format!(
+                        "---\ntags: [agent/message/inbound]\nagent: bot # the echo bot\n---\n{m} text\n"
+                    ),
+                )
+                .unwrap();
+        }
+        let d = Arc::new(def(Mode::SingleThreaded));
+        let nd = d.clone();
+        let (env, batches) = test_env(
+            &vault,
+            Some(Box::new(move || Some(("Inbox/m2".into(), nd.clone())))),
+        );
+        let (res, claimed) = run(&env, Some(d.clone()), "Inbox/m1", None).await;
+        assert!(matches!(res, Ok(Outcome::Done { ok: true, .. })), "{res:?}");
+        let claimed = claimed.expect("m2 claimed with m1's end");
+        assert_eq!(claimed.path(), "Inbox/m2");
+        let b = batches.lock().unwrap().clone();
+        assert_eq!(b.len(), 2, "{b:?}");
+        assert_eq!(b[0], vec!["Inbox/m1", "Threads/bot/bot"]);
+        assert_eq!(
+            b[1],
+            vec!["Threads/bot/bot", "Inbox/m1.reply", "Inbox/m1", "Inbox/m2"]
+        );
+        let get = |p: &str, k: &str| {
+            let (t, _) = vault.read(p).unwrap();
+            Note::parse(&t).unwrap().str(k)
+        };
+        assert_eq!(get("Inbox/m1", "status").as_deref(), Some("handled"));
+        assert_eq!(get("Inbox/m2", "status").as_deref(), Some("working"));
+        assert_eq!(get("Inbox/m2", "attempts").as_deref(), Some("1"));
+        assert_eq!(get("Threads/bot/bot", "status").as_deref(), Some("working"));
+        assert_eq!(get("Threads/bot/bot", "turn_count").as_deref(), Some("1"));
+        // The user's comment on m2 survived the claim.
+        assert!(
+            vault
+                .read("Inbox/m2")
+                .unwrap()
+                .0
+                .contains("agent: bot # the echo bot")
+        );
+
+        let (env2, batches2) = test_env(&vault, None);
+        let (res, more) = run(&env2, Some(d), "Inbox/m2", Some(claimed)).await;
+        assert!(matches!(res, Ok(Outcome::Done { ok: true, .. })), "{res:?}");
+        assert!(more.is_none());
+        // No second claim: only the end batch.
+        let b = batches2.lock().unwrap().clone();
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!(get("Inbox/m2", "status").as_deref(), Some("handled"));
+        assert_eq!(get("Inbox/m2", "attempts").as_deref(), Some("1"));
+        assert_eq!(get("Threads/bot/bot", "status").as_deref(), Some("ok"));
+        assert_eq!(get("Threads/bot/bot", "turn_count").as_deref(), Some("2"));
+        assert!(vault.read("Inbox/m2.reply").unwrap().0.contains("m2 text"));
     }
 
     #[test]

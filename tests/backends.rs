@@ -293,6 +293,53 @@ fn claude_agent(env: &Env, name: &str, extra: &str, body: &str) {
 // ---------------------------------------------------------------------------
 // claude
 
+/// A backlog answered in one run: each turn's next message is claimed in
+/// its end batch, and still resumes the session that turn stored.
+#[test]
+fn claude_backlog_resumes_the_session_turn_after_turn() {
+    let env = Env::new();
+    env.agent("cc", "backend: claude\n", "");
+    for i in 1..=3 {
+        env.message(&format!("m{i}"), "cc", &format!("message {i}"));
+    }
+    let path = format!(
+        "{}:{}",
+        fakes_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    env.process_with(&[("PATH", &path)]);
+    let runs = env.runs("claude");
+    assert_eq!(runs.len(), 3);
+    let first = argv(&runs[0]);
+    let sid = flag_value(&first, "--session-id").expect("a new session first");
+    for (i, run) in runs.iter().enumerate().skip(1) {
+        let a = argv(run);
+        assert_eq!(
+            flag_value(&a, "--resume").as_deref(),
+            Some(sid.as_str()),
+            "turn {i}: {a:?}"
+        );
+        assert!(
+            run["stdin"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("message {}", i + 1)),
+            "turns out of order: {run}"
+        );
+    }
+    let thread = env.thread("cc");
+    assert_eq!(env.get(&thread, "turn_count").as_deref(), Some("3"));
+    assert_eq!(env.get(&thread, "status").as_deref(), Some("ok"));
+    assert_eq!(env.get(&thread, "session").as_deref(), Some(sid.as_str()));
+    for i in 1..=3 {
+        assert_eq!(env.reply(&format!("m{i}")).0, "ok");
+        assert_eq!(
+            env.get(&format!("Inbox/m{i}.md"), "attempts").as_deref(),
+            Some("1")
+        );
+    }
+}
+
 #[test]
 fn claude_session_created_then_resumed() {
     let env = Env::new();

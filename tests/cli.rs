@@ -342,6 +342,16 @@ fn subject_selects_a_named_thread_that_stays_under_the_agent() {
     );
     assert_eq!(v.get("Inbox/evil.md", "status").as_deref(), Some("handled"));
     assert_eq!(outside, v.outside_vault(), "something written outside");
+    // One agent's backlog over three threads: each thread ends `ok` with
+    // its own count, whichever turn claimed the next message.
+    for (t, n) in [
+        ("Threads/echo/echo--weekly-report-q3.md", "2"),
+        ("Threads/echo/echo--x.md", "1"),
+        ("Threads/echo/echo.md", "1"),
+    ] {
+        assert_eq!(v.get(t, "status").as_deref(), Some("ok"), "{t}");
+        assert_eq!(v.get(t, "turn_count").as_deref(), Some(n), "{t}");
+    }
 }
 
 #[test]
@@ -641,6 +651,100 @@ fn inbound_at_depth_8_is_refused_with_an_explaining_reply() {
     assert_contains(&body, "delegation depth 8");
     assert_contains(&body, "limit");
     assert_eq!(v.get("Inbox/d7.md", "status").as_deref(), Some("handled"));
+}
+
+/// An agent's backlog runs turn after turn, each claiming the next message
+/// in its own end batch; a message in the backlog that cannot run (too
+/// deep, or broken) is still ended on its own, in its place.
+#[test]
+fn a_backlog_with_unrunnable_messages_in_it_is_answered_in_order() {
+    let v = TestVault::new();
+    v.command_agent(
+        "log",
+        "",
+        "cat >> \"$VAULTRUNNER_VAULT/order.log\"\necho >> \"$VAULTRUNNER_VAULT/order.log\"\necho done",
+    );
+    let msgs = [
+        ("m1", "ts: 2020-01-01T00:00:01Z\n", "one\n"),
+        (
+            "m2",
+            "ts: 2020-01-01T00:00:02Z\ndelegation_depth: 9\n",
+            "too deep\n",
+        ),
+        ("m3", "ts: 2020-01-01T00:00:03Z\n", "three\n"),
+        (
+            "m4",
+            "ts: 2020-01-01T00:00:04Z\ndelegation_depth: lots\n",
+            "bad depth\n",
+        ),
+        ("m5", "ts: 2020-01-01T00:00:05Z\n", "five\n"),
+    ];
+    for (name, extra, body) in msgs {
+        v.message(&format!("Inbox/{name}.md"), "log", extra, body);
+    }
+    let out = v.process(&[]);
+    assert_contains(&out.stdout, "3 ok, 2 error");
+    assert_eq!(
+        std::fs::read_to_string(v.path("order.log")).unwrap(),
+        "one\nthree\nfive\n"
+    );
+    for (name, status) in [
+        ("m1", "handled"),
+        ("m2", "error"),
+        ("m3", "handled"),
+        ("m4", "error"),
+        ("m5", "handled"),
+    ] {
+        let fm = v.fm(&format!("Inbox/{name}.md"));
+        assert_eq!(
+            common::scalar(&fm, "status").as_deref(),
+            Some(status),
+            "{name}"
+        );
+        assert!(v.exists(&format!("Inbox/{name}.reply.md")), "{name}");
+        if status == "handled" {
+            // One start each: a claim made by the turn before counts once.
+            assert_eq!(
+                common::scalar(&fm, "attempts").as_deref(),
+                Some("1"),
+                "{name}"
+            );
+        }
+    }
+    assert_contains(&v.get("Inbox/m4.md", "error").unwrap(), "delegation_depth");
+    let t = "Threads/log/log.md";
+    assert_eq!(v.get(t, "turn_count").as_deref(), Some("3"));
+    assert_eq!(v.get(t, "status").as_deref(), Some("ok"));
+}
+
+/// An agent with a backlog of slow turns gives up its slot after each turn
+/// when another agent is waiting: it does not hold the only slot for its
+/// whole backlog.
+#[test]
+fn a_slow_agent_gives_up_its_slot_to_a_waiting_one() {
+    let v = TestVault::new();
+    let script =
+        "sleep 0.3\necho \"$VAULTRUNNER_AGENT\" >> \"$VAULTRUNNER_VAULT/order.log\"\necho done";
+    v.command_agent("a-slow", "", script);
+    v.command_agent("b-quick", "", script);
+    for i in 0..4 {
+        v.message(
+            &format!("Inbox/s{i}.md"),
+            "a-slow",
+            &format!("ts: 2020-01-01T00:00:0{i}Z\n"),
+            "slow\n",
+        );
+    }
+    v.message("Inbox/q.md", "b-quick", "", "quick\n");
+    v.process(&["--jobs", "1"]);
+    let log = std::fs::read_to_string(v.path("order.log")).unwrap();
+    let order: Vec<&str> = log.lines().collect();
+    assert_eq!(order.len(), 5, "{log}");
+    let quick = order.iter().position(|a| *a == "b-quick").unwrap();
+    assert!(
+        quick < 4,
+        "b-quick waited for all of a-slow's backlog: {order:?}"
+    );
 }
 
 #[test]
