@@ -17,6 +17,7 @@ pub mod message;
 pub mod note;
 pub mod queue;
 pub mod server;
+mod simple_yaml;
 pub mod trigger;
 pub mod turn;
 pub mod vault;

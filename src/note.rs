@@ -87,6 +87,9 @@ pub fn parse_yaml(yaml: &str) -> Result<Mapping, FrontMatterError> {
     if yaml.trim().is_empty() {
         return Ok(Mapping::new());
     }
+    if let Some(m) = crate::simple_yaml::parse(yaml) {
+        return Ok(m);
+    }
     match serde_yaml::from_str::<Value>(yaml) {
         Ok(Value::Mapping(m)) => Ok(m),
         Ok(Value::Null) => Ok(Mapping::new()),
