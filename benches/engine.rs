@@ -426,14 +426,19 @@ mod linux {
 
     /// One durable atomic write the way SPEC §1 describes it: temp file in
     /// the same directory, fsync, rename, fsync the directory.
-    fn durable_write(dir: &Path, name: &str, content: &[u8]) -> std::io::Result<()> {
+    fn durable_write(
+        dir: &Path,
+        name: &str,
+        content: &[u8],
+        sync_dir: bool,
+    ) -> std::io::Result<()> {
         let tmp = dir.join(format!(".{name}.tmp"));
         let mut f = File::create(&tmp)?;
         f.write_all(content)?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, dir.join(name))?;
-        fsync_dir(dir)
+        if sync_dir { fsync_dir(dir) } else { Ok(()) }
     }
 
     fn inbound_note(agent: &str, ts: &str, sender: &str, body: &str) -> String {
@@ -492,7 +497,12 @@ mod linux {
     /// `overwrite`: every write replaces the same note (its old inode is
     /// freed, as when a turn rewrites the inbound or thread note); else
     /// each write creates a new note (as a reply does).
-    fn raw_write_rate(dir: &Path, secs: f64, overwrite: bool) -> f64 {
+    /// Raw durable atomic writes per second, one thread: write a temp file,
+    /// fsync it, rename it into place (a new note each time, or over one
+    /// note), and with `sync_dir` fsync the directory too (SPEC §1's full
+    /// durable write; issue 2's wording, "write, fsync, rename", leaves it
+    /// out).
+    fn raw_write_rate(dir: &Path, secs: f64, overwrite: bool, sync_dir: bool) -> f64 {
         fs::create_dir_all(dir).unwrap();
         let content = inbound_note(
             "a000",
@@ -508,7 +518,7 @@ mod linux {
             } else {
                 format!("raw-{n:06}.md")
             };
-            durable_write(dir, &name, content.as_bytes()).unwrap();
+            durable_write(dir, &name, content.as_bytes(), sync_dir).unwrap();
             n += 1;
         }
         n as f64 / t0.elapsed().as_secs_f64()
@@ -525,9 +535,19 @@ mod linux {
         fs::create_dir_all(&inbox).unwrap();
         fs::create_dir_all(&threads).unwrap();
         let note = inbound_note("a000", "2026-01-01T00:00:00.000Z", "bench", "hello");
-        let batch = |files: &[(&Path, String)]| {
+        // One pipelined turn, as the engine writes it for an agent with a
+        // backlog: the thread note and the reply, a barrier (directories
+        // flushed), then this message's stamp and the next one's claim, and
+        // the inbox flushed again.
+        let turn = |n: u64| {
+            let files = [
+                (&threads, "t.md".to_string()),
+                (&inbox, format!("m{n:06}.reply.md")),
+                (&inbox, format!("m{n:06}.md")),
+                (&inbox, format!("m{:06}.md", n + 1)),
+            ];
             let mut staged = Vec::new();
-            for (d, name) in files {
+            for (d, name) in &files {
                 let tmp = d.join(format!(".{name}.tmp"));
                 let mut f = File::create(&tmp).unwrap();
                 f.write_all(note.as_bytes()).unwrap();
@@ -541,20 +561,23 @@ mod linux {
                     f.sync_all().unwrap();
                 }
             }
+            let mut staged = staged.into_iter();
+            for (f, tmp, dst) in staged.by_ref().take(2) {
+                drop(f);
+                fs::rename(tmp, dst).unwrap();
+            }
+            fsync_dir(&threads).unwrap();
+            fsync_dir(&inbox).unwrap();
             for (f, tmp, dst) in staged {
                 drop(f);
                 fs::rename(tmp, dst).unwrap();
             }
             fsync_dir(&inbox).unwrap();
-            fsync_dir(&threads).unwrap();
         };
         let t0 = Instant::now();
         let mut n = 0u64;
         while t0.elapsed().as_secs_f64() < secs {
-            let m = format!("m{n:06}.md");
-            let r = format!("m{n:06}.reply.md");
-            batch(&[(&inbox, m.clone()), (&threads, "t.md".into())]);
-            batch(&[(&threads, "t.md".into()), (&inbox, r), (&inbox, m)]);
+            turn(n);
             n += 1;
         }
         n as f64 / t0.elapsed().as_secs_f64()
@@ -591,11 +614,29 @@ mod linux {
         }
         syncfs(&vault);
 
-        eprintln!("[throughput] raw durable writes for {:.1} s", s.raw_secs);
-        let raw_before = raw_write_rate(&root.path().join("raw-before"), s.raw_secs, false);
-        syncfs(root.path());
-        let raw_ow_before = raw_write_rate(&root.path().join("raw-ow-before"), s.raw_secs, true);
-        syncfs(root.path());
+        eprintln!(
+            "[throughput] raw durable writes, 4 kinds × {:.1} s",
+            s.raw_secs
+        );
+        // new note / rewrite × with / without the directory fsync.
+        let kinds = [(false, true), (true, true), (false, false), (true, false)];
+        let measure_raw = |tag: &str| -> Vec<f64> {
+            kinds
+                .iter()
+                .enumerate()
+                .map(|(i, (overwrite, sync_dir))| {
+                    let r = raw_write_rate(
+                        &root.path().join(format!("raw-{tag}-{i}")),
+                        s.raw_secs,
+                        *overwrite,
+                        *sync_dir,
+                    );
+                    syncfs(root.path());
+                    r
+                })
+                .collect()
+        };
+        let raw_before = measure_raw("before");
         let replay = replay_turn_pattern(&root.path().join("replay"), s.raw_secs, true);
         syncfs(root.path());
         let replay_fsync = replay_turn_pattern(&root.path().join("replay-f"), s.raw_secs, false);
@@ -613,9 +654,7 @@ mod linux {
 
         syncfs(root.path());
         eprintln!("[throughput] raw durable writes again");
-        let raw_after = raw_write_rate(&root.path().join("raw-after"), s.raw_secs, false);
-        syncfs(root.path());
-        let raw_ow_after = raw_write_rate(&root.path().join("raw-ow-after"), s.raw_secs, true);
+        let raw_after = measure_raw("after");
 
         // Verify every message: a reply on disk, the inbound stamped.
         let mut missing_reply = 0usize;
@@ -641,9 +680,13 @@ mod linux {
         let handled = counts.map(|(ok, err)| ok + err).unwrap_or(0);
         let secs = run.elapsed.as_secs_f64();
         let tps = handled as f64 / secs;
-        let raw = (raw_before + raw_after) / 2.0;
-        let raw_ow = (raw_ow_before + raw_ow_after) / 2.0;
-        let ratio = tps / raw;
+        let raw: Vec<f64> = (0..kinds.len())
+            .map(|i| (raw_before[i] + raw_after[i]) / 2.0)
+            .collect();
+        // The target is checked against the fastest kind of raw write (the
+        // strictest reading of "raw durable writes/s").
+        let fastest = raw.iter().cloned().fold(0.0, f64::max);
+        let ratio = tps / fastest;
         res.info(
             SC,
             format!(
@@ -655,25 +698,33 @@ mod linux {
             format!("{} in {:.2} s ({})", handled, secs, run.status),
         );
         res.info(SC, "turns/s", format!("{tps:.0}"));
+        let labels = [
+            "new note each time, with directory fsync",
+            "rewriting one note, with directory fsync",
+            "new note each time, no directory fsync",
+            "rewriting one note, no directory fsync",
+        ];
+        for (i, label) in labels.iter().enumerate() {
+            res.info(
+                SC,
+                format!("raw durable atomic writes/s, 1 thread, {label} (before / after the run)"),
+                format!(
+                    "{:.0} / {:.0} → turns/s ÷ raw = {:.2}",
+                    raw_before[i],
+                    raw_after[i],
+                    tps / raw[i]
+                ),
+            );
+        }
         res.info(
             SC,
-            "raw durable atomic writes/s, 1 thread, new note each time (before / after the run)",
-            format!("{raw_before:.0} / {raw_after:.0}"),
-        );
-        res.info(
-            SC,
-            "raw durable atomic writes/s, 1 thread, rewriting one note (before / after)",
-            format!("{raw_ow_before:.0} / {raw_ow_after:.0}"),
-        );
-        res.info(
-            SC,
-            "turn write pattern replayed without engine, turns/s (1 thread): syncfs as the engine / fsync per file instead",
+            "pipelined turn write pattern (4 files, a barrier) replayed without the engine, turns/s (1 thread): syncfs as the engine / fsync per file instead",
             format!("{replay:.0} / {replay_fsync:.0}"),
         );
         res.check(
             SC,
-            "turns/s ÷ raw writes/s (new-note rate; vs rewrite rate in brackets)",
-            format!("{ratio:.2} ({:.2})", tps / raw_ow),
+            "turns/s ÷ raw writes/s (the fastest of the four kinds)",
+            format!("{ratio:.2}"),
             "≥ 0.40",
             ratio >= 0.4 && run.ok,
         );

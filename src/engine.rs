@@ -629,7 +629,13 @@ impl Engine {
             self.reindex(path);
         }
         let _ = self.finished.send(path.to_string());
-        self.released();
+        if last {
+            self.released();
+        } else {
+            // The agent goes on with its next message (already counted in
+            // flight): nothing for the dispatcher or `process` to look at.
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// One piece of work in flight is over: let the dispatcher look again

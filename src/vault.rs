@@ -227,45 +227,49 @@ struct Staged {
     old: Option<File>,
 }
 
-/// The group-commit flusher: one thread that runs `syncfs` for every
-/// writer waiting on it. A writer takes a ticket (the number of the next
-/// flush to start) once its temp files are written, and waits until that
-/// flush has finished: it started after the data was written, so it covers
-/// it. Writers that arrive while a flush runs share the next one.
+/// Group commit of the files' data: one `syncfs` for every writer waiting
+/// at that moment. A writer takes a ticket (the number of the next flush to
+/// start) once its temp files are written, and waits until that flush has
+/// finished: it started after the data was written, so it covers it. The
+/// first writer to find no flush running runs it itself (leader and
+/// followers: no thread to hand over to); writers that arrive meanwhile
+/// share the next one.
 #[derive(Debug)]
 pub struct Flusher {
+    /// A handle on the vault's file system, for `syncfs`.
+    fs: File,
     state: std::sync::Mutex<FlushState>,
-    /// Wakes the flusher thread (work) and the writers (a flush finished).
-    wake: std::sync::Condvar,
+    /// Wakes the writers when a flush finished.
     done: std::sync::Condvar,
 }
 
 #[derive(Debug, Default)]
 struct FlushState {
-    /// Highest ticket asked for.
-    wanted: u64,
     /// Flushes started / finished.
     started: u64,
     finished: u64,
+    /// A writer is running a flush now.
+    running: bool,
     /// Recent failed flushes (number, error), newest last.
     failed: std::collections::VecDeque<(u64, io::ErrorKind, String)>,
 }
 
 /// Replaced versions of notes wait here to be closed (and so freed) off
-/// the writers' path. Bounded, so at most this many are held open.
-const REAPER_QUEUE: usize = 256;
+/// the writers' path, a batch's at a time. Bounded, so at most this many
+/// batches are held open.
+const REAPER_QUEUE: usize = 64;
 
-fn reaper() -> Option<&'static std::sync::mpsc::SyncSender<File>> {
-    static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<File>>> =
+fn reaper() -> Option<&'static std::sync::mpsc::SyncSender<Vec<File>>> {
+    static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Vec<File>>>> =
         std::sync::OnceLock::new();
     REAPER
         .get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<File>(REAPER_QUEUE);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<File>>(REAPER_QUEUE);
             std::thread::Builder::new()
                 .name("vaultrunner-reap".into())
                 .spawn(move || {
-                    while let Ok(f) = rx.recv() {
-                        drop(f);
+                    while let Ok(files) = rx.recv() {
+                        drop(files);
                     }
                 })
                 .ok()
@@ -304,21 +308,12 @@ impl Vault {
         if !cfg!(target_os = "linux") {
             return self;
         }
-        let root = match File::open(&self.root) {
-            Ok(f) => f,
-            Err(_) => return self,
-        };
-        let flusher = std::sync::Arc::new(Flusher {
-            state: Default::default(),
-            wake: Default::default(),
-            done: Default::default(),
-        });
-        let f = flusher.clone();
-        let spawned = std::thread::Builder::new()
-            .name("vaultrunner-sync".into())
-            .spawn(move || f.run(&root));
-        if spawned.is_ok() {
-            self.flusher = Some(flusher);
+        if let Ok(fs) = File::open(&self.root) {
+            self.flusher = Some(std::sync::Arc::new(Flusher {
+                fs,
+                state: Default::default(),
+                done: Default::default(),
+            }));
         }
         self
     }
@@ -703,23 +698,26 @@ impl Vault {
 fn rename_all(staged: Vec<Staged>) -> Result<(Vec<Fingerprint>, Vec<PathBuf>), VaultError> {
     let mut fps = Vec::with_capacity(staged.len());
     let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut replaced = Vec::with_capacity(staged.len());
+    let mut result = Ok(());
     for s in staged {
-        s.tmp
-            .persist(&s.file)
-            .map_err(|e| io_err(&s.file, e.error))?;
-        fps.push(s.fingerprint);
-        if let Some(old) = s.old
-            && let Some(r) = reaper()
-        {
-            // A full queue waits for the reaper rather than holding more
-            // files open.
-            let _ = r.send(old);
+        if let Err(e) = s.tmp.persist(&s.file) {
+            result = Err(io_err(&s.file, e.error));
+            break;
         }
+        fps.push(s.fingerprint);
+        replaced.extend(s.old);
         if !dirs.contains(&s.dir) {
             dirs.push(s.dir);
         }
     }
-    Ok((fps, dirs))
+    // A full queue waits for the reaper rather than holding more files open.
+    if !replaced.is_empty()
+        && let Some(r) = reaper()
+    {
+        let _ = r.send(replaced);
+    }
+    result.map(|()| (fps, dirs))
 }
 
 /// The file a write is about to replace, held open without reading it
@@ -750,26 +748,25 @@ fn sync_dirs(dirs: &[PathBuf]) -> Result<(), VaultError> {
 }
 
 impl Flusher {
-    /// The flusher thread: one `syncfs` at a time, for everyone waiting.
-    fn run(&self, root: &File) {
-        let Ok(mut st) = self.state.lock() else {
-            return;
-        };
-        loop {
-            while st.wanted <= st.started {
-                st = match self.wake.wait(st) {
-                    Ok(s) => s,
-                    Err(_) => return,
-                };
+    /// Returns once a flush that started after this call has finished (it
+    /// covers every write this thread made before the call).
+    fn flush(&self) -> io::Result<()> {
+        let poisoned = || io::Error::other("a writer panicked while flushing");
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        let ticket = st.started + 1;
+        while st.finished < ticket {
+            if st.running {
+                st = self.done.wait(st).map_err(|_| poisoned())?;
+                continue;
             }
+            // Lead: run the next flush for everyone waiting.
+            st.running = true;
             st.started += 1;
             let n = st.started;
             drop(st);
-            let r = syncfs(root);
-            st = match self.state.lock() {
-                Ok(s) => s,
-                Err(_) => return,
-            };
+            let r = syncfs(&self.fs);
+            st = self.state.lock().map_err(|_| poisoned())?;
+            st.running = false;
             st.finished = n;
             if let Err(e) = r {
                 st.failed.push_back((n, e.kind(), e.to_string()));
@@ -778,21 +775,6 @@ impl Flusher {
                 }
             }
             self.done.notify_all();
-        }
-    }
-
-    /// Waits for a flush that started after this call (and so covers every
-    /// write this thread made before it).
-    fn flush(&self) -> io::Result<()> {
-        let lost = || io::Error::other("the flusher thread stopped");
-        let mut st = self.state.lock().map_err(|_| lost())?;
-        let ticket = st.started + 1;
-        if st.wanted < ticket {
-            st.wanted = ticket;
-            self.wake.notify_one();
-        }
-        while st.finished < ticket {
-            st = self.done.wait(st).map_err(|_| lost())?;
         }
         match st.failed.iter().find(|(n, _, _)| *n == ticket) {
             Some((_, kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
