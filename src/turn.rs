@@ -169,9 +169,14 @@ pub type Written = Vec<(String, Fingerprint, String)>;
 
 /// The running vaultrunner binary, for `$VAULTRUNNER_BIN send …` in turns.
 pub fn vaultrunner_bin() -> String {
-    std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "vaultrunner".into())
+    // Looked up once (a `readlink` of /proc/self/exe per turn otherwise).
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "vaultrunner".into())
+    })
+    .clone()
 }
 
 /// The section the claude backend's system prompt gains (unless the

@@ -505,8 +505,28 @@ impl Vault {
                 io::Error::new(io::ErrorKind::InvalidData, "note is over the size limit"),
             ));
         }
-        let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
-        f.read_to_end(&mut bytes).map_err(|e| io_err(&abs, e))?;
+        // Read to the end into a buffer sized from the stat (`read_to_end`
+        // would stat and seek again), never past the size limit.
+        let mut bytes = vec![0u8; meta.len() as usize + 1];
+        let mut n = 0;
+        loop {
+            if n == bytes.len() {
+                if n as u64 > MAX_NOTE_BYTES {
+                    return Err(io_err(
+                        &abs,
+                        io::Error::new(io::ErrorKind::InvalidData, "note is over the size limit"),
+                    ));
+                }
+                bytes.resize(n * 2, 0);
+            }
+            match f.read(&mut bytes[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(&abs, e)),
+            }
+        }
+        bytes.truncate(n);
         let fp = Fingerprint::of(&meta);
         match String::from_utf8(bytes) {
             Ok(s) => Ok((s, fp)),
