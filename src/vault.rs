@@ -325,16 +325,25 @@ impl Vault {
         for w in writes {
             let file = self.file_path(&w.path)?;
             let dir = self.ensure_dir(&file)?;
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".vaultrunner-")
-                .suffix(".tmp")
-                .tempfile_in(&dir)
-                .map_err(|e| io_err(&dir, e))?;
+            let old = open_old(&file);
+            let mode = old
+                .as_ref()
+                .and_then(|f| f.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| file_mode(&m));
+            let mut tmp = temp_file(&dir, mode)?;
             tmp.write_all(w.content.as_bytes())
                 .map_err(|e| io_err(tmp.path(), e))?;
-            let meta = tmp.as_file().metadata().map_err(|e| io_err(&file, e))?;
+            let mut meta = tmp.as_file().metadata().map_err(|e| io_err(&file, e))?;
+            // The umask may have taken bits the note had: give them back.
+            if let Some(m) = mode
+                && file_mode(&meta) != m
+            {
+                set_mode(tmp.as_file(), m).map_err(|e| io_err(&file, e))?;
+                meta = tmp.as_file().metadata().map_err(|e| io_err(&file, e))?;
+            }
             staged.push(Staged {
-                old: open_old(&file),
+                old,
                 tmp,
                 file,
                 dir,
@@ -631,11 +640,7 @@ impl Vault {
     pub fn create_new(&self, path: &str, content: &str) -> Result<bool, VaultError> {
         let file = self.file_path(path)?;
         let dir = self.ensure_dir(&file)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".vaultrunner-")
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(|e| io_err(&dir, e))?;
+        let mut tmp = temp_file(&dir, None)?;
         tmp.write_all(content.as_bytes())
             .map_err(|e| io_err(tmp.path(), e))?;
         tmp.as_file().sync_all().map_err(|e| io_err(&file, e))?;
@@ -738,6 +743,49 @@ fn rename_all(staged: Vec<Staged>) -> Result<(Vec<Fingerprint>, Vec<PathBuf>), V
         let _ = r.send(replaced);
     }
     result.map(|()| (fps, dirs))
+}
+
+/// A temp file in `dir` for a note's next version, with the permissions the
+/// note has (`mode`) or, for a new note, those of any new file (0666 less
+/// the umask) — not a temp file's usual 0600.
+fn temp_file(dir: &Path, mode: Option<u32>) -> Result<tempfile::NamedTempFile, VaultError> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(".vaultrunner-").suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(fs::Permissions::from_mode(mode.unwrap_or(0o666)));
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    b.tempfile_in(dir).map_err(|e| io_err(dir, e))
+}
+
+/// A file's permission bits (`rwx` for user, group and others).
+fn file_mode(meta: &fs::Metadata) -> u32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o777
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0o666
+    }
+}
+
+fn set_mode(f: &File, mode: u32) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (f, mode);
+        Ok(())
+    }
 }
 
 /// The file a write is about to replace, held open without reading it
@@ -1084,6 +1132,54 @@ mod tests {
         assert_eq!(v.read("pipe").unwrap().0, "now a note");
         assert_eq!(v.read("link").unwrap().0, "also a note");
         assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+    }
+
+    /// A rewritten note keeps its permissions (a temp file's 0600 would
+    /// hide it from other users and sync tools); a new note gets what any
+    /// new file gets.
+    #[cfg(unix)]
+    #[test]
+    fn writes_keep_a_notes_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |rel: &str| {
+            fs::metadata(dir.path().join(rel))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        fs::write(dir.path().join("shared.md"), "old").unwrap();
+        fs::set_permissions(
+            dir.path().join("shared.md"),
+            fs::Permissions::from_mode(0o664),
+        )
+        .unwrap();
+        fs::write(dir.path().join("private.md"), "old").unwrap();
+        fs::set_permissions(
+            dir.path().join("private.md"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let v = Vault::open(dir.path()).unwrap().with_group_commit();
+        for p in ["shared", "private", "new"] {
+            v.write(p, "new text").unwrap();
+        }
+        assert!(v.create_new("fired", "x").unwrap());
+        assert_eq!(mode("shared.md"), 0o664);
+        assert_eq!(mode("private.md"), 0o600);
+        // 0666 less the umask, as for any file a program creates.
+        // (The umask is read, not set: setting it would race other tests.)
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+        if let Some(umask) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+        {
+            assert_eq!(mode("new.md"), 0o666 & !umask);
+            assert_eq!(mode("fired.md"), 0o666 & !umask);
+        }
+        assert_eq!(v.read("shared").unwrap().0, "new text");
     }
 
     #[test]
