@@ -549,11 +549,7 @@ fn fail_without_turn(
 /// already wrote, in that turn's end batch (see [`TurnEnv::next`]).
 pub struct Claimed {
     path: String,
-    def: Arc<Definition>,
-    inbound: Inbound,
-    thread: String,
-    thread_meta: Mapping,
-    thread_body: String,
+    prepared: Prepared,
 }
 
 impl Claimed {
@@ -584,17 +580,7 @@ pub async fn run(
     claimed: Option<Claimed>,
 ) -> (Result<Outcome, VaultError>, Option<Claimed>) {
     let prepared = match claimed {
-        Some(c) if c.path == path => {
-            let depth = c.inbound.depth.clone().unwrap_or(0);
-            Prepared {
-                def: c.def,
-                inbound: c.inbound,
-                depth,
-                thread: c.thread,
-                thread_meta: c.thread_meta,
-                thread_body: c.thread_body,
-            }
-        }
+        Some(c) if c.path == path => c.prepared,
         _ => match prepare(env, def, path).await {
             Ok(Ok(p)) => p,
             Ok(Err(outcome)) => return (Ok(outcome), None),
@@ -1273,11 +1259,14 @@ fn claim_next(
     writes.push(msg);
     Some(Claimed {
         path: npath,
-        def: ndef,
-        inbound,
-        thread: nthread,
-        thread_meta: meta,
-        thread_body: body,
+        prepared: Prepared {
+            def: ndef,
+            inbound,
+            depth,
+            thread: nthread,
+            thread_meta: meta,
+            thread_body: body,
+        },
     })
 }
 
