@@ -683,10 +683,12 @@ mod linux {
         let raw: Vec<f64> = (0..kinds.len())
             .map(|i| (raw_before[i] + raw_after[i]) / 2.0)
             .collect();
-        // The target is checked against the fastest kind of raw write (the
-        // strictest reading of "raw durable writes/s").
+        // The target is checked against the faster of SPEC §1's durable
+        // writes (with the directory fsync), and again against the fastest
+        // kind of all (the strictest reading of "raw durable writes/s").
+        let durable = raw[0].max(raw[1]);
         let fastest = raw.iter().cloned().fold(0.0, f64::max);
-        let ratio = tps / fastest;
+        let ratio = tps / durable;
         res.info(
             SC,
             format!(
@@ -723,10 +725,17 @@ mod linux {
         );
         res.check(
             SC,
-            "turns/s ÷ raw writes/s (the fastest of the four kinds)",
+            "turns/s ÷ raw writes/s (the faster SPEC §1 durable write: with directory fsync)",
             format!("{ratio:.2}"),
             "≥ 0.40",
             ratio >= 0.4 && run.ok,
+        );
+        res.check(
+            SC,
+            "turns/s ÷ raw writes/s (strictest: the fastest of the four kinds)",
+            format!("{:.3}", tps / fastest),
+            "≥ 0.40",
+            tps / fastest >= 0.4 && run.ok,
         );
         res.info(
             SC,
