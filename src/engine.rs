@@ -40,6 +40,18 @@ pub struct Stats {
     pub stuck: AtomicU64,
 }
 
+/// Notes modified after this time (ns since the epoch) are within the
+/// settle window; `None` when there is no window.
+fn settle_cutoff(settle: std::time::Duration) -> Option<i128> {
+    (!settle.is_zero()).then(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(settle)
+            .as_nanos() as i128
+    })
+}
+
 /// An agent's next message and its definition, taken for a pipelined turn.
 type NextMessage = (String, Arc<crate::agent::Definition>);
 
@@ -59,6 +71,9 @@ struct State {
     cursor: usize,
     /// Turns whose notes could not be written, by message path.
     write_failures: std::collections::HashMap<String, u32>,
+    /// Notes the start-up scan left to the settle window: read with crash
+    /// recovery when they are (a `working` one was cut short before).
+    recover_later: HashSet<String>,
 }
 
 /// A vault being served or processed.
@@ -156,6 +171,7 @@ impl Engine {
                 running: HashSet::new(),
                 cursor: 0,
                 write_failures: Default::default(),
+                recover_later: Default::default(),
             }),
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(config.jobs.max(1))),
@@ -198,14 +214,18 @@ impl Engine {
     /// is not read but returned, for the watcher to read once it has been
     /// quiet — so a scan never reads a half-written note either.
     pub fn scan_settled(&self, settle: std::time::Duration) -> (ScanReport, Vec<String>) {
-        let cutoff = (!settle.is_zero()).then(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .saturating_sub(settle)
-                .as_nanos() as i128
-        });
-        self.scan_deferring(false, cutoff)
+        self.scan_deferring(false, settle_cutoff(settle))
+    }
+
+    /// The start-up scan for `serve`: crash recovery, and like
+    /// [`Engine::scan_settled`] a note modified less than `settle` ago is not
+    /// read yet (it may be half-typed) but returned, for the watcher to
+    /// read once it has been quiet — still with crash recovery, so a note
+    /// left `working` by a crash just before is not stranded.
+    pub fn scan_startup(&self, settle: std::time::Duration) -> (ScanReport, Vec<String>) {
+        let (report, deferred) = self.scan_deferring(true, settle_cutoff(settle));
+        self.lock().recover_later.extend(deferred.iter().cloned());
+        (report, deferred)
     }
 
     fn scan_deferring(
@@ -275,7 +295,10 @@ impl Engine {
     /// writes never trigger anything. Returns the note's sender if it is an
     /// inbound message, for the settle decision.
     pub fn note_changed(&self, path: &str) {
-        let known = self.lock().index.fingerprint(path);
+        let (known, recovering) = {
+            let mut st = self.lock();
+            (st.index.fingerprint(path), st.recover_later.remove(path))
+        };
         match self.vault.stat(path) {
             None => {
                 if known.is_some() {
@@ -286,7 +309,7 @@ impl Engine {
             Some(fp) if Some(fp) == known => {}
             Some(_) => match self.vault.read(path) {
                 Ok((text, fp)) => {
-                    let ch = self.lock().index.update(path, &text, fp, false);
+                    let ch = self.lock().index.update(path, &text, fp, recovering);
                     self.changed(&ch);
                 }
                 Err(e) => tracing::warn!("{e}"),

@@ -124,7 +124,8 @@ pub async fn serve(
     let (vault, _lock) = open_locked(path)?;
     let listener = bind(&opts).await?;
     let engine = Engine::new(vault, opts.config.clone());
-    let report = engine.scan(true);
+    // A note still being typed as we start waits for the settle window too.
+    let (report, _) = engine.scan_startup(opts.watch.settle);
     tracing::info!(
         "serving {} ({} notes); settle {:?}",
         engine.vault().root().display(),

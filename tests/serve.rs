@@ -580,6 +580,57 @@ fn settle_window_waits_for_quiet_and_answers_once() {
     assert!(s.still_running());
 }
 
+/// A note still being typed when `serve` starts waits for the settle
+/// window like any other, and one that a crash left `working` moments
+/// before is still recovered once it is quiet.
+#[test]
+fn the_start_up_scan_waits_for_the_settle_window_and_still_recovers() {
+    let v = TestVault::new();
+    v.agent("echo", "backend: echo\n");
+    v.write("Inbox/typing.md", &inbound("echo", "half a thou", ""));
+    v.write(
+        "Inbox/crashed.md",
+        &inbound("echo", "cut short", "status: working\nattempts: 1\n"),
+    );
+    let s = Served::start(&v, 4000);
+    assert!(
+        wait_until(30.0, || s.log().contains("serving")),
+        "serve did not start:\n{}",
+        s.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !v.exists(&reply_of("Inbox/typing.md")),
+        "a note written just before the start was answered at once:\n{}",
+        s.log()
+    );
+    // The user finishes the sentence.
+    v.write(
+        "Inbox/typing.md",
+        &inbound("echo", "half a thought, now finished", ""),
+    );
+    s.answered(&v, "Inbox/typing.md", 30.0);
+    s.answered(&v, "Inbox/crashed.md", 30.0);
+    assert_eq!(
+        v.body(&reply_of("Inbox/typing.md")).trim(),
+        "echo: half a thought, now finished"
+    );
+    assert_eq!(v.field("Inbox/typing.md", "attempts").as_deref(), Some("1"));
+    // Recovered: its second start, and answered once.
+    assert_eq!(
+        v.field("Inbox/crashed.md", "status").as_deref(),
+        Some("handled")
+    );
+    assert_eq!(
+        v.field("Inbox/crashed.md", "attempts").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        v.field("Threads/echo/echo.md", "turn_count").as_deref(),
+        Some("2")
+    );
+}
+
 #[test]
 fn settle_window_applies_in_new_directories() {
     let v = TestVault::new();
