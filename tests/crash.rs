@@ -4,6 +4,8 @@
 //! message is answered exactly once, every note is whole, no temp file is
 //! left behind, and the threads counted every turn.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
@@ -65,28 +67,9 @@ fn expected_reply(agent: &str, i: usize) -> String {
 }
 
 /// Every file under `root` (dot folders included), vault-relative.
+/// Every file under `root`, relative and sorted.
 fn walk(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(
-                    e.path()
-                        .strip_prefix(root)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    out.sort();
-    out
+    common::walk(root).into_iter().map(|(rel, _)| rel).collect()
 }
 
 fn is_temp(rel: &str) -> bool {

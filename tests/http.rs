@@ -81,29 +81,16 @@ impl TestVault {
     /// Every file under the temp directory (vault and its surroundings),
     /// except vaultrunner's own state folder.
     fn files(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        walk(&self.parent, &mut out);
+        let mut out: Vec<PathBuf> = common::walk(&self.parent)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
         out.retain(|p| !p.components().any(|c| c.as_os_str() == ".vaultrunner"));
-        out.sort();
         out
     }
 
     fn note(&self, path: &str) -> (Mapping, String) {
         read_note(&self.root.join(format!("{path}.md")))
-    }
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            walk(&p, out);
-        } else {
-            out.push(p);
-        }
     }
 }
 

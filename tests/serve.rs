@@ -6,6 +6,8 @@
 //! Every test waits by polling the disk against a deadline; the only fixed
 //! pauses are observation windows ("nothing happens for N seconds").
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -192,20 +194,7 @@ fn scalar(v: &serde_yaml::Value) -> Option<String> {
 
 /// Every file (not directory) under `root`, dot folders included.
 fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
+    common::walk(root).into_iter().map(|(_, p)| p).collect()
 }
 
 /// Polls `cond` every 20 ms until it holds or `secs` pass.

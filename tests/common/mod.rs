@@ -261,14 +261,19 @@ impl TestVault {
     }
 }
 
-/// Walks a directory: (relative path, absolute path) of every file.
-fn walk(root: &Path) -> Vec<(String, PathBuf)> {
+/// Walks a directory: (relative `/`-separated path, absolute path) of every
+/// file, dot folders included, sorted. Entries that vanish during the walk
+/// (a running vaultrunner's temp files) are skipped.
+pub fn walk(root: &Path) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for ent in std::fs::read_dir(&dir).unwrap().flatten() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for ent in rd.flatten() {
             let p = ent.path();
-            let ft = ent.file_type().unwrap();
+            let Ok(ft) = ent.file_type() else { continue };
             if ft.is_dir() {
                 stack.push(p);
             } else {
