@@ -259,7 +259,10 @@ impl Engine {
             for (path, got) in read {
                 match got {
                     Ok((text, fp)) => {
-                        let ch = st.index.update(&path, &text, fp, recovering);
+                        // A note the start-up scan deferred is read with
+                        // recovery, whichever scan or event reads it.
+                        let rec = st.recover_later.remove(&path) || recovering;
+                        let ch = st.index.update(&path, &text, fp, rec);
                         woke |= ch.definitions_changed || !ch.queued.is_empty();
                         jobs |= ch.jobs_changed;
                         report.changed += 1;

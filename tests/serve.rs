@@ -620,6 +620,35 @@ fn the_start_up_scan_waits_for_the_settle_window_and_still_recovers() {
     );
 }
 
+/// A `working` note the start-up scan deferred stays a recovery even when
+/// a rescan (here: a new folder) reads it before its settle timer fires.
+#[test]
+fn a_deferred_crashed_note_read_by_a_rescan_is_still_recovered() {
+    let v = TestVault::new();
+    v.agent("echo", "backend: echo\n");
+    v.write(
+        "Inbox/crashed.md",
+        &inbound("echo", "cut short", "status: working\nattempts: 1\n"),
+    );
+    // Older than the settle window by the time the rescan comes, but not
+    // at the start: the start defers it and sets a 2 s timer.
+    std::thread::sleep(Duration::from_millis(1200));
+    let s = Served::start(&v, 2000);
+    assert!(
+        wait_until(30.0, || s.log().contains("serving")),
+        "serve did not start:\n{}",
+        s.log()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    // A new folder: the watcher rescans the whole vault at once.
+    v.write("Later/new.md", "just a note\n");
+    s.answered(&v, "Inbox/crashed.md", 30.0);
+    assert_eq!(
+        v.field("Inbox/crashed.md", "attempts").as_deref(),
+        Some("2")
+    );
+}
+
 #[test]
 fn settle_window_applies_in_new_directories() {
     let v = TestVault::new();
