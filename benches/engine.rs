@@ -1457,8 +1457,10 @@ mod linux {
             s.idle_secs
         );
         let mut server = Server::start(&vault, &[], &logs);
-        // Let start-up (scan, watches) finish.
-        std::thread::sleep(Duration::from_secs(2));
+        // Let start-up finish: the scan, the watches, and the notes just
+        // written above, which the start-up scan leaves to the default
+        // 2 s settle window (they could still be being typed).
+        std::thread::sleep(Duration::from_secs(4));
         let pid = server.pid();
         let a = sample_tasks(pid);
         let ta = proc_ticks(pid);
