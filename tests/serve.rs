@@ -339,15 +339,21 @@ impl Served {
         fs::read_to_string(self.logdir.path().join("serve.log")).unwrap_or_default()
     }
 
-    /// Waits until the watcher is live: the start-up scan is logged, then a
-    /// probe note (written after that) is answered — by the watcher or by
-    /// the scan that follows setting up the watches.
-    fn ready(&self, vault: &TestVault) {
+    /// Waits until the start-up scan is logged (the watcher may not be
+    /// live yet).
+    fn started(&self) {
         assert!(
             wait_until(30.0, || self.log().contains("serving")),
             "serve did not start:\n{}",
             self.log()
         );
+    }
+
+    /// Waits until the watcher is live: the start-up scan is logged, then a
+    /// probe note (written after that) is answered — by the watcher or by
+    /// the scan that follows setting up the watches.
+    fn ready(&self, vault: &TestVault) {
+        self.started();
         let n = vault.probes.get() + 1;
         vault.probes.set(n);
         let rel = format!("Probe/p{n}.md");
@@ -582,11 +588,7 @@ fn the_start_up_scan_waits_for_the_settle_window_and_still_recovers() {
         &inbound("echo", "cut short", "status: working\nattempts: 1\n"),
     );
     let s = Served::start(&v, 4000);
-    assert!(
-        wait_until(30.0, || s.log().contains("serving")),
-        "serve did not start:\n{}",
-        s.log()
-    );
+    s.started();
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !v.exists(&reply_of("Inbox/typing.md")),
@@ -634,11 +636,7 @@ fn a_deferred_crashed_note_read_by_a_rescan_is_still_recovered() {
     // at the start: the start defers it and sets a 2 s timer.
     std::thread::sleep(Duration::from_millis(1200));
     let s = Served::start(&v, 2000);
-    assert!(
-        wait_until(30.0, || s.log().contains("serving")),
-        "serve did not start:\n{}",
-        s.log()
-    );
+    s.started();
     std::thread::sleep(Duration::from_millis(1000));
     // A new folder: the watcher rescans the whole vault at once.
     v.write("Later/new.md", "just a note\n");
