@@ -1177,12 +1177,11 @@ async fn end_batch(
             path: path.clone(),
             content: stamp(if ok { "handled" } else { "error" }, Some(&reply), err)?,
         });
-        let mut plan = stamp_last(&writes);
+        // The barrier before the stamp; a claim of the next message goes
+        // after it (appended, so the stamp's index stays).
+        let plan = stamp_last(&writes);
         let claimed =
             next.and_then(|(npath, ndef)| claim_next(&vault, &mut writes, &thread, npath, ndef));
-        if claimed.is_some() {
-            plan.barrier = Some(writes.iter().position(|w| w.path == path).unwrap_or(0));
-        }
         match write_retrying(&vault, &writes, plan) {
             Ok(fps) => Ok((zip_written(&writes, fps), claimed)),
             // The reply could not be written (a refused path, a full disk):
