@@ -7,7 +7,7 @@
 //! Notes are read back with our own front-matter split + YAML parse, not
 //! the crate's parser.
 
-mod common;
+
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -81,7 +81,7 @@ impl TestVault {
     /// Every file under the temp directory (vault and its surroundings),
     /// except vaultrunner's own state folder.
     fn files(&self) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = common::walk(&self.parent)
+        let mut out: Vec<PathBuf> = crate::common::walk(&self.parent)
             .into_iter()
             .map(|(_, p)| p)
             .collect();
@@ -1206,7 +1206,7 @@ fn serve_cmd(vault: &Path, listen: &str) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("VAULTRUNNER_LOG", "info");
-    for k in common::SCRUB_ENV {
+    for k in crate::common::SCRUB_ENV {
         cmd.env_remove(k);
     }
     cmd

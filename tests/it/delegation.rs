@@ -2,11 +2,11 @@
 //! reply_to callbacks with correlation ids, the depth bound, messages that
 //! wait for their agent — in one `process` run and under `serve`.
 
-mod common;
+
 
 use std::time::Duration;
 
-use common::{TestVault, scalar, tags};
+use crate::common::{TestVault, scalar, tags};
 
 /// An orchestrator (`boss`) that hands the message to two workers with
 /// correlation ids and logs every callback it receives.
@@ -27,7 +27,7 @@ else
   "$VAULTRUNNER_BIN" send "$VAULTRUNNER_VAULT" w2 "$task two" --reply-to boss --correlation-id t-2 >/dev/null
   echo "delegated"
 fi"#,
-            log = common::sh_quote(&log.display().to_string())
+            log = crate::common::sh_quote(&log.display().to_string())
         ),
     );
     v.command_agent("w1", "", "tr a-z A-Z");
@@ -111,7 +111,7 @@ fn orchestrator_gets_one_callback_per_task_in_one_process_run() {
     v.message("Inbox/plan.md", "boss", "", "do the thing\n");
     let out = v.process(&[]);
     // plan + 2 tasks + 2 callbacks.
-    common::assert_contains(&out.stdout, "processed 5 message(s): 4 ok, 1 error");
+    crate::common::assert_contains(&out.stdout, "processed 5 message(s): 4 ok, 1 error");
     assert_callbacks(&v);
     // Running again changes nothing: no duplicate callbacks.
     let before = v.snapshot();
@@ -127,7 +127,7 @@ fn orchestrator_under_serve() {
     v.vr(&["send", v.root_str(), "boss", "do the thing"])
         .run()
         .success();
-    common::wait_until(Duration::from_secs(20), "two callbacks", || {
+    crate::common::wait_until(Duration::from_secs(20), "two callbacks", || {
         log_lines(&v).len() >= 2
             && callback_notes(&v)
                 .iter()
@@ -173,7 +173,7 @@ fn no_callback_at_the_depth_limit() {
     assert!(!v.exists("Inbox/d8.callback.md"));
     assert_eq!(v.get("Inbox/d7.md", "status").as_deref(), Some("handled"));
     assert_eq!(v.get("Inbox/d8.md", "status").as_deref(), Some("error"));
-    common::assert_contains(&v.body("Inbox/d8.reply.md"), "depth");
+    crate::common::assert_contains(&v.body("Inbox/d8.reply.md"), "depth");
 }
 
 #[test]
@@ -213,7 +213,7 @@ fn callback_to_an_agent_that_does_not_exist_yet_waits_for_it() {
     assert!(v.exists("Inbox/t.callback.md"));
     let cb_before = v.read("Inbox/t.callback.md");
     let out = v.check();
-    common::assert_contains(
+    crate::common::assert_contains(
         &out.stdout,
         "Inbox/t.callback.md: waiting for agent \"later\"",
     );
@@ -235,7 +235,7 @@ fn the_documented_example_runs_in_the_example_vault() {
         .success();
     let out = v.process(&[]);
     // hello + planner + 2 workers + 2 callbacks.
-    common::assert_contains(&out.stdout, "processed 6 message(s): 6 ok, 0 error");
+    crate::common::assert_contains(&out.stdout, "processed 6 message(s): 6 ok, 0 error");
     let replies: Vec<String> = v
         .files()
         .into_iter()

@@ -3,7 +3,7 @@
 //! crate's), and running the real `vaultrunner` binary.
 //!
 //! Each test binary uses only part of this module.
-#![allow(dead_code)]
+
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -2,9 +2,9 @@
 //! `process`, every byte outside the keys vaultrunner owns on an inbound
 //! note is as it was. And the tag rules that decide what is inbound.
 
-mod common;
 
-use common::{TestVault, front_matter, split_note};
+
+use crate::common::{TestVault, front_matter, split_note};
 
 /// The keys vaultrunner owns on an inbound note (SPEC §2).
 const OWNED: &[&str] = &[
@@ -55,7 +55,7 @@ fn round_trip(v: &TestVault, rel: &str, text: &str) -> String {
     // The note was answered ...
     let fm = front_matter(&after).unwrap_or_else(|e| panic!("{e}\n{after}"));
     assert_eq!(
-        common::scalar(&fm, "status").as_deref(),
+        crate::common::scalar(&fm, "status").as_deref(),
         Some("handled"),
         "{after}"
     );

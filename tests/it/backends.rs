@@ -7,7 +7,7 @@
 //!
 //! Every helper lives in this file (tests/common belongs to other suites).
 
-mod common;
+
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -89,7 +89,7 @@ impl Env {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for k in common::SCRUB_ENV {
+        for k in crate::common::SCRUB_ENV {
             cmd.env_remove(k);
         }
         cmd.env("NO_PROXY", "127.0.0.1,localhost")

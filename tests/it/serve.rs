@@ -6,7 +6,7 @@
 //! Every test waits by polling the disk against a deadline; the only fixed
 //! pauses are observation windows ("nothing happens for N seconds").
 
-mod common;
+
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -194,7 +194,7 @@ fn scalar(v: &serde_yaml::Value) -> Option<String> {
 
 /// Every file (not directory) under `root`, dot folders included.
 fn walk(root: &Path) -> Vec<PathBuf> {
-    common::walk(root).into_iter().map(|(_, p)| p).collect()
+    crate::common::walk(root).into_iter().map(|(_, p)| p).collect()
 }
 
 /// Polls `cond` every 20 ms until it holds or `secs` pass.

@@ -1,13 +1,13 @@
 //! End-to-end tests of the CLI (SPEC §1–§3, §5): the real binary on temp
 //! vaults, through `init`, `process`, `send`, `check`, `status`, `reset`.
 
-mod common;
+
 
 use std::time::Duration;
 
-use common::{TestVault, is_rfc3339_millis_utc, sh_quote, tags, vr};
+use crate::common::{TestVault, is_rfc3339_millis_utc, sh_quote, tags, vr};
 
-use common::assert_contains;
+use crate::common::assert_contains;
 
 // ---------------------------------------------------------------- init/process
 
@@ -50,7 +50,7 @@ fn init_then_process_answers_hello_and_a_second_run_writes_nothing() {
     assert!(is_rfc3339_millis_utc(
         &v.get("Inbox/hello.reply.md", "ts").unwrap()
     ));
-    let message = common::split_note(&hello_before).1.trim().to_string();
+    let message = crate::common::split_note(&hello_before).1.trim().to_string();
     assert_eq!(
         v.body("Inbox/hello.reply.md").trim_end(),
         format!("echo: {message}")
@@ -58,23 +58,23 @@ fn init_then_process_answers_hello_and_a_second_run_writes_nothing() {
 
     // The inbound is stamped.
     let fm = v.fm("Inbox/hello.md");
-    assert_eq!(common::scalar(&fm, "status").as_deref(), Some("handled"));
+    assert_eq!(crate::common::scalar(&fm, "status").as_deref(), Some("handled"));
     assert_eq!(
-        common::scalar(&fm, "reply").as_deref(),
+        crate::common::scalar(&fm, "reply").as_deref(),
         Some("[[Inbox/hello.reply]]")
     );
     assert_eq!(
-        common::scalar(&fm, "thread").as_deref(),
+        crate::common::scalar(&fm, "thread").as_deref(),
         Some("[[Threads/echo/echo]]")
     );
-    assert_eq!(common::scalar(&fm, "attempts").as_deref(), Some("1"));
-    let handled_at = common::scalar(&fm, "handled_at").unwrap();
+    assert_eq!(crate::common::scalar(&fm, "attempts").as_deref(), Some("1"));
+    let handled_at = crate::common::scalar(&fm, "handled_at").unwrap();
     assert!(is_rfc3339_millis_utc(&handled_at), "{handled_at}");
     assert!(!fm.contains_key("error"));
     // Nothing else of the inbound changed.
     assert_eq!(
         v.body("Inbox/hello.md"),
-        common::split_note(&hello_before).1
+        crate::common::split_note(&hello_before).1
     );
 
     // Thread note.
@@ -194,16 +194,16 @@ fn failed_command_writes_an_error_reply_with_stderr() {
     assert_contains(&body, "the frobnicator is out of flux");
     assert_contains(&body, "3");
     let fm = v.fm("Inbox/ask.md");
-    assert_eq!(common::scalar(&fm, "status").as_deref(), Some("error"));
-    let err = common::scalar(&fm, "error").expect("`error` key on the inbound");
+    assert_eq!(crate::common::scalar(&fm, "status").as_deref(), Some("error"));
+    let err = crate::common::scalar(&fm, "error").expect("`error` key on the inbound");
     assert_contains(&err, "the frobnicator is out of flux");
     assert_eq!(
-        common::scalar(&fm, "reply").as_deref(),
+        crate::common::scalar(&fm, "reply").as_deref(),
         Some("[[Inbox/ask.reply]]")
     );
-    assert_eq!(common::scalar(&fm, "attempts").as_deref(), Some("1"));
+    assert_eq!(crate::common::scalar(&fm, "attempts").as_deref(), Some("1"));
     assert!(is_rfc3339_millis_utc(
-        &common::scalar(&fm, "handled_at").unwrap()
+        &crate::common::scalar(&fm, "handled_at").unwrap()
     ));
     // The thread records the failed turn.
     assert_eq!(
@@ -279,15 +279,15 @@ fn single_threaded_agent_keeps_one_thread_and_counts_turns() {
     assert_eq!(threads, vec!["Threads/echo/echo.md"]);
     let fm = v.fm("Threads/echo/echo.md");
     assert!(tags(&fm).contains(&"agent/thread".to_string()));
-    assert_eq!(common::scalar(&fm, "turn_count").as_deref(), Some("2"));
-    assert_eq!(common::scalar(&fm, "agent").as_deref(), Some("echo"));
+    assert_eq!(crate::common::scalar(&fm, "turn_count").as_deref(), Some("2"));
+    assert_eq!(crate::common::scalar(&fm, "agent").as_deref(), Some("echo"));
     assert_eq!(
-        common::scalar(&fm, "mode").as_deref(),
+        crate::common::scalar(&fm, "mode").as_deref(),
         Some("single-threaded")
     );
-    assert_eq!(common::scalar(&fm, "status").as_deref(), Some("ok"));
+    assert_eq!(crate::common::scalar(&fm, "status").as_deref(), Some("ok"));
     assert!(is_rfc3339_millis_utc(
-        &common::scalar(&fm, "last_turn_at").unwrap()
+        &crate::common::scalar(&fm, "last_turn_at").unwrap()
     ));
     assert!(!fm.contains_key("session"), "echo reports no session");
     for m in ["Inbox/one.md", "Inbox/two.md"] {
@@ -398,10 +398,10 @@ fn thread_body_is_never_changed_and_reaches_the_system_prompt() {
         "You are sys.\n\nRemember: the user likes *tea*.\n\n## Notes\n- [[Some Link]] #context\n"
     );
     let thread = v.read("Threads/sys/sys.md");
-    assert_eq!(common::split_note(&thread).1, thread_body);
+    assert_eq!(crate::common::split_note(&thread).1, thread_body);
     assert_contains(&thread, "# my own comment\n");
     let fm = v.fm("Threads/sys/sys.md");
-    assert_eq!(common::scalar(&fm, "turn_count").as_deref(), Some("1"));
+    assert_eq!(crate::common::scalar(&fm, "turn_count").as_deref(), Some("1"));
     assert!(!fm.contains_key("session"), "command reports no session");
 }
 
@@ -521,7 +521,7 @@ fn process_runs_messages_that_turns_send_during_the_run() {
     v.agent("echo", "", "");
     let script = format!(
         "{} send \"$VAULTRUNNER_VAULT\" echo \"hi from the delegator\" > /dev/null\necho delegated",
-        sh_quote(common::BIN)
+        sh_quote(crate::common::BIN)
     );
     v.command_agent("boss", "", &script);
     v.message("Inbox/task.md", "boss", "", "hand it on\n");
@@ -549,7 +549,7 @@ fn two_agents_forwarding_to_each_other_stop_at_depth_8() {
     let fwd = |to: &str| {
         format!(
             "{} send \"$VAULTRUNNER_VAULT\" {to} - > /dev/null\necho forwarded",
-            sh_quote(common::BIN)
+            sh_quote(crate::common::BIN)
         )
     };
     v.command_agent("ping", "", &fwd("pong"));
@@ -697,7 +697,7 @@ fn a_backlog_with_unrunnable_messages_in_it_is_answered_in_order() {
     ] {
         let fm = v.fm(&format!("Inbox/{name}.md"));
         assert_eq!(
-            common::scalar(&fm, "status").as_deref(),
+            crate::common::scalar(&fm, "status").as_deref(),
             Some(status),
             "{name}"
         );
@@ -705,7 +705,7 @@ fn a_backlog_with_unrunnable_messages_in_it_is_answered_in_order() {
         if status == "handled" {
             // One start each: a claim made by the turn before counts once.
             assert_eq!(
-                common::scalar(&fm, "attempts").as_deref(),
+                crate::common::scalar(&fm, "attempts").as_deref(),
                 Some("1"),
                 "{name}"
             );
@@ -764,9 +764,9 @@ fn a_message_out_of_attempts_gives_up_without_running() {
     v.process(&[]);
     assert!(!v.exists("ran"), "the backend must not run a 4th time");
     let fm = v.fm("Inbox/tired.md");
-    assert_eq!(common::scalar(&fm, "status").as_deref(), Some("error"));
-    assert_eq!(common::scalar(&fm, "attempts").as_deref(), Some("3"));
-    assert_contains(&common::scalar(&fm, "error").unwrap(), "gave up");
+    assert_eq!(crate::common::scalar(&fm, "status").as_deref(), Some("error"));
+    assert_eq!(crate::common::scalar(&fm, "attempts").as_deref(), Some("3"));
+    assert_contains(&crate::common::scalar(&fm, "error").unwrap(), "gave up");
     assert_eq!(
         v.get("Inbox/tired.reply.md", "status").as_deref(),
         Some("error")
@@ -1037,14 +1037,14 @@ fn send_writes_an_inbound_note_and_prints_its_path() {
     let t = tags(&fm);
     assert!(t.contains(&"agent/message/inbound".to_string()), "{t:?}");
     assert!(t.contains(&"agent/message".to_string()), "{t:?}");
-    assert_eq!(common::scalar(&fm, "agent").as_deref(), Some("echo"));
-    assert_eq!(common::scalar(&fm, "sender").as_deref(), Some("cli"));
-    assert_eq!(common::scalar(&fm, "subject").as_deref(), Some("Greetings"));
+    assert_eq!(crate::common::scalar(&fm, "agent").as_deref(), Some("echo"));
+    assert_eq!(crate::common::scalar(&fm, "sender").as_deref(), Some("cli"));
+    assert_eq!(crate::common::scalar(&fm, "subject").as_deref(), Some("Greetings"));
     assert_eq!(
-        common::scalar(&fm, "correlation_id").as_deref(),
+        crate::common::scalar(&fm, "correlation_id").as_deref(),
         Some("c-42")
     );
-    assert!(is_rfc3339_millis_utc(&common::scalar(&fm, "ts").unwrap()));
+    assert!(is_rfc3339_millis_utc(&crate::common::scalar(&fm, "ts").unwrap()));
     assert!(!fm.contains_key("delegation_depth"));
     assert!(!fm.contains_key("status"));
     assert_eq!(v.body(&rel).trim_end(), "hello there");
@@ -1340,14 +1340,14 @@ fn an_interrupted_process_says_so_and_exits_130() {
     v.command_agent("slow", "", "sleep 20; cat");
     v.message("Inbox/a.md", "slow", "", "one\n");
     v.message("Inbox/b.md", "slow", "", "two\n");
-    let child = std::process::Command::new(common::BIN)
+    let child = std::process::Command::new(crate::common::BIN)
         .args(["process", v.root_str()])
         .env_remove("VAULTRUNNER_VAULT")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    common::wait_until(
+    crate::common::wait_until(
         std::time::Duration::from_secs(10),
         "the turn to start",
         || v.get("Inbox/a.md", "status").as_deref() == Some("working"),
@@ -1379,7 +1379,7 @@ fn a_closed_stderr_and_stdout_do_not_stop_the_work() {
             v.message(&format!("Inbox/{a}{i}.md"), a, "", &format!("m{i}\n"));
         }
     }
-    let mut child = std::process::Command::new(common::BIN)
+    let mut child = std::process::Command::new(crate::common::BIN)
         .args(["process", v.root_str()])
         .env("VAULTRUNNER_LOG", "info")
         .stdout(std::process::Stdio::piped())
