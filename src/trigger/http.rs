@@ -238,6 +238,49 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"))
 }
 
+/// Reads the body of `POST /api/agents/{name}/messages`: JSON
+/// (`{"content", "subject"?, "sender"?, "reply_to"?, "correlation_id"?}`)
+/// or plain text. Returns the message and its options, or why the body is
+/// refused (a `400`). Pure, so it can be fuzzed.
+pub fn message_from_body(json: bool, bytes: &[u8]) -> Result<(String, SendOptions), String> {
+    let (content, opts) = if json {
+        let m: MessageBody =
+            serde_json::from_slice(bytes).map_err(|e| format!("bad JSON body: {e}"))?;
+        let Some(content) = m.content else {
+            return Err("bad JSON body: field `content` is missing".into());
+        };
+        (
+            content,
+            SendOptions {
+                subject: m.subject,
+                reply_to: m.reply_to,
+                correlation_id: m.correlation_id,
+                sender: m.sender,
+                delegation_depth: None,
+            },
+        )
+    } else {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => (s.to_string(), SendOptions::default()),
+            Err(_) => return Err("the body is not UTF-8 text".into()),
+        }
+    };
+    if let Some(r) = &opts.reply_to
+        && !valid_name(r)
+    {
+        return Err(format!("field `reply_to`: {r:?} is not a valid agent name"));
+    }
+    if let Some(s) = &opts.sender
+        && (s.trim().is_empty() || s.len() > 200 || s.chars().any(char::is_control))
+    {
+        return Err("field `sender`: must be a short single line".into());
+    }
+    if crate::queue::written_by_vaultrunner(opts.sender.as_deref()) {
+        return Err("field `sender`: cli, webhook:…, job:…, callback:… and agent:… are vaultrunner's own senders".into());
+    }
+    Ok((content, opts))
+}
+
 /// Writes the message note durably, then (with `wait`) waits for its reply.
 async fn deliver(
     state: &AppState,
@@ -319,57 +362,12 @@ async fn post_message(
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let (content, mut opts) = if is_json(&headers) {
-        let m: MessageBody = match serde_json::from_slice(&bytes) {
-            Ok(m) => m,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")),
-        };
-        let Some(content) = m.content else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad JSON body: field `content` is missing",
-            );
-        };
-        (
-            content,
-            SendOptions {
-                subject: m.subject,
-                reply_to: m.reply_to,
-                correlation_id: m.correlation_id,
-                sender: m.sender,
-                delegation_depth: None,
-            },
-        )
-    } else {
-        match String::from_utf8(bytes.to_vec()) {
-            Ok(s) => (s, SendOptions::default()),
-            Err(_) => return error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"),
-        }
+    let (content, mut opts) = match message_from_body(is_json(&headers), &bytes) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if opts.subject.is_none() {
         opts.subject = q.subject.clone();
-    }
-    if let Some(r) = &opts.reply_to
-        && !valid_name(r)
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("field `reply_to`: {r:?} is not a valid agent name"),
-        );
-    }
-    if let Some(s) = &opts.sender
-        && (s.trim().is_empty() || s.len() > 200 || s.chars().any(char::is_control))
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "field `sender`: must be a short single line",
-        );
-    }
-    if crate::queue::written_by_vaultrunner(opts.sender.as_deref()) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "field `sender`: cli, webhook:…, job:…, callback:… and agent:… are vaultrunner's own senders",
-        );
     }
     opts.sender = Some(opts.sender.unwrap_or_else(|| "http".into()));
     deliver(&state, &name, &content, opts, q.wait).await
@@ -477,17 +475,13 @@ fn event_stream(
 
 /// The webhook message: JSON pretty-printed in a code block (readable in
 /// the note), text as it is.
-fn webhook_message(bytes: &[u8]) -> Result<String, ApiError> {
+pub fn webhook_message(bytes: &[u8]) -> Result<String, String> {
     if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
         let pretty = serde_json::to_string_pretty(&v).unwrap_or_default();
         return Ok(format!("```json\n{pretty}\n```\n"));
     }
-    String::from_utf8(bytes.to_vec()).map_err(|_| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            "the body is neither JSON nor UTF-8 text".into(),
-        )
-    })
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| "the body is neither JSON nor UTF-8 text".to_string())
 }
 
 async fn webhook(
@@ -525,7 +519,7 @@ async fn webhook(
     }
     let content = match webhook_message(&bytes) {
         Ok(c) => c,
-        Err(r) => return r.into_response(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let subject = q.subject.clone().or_else(|| {
         headers

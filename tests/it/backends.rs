@@ -7,8 +7,6 @@
 //!
 //! Every helper lives in this file (tests/common belongs to other suites).
 
-
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,8 +1,6 @@
 //! End-to-end tests of the CLI (SPEC §1–§3, §5): the real binary on temp
 //! vaults, through `init`, `process`, `send`, `check`, `status`, `reset`.
 
-
-
 use std::time::Duration;
 
 use crate::common::{TestVault, is_rfc3339_millis_utc, sh_quote, tags, vr};
@@ -50,7 +48,10 @@ fn init_then_process_answers_hello_and_a_second_run_writes_nothing() {
     assert!(is_rfc3339_millis_utc(
         &v.get("Inbox/hello.reply.md", "ts").unwrap()
     ));
-    let message = crate::common::split_note(&hello_before).1.trim().to_string();
+    let message = crate::common::split_note(&hello_before)
+        .1
+        .trim()
+        .to_string();
     assert_eq!(
         v.body("Inbox/hello.reply.md").trim_end(),
         format!("echo: {message}")
@@ -58,7 +59,10 @@ fn init_then_process_answers_hello_and_a_second_run_writes_nothing() {
 
     // The inbound is stamped.
     let fm = v.fm("Inbox/hello.md");
-    assert_eq!(crate::common::scalar(&fm, "status").as_deref(), Some("handled"));
+    assert_eq!(
+        crate::common::scalar(&fm, "status").as_deref(),
+        Some("handled")
+    );
     assert_eq!(
         crate::common::scalar(&fm, "reply").as_deref(),
         Some("[[Inbox/hello.reply]]")
@@ -194,7 +198,10 @@ fn failed_command_writes_an_error_reply_with_stderr() {
     assert_contains(&body, "the frobnicator is out of flux");
     assert_contains(&body, "3");
     let fm = v.fm("Inbox/ask.md");
-    assert_eq!(crate::common::scalar(&fm, "status").as_deref(), Some("error"));
+    assert_eq!(
+        crate::common::scalar(&fm, "status").as_deref(),
+        Some("error")
+    );
     let err = crate::common::scalar(&fm, "error").expect("`error` key on the inbound");
     assert_contains(&err, "the frobnicator is out of flux");
     assert_eq!(
@@ -279,7 +286,10 @@ fn single_threaded_agent_keeps_one_thread_and_counts_turns() {
     assert_eq!(threads, vec!["Threads/echo/echo.md"]);
     let fm = v.fm("Threads/echo/echo.md");
     assert!(tags(&fm).contains(&"agent/thread".to_string()));
-    assert_eq!(crate::common::scalar(&fm, "turn_count").as_deref(), Some("2"));
+    assert_eq!(
+        crate::common::scalar(&fm, "turn_count").as_deref(),
+        Some("2")
+    );
     assert_eq!(crate::common::scalar(&fm, "agent").as_deref(), Some("echo"));
     assert_eq!(
         crate::common::scalar(&fm, "mode").as_deref(),
@@ -401,7 +411,10 @@ fn thread_body_is_never_changed_and_reaches_the_system_prompt() {
     assert_eq!(crate::common::split_note(&thread).1, thread_body);
     assert_contains(&thread, "# my own comment\n");
     let fm = v.fm("Threads/sys/sys.md");
-    assert_eq!(crate::common::scalar(&fm, "turn_count").as_deref(), Some("1"));
+    assert_eq!(
+        crate::common::scalar(&fm, "turn_count").as_deref(),
+        Some("1")
+    );
     assert!(!fm.contains_key("session"), "command reports no session");
 }
 
@@ -764,7 +777,10 @@ fn a_message_out_of_attempts_gives_up_without_running() {
     v.process(&[]);
     assert!(!v.exists("ran"), "the backend must not run a 4th time");
     let fm = v.fm("Inbox/tired.md");
-    assert_eq!(crate::common::scalar(&fm, "status").as_deref(), Some("error"));
+    assert_eq!(
+        crate::common::scalar(&fm, "status").as_deref(),
+        Some("error")
+    );
     assert_eq!(crate::common::scalar(&fm, "attempts").as_deref(), Some("3"));
     assert_contains(&crate::common::scalar(&fm, "error").unwrap(), "gave up");
     assert_eq!(
@@ -1039,12 +1055,17 @@ fn send_writes_an_inbound_note_and_prints_its_path() {
     assert!(t.contains(&"agent/message".to_string()), "{t:?}");
     assert_eq!(crate::common::scalar(&fm, "agent").as_deref(), Some("echo"));
     assert_eq!(crate::common::scalar(&fm, "sender").as_deref(), Some("cli"));
-    assert_eq!(crate::common::scalar(&fm, "subject").as_deref(), Some("Greetings"));
+    assert_eq!(
+        crate::common::scalar(&fm, "subject").as_deref(),
+        Some("Greetings")
+    );
     assert_eq!(
         crate::common::scalar(&fm, "correlation_id").as_deref(),
         Some("c-42")
     );
-    assert!(is_rfc3339_millis_utc(&crate::common::scalar(&fm, "ts").unwrap()));
+    assert!(is_rfc3339_millis_utc(
+        &crate::common::scalar(&fm, "ts").unwrap()
+    ));
     assert!(!fm.contains_key("delegation_depth"));
     assert!(!fm.contains_key("status"));
     assert_eq!(v.body(&rel).trim_end(), "hello there");

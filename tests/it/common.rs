@@ -4,7 +4,6 @@
 //!
 //! Each test binary uses only part of this module.
 
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

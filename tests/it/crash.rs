@@ -4,8 +4,6 @@
 //! message is answered exactly once, every note is whole, no temp file is
 //! left behind, and the threads counted every turn.
 
-
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
@@ -69,7 +67,10 @@ fn expected_reply(agent: &str, i: usize) -> String {
 /// Every file under `root` (dot folders included), vault-relative.
 /// Every file under `root`, relative and sorted.
 fn walk(root: &Path) -> Vec<String> {
-    crate::common::walk(root).into_iter().map(|(rel, _)| rel).collect()
+    crate::common::walk(root)
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .collect()
 }
 
 fn is_temp(rel: &str) -> bool {

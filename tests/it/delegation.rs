@@ -2,8 +2,6 @@
 //! reply_to callbacks with correlation ids, the depth bound, messages that
 //! wait for their agent — in one `process` run and under `serve`.
 
-
-
 use std::time::Duration;
 
 use crate::common::{TestVault, scalar, tags};

@@ -7,8 +7,6 @@
 //! Notes are read back with our own front-matter split + YAML parse, not
 //! the crate's parser.
 
-
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -2,8 +2,6 @@
 //! `process`, every byte outside the keys vaultrunner owns on an inbound
 //! note is as it was. And the tag rules that decide what is inbound.
 
-
-
 use crate::common::{TestVault, front_matter, split_note};
 
 /// The keys vaultrunner owns on an inbound note (SPEC §2).

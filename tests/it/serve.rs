@@ -6,8 +6,6 @@
 //! Every test waits by polling the disk against a deadline; the only fixed
 //! pauses are observation windows ("nothing happens for N seconds").
 
-
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -194,7 +192,10 @@ fn scalar(v: &serde_yaml::Value) -> Option<String> {
 
 /// Every file (not directory) under `root`, dot folders included.
 fn walk(root: &Path) -> Vec<PathBuf> {
-    crate::common::walk(root).into_iter().map(|(_, p)| p).collect()
+    crate::common::walk(root)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
 }
 
 /// Polls `cond` every 20 ms until it holds or `secs` pass.
