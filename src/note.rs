@@ -141,6 +141,22 @@ impl Note {
         keys.iter().find_map(|k| self.str(k))
     }
 
+    /// A key as text, or an error naming it when it holds a list or a
+    /// mapping (see [`get_text`]).
+    pub fn text(&self, key: &str) -> Result<Option<String>, FieldError> {
+        get_text(&self.meta, key)
+    }
+
+    /// The first present key of several spellings, as [`Note::text`].
+    pub fn text_any(&self, keys: &[&str]) -> Result<Option<String>, FieldError> {
+        for k in keys {
+            if let Some(v) = self.text(k)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
     /// What kind of note this is, by the rules of SPEC §2.
     pub fn kind(&self) -> NoteKind {
         let outbound = self.has_tag(TAG_OUTBOUND)
@@ -188,6 +204,54 @@ pub fn get_str(meta: &Mapping, key: &str) -> Option<String> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// A front-matter key whose value is not of the type vaultrunner expects
+/// (`backend: [claude]`): reported with the file and the field, never read
+/// as if the key were absent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {reason}")]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, reason: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What a YAML value is, in words (for errors).
+pub fn value_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "empty",
+        Value::Bool(_) => "true or false",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// Reads a key as text like [`get_str`] (strings as they are, numbers and
+/// booleans rendered; absent or empty is `None`), but a list, a mapping or
+/// a tagged non-string is an error naming the key instead of "absent".
+pub fn get_text(meta: &Mapping, key: &str) -> Result<Option<String>, FieldError> {
+    match meta.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match get_str(meta, key) {
+            Some(s) => Ok(Some(s)),
+            None => Err(FieldError::new(
+                key,
+                format!("expected a single value, got {}", value_kind(v)),
+            )),
+        },
     }
 }
 
@@ -872,6 +936,24 @@ mod tests {
             "a\n<<<<<<< HEAD\nx\n=======\ny\n>>>>>>> b\n"
         ));
         assert!(!has_conflict_markers("a\n=======\n"));
+    }
+
+    #[test]
+    fn text_values_and_wrong_types() {
+        let n =
+            Note::parse("---\na: x\nb: 2\nc: true\nd: [1]\ne: {k: v}\nf:\ng: !t s\n---\n").unwrap();
+        assert_eq!(n.text("a").unwrap().as_deref(), Some("x"));
+        assert_eq!(n.text("b").unwrap().as_deref(), Some("2"));
+        assert_eq!(n.text("c").unwrap().as_deref(), Some("true"));
+        assert_eq!(n.text("f").unwrap(), None);
+        assert_eq!(n.text("missing").unwrap(), None);
+        assert_eq!(n.text("g").unwrap().as_deref(), Some("s"));
+        let e = n.text("d").unwrap_err();
+        assert_eq!(e.field, "d");
+        assert!(e.to_string().contains("a list"), "{e}");
+        assert!(n.text("e").unwrap_err().reason.contains("a mapping"));
+        assert_eq!(n.text_any(&["missing", "a"]).unwrap().as_deref(), Some("x"));
+        assert!(n.text_any(&["d", "a"]).is_err());
     }
 
     #[test]
