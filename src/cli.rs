@@ -52,7 +52,7 @@ pub const EXAMPLE_VAULT: &[(&str, &str)] = &[
 pub fn init(dir: &Path) -> Result<Vec<String>, CliError> {
     std::fs::create_dir_all(dir).map_err(|e| VaultError::Io {
         path: dir.to_path_buf(),
-        source: e,
+        error: e,
     })?;
     let vault = Vault::open(dir)?;
     let mut written = Vec::new();
@@ -101,7 +101,7 @@ fn load_index_as(vault: &Vault, recovering: bool) -> (Index, Vec<Finding>) {
             Err(err) => findings.push(Finding {
                 file: format!("{}.md", e.path),
                 reason: match err {
-                    VaultError::Io { source, .. } => format!("{source} (ignored)"),
+                    VaultError::Io { error, .. } => format!("{error} (ignored)"),
                     other => other.to_string(),
                 },
                 is_error: false,

@@ -40,6 +40,24 @@ pub struct Stats {
     pub stuck: AtomicU64,
 }
 
+/// What a turn's task came back with.
+enum Ran {
+    Turn(Result<Outcome, VaultError>),
+    /// The turn panicked (a bug): the message is left as it is on disk.
+    Panicked(String),
+}
+
+impl Ran {
+    /// Did the turn fail to write its notes, so that trying again may
+    /// answer the message?
+    fn unwritten(&self) -> Option<&VaultError> {
+        match self {
+            Ran::Turn(Err(e)) | Ran::Turn(Ok(Outcome::Unrecorded { error: e, .. })) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Notes modified after this time (ns since the epoch) are within the
 /// settle window; `None` when there is no window.
 fn settle_cutoff(settle: std::time::Duration) -> Option<i128> {
@@ -59,9 +77,20 @@ type NextMessage = (String, Arc<crate::agent::Definition>);
 /// agents wait for one (see `Engine::take_next`).
 const CHAIN_QUANTUM: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// How often a turn whose notes could not be written is tried again.
-const WRITE_RETRIES: u32 = 3;
-const WRITE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// A message whose notes could not be written (a full or failing disk) is
+/// tried again after this, doubling each time up to [`WRITE_RETRY_MAX`]:
+/// for as long as `serve` runs, and [`PROCESS_WRITE_TRIES`] times by
+/// `process`, which then exits non-zero naming it.
+const WRITE_RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(500);
+const WRITE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+const PROCESS_WRITE_TRIES: u32 = 4;
+
+/// The wait before the `tries`-th retry of a write (1-based).
+fn write_retry_delay(tries: u32) -> std::time::Duration {
+    WRITE_RETRY_BASE
+        .saturating_mul(1u32 << tries.saturating_sub(1).min(16))
+        .min(WRITE_RETRY_MAX)
+}
 
 struct State {
     index: Index,
@@ -69,11 +98,14 @@ struct State {
     running: HashSet<String>,
     /// Round-robin start for fairness across agents.
     cursor: usize,
-    /// Turns whose notes could not be written, by message path.
-    write_failures: std::collections::HashMap<String, u32>,
     /// Notes the start-up scan left to the settle window: read with crash
     /// recovery when they are (a `working` one was cut short before).
     recover_later: HashSet<String>,
+    /// Notes whose last reads failed for a passing reason, and how often.
+    read_failures: std::collections::HashMap<String, u32>,
+    /// What listings passed over and was logged (logged again only after
+    /// it went away and came back).
+    logged_skips: HashSet<(String, String)>,
 }
 
 /// A vault being served or processed.
@@ -94,8 +126,13 @@ pub struct Engine {
     /// The path of every message whose turn ended (for `?wait`).
     finished: broadcast::Sender<String>,
     pub metrics: Metrics,
-    /// A weak handle on itself, for tasks spawned from `&self`.
-    self_ref: std::sync::Weak<Engine>,
+    /// Set while `process` runs: failed writes are then tried a bounded
+    /// number of times, and the messages left unanswered are named.
+    until_quiet: AtomicBool,
+    /// Messages `process` gave up on, with why (it exits non-zero).
+    unanswered: Mutex<Vec<(String, String)>>,
+    /// Notes `process` could not read, after its tries.
+    unread: Mutex<Vec<String>>,
 }
 
 /// An agent as `/health` shows it.
@@ -148,30 +185,40 @@ impl Metrics {
     }
 }
 
-/// What a scan found (for logs).
+/// What a scan found (for logs, and for the watcher to follow up).
 #[derive(Debug, Default)]
 pub struct ScanReport {
     pub notes: usize,
     pub changed: usize,
     pub removed: usize,
+    /// Notes changed within the settle window, not read yet: read them
+    /// once they have been quiet.
+    pub deferred: Vec<String>,
+    /// Notes whose read failed for a reason that may pass (out of
+    /// descriptors, an I/O error): what the index knew of them is kept;
+    /// read them again later.
+    pub failed: Vec<String>,
 }
 
 impl Engine {
     pub fn new(vault: Vault, config: Config) -> Arc<Engine> {
         let (events, _) = broadcast::channel(1024);
         let (finished, _) = broadcast::channel(4096);
-        Arc::new_cyclic(|me| Engine {
+        Arc::new(Engine {
             jobs_notify: Notify::new(),
             finished,
             metrics: Metrics::default(),
-            self_ref: me.clone(),
+            until_quiet: AtomicBool::new(false),
+            unanswered: Mutex::new(Vec::new()),
+            unread: Mutex::new(Vec::new()),
             vault: Arc::new(vault),
             state: Mutex::new(State {
                 index: Index::new(),
                 running: HashSet::new(),
                 cursor: 0,
-                write_failures: Default::default(),
                 recover_later: Default::default(),
+                read_failures: Default::default(),
+                logged_skips: Default::default(),
             }),
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(config.jobs.max(1))),
@@ -207,36 +254,38 @@ impl Engine {
     /// ones. `recovering` is true for the start-up scan (then `working`
     /// messages are crash leftovers and are queued again).
     pub fn scan(&self, recovering: bool) -> ScanReport {
-        self.scan_deferring(recovering, None).0
+        self.scan_deferring(recovering, None)
     }
 
     /// A scan for `serve`: a changed note modified less than `settle` ago
-    /// is not read but returned, for the watcher to read once it has been
-    /// quiet — so a scan never reads a half-written note either.
-    pub fn scan_settled(&self, settle: std::time::Duration) -> (ScanReport, Vec<String>) {
+    /// is not read but returned in [`ScanReport::deferred`], for the
+    /// watcher to read once it has been quiet — so a scan never reads a
+    /// half-written note either.
+    pub fn scan_settled(&self, settle: std::time::Duration) -> ScanReport {
         self.scan_deferring(false, settle_cutoff(settle))
     }
 
     /// The start-up scan for `serve`: crash recovery, and like
     /// [`Engine::scan_settled`] a note modified less than `settle` ago is not
-    /// read yet (it may be half-typed) but returned, for the watcher to
+    /// read yet (it may be half-typed) but deferred, for the watcher to
     /// read once it has been quiet — still with crash recovery, so a note
     /// left `working` by a crash just before is not stranded.
-    pub fn scan_startup(&self, settle: std::time::Duration) -> (ScanReport, Vec<String>) {
-        let (report, deferred) = self.scan_deferring(true, settle_cutoff(settle));
-        self.lock().recover_later.extend(deferred.iter().cloned());
-        (report, deferred)
+    pub fn scan_startup(&self, settle: std::time::Duration) -> ScanReport {
+        let report = self.scan_deferring(true, settle_cutoff(settle));
+        self.lock()
+            .recover_later
+            .extend(report.deferred.iter().cloned());
+        report
     }
 
-    fn scan_deferring(
-        &self,
-        recovering: bool,
-        defer_after_ns: Option<i128>,
-    ) -> (ScanReport, Vec<String>) {
+    /// A scan never shrinks the index on a failure: a note is forgotten
+    /// only when the listing saw its folder whole and the note was not in
+    /// it (or its read found it gone). Notes that could not be read for a
+    /// passing reason keep what the index knew and are returned in
+    /// [`ScanReport::failed`].
+    fn scan_deferring(&self, recovering: bool, defer_after_ns: Option<i128>) -> ScanReport {
         let listing = self.vault.list();
-        for s in &listing.skipped {
-            tracing::warn!("{}: {}", s.rel, s.reason);
-        }
+        self.log_skipped(&listing.skipped);
         let mut report = ScanReport {
             notes: listing.entries.len(),
             ..Default::default()
@@ -252,75 +301,134 @@ impl Engine {
                 .partition(|e| defer_after_ns.is_some_and(|c| e.fingerprint.mtime_ns > c))
         };
         let read = read_parallel(&self.vault, &todo);
-        let mut woke = false;
-        let mut jobs = false;
+        let mut all = crate::queue::Change::default();
         {
             let mut st = self.lock();
-            for (path, got) in read {
+            for (entry, got) in read {
+                let path = &entry.path;
                 match got {
                     Ok((text, fp)) => {
                         // A note the start-up scan deferred is read with
                         // recovery, whichever scan or event reads it.
-                        let rec = st.recover_later.remove(&path) || recovering;
-                        let ch = st.index.update(&path, &text, fp, rec);
-                        woke |= ch.definitions_changed || !ch.queued.is_empty();
-                        jobs |= ch.jobs_changed;
+                        let rec = st.recover_later.remove(path) || recovering;
+                        all.merge(st.index.update(path, &text, fp, rec));
+                        st.read_failures.remove(path);
                         report.changed += 1;
                     }
-                    Err(e) => tracing::warn!("{e}"),
+                    // Deleted since the listing: gone.
+                    Err(e) if e.is_not_found() => {
+                        if st.index.fingerprint(path).is_some() {
+                            all.merge(st.index.remove(path));
+                            report.removed += 1;
+                        }
+                    }
+                    Err(e) if e.is_transient() => {
+                        // Read later, still with crash recovery when this
+                        // is the start-up scan.
+                        if recovering || st.recover_later.contains(path) {
+                            st.recover_later.insert(path.clone());
+                        }
+                        read_failed(&mut st, path, &e);
+                        report.failed.push(path.clone());
+                    }
+                    Err(e) => {
+                        all.merge(
+                            st.index
+                                .unreadable(path, entry.fingerprint, &read_reason(&e)),
+                        );
+                    }
                 }
             }
             let present: HashSet<&str> = listing.entries.iter().map(|e| e.path.as_str()).collect();
             let gone: Vec<String> = st
                 .index
                 .paths()
-                .filter(|p| !present.contains(p.as_str()))
+                .filter(|p| !present.contains(p.as_str()) && !listing.unknown(p))
                 .cloned()
                 .collect();
             for p in gone {
-                let ch = st.index.remove(&p);
-                woke |= ch.definitions_changed;
-                jobs |= ch.jobs_changed;
+                all.merge(st.index.remove(&p));
                 report.removed += 1;
             }
         }
-        if woke {
-            self.wake.notify_one();
+        self.changed(&all);
+        report.deferred = deferred.into_iter().map(|e| e.path).collect();
+        report
+    }
+
+    /// Logs what a listing passed over (symlinks out of the vault, notes
+    /// over the size limit, unreadable folders) once, not at every scan.
+    fn log_skipped(&self, skipped: &[crate::vault::Skipped]) {
+        let mut st = self.lock();
+        let now: HashSet<(String, String)> = skipped
+            .iter()
+            .map(|s| (s.rel.clone(), s.reason.clone()))
+            .collect();
+        for s in &now {
+            if !st.logged_skips.contains(s) {
+                tracing::warn!("{}: {}", s.0, s.1);
+            }
         }
-        if jobs {
-            self.jobs_notify.notify_waiters();
-        }
-        (report, deferred.into_iter().map(|e| e.path).collect())
+        st.logged_skips = now;
     }
 
     /// A note may have changed on disk (watcher event). Reads it if its
     /// fingerprint differs from the last one seen or written — so our own
-    /// writes never trigger anything. Returns the note's sender if it is an
-    /// inbound message, for the settle decision.
-    pub fn note_changed(&self, path: &str) {
+    /// writes never trigger anything. Returns `false` when the read failed
+    /// for a reason that may pass (the index keeps what it knew): the
+    /// caller reads it again after [`Engine::read_retry_delay`].
+    pub fn note_changed(&self, path: &str) -> bool {
         let (known, recovering) = {
             let mut st = self.lock();
             (st.index.fingerprint(path), st.recover_later.remove(path))
         };
-        match self.vault.stat(path) {
+        let fp = match self.vault.stat(path) {
             None => {
                 if known.is_some() {
                     let ch = self.lock().index.remove(path);
                     self.changed(&ch);
                 }
+                return true;
             }
-            Some(fp) if Some(fp) == known => {}
-            Some(_) => match self.vault.read(path) {
-                Ok((text, fp)) => {
-                    let ch = self.lock().index.update(path, &text, fp, recovering);
-                    self.changed(&ch);
+            Some(fp) if Some(fp) == known => return true,
+            Some(fp) => fp,
+        };
+        let ch = match self.vault.read(path) {
+            Ok((text, fp)) => {
+                let mut st = self.lock();
+                st.read_failures.remove(path);
+                st.index.update(path, &text, fp, recovering)
+            }
+            Err(e) if e.is_not_found() => self.lock().index.remove(path),
+            Err(e) if e.is_transient() => {
+                let mut st = self.lock();
+                if recovering {
+                    st.recover_later.insert(path.to_string());
                 }
-                Err(e) => tracing::warn!("{e}"),
-            },
-        }
+                read_failed(&mut st, path, &e);
+                return false;
+            }
+            Err(e) => self.lock().index.unreadable(path, fp, &read_reason(&e)),
+        };
+        self.changed(&ch);
+        true
+    }
+
+    /// How long to wait before reading a note whose read failed again
+    /// (growing with each failure, at most a minute).
+    pub fn read_retry_delay(&self, path: &str) -> std::time::Duration {
+        let n = self.lock().read_failures.get(path).copied().unwrap_or(1);
+        write_retry_delay(n)
     }
 
     fn changed(&self, ch: &crate::queue::Change) {
+        for p in &ch.problems {
+            if p.is_error {
+                tracing::error!("{}.md: {}", p.path, p.reason);
+            } else {
+                tracing::warn!("{}.md: {}", p.path, p.reason);
+            }
+        }
         if ch.definitions_changed || !ch.queued.is_empty() {
             self.wake.notify_one();
         }
@@ -392,10 +500,7 @@ impl Engine {
         {
             let mut st = self.lock();
             for (p, fp, text) in written {
-                let ch = st.index.update(&p, &text, fp, false);
-                all.definitions_changed |= ch.definitions_changed;
-                all.jobs_changed |= ch.jobs_changed;
-                all.queued.extend(ch.queued);
+                all.merge(st.index.update(&p, &text, fp, false));
             }
         }
         self.changed(&all);
@@ -403,14 +508,16 @@ impl Engine {
 
     /// Reads a note afresh, whatever its fingerprint says.
     fn reindex(&self, path: &str) {
-        match self.vault.read(path) {
-            Ok((text, fp)) => {
-                self.lock().index.update(path, &text, fp, false);
+        let ch = match self.vault.read(path) {
+            Ok((text, fp)) => self.lock().index.update(path, &text, fp, false),
+            Err(e) if e.is_not_found() => self.lock().index.remove(path),
+            // Kept as the index knew it; read again at the next event or scan.
+            Err(e) => {
+                tracing::warn!("{e}");
+                return;
             }
-            Err(_) => {
-                self.lock().index.remove(path);
-            }
-        }
+        };
+        self.changed(&ch);
     }
 
     /// Does the note at `path` need no settle window (an inbound note that
@@ -469,9 +576,71 @@ impl Engine {
         started
     }
 
+    /// What a turn needs from the engine. `taken` receives the agent's next
+    /// message when the turn takes it for a pipelined claim.
+    fn turn_env(
+        self: &Arc<Self>,
+        agent: &str,
+        def: Option<&crate::agent::Definition>,
+        chain_start: std::time::Instant,
+        cancel: &CancellationToken,
+        taken: Option<Arc<std::sync::Mutex<Option<NextMessage>>>>,
+    ) -> TurnEnv {
+        // Only the claude backend's delegation section needs the list.
+        let agents: Vec<String> = if def.is_some_and(|d| d.backend == "claude") {
+            self.with_index(|ix| ix.agents().map(|d| d.name.clone()).collect())
+        } else {
+            Vec::new()
+        };
+        let history_of = self.clone();
+        let index_of = self.clone();
+        let next = taken.map(|taken| {
+            let (engine, agent, cancel) = (self.clone(), agent.to_string(), cancel.clone());
+            Box::new(move || {
+                let next = engine.take_next(&agent, chain_start, &cancel)?;
+                if let Ok(mut t) = taken.lock() {
+                    *t = Some(next.clone());
+                }
+                Some(next)
+            }) as turn::NextFn
+        });
+        TurnEnv {
+            vault: self.vault.clone(),
+            events: self.events.clone(),
+            cancel: cancel.clone(),
+            history: Box::new(move |t| history_of.with_index(|ix| ix.thread_history(t))),
+            agents,
+            on_written: Box::new(move |w| index_of.index_written(w)),
+            next,
+        }
+    }
+
+    /// Runs one turn in a task of its own: should it panic, the caller's
+    /// bookkeeping still runs (the agent is freed; the message is left as
+    /// it is, for the next start).
+    async fn run_turn(
+        &self,
+        env: TurnEnv,
+        def: Option<Arc<crate::agent::Definition>>,
+        path: &str,
+        claimed: Option<turn::Claimed>,
+    ) -> (Ran, Option<turn::Claimed>) {
+        let p = path.to_string();
+        match tokio::spawn(async move { turn::run(&env, def, &p, claimed).await }).await {
+            Ok((res, next)) => (Ran::Turn(res), next),
+            Err(e) => (Ran::Panicked(e.to_string()), None),
+        }
+    }
+
     /// Runs turns of one agent in its slot: the message it was given, then,
     /// while [`Engine::take_next`] allows, the agent's next messages, each
     /// claimed in the end batch of the turn before it (pipelined turns).
+    ///
+    /// A message whose notes cannot be written (a full or failing disk)
+    /// keeps the agent: nothing else of it runs before it is answered, in
+    /// order. Its slot is freed while it waits, and it is tried again with
+    /// a growing delay — its end alone when the turn ran (the backend does
+    /// not run twice), the whole message when even its claim failed.
     async fn run_agent(
         self: Arc<Self>,
         agent: String,
@@ -484,52 +653,53 @@ impl Engine {
         let chain_start = std::time::Instant::now();
         let mut claimed: Option<turn::Claimed> = None;
         loop {
-            // Only the claude backend's delegation section needs the list.
-            let agent_names: Vec<String> = if def.as_ref().is_some_and(|d| d.backend == "claude") {
-                self.with_index(|ix| ix.agents().map(|d| d.name.clone()).collect())
-            } else {
-                Vec::new()
-            };
             // What `next` took off the queue, whatever becomes of the turn.
             let taken: Arc<std::sync::Mutex<Option<NextMessage>>> = Default::default();
-            let history_of = self.clone();
-            let index_of = self.clone();
-            let next_of = self.clone();
-            let (next_agent, next_cancel, next_taken) =
-                (agent.clone(), cancel.clone(), taken.clone());
-            let env = TurnEnv {
-                vault: self.vault.clone(),
-                events: self.events.clone(),
-                cancel: cancel.clone(),
-                history: Box::new(move |t| history_of.with_index(|ix| ix.thread_history(t))),
-                agents: agent_names,
-                on_written: Box::new(move |w| index_of.index_written(w)),
-                next: Some(Box::new(move || {
-                    let next = next_of.take_next(&next_agent, chain_start, &next_cancel)?;
-                    if let Ok(mut t) = next_taken.lock() {
-                        *t = Some(next.clone());
-                    }
-                    Some(next)
-                })),
-            };
+            let env = self.turn_env(
+                &agent,
+                def.as_deref(),
+                chain_start,
+                &cancel,
+                Some(taken.clone()),
+            );
             let started = std::time::Instant::now();
-            // The turn runs in a task of its own: should it panic, the
-            // bookkeeping below still runs (the agent is freed and the
-            // message is retried, then left for the next start).
-            let p = path.clone();
-            let c = claimed.take();
-            let (res, next_claimed) =
-                match tokio::spawn(async move { turn::run(&env, def, &p, c).await }).await {
-                    Ok(r) => r,
-                    Err(e) => (
-                        Err(VaultError::Io {
-                            path: self.vault.abs(&path),
-                            source: std::io::Error::other(format!("the turn panicked: {e}")),
-                        }),
-                        None,
-                    ),
+            let (mut ran, next_claimed) =
+                self.run_turn(env, def.clone(), &path, claimed.take()).await;
+            let mut next = taken.lock().ok().and_then(|mut t| t.take());
+            let mut tries = 0;
+            while let Some(e) = ran.unwritten() {
+                // The next message waits until this one is answered.
+                if let Some((np, _)) = next.take() {
+                    self.put_back(&agent, &np);
+                }
+                tries += 1;
+                permit.take();
+                if !self.wait_to_retry(&path, e, tries, &cancel).await {
+                    break;
+                }
+                ran = match ran {
+                    Ran::Turn(Ok(Outcome::Unrecorded { pending, .. })) => {
+                        let env = self.turn_env(&agent, None, chain_start, &cancel, None);
+                        Ran::Turn(turn::record(&env, pending).await)
+                    }
+                    _ => {
+                        // Nothing ran: the message goes again from the
+                        // start, in a job slot like any turn.
+                        let slot = tokio::select! {
+                            p = self.slots.clone().acquire_owned() => p.ok(),
+                            _ = cancel.cancelled() => None,
+                        };
+                        let Some(slot) = slot else { break };
+                        permit = Some(slot);
+                        // The definition as it is now (it may have been
+                        // edited or removed meanwhile).
+                        def = self.with_index(|ix| ix.agent(&agent).filter(|d| d.enabled).cloned());
+                        let env = self.turn_env(&agent, def.as_deref(), chain_start, &cancel, None);
+                        self.run_turn(env, def.clone(), &path, None).await.0
+                    }
                 };
-            if let Ok(Outcome::Done { ok, .. }) = &res {
+            }
+            if let Ran::Turn(Ok(Outcome::Done { ok, .. })) = &ran {
                 let secs = started.elapsed().as_secs_f64();
                 self.metrics.record(&agent, *ok, secs);
                 tracing::info!(
@@ -538,12 +708,11 @@ impl Engine {
                     secs * 1000.0
                 );
             }
-            let next = taken.lock().ok().and_then(|mut t| t.take());
             if next.is_none() {
                 // The slot is free before the dispatcher is woken.
                 permit.take();
             }
-            self.turn_finished(&agent, &path, res, next.is_none());
+            self.turn_finished(&agent, &path, ran, next.is_none());
             let Some((next_path, next_def)) = next else {
                 break;
             };
@@ -553,6 +722,63 @@ impl Engine {
             path = next_path;
             def = Some(next_def);
         }
+    }
+
+    /// Waits before trying a message whose notes could not be written
+    /// again. `false` when it is not tried again: shutdown, or `process`
+    /// gave up on it (it is then named in [`Engine::unanswered`]).
+    async fn wait_to_retry(
+        &self,
+        path: &str,
+        e: &VaultError,
+        tries: u32,
+        cancel: &CancellationToken,
+    ) -> bool {
+        if self.until_quiet.load(Ordering::SeqCst) && tries > PROCESS_WRITE_TRIES {
+            tracing::error!(
+                "{path}: not answered: its notes could not be written ({e}); a later run answers it"
+            );
+            self.unanswered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((path.to_string(), e.to_string()));
+            return false;
+        }
+        let delay = write_retry_delay(tries);
+        if tries == 1 {
+            tracing::error!(
+                "{path}: its notes could not be written: {e}; the message is kept and tried again in {delay:?}"
+            );
+        } else {
+            tracing::warn!(
+                "{path}: still cannot be written (try {tries}): {e}; trying again in {delay:?}"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => !cancel.is_cancelled(),
+            _ = cancel.cancelled() => false,
+        }
+    }
+
+    /// Puts a message the agent's turn had taken for a pipelined claim back
+    /// at its place in the queue (the turn before it is not answered yet).
+    fn put_back(&self, agent: &str, path: &str) {
+        let mut st = self.lock();
+        match st.index.inbound(path).map(|m| m.order.clone()) {
+            Some(order) => st.index.requeue(agent, path, order),
+            None => st.index.finish(path),
+        }
+        drop(st);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Messages `process` could not answer because their notes could not
+    /// be written, with why.
+    pub fn unanswered(&self) -> Vec<(String, String)> {
+        self.unanswered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The next message of an agent whose turn is ending, when the agent may
@@ -590,7 +816,7 @@ impl Engine {
 
     /// Bookkeeping for a message whose turn ended; `last` frees its agent
     /// for the dispatcher (the agent's turns are over for now).
-    fn turn_finished(&self, agent: &str, path: &str, res: Result<Outcome, VaultError>, last: bool) {
+    fn turn_finished(&self, agent: &str, path: &str, ran: Ran, last: bool) {
         let mut reindex = false;
         {
             let mut st = self.lock();
@@ -598,55 +824,43 @@ impl Engine {
                 st.running.remove(agent);
             }
             st.index.finish(path);
-            match res {
-                Ok(outcome) => {
-                    match outcome {
-                        Outcome::Done { ok, external } => {
-                            if ok {
-                                self.stats.turns_ok.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                self.stats.turns_error.fetch_add(1, Ordering::Relaxed);
-                            }
-                            if external {
-                                self.external_ran.store(true, Ordering::SeqCst);
-                            }
-                        }
-                        Outcome::Skipped(why) => {
-                            tracing::info!("{path}: not run: {why}");
-                            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                            // Whatever the note is now, index it afresh so a
-                            // message that is still eligible is not dropped.
-                            reindex = true;
-                        }
-                        Outcome::Cancelled => tracing::info!("{path}: cut short by shutdown"),
+            match ran {
+                Ran::Turn(Ok(Outcome::Done { ok, external })) => {
+                    if ok {
+                        self.stats.turns_ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.stats.turns_error.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if external {
+                        self.external_ran.store(true, Ordering::SeqCst);
                     }
                 }
-                Err(e) => {
-                    // The note stays as it is on disk (pending or working).
-                    // Try again a few times (a full disk may clear up); then
-                    // leave it for the next start, which recovers it.
-                    let tries = st.write_failures.entry(path.to_string()).or_insert(0);
-                    *tries += 1;
-                    if *tries <= WRITE_RETRIES {
-                        tracing::error!(
-                            "{path}: turn could not be recorded: {e}; retrying in {WRITE_RETRY_DELAY:?}"
-                        );
-                        let order = st.index.inbound(path).map(|m| m.order.clone());
-                        let engine = self.self_ref.upgrade();
-                        let (agent, path) = (agent.to_string(), path.to_string());
-                        if let (Some(engine), Some(order)) = (engine, order) {
-                            self.in_flight.fetch_add(1, Ordering::SeqCst);
-                            tokio::spawn(async move {
-                                tokio::time::sleep(WRITE_RETRY_DELAY).await;
-                                engine.lock().index.requeue(&agent, &path, order);
-                                engine.released();
-                            });
-                        }
-                    } else {
-                        tracing::error!(
-                            "{path}: turn could not be recorded: {e}; giving up until the next start"
-                        );
-                        self.stats.stuck.fetch_add(1, Ordering::Relaxed);
+                Ran::Turn(Ok(Outcome::Skipped(why))) => {
+                    tracing::info!("{path}: not run: {why}");
+                    self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    // Whatever the note is now, index it afresh so a
+                    // message that is still eligible is not dropped.
+                    reindex = true;
+                }
+                Ran::Turn(Ok(Outcome::Cancelled)) => {
+                    tracing::info!("{path}: cut short by shutdown");
+                }
+                // Shutdown, or `process` gave up: the note stays as it is
+                // on disk (`pending`, or `working` with its turn run), and
+                // the next start answers it.
+                Ran::Turn(Ok(Outcome::Unrecorded { .. })) | Ran::Turn(Err(_)) => {
+                    self.stats.stuck.fetch_add(1, Ordering::Relaxed);
+                }
+                Ran::Panicked(e) => {
+                    tracing::error!(
+                        "{path}: the turn panicked ({e}); the message is left as it is until the next start"
+                    );
+                    self.stats.stuck.fetch_add(1, Ordering::Relaxed);
+                    if self.until_quiet.load(Ordering::SeqCst) {
+                        self.unanswered
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((path.to_string(), format!("the turn panicked: {e}")));
                     }
                 }
             }
@@ -699,8 +913,10 @@ impl Engine {
     /// `process`: runs every eligible message to completion, including ones
     /// that turns create, then returns.
     pub async fn process(self: &Arc<Self>, cancel: CancellationToken) {
+        self.until_quiet.store(true, Ordering::SeqCst);
         self.vault.clean_temp_files();
-        self.scan(true);
+        let mut unread = self.scan(true).failed;
+        let mut tries = 0;
         loop {
             loop {
                 let notified = self.idle.notified();
@@ -720,11 +936,56 @@ impl Engine {
             // Programs run by turns may have written new notes (`send`):
             // look again until a look finds nothing new to run.
             if self.external_ran.swap(false, Ordering::SeqCst) {
-                self.scan(false);
+                unread.extend(self.scan(false).failed);
                 continue;
             }
-            break;
+            // Notes that could not be read: again, a few times.
+            unread.sort();
+            unread.dedup();
+            if unread.is_empty() || tries >= PROCESS_WRITE_TRIES || cancel.is_cancelled() {
+                break;
+            }
+            tries += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(write_retry_delay(tries)) => {}
+                _ = cancel.cancelled() => {}
+            }
+            unread.retain(|p| !self.note_changed(p));
         }
+        if !unread.is_empty() {
+            tracing::error!(
+                "{} note(s) could not be read; a later run reads them: {}",
+                unread.len(),
+                unread.join(", ")
+            );
+        }
+        *self.unread.lock().unwrap_or_else(|p| p.into_inner()) = unread;
+    }
+
+    /// Notes `process` could not read (for a reason that may pass).
+    pub fn unread(&self) -> Vec<String> {
+        self.unread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Counts a failed read of a note and logs the first one (the retries are
+/// quiet until it is read again).
+fn read_failed(st: &mut State, path: &str, e: &VaultError) {
+    let n = st.read_failures.entry(path.to_string()).or_insert(0);
+    *n += 1;
+    if *n == 1 {
+        tracing::warn!("{e}; reading it again later");
+    }
+}
+
+/// Why a note cannot be read, without the vault's absolute path.
+fn read_reason(e: &VaultError) -> String {
+    match e {
+        VaultError::Io { error, .. } => error.to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -732,34 +993,41 @@ impl Engine {
 type ReadResult = Result<(String, Fingerprint), VaultError>;
 
 /// Reads notes on a few threads (the 100,000-note vault must load fast).
-fn read_parallel(vault: &Vault, entries: &[crate::vault::Entry]) -> Vec<(String, ReadResult)> {
+fn read_parallel<'e>(
+    vault: &Vault,
+    entries: &'e [crate::vault::Entry],
+) -> Vec<(&'e crate::vault::Entry, ReadResult)> {
+    let read_all = |c: &'e [crate::vault::Entry]| -> Vec<(&'e crate::vault::Entry, ReadResult)> {
+        c.iter()
+            .map(|e| (e, read_relevant(vault, &e.path)))
+            .collect()
+    };
     // Reading is mostly waiting for the disk when the vault is not in the
     // page cache: more reads in flight than cores pays off (measured: 100k
     // notes with their data evicted in 5.3 s with 2 threads, 2.28 s with
     // 16, 1.89 s with 64; the same 0.8 s warm). At least 32 notes a thread.
     let threads = (entries.len() / 32).clamp(1, 64);
     if threads == 1 {
-        return entries
-            .iter()
-            .map(|e| (e.path.clone(), read_relevant(vault, &e.path)))
-            .collect();
+        return read_all(entries);
     }
     let chunk = entries.len().div_ceil(threads);
     std::thread::scope(|s| {
-        let handles: Vec<_> = entries
-            .chunks(chunk)
-            .map(|c| {
-                s.spawn(move || {
-                    c.iter()
-                        .map(|e| (e.path.clone(), read_relevant(vault, &e.path)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+        let mut out = Vec::with_capacity(entries.len());
+        let mut handles = Vec::new();
+        for c in entries.chunks(chunk) {
+            // A thread that cannot be had (the system is out of them) is
+            // no failure: this thread reads that part itself.
+            match std::thread::Builder::new().spawn_scoped(s, move || read_all(c)) {
+                Ok(h) => handles.push(h),
+                Err(_) => out.extend(read_all(c)),
+            }
+        }
+        // A reader that panicked leaves its notes unread (as if not
+        // listed): they are neither changed nor forgotten.
+        for h in handles {
+            out.extend(h.join().unwrap_or_default());
+        }
+        out
     })
 }
 

@@ -731,6 +731,45 @@ pub fn slug(s: &str) -> String {
     out
 }
 
+/// A stable 64-bit FNV-1a hash (std's hasher may change between releases;
+/// this one names files, so it must not).
+pub fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The reply note's path: `<inbound dir>/<inbound stem>.reply`, derived only
+/// from the inbound's path (a very long stem is shortened with a hash so the
+/// file name stays within limits).
+pub fn reply_path(inbound: &str) -> String {
+    derived_path(inbound, "reply")
+}
+
+/// `<inbound dir>/<stem>.<suffix>`, shortened the same way as replies.
+pub fn derived_path(inbound: &str, suffix: &str) -> String {
+    let (dir, stem) = match inbound.rsplit_once('/') {
+        Some((d, s)) => (Some(d), s),
+        None => (None, inbound),
+    };
+    let stem = if stem.len() > 160 {
+        let mut cut = 140;
+        while !stem.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}-{:08x}", &stem[..cut], fnv1a(stem) as u32)
+    } else {
+        stem.to_string()
+    };
+    match dir {
+        Some(d) => format!("{d}/{stem}.{suffix}"),
+        None => format!("{stem}.{suffix}"),
+    }
+}
+
 /// A wiki link to a note path: `[[path]]`.
 pub fn link(path: &str) -> String {
     format!("[[{path}]]")

@@ -113,6 +113,20 @@ pub struct Change {
     pub definitions_changed: bool,
     pub jobs_changed: bool,
     pub queued: Vec<String>,
+    /// Problems that are new (or changed) with this update, for the log:
+    /// each is logged once, when the note is read or changes, not at every
+    /// re-read.
+    pub problems: Vec<Problem>,
+}
+
+impl Change {
+    /// Adds what another update changed.
+    pub fn merge(&mut self, other: Change) {
+        self.definitions_changed |= other.definitions_changed;
+        self.jobs_changed |= other.jobs_changed;
+        self.queued.extend(other.queued);
+        self.problems.extend(other.problems);
+    }
 }
 
 /// The in-memory index of a vault.
@@ -204,16 +218,55 @@ impl Index {
         }
         if let Some(Indexed::Definition) = self.notes.remove(path) {
             self.definitions.remove(path);
-            self.rebuild_agents();
+            change.problems.extend(self.rebuild_agents());
             change.definitions_changed = true;
         }
         change
+    }
+
+    /// Records a note that cannot be read for a reason that lasts until the
+    /// note changes (a binary file, a note over the size limit): it is not
+    /// read again while its fingerprint stays, and `check` and the log say
+    /// why, once.
+    pub fn unreadable(&mut self, path: &str, fp: Fingerprint, reason: &str) -> Change {
+        let before = self.problems.get(path).cloned();
+        self.fingerprints.insert(path.to_string(), fp);
+        let mut change = self.unindex(path);
+        self.problem(path, &format!("cannot be read: {reason} (ignored)"), false);
+        change.problems.extend(self.new_problem(path, before));
+        change
+    }
+
+    /// The problem a note has now, if it is not the one it had before.
+    fn new_problem(&self, path: &str, before: Option<Problem>) -> Option<Problem> {
+        self.problems
+            .get(path)
+            .filter(|p| Some(*p) != before.as_ref())
+            .cloned()
     }
 
     /// Indexes a note's current text. `recovering` is true only during the
     /// start-up scan, when `working` messages are leftovers of a crash and
     /// are queued again.
     pub fn update(&mut self, path: &str, text: &str, fp: Fingerprint, recovering: bool) -> Change {
+        let before = self.problems.get(path).cloned();
+        let mut change = self.update_quiet(path, text, fp, recovering);
+        if let Some(p) = self.new_problem(path, before)
+            && !change.problems.contains(&p)
+        {
+            change.problems.push(p);
+        }
+        change
+    }
+
+    /// [`Index::update`] without the comparison of problems.
+    fn update_quiet(
+        &mut self,
+        path: &str,
+        text: &str,
+        fp: Fingerprint,
+        recovering: bool,
+    ) -> Change {
         self.fingerprints.insert(path.to_string(), fp);
         let mut change = self.unindex(path);
         if !may_be_relevant(text) {
@@ -253,7 +306,7 @@ impl Index {
                 }
                 self.definitions.insert(path.to_string(), def);
                 self.notes.insert(path.to_string(), Indexed::Definition);
-                self.rebuild_agents();
+                change.problems.extend(self.rebuild_agents());
                 change.definitions_changed = true;
             }
             NoteKind::Inbound => {
@@ -278,7 +331,23 @@ impl Index {
                     }
                     _ => false,
                 };
-                if let Some(ts) = note.str("ts")
+                if let Some(e) = check_paths(path) {
+                    self.problem(path, &e, true);
+                    self.notes.insert(path.to_string(), Indexed::Inbound(msg));
+                    return change;
+                }
+                if let Some(e) = ROUTING_KEYS.iter().find_map(|k| note.text(k).err()) {
+                    self.problem(path, &format!("{e}; the message is left alone"), true);
+                    self.notes.insert(path.to_string(), Indexed::Inbound(msg));
+                    return change;
+                }
+                if let Some(e) = wrong_typed_key(&note) {
+                    self.problem(
+                        path,
+                        &format!("{e}; the message is answered with an error"),
+                        true,
+                    );
+                } else if let Some(ts) = note.str("ts")
                     && parse_ts(&ts).is_none()
                 {
                     self.problem(
@@ -320,6 +389,13 @@ impl Index {
                                 .insert((msg.order.clone(), path.to_string()));
                             self.queued_at.insert(path.to_string(), agent.clone());
                             change.queued.push(agent.clone());
+                            if let Some(why) = self.waits_because(agent) {
+                                change.problems.push(Problem {
+                                    path: path.to_string(),
+                                    reason: format!("waiting for agent {agent:?}: {why}"),
+                                    is_error: false,
+                                });
+                            }
                         }
                     }
                 }
@@ -376,7 +452,15 @@ impl Index {
         self.notes.insert(path.to_string(), Indexed::Problem);
     }
 
-    fn rebuild_agents(&mut self) {
+    /// Rebuilds the agent table from the definitions (first by path wins);
+    /// returns the duplicate-definition problems that are new.
+    fn rebuild_agents(&mut self) -> Vec<Problem> {
+        let old: Vec<Problem> = self
+            .problems
+            .values()
+            .filter(|p| p.reason.starts_with("duplicate definition"))
+            .cloned()
+            .collect();
         self.agents.clear();
         let mut dupes = Vec::new();
         for (path, def) in &self.definitions {
@@ -390,18 +474,21 @@ impl Index {
         }
         self.problems
             .retain(|_, p| !p.reason.starts_with("duplicate definition"));
+        let mut new = Vec::new();
         for (path, name, first) in dupes {
-            self.problems.insert(
-                path.clone(),
-                Problem {
-                    path,
-                    reason: format!(
-                        "duplicate definition of agent {name:?}: {first}.md comes first by path and wins; this one is ignored"
-                    ),
-                    is_error: true,
-                },
-            );
+            let p = Problem {
+                path: path.clone(),
+                reason: format!(
+                    "duplicate definition of agent {name:?}: {first}.md comes first by path and wins; this one is ignored"
+                ),
+                is_error: true,
+            };
+            if !old.contains(&p) {
+                new.push(p.clone());
+            }
+            self.problems.insert(path, p);
         }
+        new
     }
 
     /// The winning definition of an agent.
@@ -466,17 +553,26 @@ impl Index {
         self.definitions.values().filter_map(|d| d.as_ref().err())
     }
 
+    /// Why messages for `agent` wait (no definition, or a disabled one),
+    /// or `None` when they can run (or are answered with an error: an
+    /// invalid name).
+    fn waits_because(&self, agent: &str) -> Option<&'static str> {
+        if !valid_name(agent) {
+            return None;
+        }
+        match self.agents.get(agent) {
+            None => Some("no definition for this agent (yet)"),
+            Some(d) if !d.enabled => Some("agent is disabled"),
+            Some(_) => None,
+        }
+    }
+
     /// Queued messages whose agent has no definition or is disabled.
     pub fn waiting(&self) -> Vec<(String, String, &'static str)> {
         let mut out = Vec::new();
         for (agent, q) in &self.queues {
-            if !valid_name(agent) {
+            let Some(why) = self.waits_because(agent) else {
                 continue;
-            }
-            let why = match self.agents.get(agent) {
-                None => "no definition for this agent (yet)",
-                Some(d) if !d.enabled => "agent is disabled",
-                Some(_) => continue,
             };
             for (_, p) in q {
                 out.push((p.clone(), agent.clone(), why));
@@ -514,6 +610,38 @@ impl Index {
     }
 }
 
+/// The keys that say whom a message is for and where it stands: one of
+/// them holding a list or a mapping leaves the message alone (reported).
+pub const ROUTING_KEYS: &[&str] = &["agent", "channel", "status"];
+
+/// The other keys of a message that a turn reads: one of them holding a
+/// list or a mapping answers the message with an error naming it.
+pub const MESSAGE_KEYS: &[&str] = &[
+    "sender",
+    "ts",
+    "subject",
+    "reply_to",
+    "correlation_id",
+    "delegation_depth",
+];
+
+/// The first of a message's [`MESSAGE_KEYS`] that holds a list or a mapping.
+pub fn wrong_typed_key(note: &Note) -> Option<crate::note::FieldError> {
+    MESSAGE_KEYS.iter().find_map(|k| note.text(k).err())
+}
+
+/// Why a message at `path` can never be answered where it is: its own path
+/// or its reply's has characters (or a length) that vaultrunner refuses to
+/// write, so it could be neither stamped nor replied to.
+fn check_paths(path: &str) -> Option<String> {
+    let refused = crate::vault::check_rel_path(path)
+        .and_then(|()| crate::vault::check_rel_path(&crate::note::reply_path(path)))
+        .err()?;
+    Some(format!(
+        "{refused}; rename the note so it can be answered (left alone)"
+    ))
+}
+
 /// Reads the routing facts of an inbound note.
 pub fn inbound_of(path: &str, note: &Note, fp: Fingerprint) -> InboundMessage {
     let agent = note
@@ -523,10 +651,15 @@ pub fn inbound_of(path: &str, note: &Note, fp: Fingerprint) -> InboundMessage {
         .filter(|a| !a.is_empty());
     let ts = note.str("ts").and_then(|t| parse_ts(&t));
     let mtime_ms = (fp.mtime_ns / 1_000_000) as i64;
+    // A status that is a list or a mapping is not "absent" (pending).
+    let status = match note.text("status") {
+        Ok(s) => Status::parse(s.as_deref()),
+        Err(_) => Status::Unknown,
+    };
     InboundMessage {
         path: path.to_string(),
         agent,
-        status: Status::parse(note.str("status").as_deref()),
+        status,
         sender: note.str("sender"),
         order: (ts.unwrap_or(mtime_ms), path.to_string()),
     }

@@ -69,6 +69,12 @@ pub struct ProcessReport {
     pub skipped: u64,
     /// Messages whose turn could not be recorded (I/O failures).
     pub stuck: u64,
+    /// The messages left unanswered because their notes could not be
+    /// written (a full or failing disk), with why: a later run answers them.
+    pub unanswered: Vec<(String, String)>,
+    /// Notes that could not be read (for a reason that may pass): a later
+    /// run reads them.
+    pub unread: Vec<String>,
     /// Messages left waiting for an agent that has no (enabled) definition.
     pub waiting: usize,
     /// Stopped by SIGINT/SIGTERM before every message was answered: how
@@ -109,6 +115,8 @@ pub async fn process(
         error: engine.stats.turns_error.load(Ordering::Relaxed),
         skipped: engine.stats.skipped.load(Ordering::Relaxed),
         stuck: engine.stats.stuck.load(Ordering::Relaxed),
+        unanswered: engine.unanswered(),
+        unread: engine.unread(),
         waiting: engine.with_index(|ix| ix.waiting().len()),
         interrupted,
     })
@@ -125,7 +133,7 @@ pub async fn serve(
     let listener = bind(&opts).await?;
     let engine = Engine::new(vault, opts.config.clone());
     // A note still being typed as we start waits for the settle window too.
-    let (report, _) = engine.scan_startup(opts.watch.settle);
+    let report = engine.scan_startup(opts.watch.settle);
     tracing::info!(
         "serving {} ({} notes); settle {:?}",
         engine.vault().root().display(),

@@ -57,44 +57,7 @@ pub fn now_rfc3339() -> String {
         .to_string()
 }
 
-/// A stable 64-bit FNV-1a hash (std's hasher may change between releases;
-/// this one names files, so it must not).
-pub fn fnv1a(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
-/// The reply note's path: `<inbound dir>/<inbound stem>.reply`, derived only
-/// from the inbound's path (a very long stem is shortened with a hash so the
-/// file name stays within limits).
-pub fn reply_path(inbound: &str) -> String {
-    derived_path(inbound, "reply")
-}
-
-/// `<inbound dir>/<stem>.<suffix>`, shortened the same way as replies.
-pub fn derived_path(inbound: &str, suffix: &str) -> String {
-    let (dir, stem) = match inbound.rsplit_once('/') {
-        Some((d, s)) => (Some(d), s),
-        None => (None, inbound),
-    };
-    let stem = if stem.len() > 160 {
-        let mut cut = 140;
-        while !stem.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        format!("{}-{:08x}", &stem[..cut], fnv1a(stem) as u32)
-    } else {
-        stem.to_string()
-    };
-    match dir {
-        Some(d) => format!("{d}/{stem}.{suffix}"),
-        None => format!("{stem}.{suffix}"),
-    }
-}
+pub use crate::note::{derived_path, fnv1a, reply_path};
 
 /// The thread note of a message (SPEC §2, Thread).
 pub fn thread_path(def: &Definition, subject: Option<&str>, inbound: &str) -> String {
@@ -159,6 +122,78 @@ pub enum Outcome {
     },
     /// Cut short by shutdown; the inbound was put back to `pending`.
     Cancelled,
+    /// The turn ran, but its end (thread record, reply, callback, stamp)
+    /// could not be written: the message stays `working`, unanswered.
+    /// [`record`] writes the end again later, without running the backend
+    /// again.
+    Unrecorded {
+        pending: Box<Unrecorded>,
+        error: VaultError,
+    },
+}
+
+/// A turn that ran and whose end is not written yet.
+#[derive(Debug)]
+pub struct Unrecorded {
+    path: String,
+    def: Arc<Definition>,
+    thread: String,
+    result: Result<TurnOutput, TurnError>,
+    callback: Option<CallbackTo>,
+    external: bool,
+    /// The end's time, the same on every try.
+    now: String,
+    /// Notes of the end already in place from an earlier try (the thread
+    /// record, the reply, the callback): not written again, so a retry
+    /// never counts the turn twice or rewrites a callback that may have
+    /// run already.
+    landed: Vec<String>,
+}
+
+impl Unrecorded {
+    /// The message's path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// What became of a turn's end batch (a return value, moved once: the
+/// size of a claimed next message in one variant costs nothing).
+#[allow(clippy::large_enum_variant)]
+enum Ended {
+    /// The message is stamped: its reply is on disk. The agent's next
+    /// message comes back claimed when its claim landed too.
+    Recorded(Written, Option<Claimed>),
+    /// The message was deleted during its turn: its thread was closed,
+    /// nothing else written.
+    Deleted(Written),
+    /// The stamp is not in place: try again later. The notes of the batch
+    /// that did land are returned for the index.
+    Failed(Box<Unrecorded>, Written, VaultError),
+    /// The writer panicked and the turn's result is gone with it: the
+    /// message is left as it is on disk (`working`), to be run again.
+    Lost(VaultError),
+}
+
+/// Writes the end of a turn whose end batch failed before (see
+/// [`Outcome::Unrecorded`]).
+pub async fn record(env: &TurnEnv, pending: Box<Unrecorded>) -> Result<Outcome, VaultError> {
+    let (ok, external) = (pending.result.is_ok(), pending.external);
+    Ok(match end_batch(env, pending, None).await {
+        Ended::Recorded(w, _) => {
+            (env.on_written)(w);
+            Outcome::Done { ok, external }
+        }
+        Ended::Deleted(w) => {
+            (env.on_written)(w);
+            Outcome::Skipped(DELETED_MID_TURN.into())
+        }
+        Ended::Failed(pending, w, error) => {
+            (env.on_written)(w);
+            Outcome::Unrecorded { pending, error }
+        }
+        Ended::Lost(e) => return Err(e),
+    })
 }
 
 /// Notes written by a turn, with their fingerprints (for the index).
@@ -298,6 +333,8 @@ struct Inbound {
     note: Note,
     agent: String,
     attempts: u64,
+    /// The delegation depth, or why the message is answered with an error
+    /// without running (a key of the wrong type, a depth that is no number).
     depth: Result<u64, String>,
     subject: Option<String>,
     sender: Option<String>,
@@ -306,7 +343,7 @@ struct Inbound {
 fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, VaultError> {
     let (text, _) = match vault.read(path) {
         Ok(t) => t,
-        Err(VaultError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.is_not_found() => {
             return Ok(Err("note was deleted".into()));
         }
         Err(e) => return Err(e),
@@ -338,7 +375,9 @@ fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, Va
     } else {
         0
     };
+    let wrong_type = crate::queue::wrong_typed_key(&note);
     let depth = match note.meta.get("delegation_depth") {
+        _ if wrong_type.is_some() => Err(wrong_type.map(|e| e.to_string()).unwrap_or_default()),
         None | Some(serde_yaml::Value::Null) => Ok(0),
         Some(_) => int_of(&note.meta, "delegation_depth")
             .ok_or_else(|| "field `delegation_depth` is not a whole number".to_string()),
@@ -798,14 +837,36 @@ async fn run_prepared(
     } else {
         env.next.as_ref().and_then(|f| f())
     };
-    match end_batch(env, &def, path, &thread, result, callback, next).await {
-        Ok((end, claimed)) => {
+    let pending = Box::new(Unrecorded {
+        path: path.to_string(),
+        def,
+        thread,
+        result,
+        callback,
+        external,
+        now: now_rfc3339(),
+        landed: Vec::new(),
+    });
+    match end_batch(env, pending, next).await {
+        Ended::Recorded(end, claimed) => {
             (env.on_written)(end);
             (Ok(Outcome::Done { ok, external }), claimed)
         }
-        Err(e) => (Err(e), None),
+        Ended::Deleted(end) => {
+            (env.on_written)(end);
+            (Ok(Outcome::Skipped(DELETED_MID_TURN.into())), None)
+        }
+        Ended::Failed(pending, end, error) => {
+            (env.on_written)(end);
+            (Ok(Outcome::Unrecorded { pending, error }), None)
+        }
+        Ended::Lost(e) => (Err(e), None),
     }
 }
+
+/// Why a message that was deleted during its turn has no reply.
+const DELETED_MID_TURN: &str =
+    "the message was deleted during its turn: its thread is closed, no reply is written";
 
 /// How a definition's transient failures are retried: the default policy,
 /// with `retry_base` (a duration) as the first backoff when given.
@@ -823,7 +884,7 @@ fn retry_policy(def: &Definition) -> backend::RetryPolicy {
 fn join_err(e: tokio::task::JoinError) -> VaultError {
     VaultError::Io {
         path: PathBuf::new(),
-        source: std::io::Error::other(e.to_string()),
+        error: std::io::Error::other(e.to_string()),
     }
 }
 
@@ -1079,139 +1140,156 @@ async fn release(
 /// a barrier before the stamp. With `next` (the agent's next message), its
 /// claim joins the batch after the stamp: the thread note is written once,
 /// with this turn's end record and `working` for the next.
+///
+/// When the batch cannot be written (a full or failing disk), the message
+/// is not stamped: there is no reply without its record, and no stamp
+/// without its reply. The turn comes back [`Ended::Failed`], to be written
+/// again later by [`record`].
 async fn end_batch(
     env: &TurnEnv,
-    def: &Arc<Definition>,
-    path: &str,
-    thread: &str,
-    result: Result<TurnOutput, TurnError>,
-    callback: Option<CallbackTo>,
+    pending: Box<Unrecorded>,
     next: Option<(String, Arc<Definition>)>,
-) -> Result<(Written, Option<Claimed>), VaultError> {
+) -> Ended {
     let vault = env.vault.clone();
-    let def = def.clone();
-    let path = path.to_string();
-    let thread = thread.to_string();
-    tokio::task::spawn_blocking(move || {
-        let now = now_rfc3339();
-        let ok = result.is_ok();
-        let reply = reply_path(&path);
-        let mut writes = Vec::with_capacity(6);
-        // Step 4: the thread's end record, on its current text (the user may
-        // have edited its body during the turn).
-        if let Ok((ttext, _)) = vault.read(&thread)
-            && let Ok(tn) = Note::parse(&ttext)
-        {
-            let turns = int_of(&tn.meta, "turn_count").unwrap_or(0) + 1;
-            let mut edits: Vec<(&str, FmValue)> = vec![
-                ("status", if ok { "ok" } else { "error" }.into()),
-                ("last_turn_at", now.clone().into()),
-                ("turn_count", turns.into()),
-            ];
-            if let Ok(out) = &result {
-                if let Some(s) = &out.session {
-                    edits.push(("session", s.clone().into()));
-                }
-                let u: Usage = out.usage;
-                if u != Usage::default() || tn.meta.contains_key("input_tokens") {
-                    let inp = int_of(&tn.meta, "input_tokens").unwrap_or(0) + u.input_tokens;
-                    let outp = int_of(&tn.meta, "output_tokens").unwrap_or(0) + u.output_tokens;
-                    let cost = float_of(&tn.meta, "total_cost_usd") + u.total_cost_usd;
-                    edits.push(("input_tokens", inp.into()));
-                    edits.push(("output_tokens", outp.into()));
-                    edits.push(("total_cost_usd", FmValue::Float((cost * 1e6).round() / 1e6)));
-                }
+    let done = tokio::task::spawn_blocking(move || write_end(&vault, pending, next)).await;
+    match done {
+        Ok(ended) => ended,
+        Err(e) => Ended::Lost(join_err(e)),
+    }
+}
+
+/// The blocking part of [`end_batch`].
+fn write_end(
+    vault: &Vault,
+    mut pending: Box<Unrecorded>,
+    next: Option<(String, Arc<Definition>)>,
+) -> Ended {
+    let p = &*pending;
+    let ok = p.result.is_ok();
+    let reply = reply_path(&p.path);
+    let mut writes = Vec::with_capacity(6);
+    // Step 4: the thread's end record, on its current text (the user may
+    // have edited its body during the turn).
+    if !p.landed.contains(&p.thread)
+        && let Ok((ttext, _)) = vault.read(&p.thread)
+        && let Ok(tn) = Note::parse(&ttext)
+    {
+        let turns = int_of(&tn.meta, "turn_count").unwrap_or(0) + 1;
+        let mut edits: Vec<(&str, FmValue)> = vec![
+            ("status", if ok { "ok" } else { "error" }.into()),
+            ("last_turn_at", p.now.clone().into()),
+            ("turn_count", turns.into()),
+        ];
+        if let Ok(out) = &p.result {
+            if let Some(s) = &out.session {
+                edits.push(("session", s.clone().into()));
             }
-            if let Ok((edited, _)) = edit_front_matter(&ttext, &edits) {
-                writes.push(NoteWrite {
-                    path: thread.clone(),
-                    content: edited,
-                });
+            let u: Usage = out.usage;
+            if u != Usage::default() || tn.meta.contains_key("input_tokens") {
+                let inp = int_of(&tn.meta, "input_tokens").unwrap_or(0) + u.input_tokens;
+                let outp = int_of(&tn.meta, "output_tokens").unwrap_or(0) + u.output_tokens;
+                let cost = float_of(&tn.meta, "total_cost_usd") + u.total_cost_usd;
+                edits.push(("input_tokens", inp.into()));
+                edits.push(("output_tokens", outp.into()));
+                edits.push(("total_cost_usd", FmValue::Float((cost * 1e6).round() / 1e6)));
             }
         }
-        // Step 5: the outbound note.
-        let (body, err) = match &result {
-            Ok(out) => (out.reply.clone(), None),
-            Err(e) => (failure_body(&e.to_string()), Some(e.to_string())),
+        if let Ok((edited, _)) = edit_front_matter(&ttext, &edits) {
+            writes.push(NoteWrite {
+                path: p.thread.clone(),
+                content: edited,
+            });
+        }
+    }
+    // Step 7's base: the inbound's current text. Deleted during the turn:
+    // close the thread, and answer nobody.
+    let text = match vault.read(&p.path) {
+        Ok((t, _)) => t,
+        Err(e) if e.is_not_found() => {
+            tracing::info!("{}: {DELETED_MID_TURN}", p.path);
+            return match vault.write_in_order(&writes, Plan::DURABLE) {
+                Ok(fps) => Ended::Deleted(zip_written(&writes, fps)),
+                Err(w) => {
+                    tracing::error!("{}: its thread could not be closed: {}", p.path, w.error);
+                    Ended::Deleted(zip_written(&writes, w.landed))
+                }
+            };
+        }
+        Err(e) => return Ended::Failed(pending, Vec::new(), e),
+    };
+    // Step 5: the outbound note.
+    if !p.landed.contains(&reply) {
+        let body = match &p.result {
+            Ok(out) => out.reply.clone(),
+            Err(e) => failure_body(&e.to_string()),
         };
         writes.push(NoteWrite {
             path: reply.clone(),
-            content: outbound_text(&def.name, &path, Some(&thread), ok, &body),
+            content: outbound_text(&p.def.name, &p.path, Some(&p.thread), ok, &body),
         });
-        // Step 6: the callback, before the inbound is stamped, so a crash
-        // in between cannot lose it.
-        if let Some(cb) = &callback {
-            writes.push(callback_write(
-                cb,
-                &path,
-                &def.name,
-                ok,
-                Some(&thread),
-                Some(&reply),
-            ));
+    }
+    // Step 6: the callback, before the inbound is stamped, so a crash in
+    // between cannot lose it.
+    if let Some(cb) = &p.callback {
+        let w = callback_write(cb, &p.path, &p.def.name, ok, Some(&p.thread), Some(&reply));
+        if !p.landed.contains(&w.path) {
+            writes.push(w);
         }
-        // Step 7: stamp the inbound, on its current text.
-        let (text, _) = vault.read(&path)?;
-        let stamp = |status: &str, reply: Option<&str>, err: Option<String>| {
-            let mut edits: Vec<(&str, FmValue)> = vec![
-                ("status", status.into()),
-                ("handled_at", now.clone().into()),
-                (
-                    "reply",
-                    reply.map(link).map(FmValue::Str).unwrap_or(FmValue::Remove),
-                ),
-                ("thread", link(&thread).into()),
-                ("error", err.map(FmValue::Str).unwrap_or(FmValue::Remove)),
-            ];
-            if reply.is_none() {
-                edits.retain(|(k, _)| *k != "reply");
-            }
-            edit_front_matter(&text, &edits)
-                .map(|(s, _)| s)
-                .map_err(|e| VaultError::Edit {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })
-        };
-        writes.push(NoteWrite {
-            path: path.clone(),
-            content: stamp(if ok { "handled" } else { "error" }, Some(&reply), err)?,
-        });
-        // The barrier before the stamp; a claim of the next message goes
-        // after it (appended, so the stamp's index stays).
-        let plan = stamp_last(&writes);
-        let claimed =
-            next.and_then(|(npath, ndef)| claim_next(&vault, &mut writes, &thread, npath, ndef));
-        match write_retrying(&vault, &writes, plan) {
-            Ok(fps) => Ok((zip_written(&writes, fps), claimed)),
-            // The reply could not be written (a refused path, a full disk):
-            // still end the message as `error` and still call back.
-            Err(e) => {
-                tracing::error!("{path}: the reply could not be written: {e}");
-                let reason = format!("the reply could not be written: {e}");
-                let mut fallback = Vec::new();
-                if let Some(cb) = &callback {
-                    fallback.push(callback_write(
-                        cb,
-                        &path,
-                        &def.name,
-                        false,
-                        Some(&thread),
-                        None,
-                    ));
-                }
-                fallback.push(NoteWrite {
-                    path: path.clone(),
-                    content: stamp("error", None, Some(reason))?,
-                });
-                let fps = write_retrying(&vault, &fallback, stamp_last(&fallback))?;
-                // The next message was not claimed: it runs on its own.
-                Ok((zip_written(&fallback, fps), None))
-            }
+    }
+    // Step 7: stamp the inbound, on its current text.
+    let err = p.result.as_ref().err().map(|e| FmValue::Str(e.to_string()));
+    let stamp = edit_front_matter(
+        &text,
+        &[
+            ("status", if ok { "handled" } else { "error" }.into()),
+            ("handled_at", p.now.clone().into()),
+            ("reply", link(&reply).into()),
+            ("thread", link(&p.thread).into()),
+            ("error", err.unwrap_or(FmValue::Remove)),
+        ],
+    );
+    let stamp = match stamp {
+        Ok((s, _)) => s,
+        Err(e) => {
+            let e = VaultError::Edit {
+                path: p.path.clone(),
+                reason: e.to_string(),
+            };
+            return Ended::Failed(pending, Vec::new(), e);
         }
-    })
-    .await
-    .map_err(join_err)?
+    };
+    writes.push(NoteWrite {
+        path: p.path.clone(),
+        content: stamp,
+    });
+    // The barrier before the stamp; a claim of the next message goes
+    // after it (appended, so the stamp's index stays).
+    let plan = stamp_last(&writes);
+    let stamp_at = writes.len() - 1;
+    let thread = p.thread.clone();
+    let claimed =
+        next.and_then(|(npath, ndef)| claim_next(vault, &mut writes, &thread, npath, ndef));
+    match vault.write_in_order(&writes, plan) {
+        Ok(fps) => Ended::Recorded(zip_written(&writes, fps), claimed),
+        Err(w) => {
+            let landed = w.landed.len();
+            let written = zip_written(&writes, w.landed);
+            if landed > stamp_at {
+                // The message is answered; only the next one's claim did
+                // not land: it runs from the start, like any message.
+                tracing::warn!(
+                    "{}: the claim of the next message could not be written: {}",
+                    pending.path,
+                    w.error
+                );
+                return Ended::Recorded(written, None);
+            }
+            pending
+                .landed
+                .extend(written.iter().map(|(p, _, _)| p.clone()));
+            Ended::Failed(pending, written, w.error)
+        }
+    }
 }
 
 /// Adds the claim of the agent's next message to a turn's end batch, if

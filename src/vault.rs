@@ -16,12 +16,10 @@ pub const MAX_NOTE_BYTES: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
-    #[error("vault {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The OS error is part of the message and not also a `source`, so a
+    /// chain of causes prints it once.
+    #[error("vault {}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     #[error("refusing unsafe note path {path:?}: {reason}")]
     UnsafePath { path: String, reason: &'static str },
     #[error(
@@ -35,10 +33,56 @@ pub enum VaultError {
     Edit { path: String, reason: String },
 }
 
-fn io_err(path: &Path, source: io::Error) -> VaultError {
+fn io_err(path: &Path, error: io::Error) -> VaultError {
     VaultError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
+    }
+}
+
+impl VaultError {
+    /// Is this "the note is not there" (deleted, or never was)?
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, VaultError::Io { error, .. } if error.kind() == io::ErrorKind::NotFound)
+    }
+
+    /// Could trying again later succeed? Out of descriptors, memory or
+    /// space, an I/O error, a permission the user may fix: yes. A note
+    /// that is gone, a refused path, a binary file or a note over the size
+    /// limit: no, not until the note itself changes.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            VaultError::Io { error, .. } => !matches!(
+                error.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Failures injected into a vault's I/O: the tests of what a full or
+/// failing disk does use it, since such a disk cannot be had on demand
+/// everywhere. Each hook is asked before the operation it names; an error
+/// fails that operation as the OS would.
+pub trait Faults: Send + Sync + std::fmt::Debug {
+    /// Before a note of a write batch (or `create_new`) is written to its
+    /// temp file: nothing of the batch is in place yet.
+    fn write(&self, _path: &str) -> io::Result<()> {
+        Ok(())
+    }
+    /// Before a flushed temp file is renamed into place: the batch's
+    /// earlier notes are in place, this one and the later ones are not.
+    fn rename(&self, _path: &str) -> io::Result<()> {
+        Ok(())
+    }
+    /// Before a note is read.
+    fn read(&self, _path: &str) -> io::Result<()> {
+        Ok(())
+    }
+    /// Before a folder is listed (`""` is the vault root).
+    fn list(&self, _prefix: &str) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -180,6 +224,22 @@ pub struct Skipped {
 pub struct Listing {
     pub entries: Vec<Entry>,
     pub skipped: Vec<Skipped>,
+    /// Folders (`""` is the root) and notes that could not be listed or
+    /// stated: what the listing says of them is unknown, so a note under
+    /// one that is missing from `entries` is not gone.
+    pub incomplete: Vec<String>,
+}
+
+impl Listing {
+    /// Is the note at `path` covered by an incomplete folder or entry (so
+    /// its absence from `entries` proves nothing)?
+    pub fn unknown(&self, path: &str) -> bool {
+        self.incomplete.iter().any(|p| {
+            p.is_empty()
+                || path == p
+                || (path.starts_with(p.as_str()) && path.as_bytes().get(p.len()) == Some(&b'/'))
+        })
+    }
 }
 
 /// A local vault directory.
@@ -189,6 +249,8 @@ pub struct Vault {
     /// When set, the data of concurrent write batches is flushed by one
     /// `syncfs` shared by all of them (group commit).
     flusher: Option<std::sync::Arc<Flusher>>,
+    /// Injected failures (tests).
+    faults: Option<std::sync::Arc<dyn Faults>>,
     /// Directories already created and found to lie inside the vault.
     checked_dirs: std::sync::Arc<std::sync::Mutex<HashSet<PathBuf>>>,
 }
@@ -221,6 +283,8 @@ struct Staged {
     tmp: tempfile::NamedTempFile,
     file: PathBuf,
     dir: PathBuf,
+    /// The note path (for injected faults).
+    path: String,
     fingerprint: Fingerprint,
     /// The version the rename replaces, held open (`O_PATH`) so that
     /// freeing it happens when the reaper closes it, not inside the rename.
@@ -278,6 +342,14 @@ fn reaper() -> Option<&'static std::sync::mpsc::SyncSender<Vec<File>>> {
         .as_ref()
 }
 
+/// A write batch that failed part-way.
+#[derive(Debug)]
+pub struct PartialWrite {
+    /// The fingerprints of the batch's first notes, which are in place.
+    pub landed: Vec<Fingerprint>,
+    pub error: VaultError,
+}
+
 /// One file of a write batch.
 #[derive(Debug, Clone)]
 pub struct NoteWrite {
@@ -295,8 +367,27 @@ impl Vault {
         Ok(Vault {
             root,
             flusher: None,
+            faults: None,
             checked_dirs: Default::default(),
         })
+    }
+
+    /// Injects failures into this vault's I/O (see [`Faults`]).
+    pub fn with_faults(mut self, faults: std::sync::Arc<dyn Faults>) -> Vault {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// Asks the injected faults, if any, about an operation.
+    fn fault(
+        &self,
+        abs: &Path,
+        f: impl FnOnce(&dyn Faults) -> io::Result<()>,
+    ) -> Result<(), VaultError> {
+        match &self.faults {
+            Some(faults) => f(faults.as_ref()).map_err(|e| io_err(abs, e)),
+            None => Ok(()),
+        }
     }
 
     /// Turns on group commit: the data of concurrent write batches is
@@ -324,6 +415,7 @@ impl Vault {
         let mut staged = Vec::with_capacity(writes.len());
         for w in writes {
             let file = self.file_path(&w.path)?;
+            self.fault(&file, |f| f.write(&w.path))?;
             let dir = self.ensure_dir(&file)?;
             let old = open_old(&file);
             let mode = old
@@ -347,6 +439,7 @@ impl Vault {
                 tmp,
                 file,
                 dir,
+                path: w.path.clone(),
                 fingerprint: Fingerprint::of(&meta),
             });
         }
@@ -406,17 +499,26 @@ impl Vault {
         let mut out = Listing::default();
         let mut stack = vec![(dir, prefix)];
         while let Some((dir, prefix)) = stack.pop() {
-            let rd = match fs::read_dir(&dir) {
+            let rd = match self
+                .fault(&dir, |f| f.list(&prefix))
+                .and_then(|()| fs::read_dir(&dir).map_err(|e| io_err(&dir, e)))
+            {
                 Ok(rd) => rd,
                 Err(e) => {
                     out.skipped.push(Skipped {
                         rel: prefix.clone(),
                         reason: format!("cannot read directory: {e}"),
                     });
+                    out.incomplete.push(prefix);
                     continue;
                 }
             };
-            for ent in rd.flatten() {
+            for ent in rd {
+                let Ok(ent) = ent else {
+                    // The listing of this folder broke off part-way.
+                    out.incomplete.push(prefix.clone());
+                    break;
+                };
                 let Ok(name) = ent.file_name().into_string() else {
                     continue;
                 };
@@ -425,7 +527,10 @@ impl Vault {
                 } else {
                     format!("{prefix}/{name}")
                 };
-                let Ok(ft) = ent.file_type() else { continue };
+                let Ok(ft) = ent.file_type() else {
+                    out.incomplete.push(rel);
+                    continue;
+                };
                 if ft.is_symlink() {
                     // Worth reporting: a note, or a folder of notes.
                     let target_is_dir = fs::metadata(ent.path()).is_ok_and(|m| m.is_dir());
@@ -451,7 +556,16 @@ impl Vault {
                 if !ft.is_file() || ignore_reason(&rel).is_some() {
                     continue;
                 }
-                let Ok(meta) = ent.metadata() else { continue };
+                let meta = match ent.metadata() {
+                    Ok(m) => m,
+                    // Deleted since the folder was read: gone indeed.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(_) => {
+                        out.incomplete
+                            .extend(rel.strip_suffix(".md").map(str::to_string));
+                        continue;
+                    }
+                };
                 if meta.len() > MAX_NOTE_BYTES {
                     out.skipped.push(Skipped {
                         rel,
@@ -486,6 +600,7 @@ impl Vault {
     pub fn read(&self, path: &str) -> Result<(String, Fingerprint), VaultError> {
         use std::io::Read as _;
         let abs = self.abs(path);
+        self.fault(&abs, |f| f.read(path))?;
         // One open (never through a symlink) and one stat of the open file.
         let mut opts = OpenOptions::new();
         opts.read(true);
@@ -606,31 +721,60 @@ impl Vault {
         writes: &[NoteWrite],
         plan: Plan,
     ) -> Result<Vec<Fingerprint>, VaultError> {
-        let mut staged = self.stage(writes)?;
+        self.write_in_order(writes, plan).map_err(|p| p.error)
+    }
+
+    /// [`Vault::write_planned`] that says, when it fails, which notes of the
+    /// batch are already in place: always a prefix of `writes`, since the
+    /// renames happen in order and stop at the first failure (and at a
+    /// barrier whose earlier renames could not be made durable).
+    pub fn write_in_order(
+        &self,
+        writes: &[NoteWrite],
+        plan: Plan,
+    ) -> Result<Vec<Fingerprint>, PartialWrite> {
+        let none = |error| PartialWrite {
+            landed: Vec::new(),
+            error,
+        };
+        let mut staged = self.stage(writes).map_err(none)?;
         // 1. Every file's data, before any rename.
         match &self.flusher {
-            Some(f) => f.flush().map_err(|e| io_err(&self.root, e))?,
+            Some(f) => f.flush().map_err(|e| none(io_err(&self.root, e)))?,
             None => sync_files(staged.iter().map(|s| s.tmp.as_file()))
-                .map_err(|e| io_err(&self.root, e))?,
+                .map_err(|e| none(io_err(&self.root, e)))?,
         }
         let rest = match plan.barrier {
             Some(b) if b < staged.len() => staged.split_off(b),
             _ => Vec::new(),
         };
+        let partial = |landed, error| Err(PartialWrite { landed, error });
         // 2. The renames before the barrier (all of them, without one).
-        let (mut fps, dirs) = rename_all(staged)?;
+        let (mut fps, dirs, failed) = self.rename_all(staged);
+        if let Some(e) = failed {
+            return partial(fps, e);
+        }
         if rest.is_empty() {
-            if plan.sync_dirs {
-                sync_dirs(&dirs)?;
+            if plan.sync_dirs
+                && let Err(e) = sync_dirs(&dirs)
+            {
+                return partial(fps, e);
             }
             return Ok(fps);
         }
         // 3. Those renames durable, then the ones after the barrier.
-        sync_dirs(&dirs)?;
-        let (more, dirs) = rename_all(rest)?;
+        if let Err(e) = sync_dirs(&dirs) {
+            return partial(fps, e);
+        }
+        let (more, dirs, failed) = self.rename_all(rest);
         fps.extend(more);
-        if plan.sync_dirs {
-            sync_dirs(&dirs)?;
+        if let Some(e) = failed {
+            return partial(fps, e);
+        }
+        if plan.sync_dirs
+            && let Err(e) = sync_dirs(&dirs)
+        {
+            return partial(fps, e);
         }
         Ok(fps)
     }
@@ -639,6 +783,7 @@ impl Vault {
     /// finished temp file into place). Returns `false` if it existed.
     pub fn create_new(&self, path: &str, content: &str) -> Result<bool, VaultError> {
         let file = self.file_path(path)?;
+        self.fault(&file, |f| f.write(path))?;
         let dir = self.ensure_dir(&file)?;
         let mut tmp = temp_file(&dir, None)?;
         tmp.write_all(content.as_bytes())
@@ -692,6 +837,42 @@ impl Vault {
         Err(VaultError::Locked(path))
     }
 
+    /// Renames a batch's flushed temp files into place, in order, stopping
+    /// at the first failure; returns the fingerprints of those renamed, the
+    /// directories to flush, and the failure. The versions they replace go
+    /// to the reaper.
+    fn rename_all(
+        &self,
+        staged: Vec<Staged>,
+    ) -> (Vec<Fingerprint>, Vec<PathBuf>, Option<VaultError>) {
+        let mut fps = Vec::with_capacity(staged.len());
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut replaced = Vec::with_capacity(staged.len());
+        let mut failed = None;
+        for s in staged {
+            if let Err(e) = self.fault(&s.file, |f| f.rename(&s.path)) {
+                failed = Some(e);
+                break;
+            }
+            if let Err(e) = s.tmp.persist(&s.file) {
+                failed = Some(io_err(&s.file, e.error));
+                break;
+            }
+            fps.push(s.fingerprint);
+            replaced.extend(s.old);
+            if !dirs.contains(&s.dir) {
+                dirs.push(s.dir);
+            }
+        }
+        // A full queue waits for the reaper rather than holding more files open.
+        if !replaced.is_empty()
+            && let Some(r) = reaper()
+        {
+            let _ = r.send(replaced);
+        }
+        (fps, dirs, failed)
+    }
+
     /// Removes temp files an earlier crash left behind.
     pub fn clean_temp_files(&self) -> usize {
         let mut n = 0;
@@ -715,34 +896,6 @@ impl Vault {
         }
         n
     }
-}
-
-/// Renames a batch's flushed temp files into place, in order; returns their
-/// fingerprints and the directories to flush. The versions they replace go
-/// to the reaper.
-fn rename_all(staged: Vec<Staged>) -> Result<(Vec<Fingerprint>, Vec<PathBuf>), VaultError> {
-    let mut fps = Vec::with_capacity(staged.len());
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    let mut replaced = Vec::with_capacity(staged.len());
-    let mut result = Ok(());
-    for s in staged {
-        if let Err(e) = s.tmp.persist(&s.file) {
-            result = Err(io_err(&s.file, e.error));
-            break;
-        }
-        fps.push(s.fingerprint);
-        replaced.extend(s.old);
-        if !dirs.contains(&s.dir) {
-            dirs.push(s.dir);
-        }
-    }
-    // A full queue waits for the reaper rather than holding more files open.
-    if !replaced.is_empty()
-        && let Some(r) = reaper()
-    {
-        let _ = r.send(replaced);
-    }
-    result.map(|()| (fps, dirs))
 }
 
 /// A temp file in `dir` for a note's next version, with the permissions the

@@ -89,19 +89,33 @@ fn route(engine: &Engine, settle: Duration, pending: &mut HashMap<String, Instan
     }
     if settle.is_zero() || engine.skip_settle(&rel) {
         pending.remove(&rel);
-        engine.note_changed(&rel);
+        read(engine, pending, rel);
     } else {
         pending.insert(rel, Instant::now() + settle);
     }
 }
 
-/// A full scan that leaves notes changed within the settle window to it.
+/// Reads a changed note now; a read that failed for a passing reason (out
+/// of descriptors, an I/O error) is tried again on its own, later.
+fn read(engine: &Engine, pending: &mut HashMap<String, Instant>, rel: String) {
+    if !engine.note_changed(&rel) {
+        let again = Instant::now() + engine.read_retry_delay(&rel);
+        pending.insert(rel, again);
+    }
+}
+
+/// A full scan that leaves notes changed within the settle window to it,
+/// and reads again later the notes it could not read.
 fn scan(engine: &Engine, settle: Duration, pending: &mut HashMap<String, Instant>) {
-    let (_, deferred) = engine.scan_settled(settle);
-    for rel in deferred {
+    let report = engine.scan_settled(settle);
+    for rel in report.deferred {
         if !pending.contains_key(&rel) {
             route(engine, settle, pending, rel);
         }
+    }
+    for rel in report.failed {
+        let again = Instant::now() + engine.read_retry_delay(&rel);
+        pending.entry(rel).or_insert(again);
     }
 }
 
@@ -190,7 +204,7 @@ pub async fn run(
             .collect();
         for p in due {
             pending.remove(&p);
-            engine.note_changed(&p);
+            read(&engine, &mut pending, p);
         }
         if now >= next_rescan {
             watched.retain(|d| d.is_dir());
