@@ -83,7 +83,7 @@ const CHAIN_QUANTUM: std::time::Duration = std::time::Duration::from_millis(200)
 /// `process`, which then exits non-zero naming it.
 const WRITE_RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(500);
 const WRITE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
-const PROCESS_WRITE_TRIES: u32 = 4;
+const PROCESS_WRITE_TRIES: u32 = 3;
 
 /// The wait before the `tries`-th retry of a write (1-based).
 fn write_retry_delay(tries: u32) -> std::time::Duration {
