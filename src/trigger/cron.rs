@@ -50,13 +50,29 @@ pub enum Fired {
         scheduled: DateTime<Utc>,
         reason: String,
     },
+    /// The message could not be written (a full or failing disk): the
+    /// scheduled time stays due and is fired on a later try.
+    Failed {
+        job: String,
+        scheduled: DateTime<Utc>,
+        reason: String,
+    },
 }
 
-/// The scheduler's memory: each job's anchor.
+/// The scheduler's memory: each job's anchor, and the jobs whose last fire
+/// could not be written (a full or failing disk), held until their next try.
 #[derive(Debug, Default)]
 pub struct Scheduler {
     anchors: HashMap<String, DateTime<Utc>>,
+    /// Job → (when to try the fire again, failed tries so far).
+    held: HashMap<String, (DateTime<Utc>, u32)>,
 }
+
+/// A fire that could not be written is tried again after this, doubling
+/// each time up to [`FIRE_RETRY_MAX`]; its scheduled time is kept, so the
+/// fire is late, never lost.
+pub const FIRE_RETRY_BASE: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+pub const FIRE_RETRY_MAX: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
@@ -86,7 +102,11 @@ impl Scheduler {
             .filter(|j| j.enabled)
             .filter_map(|j| {
                 let a = self.anchor(j, now);
-                j.next_after(a)
+                let next = j.next_after(a)?;
+                Some(match self.held.get(&j.path) {
+                    Some((until, _)) => next.max(*until),
+                    None => next,
+                })
             })
             .min()
     }
@@ -97,6 +117,7 @@ impl Scheduler {
         let jobs: Vec<Arc<Job>> = engine.with_index(|ix| ix.jobs().cloned().collect());
         self.anchors
             .retain(|p, _| jobs.iter().any(|j| &j.path == p));
+        self.held.retain(|p, _| jobs.iter().any(|j| &j.path == p));
         let mut out = Vec::new();
         // A disabled job misses nothing: while it is off its anchor moves
         // with the clock, so enabling it again does not fire a catch-up.
@@ -104,6 +125,13 @@ impl Scheduler {
             self.anchors.insert(job.path.clone(), now);
         }
         for job in jobs.iter().filter(|j| j.enabled) {
+            if self
+                .held
+                .get(&job.path)
+                .is_some_and(|(until, _)| *until > now)
+            {
+                continue;
+            }
             let anchor = self.anchor(job, now);
             let Some(due) = job.latest_between(anchor, now) else {
                 continue;
@@ -129,11 +157,25 @@ impl Scheduler {
                     reason,
                 }
             } else {
-                fire(engine, job, due)
+                let r = fire(engine, job, due);
+                if let Fired::Failed { .. } = r {
+                    // Not written: the time stays due, tried again later.
+                    self.anchors.insert(job.path.clone(), anchor);
+                    let tries = self.held.get(&job.path).map_or(0, |h| h.1) + 1;
+                    let wait = FIRE_RETRY_BASE
+                        .checked_mul(1 << tries.saturating_sub(1).min(8))
+                        .unwrap_or(FIRE_RETRY_MAX)
+                        .min(FIRE_RETRY_MAX);
+                    self.held.insert(job.path.clone(), (now + wait, tries));
+                } else {
+                    self.held.remove(&job.path);
+                }
+                r
             };
             match &r {
                 Fired::Fired { message, .. } => tracing::info!("{}: fired {}", job.path, message),
                 Fired::Skipped { reason, .. } => tracing::info!("{}: {reason}", job.path),
+                Fired::Failed { reason, .. } => tracing::error!("{}: {reason}", job.path),
             }
             out.push(r);
         }
@@ -167,10 +209,11 @@ fn fire(engine: &Engine, job: &Job, due: DateTime<Utc>) -> Fired {
             }
         }
         Err(e) => {
-            let reason = format!("error: could not write the message: {e}");
-            tracing::error!("{}: {reason}", job.path);
-            stamp(engine, job, due, &reason);
-            Fired::Skipped {
+            let reason = format!("error: could not write the message ({e}); trying again");
+            // Only the status: `last_run_at` stays, so the time is still
+            // due after a restart too.
+            stamp_status(engine, job, &reason);
+            Fired::Failed {
                 job: job.path.clone(),
                 scheduled: due,
                 reason,
@@ -181,15 +224,31 @@ fn fire(engine: &Engine, job: &Job, due: DateTime<Utc>) -> Fired {
 
 /// Records `last_run_at` and `last_status` on the job note, in place.
 fn stamp(engine: &Engine, job: &Job, due: DateTime<Utc>, status: &str) {
+    edit_job(
+        engine,
+        job,
+        &[
+            ("last_run_at", FmValue::Str(ts(due))),
+            ("last_status", FmValue::Str(status.to_string())),
+        ],
+    );
+}
+
+/// Records `last_status` alone.
+fn stamp_status(engine: &Engine, job: &Job, status: &str) {
+    edit_job(
+        engine,
+        job,
+        &[("last_status", FmValue::Str(status.to_string()))],
+    );
+}
+
+fn edit_job(engine: &Engine, job: &Job, edits: &[(&str, FmValue)]) {
     let vault = engine.vault();
     let Ok((text, _)) = vault.read(&job.path) else {
         return;
     };
-    let edits = [
-        ("last_run_at", FmValue::Str(ts(due))),
-        ("last_status", FmValue::Str(status.to_string())),
-    ];
-    match edit_front_matter(&text, &edits) {
+    match edit_front_matter(&text, edits) {
         Ok((edited, _)) if edited != text => {
             if let Err(e) = engine.write_note(&job.path, &edited) {
                 tracing::error!("{}: could not record the run: {e}", job.path);

@@ -547,3 +547,50 @@ fn problems_are_logged_once_with_file_and_reason() {
     });
     s.stop();
 }
+
+/// A cron fire whose message cannot be written is not lost: the job note
+/// says so (its `last_run_at` unchanged, so a restart still sees the time
+/// due), and a later try fires it for the time it was scheduled.
+#[test]
+fn a_cron_fire_that_cannot_be_written_is_fired_later_never_lost() {
+    use vaultrunner::trigger::cron::{Fired, Scheduler};
+    let utc = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let v = echo_vault();
+    v.write(
+        "Jobs/j.md",
+        "---\ntags: [agent/job]\nagent: echo\ncron: \"0 9 * * *\"\ntz: UTC\nlast_run_at: 2026-11-20T09:00:00.000Z\n---\nGood morning\n",
+    );
+    let disk = Arc::new(Disk::default());
+    let e = engine(&v, &disk);
+    e.scan(true);
+    // The next write (the fire's message) fails.
+    disk.fail("write", "", 1, libc::ENOSPC);
+    let mut sched = Scheduler::new();
+    let r = sched.tick(&e, utc("2026-11-21T09:00:30Z"));
+    assert!(matches!(r.as_slice(), [Fired::Failed { .. }]), "{r:?}");
+    assert_eq!(
+        v.get("Jobs/j.md", "last_run_at").as_deref(),
+        Some("2026-11-20T09:00:00.000Z")
+    );
+    assert_contains(
+        &v.get("Jobs/j.md", "last_status").unwrap(),
+        "could not write",
+    );
+    assert!(v.notes_under("Inbox").is_empty());
+    // Held for a while, then fired for 09:00.
+    assert!(sched.tick(&e, utc("2026-11-21T09:00:35Z")).is_empty());
+    let r = sched.tick(&e, utc("2026-11-21T09:00:45Z"));
+    match r.as_slice() {
+        [Fired::Fired { scheduled, .. }] => assert_eq!(*scheduled, utc("2026-11-21T09:00:00Z")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        v.get("Jobs/j.md", "last_run_at").as_deref(),
+        Some("2026-11-21T09:00:00.000Z")
+    );
+    assert_eq!(v.notes_under("Inbox").len(), 1);
+}
