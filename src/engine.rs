@@ -171,9 +171,9 @@ impl Metrics {
             .durations
             .entry(agent.to_string())
             .or_insert_with(|| (vec![0; DURATION_BUCKETS.len()], 0.0, 0));
-        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+        for (count, b) in d.0.iter_mut().zip(DURATION_BUCKETS) {
             if secs <= *b {
-                d.0[i] += 1;
+                *count += 1;
             }
         }
         d.1 += secs;
@@ -553,7 +553,9 @@ impl Engine {
         let n = agents.len();
         let start = st.cursor % n;
         for i in 0..n {
-            let agent = &agents[(start + i) % n];
+            let Some(agent) = agents.get((start + i) % n) else {
+                continue;
+            };
             if st.running.contains(agent) || !st.index.runnable(agent) {
                 continue;
             }

@@ -562,24 +562,17 @@ fn top_level_key(line: &str) -> Option<&str> {
     let line = line.trim_end_matches(['\n', '\r']);
     // Key is up to the first ':' followed by space or end of line.
     let bytes = line.as_bytes();
-    let mut i = 0;
     if first == '"' || first == '\'' {
         let close = line[1..].find(first)? + 1;
-        i = close + 1;
-        if bytes.get(i) != Some(&b':') {
+        if bytes.get(close + 1) != Some(&b':') {
             return None;
         }
         return Some(&line[1..close]);
     }
-    while i < bytes.len() {
-        if bytes[i] == b':'
-            && (i + 1 == bytes.len() || bytes[i + 1] == b' ' || bytes[i + 1] == b'\t')
-        {
-            return Some(line[..i].trim_end());
-        }
-        i += 1;
-    }
-    None
+    bytes.iter().enumerate().find_map(|(i, b)| {
+        (*b == b':' && matches!(bytes.get(i + 1), None | Some(b' ' | b'\t')))
+            .then(|| line[..i].trim_end())
+    })
 }
 
 /// Finds the trailing ` # comment` of a plain scalar line, if any.
@@ -604,13 +597,13 @@ fn edit_yaml_lines(yaml: &str, changes: &[(&str, FmValue)], nl: &str) -> String 
     let spans = |lines: &[&str]| -> Vec<(String, usize, usize)> {
         let mut out = Vec::new();
         let mut i = 0;
-        while i < lines.len() {
-            if let Some(k) = top_level_key(lines[i]) {
+        while let Some(line) = lines.get(i) {
+            if let Some(k) = top_level_key(line) {
                 let start = i;
                 let mut end = i + 1;
                 let mut j = i + 1;
-                while j < lines.len() {
-                    let l = lines[j].trim_end_matches(['\n', '\r']);
+                while let Some(next) = lines.get(j) {
+                    let l = next.trim_end_matches(['\n', '\r']);
                     let first = l.chars().next();
                     if matches!(first, Some(c) if c.is_whitespace())
                         || (first == Some('-') && !l.starts_with("---"))
@@ -634,12 +627,24 @@ fn edit_yaml_lines(yaml: &str, changes: &[(&str, FmValue)], nl: &str) -> String 
     let mut replaced: Vec<(usize, usize, Option<String>)> = Vec::new();
     let mut appended: Vec<String> = Vec::new();
     let existing = spans(&lines);
-    for (k, v) in changes {
+    // A key named twice: the last change wins, as in the mapping the
+    // result is checked against.
+    let mut seen: Vec<&str> = Vec::new();
+    let last_wins: Vec<&(&str, FmValue)> = changes
+        .iter()
+        .rev()
+        .filter(|(k, _)| {
+            let first = !seen.contains(k);
+            seen.push(k);
+            first
+        })
+        .collect();
+    for (k, v) in last_wins.into_iter().rev() {
         let found = existing.iter().find(|(key, _, _)| key == k);
         match (found, v) {
             (Some((_, s, e)), FmValue::Remove) => replaced.push((*s, *e, None)),
             (Some((_, s, e)), v) => {
-                let first = lines[*s];
+                let Some(first) = lines.get(*s) else { continue };
                 let colon = first.find(':').map(|c| c + 1).unwrap_or(first.len());
                 let comment = if e - s == 1 {
                     trailing_comment(first[colon..].trim_end_matches(['\n', '\r']))
@@ -662,7 +667,10 @@ fn edit_yaml_lines(yaml: &str, changes: &[(&str, FmValue)], nl: &str) -> String 
     replaced.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut owned: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     for (s, e, new) in replaced {
-        owned.splice(s..e, new);
+        // Spans never overlap: one per key, each key changed once.
+        if s <= e && e <= owned.len() {
+            owned.splice(s..e, new);
+        }
     }
     if !appended.is_empty() {
         if !ends_with_nl && let Some(last) = owned.last_mut() {
@@ -975,6 +983,23 @@ mod tests {
             "a\n<<<<<<< HEAD\nx\n=======\ny\n>>>>>>> b\n"
         ));
         assert!(!has_conflict_markers("a\n=======\n"));
+    }
+
+    #[test]
+    fn a_key_changed_twice_takes_the_last_value() {
+        let text = "---\nerror: |\n  one\n  two\nkeep: 1\n---\nbody\n";
+        let (out, lossy) = edit_front_matter(
+            text,
+            &[
+                ("error", "first".into()),
+                ("error", "second".into()),
+                ("new", 1i64.into()),
+                ("new", 2i64.into()),
+            ],
+        )
+        .unwrap();
+        assert!(!lossy);
+        assert_eq!(out, "---\nerror: second\nkeep: 1\nnew: 2\n---\nbody\n");
     }
 
     #[test]

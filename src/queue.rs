@@ -166,7 +166,11 @@ pub fn may_be_relevant(text: &str) -> bool {
     // ten times faster than comparing at every position, and this runs on
     // every note of the vault.
     let b = text.as_bytes();
-    memchr::memchr_iter(b'/', b).any(|i| i >= 5 && b[i - 5..i].eq_ignore_ascii_case(b"agent"))
+    memchr::memchr_iter(b'/', b).any(|i| {
+        i.checked_sub(5)
+            .and_then(|s| b.get(s..i))
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"agent"))
+    })
 }
 
 impl Index {

@@ -1316,7 +1316,7 @@ fn claim_next(
     let same = writes
         .iter()
         .position(|w| w.path == nthread && nthread == thread);
-    let base = same.map(|i| writes[i].content.clone());
+    let base = same.and_then(|i| writes.get(i)).map(|w| w.content.clone());
     // The thread's metadata comes back as the next turn starts: after this
     // turn's end record (the session to resume), before the claim.
     let (msg, thread_write, meta, body) = claim_writes(
@@ -1329,8 +1329,8 @@ fn claim_next(
         base.as_deref(),
     )
     .ok()?;
-    match same {
-        Some(i) => writes[i].content = thread_write.content,
+    match same.and_then(|i| writes.get_mut(i)) {
+        Some(w) => w.content = thread_write.content,
         None => writes.push(thread_write),
     }
     writes.push(msg);

@@ -643,7 +643,8 @@ impl Vault {
                 }
                 bytes.resize(n * 2, 0);
             }
-            match f.read(&mut bytes[n..]) {
+            let Some(buf) = bytes.get_mut(n..) else { break };
+            match f.read(buf) {
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -698,7 +699,8 @@ impl Vault {
             path: path.to_string(),
             content: content.to_string(),
         }])?;
-        Ok(fps[0])
+        // One write in, one fingerprint out.
+        Ok(fps.first().copied().unwrap_or_default())
     }
 
     /// Writes several notes atomically (each file is either old or new) and
@@ -1015,7 +1017,10 @@ pub struct VaultLock {
 fn sync_files<'a>(files: impl Iterator<Item = &'a File>) -> io::Result<()> {
     let files: Vec<&File> = files.collect();
     #[cfg(target_os = "linux")]
-    if files.len() > 1 && syncfs(files[0]).is_ok() {
+    if files.len() > 1
+        && let Some(first) = files.first()
+        && syncfs(first).is_ok()
+    {
         return Ok(());
     }
     for f in files {

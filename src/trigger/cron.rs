@@ -137,7 +137,7 @@ impl Scheduler {
                 continue;
             };
             self.anchors.insert(job.path.clone(), due);
-            let late = now - due > LATE_GRACE;
+            let late = now.signed_duration_since(due) > LATE_GRACE;
             let r = if late && job.catch_up == CatchUp::Skip {
                 let reason = "skipped: missed while vaultrunner was not running (catch_up: skip)"
                     .to_string();
@@ -166,7 +166,8 @@ impl Scheduler {
                         .checked_mul(1 << tries.saturating_sub(1).min(8))
                         .unwrap_or(FIRE_RETRY_MAX)
                         .min(FIRE_RETRY_MAX);
-                    self.held.insert(job.path.clone(), (now + wait, tries));
+                    let until = now.checked_add_signed(wait).unwrap_or(now);
+                    self.held.insert(job.path.clone(), (until, tries));
                 } else {
                     self.held.remove(&job.path);
                 }
@@ -278,7 +279,7 @@ pub async fn run(engine: Arc<Engine>, cancel: CancellationToken) {
         sched = s;
         let jobs: Vec<Arc<Job>> = engine.with_index(|ix| ix.jobs().cloned().collect());
         let wait = sched.next_due(&jobs, Utc::now()).map(|t| {
-            (t - Utc::now())
+            t.signed_duration_since(Utc::now())
                 .to_std()
                 .unwrap_or(Duration::ZERO)
                 .min(MAX_SLEEP)
@@ -288,7 +289,7 @@ pub async fn run(engine: Arc<Engine>, cancel: CancellationToken) {
             _ = changed => {}
             _ = async {
                 match wait {
-                    Some(w) => tokio::time::sleep(w + Duration::from_millis(5)).await,
+                    Some(w) => tokio::time::sleep(w.saturating_add(Duration::from_millis(5))).await,
                     None => std::future::pending::<()>().await,
                 }
             } => {}
