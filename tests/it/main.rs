@@ -16,3 +16,4 @@ mod http;
 mod jobs;
 mod notes;
 mod serve;
+mod values;
