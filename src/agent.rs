@@ -122,7 +122,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
         }
     };
     if name.is_empty() {
-        return Err("an agent name cannot be empty".into());
+        return Err("\"\" is not a valid agent name: it is empty".into());
     }
     if let Some(c) = name
         .chars()
@@ -705,7 +705,7 @@ mod tests {
     #[test]
     fn name_reasons() {
         let reason = |n: &str| check_name(n).unwrap_err();
-        assert_eq!(reason(""), "an agent name cannot be empty");
+        assert_eq!(reason(""), "\"\" is not a valid agent name: it is empty");
         assert!(
             reason("CON").contains("Windows reserves it"),
             "{}",
