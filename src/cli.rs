@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::agent::valid_name;
+use crate::agent::check_name;
 pub use crate::message::{Reply, SendOptions, inbound_text, new_message_path, reply_of};
 use crate::note::{Note, NoteKind};
 use crate::queue::Index;
@@ -214,25 +214,55 @@ pub fn status(vault_dir: &Path) -> Result<StatusReport, CliError> {
     })
 }
 
+/// The largest message `send` writes, in bytes: 1 MiB, the HTTP API's
+/// limit for a request body, so every way into the vault takes the same
+/// messages. Far under the 8 MiB beyond which a note is not read at all
+/// (a bigger message would be written and then ignored forever), and more
+/// than a model's context holds anyway.
+pub const MAX_MESSAGE_BYTES: usize = crate::trigger::http::MAX_BODY;
+
+fn too_big(len: &str) -> CliError {
+    CliError::Usage(format!(
+        "the message is {len} bytes, over the limit of {MAX_MESSAGE_BYTES} (1 MiB); nothing was written. Put a long text in a note of its own and send a link to it"
+    ))
+}
+
+/// Reads a message from `input` (standard input for `send -`), at most
+/// [`MAX_MESSAGE_BYTES`]: a longer one is refused after reading one byte
+/// more than the limit, never read whole.
+pub fn read_message(input: impl std::io::Read) -> Result<String, CliError> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    let limit = u64::try_from(MAX_MESSAGE_BYTES).unwrap_or(u64::MAX);
+    input
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| CliError::Usage(format!("reading the message from standard input: {e}")))?;
+    if buf.len() > MAX_MESSAGE_BYTES {
+        return Err(too_big(&format!("more than {MAX_MESSAGE_BYTES}")));
+    }
+    String::from_utf8(buf).map_err(|_| {
+        CliError::Usage(
+            "the message on standard input is not UTF-8 text; nothing was written".into(),
+        )
+    })
+}
+
 /// `send`: writes an inbound note durably; returns its path and whether the
-/// agent has a definition now.
+/// agent has a definition now. A message over [`MAX_MESSAGE_BYTES`] is
+/// refused.
 pub fn send(
     vault_dir: &Path,
     agent: &str,
     message: &str,
     opts: &SendOptions,
 ) -> Result<(String, bool), CliError> {
-    if !valid_name(agent) {
-        return Err(CliError::Usage(format!(
-            "{agent:?} is not a valid agent name (letters, digits, `_` and `-` only)"
-        )));
+    check_name(agent).map_err(CliError::Usage)?;
+    if let Some(r) = &opts.reply_to {
+        check_name(r).map_err(|e| CliError::Usage(format!("--reply-to: {e}")))?;
     }
-    if let Some(r) = &opts.reply_to
-        && !valid_name(r)
-    {
-        return Err(CliError::Usage(format!(
-            "--reply-to {r:?} is not a valid agent name"
-        )));
+    if message.len() > MAX_MESSAGE_BYTES {
+        return Err(too_big(&message.len().to_string()));
     }
     let vault = Vault::open(vault_dir)?;
     let path = new_message_path(agent);
@@ -260,7 +290,7 @@ pub async fn wait_reply(
     timeout: Duration,
 ) -> Result<Option<Reply>, CliError> {
     let vault = Vault::open(vault_dir)?;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = crate::time::after(timeout);
     loop {
         if let Some(r) = reply_of(&vault, inbound) {
             return Ok(Some(r));
@@ -274,14 +304,28 @@ pub async fn wait_reply(
 
 /// `reset VAULT AGENT`: blanks `session` and stamps `reset_at` on the
 /// agent's thread notes so the next turn starts a fresh conversation.
-/// Returns the threads changed.
+/// Returns the threads changed. An agent with neither a definition nor a
+/// `Threads/<agent>/` folder is an error (a typo must not look like
+/// success).
 pub fn reset(vault_dir: &Path, agent: &str) -> Result<Vec<String>, CliError> {
-    if !valid_name(agent) {
-        return Err(CliError::Usage(format!(
-            "{agent:?} is not a valid agent name"
-        )));
-    }
+    check_name(agent).map_err(CliError::Usage)?;
     let vault = Vault::open(vault_dir)?;
+    let has_threads = vault.root().join("Threads").join(agent).is_dir();
+    if !has_threads {
+        let (ix, _) = load_index(&vault);
+        if ix.agent(agent).is_none() {
+            let mut names: Vec<&str> = ix.agents().map(|d| d.name.as_str()).collect();
+            names.sort_unstable();
+            let known = if names.is_empty() {
+                "this vault has no agents".to_string()
+            } else {
+                format!("the agents are: {}", names.join(", "))
+            };
+            return Err(CliError::Usage(format!(
+                "no agent {agent:?} in this vault: no definition names it and there is no Threads/{agent}/ folder; {known} (a broken definition is listed by `vaultrunner check`)"
+            )));
+        }
+    }
     Ok(crate::message::reset_threads(&vault, agent)?)
 }
 
@@ -343,6 +387,23 @@ pub fn schedule(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_read_with_a_bound() {
+        let max = "a".repeat(MAX_MESSAGE_BYTES);
+        assert_eq!(
+            read_message(max.as_bytes()).unwrap().len(),
+            MAX_MESSAGE_BYTES
+        );
+        let over = format!("{max}b");
+        let e = read_message(over.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("over the limit of 1048576 (1 MiB)"), "{e}");
+        // An endless input is refused after the limit, not read forever.
+        let e = read_message(std::io::repeat(b'x')).unwrap_err().to_string();
+        assert!(e.contains("more than 1048576 bytes"), "{e}");
+        let e = read_message(&[0xff, 0xfe][..]).unwrap_err().to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
+    }
 
     /// `init` writes exactly what `vault-example/` holds.
     #[test]

@@ -15,7 +15,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde_yaml::Value;
 
-use crate::agent::valid_name;
+use crate::agent::check_name;
 use crate::note::Note;
 
 /// What to do about runs missed while vaultrunner was down.
@@ -88,12 +88,63 @@ pub fn parse_cron(text: &str) -> Result<Cron, String> {
             "{t:?} is not one of @hourly, @daily, @weekly, @monthly, @yearly"
         ));
     }
-    CronParser::builder()
+    let cron = CronParser::builder()
         .seconds(Seconds::Disallowed)
         .year(Year::Disallowed)
         .build()
         .parse(t)
-        .map_err(|e| format!("{t:?} is not a valid crontab schedule: {e}"))
+        .map_err(|e| format!("{t:?} is not a valid crontab schedule: {e}"))?;
+    if !ever_fires(&cron) {
+        return Err(format!(
+            "{t:?} never fires: no calendar date matches its day-of-month, month and day-of-week fields (like 30 February or 31 April)"
+        ));
+    }
+    Ok(cron)
+}
+
+/// Does a parsed schedule have any fire time at all? `0 9 30 2 *` (30
+/// February) parses, but would never fire.
+///
+/// Whether a date matches the day fields depends only on its month, its
+/// day, its weekday and the month's length — that is, on the year's
+/// calendar, of which there are 14 (leap or not × the weekday of 1
+/// January). 2001–2028 is one 28-year cycle with no century year in it, so
+/// it holds all 14, and each of them recurs forever; a schedule that
+/// matches no date there matches none ever. The check asks croner's own
+/// matcher (so `L`, `W`, `#` and the day-of-month/day-of-week OR rule are
+/// judged as croner fires them) about one year of each calendar, at most
+/// 14 × 372 dates: cheap, and it cannot hang. Minutes and hours are checked too.
+fn ever_fires(cron: &Cron) -> bool {
+    let p = &cron.pattern;
+    let any_minute = (0..60).any(|m| p.minute_match(m).unwrap_or(false));
+    let any_hour = (0..24).any(|h| p.hour_match(h).unwrap_or(false));
+    if !any_minute || !any_hour {
+        return false;
+    }
+    // One year of each calendar (leap or not × weekday of 1 January).
+    let mut seen: Vec<(bool, chrono::Weekday)> = Vec::with_capacity(14);
+    for year in 2001..=2028 {
+        let Some(jan1) = chrono::NaiveDate::from_ymd_opt(year, 1, 1) else {
+            continue;
+        };
+        let kind = (jan1.leap_year(), chrono::Datelike::weekday(&jan1));
+        if seen.contains(&kind) {
+            continue;
+        }
+        seen.push(kind);
+        for month in 1..=12u32 {
+            if !p.month_match(month).unwrap_or(false) {
+                continue;
+            }
+            // An impossible date (30 February) is an error: no match.
+            for day in 1..=31u32 {
+                if p.day_match(year, month, day).unwrap_or(false) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 fn bool_key(note: &Note, key: &str, default: bool) -> Result<bool, String> {
@@ -105,7 +156,10 @@ fn bool_key(note: &Note, key: &str, default: bool) -> Result<bool, String> {
             "false" | "no" | "off" => Ok(false),
             _ => Err(format!("expected true or false, got {s:?}")),
         },
-        Some(other) => Err(format!("expected true or false, got {other:?}")),
+        Some(other) => Err(format!(
+            "expected true or false, got {}",
+            crate::note::value_kind(other)
+        )),
     }
 }
 
@@ -116,22 +170,23 @@ pub fn parse_job(path: &str, note: &Note, default_tz: Tz) -> Result<Job, JobErro
         field: field.to_string(),
         reason,
     };
-    let agent = note
-        .str("agent")
+    // A key as text; a list or a mapping is an error naming the key.
+    let text = |keys: &[&str]| -> Result<Option<String>, JobError> {
+        note.text_any(keys).map_err(|e| err(&e.field, e.reason))
+    };
+    let agent = text(&["agent"])?
         .map(|a| a.trim().to_string())
         .filter(|a| !a.is_empty())
         .ok_or_else(|| err("agent", "missing: which agent gets the message?".into()))?;
-    if !valid_name(&agent) {
-        return Err(err("agent", format!("{agent:?} is not a valid agent name")));
-    }
-    let cron_text = note.str("cron").ok_or_else(|| {
+    check_name(&agent).map_err(|r| err("agent", r))?;
+    let cron_text = text(&["cron"])?.ok_or_else(|| {
         err(
             "cron",
             "missing: a schedule like \"0 9 * * mon-fri\"".into(),
         )
     })?;
     let cron = parse_cron(&cron_text).map_err(|r| err("cron", r))?;
-    let tz = match note.str("tz") {
+    let tz = match text(&["tz"])? {
         None => default_tz,
         Some(t) if t.trim().is_empty() => default_tz,
         Some(t) => Tz::from_str(t.trim()).map_err(|_| {
@@ -144,8 +199,7 @@ pub fn parse_job(path: &str, note: &Note, default_tz: Tz) -> Result<Job, JobErro
         })?,
     };
     let enabled = bool_key(note, "enabled", true).map_err(|r| err("enabled", r))?;
-    let catch_up = match note
-        .str_any(&["catch_up", "catchUp"])
+    let catch_up = match text(&["catch_up", "catchUp"])?
         .map(|s| s.trim().to_ascii_lowercase())
         .as_deref()
     {
@@ -153,7 +207,7 @@ pub fn parse_job(path: &str, note: &Note, default_tz: Tz) -> Result<Job, JobErro
         Some("skip") => CatchUp::Skip,
         Some(other) => return Err(err("catch_up", format!("{other:?} is not once or skip"))),
     };
-    let last_run_at = match note.str_any(&["last_run_at", "lastRunAt"]) {
+    let last_run_at = match text(&["last_run_at", "lastRunAt"])? {
         None => None,
         Some(s) if s.trim().is_empty() => None,
         Some(s) => Some(
@@ -170,7 +224,7 @@ pub fn parse_job(path: &str, note: &Note, default_tz: Tz) -> Result<Job, JobErro
         cron,
         tz,
         enabled,
-        subject: note.str("subject").filter(|s| !s.trim().is_empty()),
+        subject: text(&["subject"])?.filter(|s| !s.trim().is_empty()),
         catch_up,
         body,
         last_run_at,
@@ -455,6 +509,109 @@ mod tests {
                 .field,
             "agent"
         );
+    }
+
+    #[test]
+    fn impossible_schedules_are_refused() {
+        for never in [
+            "0 9 30 2 *",
+            "0 0 31 4 *",
+            "0 0 31 2,4,6,9,11 *",
+            "0 0 30,31 feb *",
+            "* * 31 jun *",
+        ] {
+            let e = parse_cron(never).unwrap_err();
+            assert!(e.contains("never fires"), "{never}: {e}");
+        }
+        let bad = |cron: &str| {
+            let text = format!("---\ntags: [agent/job]\nagent: echo\ncron: \"{cron}\"\n---\n");
+            parse_job("Jobs/j", &Note::parse(&text).unwrap(), Tz::UTC).unwrap_err()
+        };
+        let e = bad("0 9 30 2 *");
+        assert_eq!(e.field, "cron");
+        assert!(
+            e.to_string().starts_with("Jobs/j.md: field `cron`: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rare_schedules_are_kept_and_fire() {
+        // 29 February: leap years only.
+        let j = job("0 9 29 2 *", "UTC");
+        assert_eq!(
+            next_local(&j, "2026-11-21T00:00:00Z", 2),
+            vec!["2028-02-29T09:00:00+00:00", "2032-02-29T09:00:00+00:00"]
+        );
+        // The OR rule: 30 February never comes, but Mondays in February do.
+        let j = job("0 9 30 2 mon", "UTC");
+        assert_eq!(
+            next_local(&j, "2027-01-01T00:00:00Z", 1),
+            vec!["2027-02-01T09:00:00+00:00"]
+        );
+        // The 31st of the months that have one; the last day of February.
+        let j = job("0 0 31 * *", "UTC");
+        assert_eq!(
+            next_local(&j, "2027-01-31T12:00:00Z", 1),
+            vec!["2027-03-31T00:00:00+00:00"]
+        );
+        let j = job("0 0 L 2 *", "UTC");
+        assert_eq!(
+            next_local(&j, "2027-01-01T00:00:00Z", 2),
+            vec!["2027-02-28T00:00:00+00:00", "2028-02-29T00:00:00+00:00"]
+        );
+        // A fifth Monday in February: only in a leap year whose February
+        // starts on a Monday (2044 next).
+        let j = job("0 9 * 2 mon#5", "UTC");
+        assert_eq!(
+            next_local(&j, "2026-11-21T00:00:00Z", 1),
+            vec!["2044-02-29T09:00:00+00:00"]
+        );
+    }
+
+    #[test]
+    fn the_fire_time_check_is_cheap() {
+        // The worst case is a schedule that never fires: every date of the
+        // 28-year cycle is asked. Debug builds included, far under a
+        // millisecond a schedule in practice; 50 ms bounds a slow machine.
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            assert!(parse_cron("* * 31 2,4,6,9,11 *").is_err());
+        }
+        let each = started.elapsed() / 10;
+        assert!(each < std::time::Duration::from_millis(50), "{each:?}");
+    }
+
+    #[test]
+    fn wrong_typed_keys_are_errors() {
+        let field = |extra: &str| {
+            let text =
+                format!("---\ntags: [agent/job]\nagent: echo\ncron: \"0 9 * * *\"\n{extra}---\n");
+            parse_job("Jobs/j", &Note::parse(&text).unwrap(), Tz::UTC)
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(field("tz: [UTC]\n"), "tz");
+        assert_eq!(field("enabled: [true]\n"), "enabled");
+        assert_eq!(field("subject: {a: 1}\n"), "subject");
+        assert_eq!(field("catch_up: [once]\n"), "catch_up");
+        assert_eq!(field("catchUp: [once]\n"), "catchUp");
+        assert_eq!(
+            field("last_run_at: [2026-01-01T00:00:00Z]\n"),
+            "last_run_at"
+        );
+        let only = |yaml: &str| {
+            let text = format!("---\ntags: [agent/job]\n{yaml}---\n");
+            parse_job("Jobs/j", &Note::parse(&text).unwrap(), Tz::UTC).unwrap_err()
+        };
+        let e = only("agent: [a, b]\ncron: \"0 9 * * *\"\n");
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("agent", "expected a single value, got a list")
+        );
+        assert_eq!(only("agent: echo\ncron: [\"0 9 * * *\"]\n").field, "cron");
+        let e = only("agent: CON\ncron: \"0 9 * * *\"\n");
+        assert!(e.reason.contains("Windows reserves it"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod note;
 pub mod queue;
 pub mod server;
 mod simple_yaml;
+pub mod time;
 pub mod trigger;
 pub mod turn;
 pub mod vault;

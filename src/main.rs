@@ -1,6 +1,5 @@
 //! The `vaultrunner` binary: parses arguments, calls the library, prints.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,11 +31,38 @@ use vaultrunner::server::{self, Listen, ServeOptions};
 use vaultrunner::trigger::http::HttpOptions;
 use vaultrunner::trigger::watch::WatchOptions;
 
+/// The exit codes, for `--help` (README's paragraph, kept in step).
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    done (a failed turn is an `error` reply, not a failed run)
+  1    vaultrunner could not do its work: the vault is unreadable, another
+       instance holds its lock, `check` or `schedule` found errors, an
+       unknown agent for `reset`, a message too large for `send`, `send
+       --wait` got an error reply, `process` could not record a reply
+  2    the command line is wrong (the message names the argument), or
+       `send --wait` timed out (the message is kept and will be answered)
+  130  `process` was interrupted by SIGINT/SIGTERM (a later run answers
+       the rest)";
+
+/// The longest duration any flag takes: one year (SPEC §5a), in the
+/// flag's unit.
+const MAX_SECS: u64 = vaultrunner::time::MAX_DURATION.as_secs();
+const MAX_MILLIS: u64 = MAX_SECS * 1000;
+/// The most agents that can run at once.
+const MAX_JOBS: u64 = 1024;
+/// The most fire times `schedule` lists per job.
+const MAX_COUNT: u64 = 1000;
+
+fn jobs_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_JOBS)
+}
+
 #[derive(Parser)]
 #[command(
     name = "vaultrunner",
     version,
-    about = "Run LLM agents from Markdown notes in a vault"
+    about = "Run LLM agents from Markdown notes in a vault",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,14 +75,18 @@ enum Command {
     Serve {
         /// The vault directory.
         vault: PathBuf,
-        /// Quiet time (ms) before a note someone else wrote is read.
-        #[arg(long, default_value_t = 2000)]
+        /// Quiet time (ms) before a note someone else wrote is read (at
+        /// most a year).
+        #[arg(long, value_name = "MS", default_value_t = 2000,
+              value_parser = clap::value_parser!(u64).range(0..=MAX_MILLIS))]
         settle_ms: u64,
-        /// Agents run at once.
-        #[arg(long, default_value_t = 4)]
+        /// How many agents run at once (1 to 1024).
+        #[arg(long, value_name = "N", default_value_t = 4, value_parser = jobs_parser())]
         jobs: usize,
-        /// Seconds between safety-net full rescans of the vault.
-        #[arg(long, default_value_t = 300)]
+        /// Seconds between safety-net full rescans of the vault (1 up to a
+        /// year).
+        #[arg(long, value_name = "SECS", default_value_t = 300,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
         rescan_secs: u64,
         /// HTTP address (`none` for no HTTP). Beyond loopback it needs
         /// VAULTRUNNER_TOKEN.
@@ -66,59 +96,189 @@ enum Command {
     /// Run every pending message to completion (including messages turns
     /// create), then exit.
     Process {
+        /// The vault directory.
         vault: PathBuf,
-        #[arg(long, default_value_t = 4)]
+        /// How many agents run at once (1 to 1024).
+        #[arg(long, value_name = "N", default_value_t = 4, value_parser = jobs_parser())]
         jobs: usize,
     },
     /// Write a message to an agent (MESSAGE `-` reads standard input).
     Send {
+        /// The vault directory.
         vault: PathBuf,
+        /// The agent to send to (its definition's `name`).
         agent: String,
+        /// The message text, or `-` to read it from standard input (at most
+        /// 1 MiB).
         message: String,
+        /// Subject: selects a named thread of the agent.
         #[arg(long)]
         subject: Option<String>,
         /// Agent to notify with a callback when this message is answered.
-        #[arg(long)]
+        #[arg(long, value_name = "AGENT")]
         reply_to: Option<String>,
-        #[arg(long)]
+        /// Copied into the callback, to match it to this message.
+        #[arg(long, value_name = "ID")]
         correlation_id: Option<String>,
-        /// Wait up to SECS for the reply and print it.
-        #[arg(long, value_name = "SECS")]
+        /// Wait up to SECS (at most a year) for the reply and print it.
+        #[arg(long, value_name = "SECS",
+              value_parser = clap::value_parser!(u64).range(0..=MAX_SECS))]
         wait: Option<u64>,
     },
     /// Create a ready-to-run vault (example agents, a message template, a job).
-    Init { dir: PathBuf },
+    Init {
+        /// The directory to create the vault in (existing files are kept).
+        dir: PathBuf,
+    },
     /// Validate definitions, jobs and messages; non-zero exit on errors.
-    Check { vault: PathBuf },
+    Check {
+        /// The vault directory.
+        vault: PathBuf,
+    },
     /// Show agents, their queues and last turns.
-    Status { vault: PathBuf },
+    Status {
+        /// The vault directory.
+        vault: PathBuf,
+    },
     /// Start an agent's conversation afresh (blanks the thread's session).
-    Reset { vault: PathBuf, agent: String },
+    Reset {
+        /// The vault directory.
+        vault: PathBuf,
+        /// The agent whose threads start afresh.
+        agent: String,
+    },
     /// List each job's next fire times.
     Schedule {
+        /// The vault directory.
         vault: PathBuf,
         /// Start from this time (RFC 3339) instead of now.
         #[arg(long, value_name = "RFC3339")]
         from: Option<String>,
-        /// How many fire times per job.
-        #[arg(long, default_value_t = 5)]
-        count: usize,
+        /// How many fire times per job (1 to 1000).
+        #[arg(long, value_name = "N", default_value_t = 5,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
+        count: u64,
         /// Print JSON: [{"job","agent","next":[…]}].
         #[arg(long)]
         json: bool,
     },
 }
 
+/// Escapes the control characters inside one log event, so that text from
+/// a note (an agent name with a newline, a message path) can never forge
+/// a log line or drive the terminal: `\n` and `\r` become `\\n` and
+/// `\\r`, other control characters (C0, DEL, C1) and the Unicode line
+/// separators and bidirectional overrides become `\\x1b` / `\\u{2028}`.
+/// Tabs stay. The event's final newline is kept. With `ansi` (a
+/// terminal), colour sequences (`ESC [ … m`, what the formatter writes)
+/// pass; every other escape sequence is escaped too.
+fn escape_event(text: &str, ansi: bool) -> String {
+    let (body, end) = match text.strip_suffix('\n') {
+        Some(b) => (b, "\n"),
+        None => (text, ""),
+    };
+    let mut out = String::with_capacity(body.len().saturating_add(end.len()));
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push('\t'),
+            '\u{1b}' if ansi => match body.get(i..).and_then(sgr_len) {
+                Some(n) => {
+                    out.push_str(body.get(i..i.saturating_add(n)).unwrap_or(""));
+                    // The rest of the sequence is ASCII: one char a byte.
+                    for _ in 1..n {
+                        chars.next();
+                    }
+                }
+                None => out.push_str("\\x1b"),
+            },
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                if c.is_ascii() {
+                    out.push_str(&format!("\\x{:02x}", u32::from(c)));
+                } else {
+                    out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push_str(end);
+    out
+}
+
+/// The length of a colour sequence (`ESC [ digits;… m`) at the start of
+/// `s`, if there is one.
+fn sgr_len(s: &str) -> Option<usize> {
+    let rest = s.strip_prefix("\u{1b}[")?;
+    let params = rest
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b';')
+        .count();
+    (rest.as_bytes().get(params) == Some(&b'm')).then(|| params.saturating_add(3))
+}
+
+/// Where log events go: standard error, one event per write, escaped by
+/// [`escape_event`].
+struct LogWriter {
+    ansi: bool,
+}
+
+/// One event's bytes, written (escaped) when the formatter is done with it.
+struct EventBuf {
+    ansi: bool,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for EventBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for EventBuf {
+    fn drop(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let text = escape_event(&String::from_utf8_lossy(&self.buf), self.ansi);
+        // A closed stderr must not turn a log line into a panic.
+        let mut err = std::io::stderr().lock();
+        let _ = std::io::Write::write_all(&mut err, text.as_bytes());
+        let _ = std::io::Write::flush(&mut err);
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = EventBuf;
+
+    fn make_writer(&'a self) -> EventBuf {
+        EventBuf {
+            ansi: self.ansi,
+            buf: Vec::new(),
+        }
+    }
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VAULTRUNNER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(LogWriter { ansi })
         // A closed stderr must not turn every log line into a panic (which
         // would kill the turn that logged it).
         .log_internal_errors(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_target(false)
         .init();
 }
@@ -177,7 +337,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 config: Config { jobs },
                 watch: WatchOptions {
                     settle: Duration::from_millis(settle_ms),
-                    rescan: Duration::from_secs(rescan_secs.max(1)),
+                    rescan: Duration::from_secs(rescan_secs),
                 },
                 listen: match listen.as_deref() {
                     None => Listen::Default,
@@ -232,11 +392,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             wait,
         } => {
             let message = if message == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("reading the message from standard input")?;
-                s
+                cli::read_message(std::io::stdin().lock())?
             } else {
                 message
             };
@@ -361,7 +517,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     })?
                     .with_timezone(&chrono::Utc),
             };
-            let (jobs, invalid) = cli::schedule(&vault, from, count.min(1000))?;
+            let count = usize::try_from(count).unwrap_or(usize::MAX);
+            let (jobs, invalid) = cli::schedule(&vault, from, count)?;
             for f in &invalid {
                 err!("error: {}: {}", f.file, f.reason);
             }
@@ -418,5 +575,55 @@ fn main() -> ExitCode {
             err!("vaultrunner: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_events_are_escaped() {
+        assert_eq!(
+            escape_event("INFO x\nERROR FAKE line: done\n", false),
+            "INFO x\\nERROR FAKE line: done\n"
+        );
+        assert_eq!(escape_event("a\r\nb", false), "a\\r\\nb");
+        assert_eq!(escape_event("a\tb\u{7}\u{7f}\n", false), "a\tb\\x07\\x7f\n");
+        assert_eq!(
+            escape_event("\u{85}\u{9b}2J\u{2028}\u{202e}é\n", false),
+            "\\u{85}\\u{9b}2J\\u{2028}\\u{202e}é\n"
+        );
+        // Only the final newline is kept; an event of blank lines is one line.
+        assert_eq!(escape_event("\n\n\n", false), "\\n\\n\n");
+        // Without a terminal every escape is escaped; on one, colour
+        // sequences pass and anything else (clear screen, set title) does not.
+        let coloured = "\u{1b}[32m INFO\u{1b}[0m \u{1b}[2mx\u{1b}[0m\n";
+        assert_eq!(
+            escape_event(coloured, false),
+            "\\x1b[32m INFO\\x1b[0m \\x1b[2mx\\x1b[0m\n"
+        );
+        assert_eq!(escape_event(coloured, true), coloured);
+        assert_eq!(
+            escape_event("\u{1b}[1;31mx\u{1b}[2J\u{1b}]0;title\u{7}\u{1b}[\n", true),
+            "\u{1b}[1;31mx\\x1b[2J\\x1b]0;title\\x07\\x1b[\n"
+        );
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "`{} {}` has no help text",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+        cmd.debug_assert();
     }
 }

@@ -35,18 +35,17 @@ impl Anthropic {
         })?;
         Ok(Anthropic {
             base_url: def
-                .str("base_url")
-                .unwrap_or_else(|| "https://api.anthropic.com".into())
+                .base_url
+                .as_deref()
+                .unwrap_or("https://api.anthropic.com")
                 .trim_end_matches('/')
                 .to_string(),
             model,
             api_key_env: def
-                .str("api_key_env")
+                .api_key_env
+                .clone()
                 .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
-            max_tokens: def
-                .str("max_tokens")
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(8192),
+            max_tokens: def.max_tokens.unwrap_or(8192),
         })
     }
 
@@ -63,8 +62,10 @@ impl Anthropic {
             "messages": messages,
             "stream": true,
         });
-        if !req.system_prompt.trim().is_empty() {
-            body["system"] = json!(req.system_prompt.trim());
+        if !req.system_prompt.trim().is_empty()
+            && let Some(o) = body.as_object_mut()
+        {
+            o.insert("system".into(), json!(req.system_prompt.trim()));
         }
         body
     }

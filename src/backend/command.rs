@@ -15,15 +15,21 @@ pub struct CommandBackend {
 
 impl CommandBackend {
     pub fn new(def: &Definition) -> Result<Self, TurnError> {
-        let argv = def.command_argv().ok_or_else(|| {
-            TurnError::Failed(format!(
-                "{}.md: field `command` is missing or invalid",
-                def.path
-            ))
-        })?;
+        // Checked when the definition was read; a definition built some
+        // other way still gets an error, not a panic.
+        let argv = def
+            .command
+            .clone()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                TurnError::Failed(format!(
+                    "{}.md: field `command` is missing or invalid",
+                    def.path
+                ))
+            })?;
         Ok(CommandBackend {
             argv,
-            header: def.flag("context_header", false),
+            header: def.context_header,
         })
     }
 }
@@ -38,7 +44,7 @@ pub fn tail(s: &str, n: usize) -> &str {
     while !s.is_char_boundary(cut) {
         cut += 1;
     }
-    &s[cut..]
+    s.get(cut..).unwrap_or(s)
 }
 
 impl Backend for CommandBackend {
@@ -87,10 +93,11 @@ impl Backend for CommandBackend {
                         None => "was killed by a signal".to_string(),
                     };
                     let err = tail(&done.stderr, 2000);
+                    let prog = self.argv.first().map_or("the command", String::as_str);
                     Err(TurnError::Failed(if err.is_empty() {
-                        format!("{} {how}", self.argv[0])
+                        format!("{prog} {how}")
                     } else {
-                        format!("{} {how}: {err}", self.argv[0])
+                        format!("{prog} {how}: {err}")
                     }))
                 }
             }

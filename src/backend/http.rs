@@ -43,17 +43,26 @@ pub fn api_key(
 /// `retry-after-ms` or `retry-after` (seconds) of a response.
 pub fn retry_after(resp: &Response) -> Option<Duration> {
     let h = resp.headers();
-    if let Some(ms) = h
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
+    retry_after_of(
+        h.get("retry-after-ms").and_then(|v| v.to_str().ok()),
+        h.get("retry-after").and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// The wait a server asks for, from the values of `retry-after-ms` and
+/// `retry-after` (seconds, fractions allowed). A value that is not a
+/// number of 0 or more (`inf`, `NaN`, `-1`, an HTTP date) is ignored, a
+/// huge one (`1e400`) is capped at [`crate::time::MAX_DURATION`] — the
+/// retry policy caps it much lower still. Never panics.
+pub fn retry_after_of(ms: Option<&str>, secs: Option<&str>) -> Option<Duration> {
+    let num = |s: &str| s.trim().parse::<f64>().ok();
+    if let Some(d) = ms
+        .and_then(num)
+        .and_then(|ms| crate::time::secs_f64(ms / 1000.0))
     {
-        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+        return Some(d);
     }
-    h.get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .map(|s| Duration::from_secs_f64(s.max(0.0)))
+    secs.and_then(num).and_then(crate::time::secs_f64)
 }
 
 /// Is an HTTP status worth retrying?
@@ -167,5 +176,41 @@ pub async fn read_sse(
         if end {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::MAX_DURATION;
+
+    #[test]
+    fn retry_after_values() {
+        let ra = |ms: Option<&str>, s: Option<&str>| retry_after_of(ms, s);
+        assert_eq!(ra(None, Some("2")), Some(Duration::from_secs(2)));
+        assert_eq!(ra(None, Some(" 1.5 ")), Some(Duration::from_millis(1500)));
+        assert_eq!(ra(Some("250"), Some("9")), Some(Duration::from_millis(250)));
+        assert_eq!(ra(None, None), None);
+        // Values that used to panic in `Duration::from_secs_f64`, or meant
+        // nothing: ignored (the policy's own back-off), or capped.
+        for bad in [
+            "inf",
+            "-inf",
+            "NaN",
+            "-1",
+            "-0.5",
+            "soon",
+            "",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+        ] {
+            assert_eq!(ra(None, Some(bad)), None, "retry-after: {bad}");
+            assert_eq!(ra(Some(bad), None), None, "retry-after-ms: {bad}");
+        }
+        assert_eq!(ra(None, Some("1e400")), None); // parses as infinity
+        assert_eq!(ra(None, Some("1e300")), Some(MAX_DURATION));
+        assert_eq!(ra(Some("1e300"), None), Some(MAX_DURATION));
+        assert_eq!(ra(None, Some("18446744073709551616")), Some(MAX_DURATION));
+        // A bad `retry-after-ms` falls back to `retry-after`.
+        assert_eq!(ra(Some("NaN"), Some("3")), Some(Duration::from_secs(3)));
     }
 }

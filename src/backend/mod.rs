@@ -135,15 +135,34 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait before attempt `n + 1` (n ≥ 1).
+    /// The default policy, with a definition's `retry_base` as the first
+    /// back-off when it has one.
+    pub fn for_definition(def: &Definition) -> RetryPolicy {
+        let mut policy = RetryPolicy::default();
+        if let Some(base) = def.retry_base {
+            policy.base = base;
+        }
+        policy
+    }
+
+    /// The wait before attempt `n + 1` (n ≥ 1). Saturating: no base, `n`
+    /// or `retry-after` can overflow it; never more than `max`.
     pub fn backoff(&self, n: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(ra) = retry_after {
             return ra.min(self.max);
         }
-        let exp = self.base.saturating_mul(1u32 << (n - 1).min(16));
-        // Jitter from a random UUID: ±25 %.
-        let r = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
-        exp.mul_f64(0.75 + 0.5 * r).min(self.max)
+        // Capped at twice `max` (jitter cannot bring that under `max`), so
+        // the jitter below cannot overflow either.
+        let exp = self
+            .base
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(self.max.saturating_mul(2));
+        // Jitter from a random UUID: 75 % to 125 %, in thousandths.
+        let r = u32::try_from(uuid::Uuid::new_v4().as_u128() % 501).unwrap_or(250);
+        exp.saturating_mul(750 + r)
+            .checked_div(1000)
+            .unwrap_or(exp)
+            .min(self.max)
     }
 }
 
@@ -169,7 +188,7 @@ pub async fn run_with_retries(
                     )));
                 }
                 let wait = policy.backoff(n, retry_after);
-                if tokio::time::Instant::now() + wait >= req.deadline {
+                if crate::time::after(wait) >= req.deadline {
                     return Err(TurnError::Failed(format!(
                         "{message} (no time left for another attempt within the turn's timeout)"
                     )));
@@ -183,7 +202,7 @@ pub async fn run_with_retries(
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => return Err(TurnError::Cancelled),
                 }
-                n += 1;
+                n = n.saturating_add(1);
             }
             other => return other,
         }
@@ -349,26 +368,16 @@ pub fn for_definition(def: &Definition) -> Result<Box<dyn Backend>, TurnError> {
     }
 }
 
-/// Extra arguments from a definition's `args` list.
+/// Extra arguments from a definition's `args` (validated when the
+/// definition was read).
 pub fn extra_args(def: &Definition) -> Vec<String> {
-    match def.meta.get("args") {
-        Some(serde_yaml::Value::Sequence(seq)) => seq
-            .iter()
-            .filter_map(|v| match v {
-                serde_yaml::Value::String(s) => Some(s.clone()),
-                serde_yaml::Value::Number(n) => Some(n.to_string()),
-                serde_yaml::Value::Bool(b) => Some(b.to_string()),
-                _ => None,
-            })
-            .collect(),
-        Some(serde_yaml::Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
-        _ => Vec::new(),
-    }
+    def.args.clone()
 }
 
 /// The program to run: the definition's `program`, else the default name.
 pub fn program(def: &Definition, default: &str) -> String {
-    def.str("program")
+    def.program
+        .clone()
         .filter(|p| !p.trim().is_empty())
         .unwrap_or_else(|| default.to_string())
 }
@@ -431,5 +440,23 @@ mod tests {
             p.backoff(1, Some(Duration::from_secs(100))),
             Duration::from_secs(5)
         );
+    }
+
+    #[test]
+    fn backoff_never_overflows() {
+        let p = RetryPolicy {
+            attempts: u32::MAX,
+            base: Duration::MAX,
+            max: Duration::MAX,
+        };
+        for n in [0, 1, 2, 17, u32::MAX] {
+            assert!(p.backoff(n, None) >= Duration::from_secs(1), "{n}");
+            assert_eq!(p.backoff(n, Some(Duration::MAX)), Duration::MAX);
+        }
+        let p = RetryPolicy {
+            base: crate::time::MAX_DURATION,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.backoff(3, None), p.max);
     }
 }

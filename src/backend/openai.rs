@@ -24,10 +24,6 @@ pub struct OpenAi {
     temperature: Option<f64>,
 }
 
-fn num<T: std::str::FromStr>(def: &Definition, key: &str) -> Option<T> {
-    def.str(key).and_then(|s| s.trim().parse().ok())
-}
-
 impl OpenAi {
     pub fn new(def: &Definition) -> Result<Self, TurnError> {
         let model = def.model.clone().ok_or_else(|| {
@@ -38,14 +34,15 @@ impl OpenAi {
         })?;
         Ok(OpenAi {
             base_url: def
-                .str("base_url")
-                .unwrap_or_else(|| "https://api.openai.com/v1".into())
+                .base_url
+                .as_deref()
+                .unwrap_or("https://api.openai.com/v1")
                 .trim_end_matches('/')
                 .to_string(),
             model,
-            api_key_env: def.str("api_key_env"),
-            max_tokens: num(def, "max_tokens"),
-            temperature: num(def, "temperature"),
+            api_key_env: def.api_key_env.clone(),
+            max_tokens: def.max_tokens,
+            temperature: def.temperature,
         })
     }
 
@@ -65,11 +62,13 @@ impl OpenAi {
             "stream": true,
             "stream_options": {"include_usage": true},
         });
-        if let Some(m) = self.max_tokens {
-            body["max_tokens"] = json!(m);
-        }
-        if let Some(t) = self.temperature {
-            body["temperature"] = json!(t);
+        if let Some(o) = body.as_object_mut() {
+            if let Some(m) = self.max_tokens {
+                o.insert("max_tokens".into(), json!(m));
+            }
+            if let Some(t) = self.temperature {
+                o.insert("temperature".into(), json!(t));
+            }
         }
         body
     }

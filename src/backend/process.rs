@@ -150,7 +150,7 @@ pub async fn run(spec: &Spawn<'_>, cancel: &CancellationToken) -> Result<Finishe
         (out, err)
     };
     tokio::pin!(collect);
-    let grace_end = deadline.min(tokio::time::Instant::now() + KILL_GRACE);
+    let grace_end = deadline.min(crate::time::after(KILL_GRACE));
     let (o, e) = tokio::select! {
         r = &mut collect => r,
         _ = tokio::time::sleep_until(grace_end) => {
@@ -256,7 +256,7 @@ pub async fn run_lines(
                 match e.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        keep.extend_from_slice(&buf[..n]);
+                        keep.extend_from_slice(buf.get(..n).unwrap_or(&buf));
                         if keep.len() > 2 * STDERR_KEEP {
                             keep.drain(..keep.len() - STDERR_KEEP);
                         }
@@ -274,7 +274,7 @@ pub async fn run_lines(
     let deadline = spec.deadline;
     let mut buf = Vec::new();
     let mut finished = false;
-    let mut stall_at = tokio::time::Instant::now() + spec.stall;
+    let mut stall_at = crate::time::after(spec.stall);
     let failure = loop {
         tokio::select! {
             r = reader.read_until(b'\n', &mut buf) => match r {
@@ -284,7 +284,7 @@ pub async fn run_lines(
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
                     let more = on_line(line);
                     buf.clear();
-                    stall_at = tokio::time::Instant::now() + spec.stall;
+                    stall_at = crate::time::after(spec.stall);
                     if !more {
                         finished = true;
                         break None;
@@ -309,7 +309,7 @@ pub async fn run_lines(
     // The stream is complete: the child should exit now; don't wait for
     // anything that holds its stdout open.
     let wait_until = if finished {
-        deadline.min(tokio::time::Instant::now() + KILL_GRACE)
+        deadline.min(crate::time::after(KILL_GRACE))
     } else {
         deadline
     };

@@ -17,3 +17,4 @@ mod jobs;
 mod notes;
 mod robust;
 mod serve;
+mod values;
