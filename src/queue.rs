@@ -380,10 +380,10 @@ impl Index {
                             true,
                         ),
                         Some(agent) => {
-                            if !valid_name(agent) {
+                            if let Err(why) = crate::agent::check_name(agent) {
                                 self.problem(
                                     path,
-                                    &format!("field `agent`: {agent:?} is not a valid agent name; the message is answered with an error"),
+                                    &format!("field `agent`: {why}; the message is answered with an error"),
                                     true,
                                 );
                             }

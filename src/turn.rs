@@ -680,11 +680,8 @@ async fn prepare(
                 }))
             }
         };
-    if !valid_name(&inbound.agent) {
-        let reason = format!(
-            "field `agent`: {:?} is not a valid agent name (letters, digits, `_` and `-` only)",
-            inbound.agent
-        );
+    if let Err(why) = crate::agent::check_name(&inbound.agent) {
+        let reason = format!("field `agent`: {why}");
         let cb = inbound
             .depth
             .as_ref()
@@ -771,10 +768,7 @@ async fn run_prepared(
                 let paths = (env.history)(&thread);
                 let reset_at =
                     crate::note::get_str(&thread_meta, "reset_at").filter(|s| !s.trim().is_empty());
-                let budget = def
-                    .str("history_budget")
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(DEFAULT_HISTORY_BUDGET);
+                let budget = def.history_budget.unwrap_or(DEFAULT_HISTORY_BUDGET);
                 let vault = env.vault.clone();
                 let current = path.to_string();
                 req.history = match tokio::task::spawn_blocking(move || {
@@ -787,14 +781,15 @@ async fn run_prepared(
                 };
             }
             let external = b.runs_external_programs();
-            let grace = backend::process::KILL_GRACE + Duration::from_secs(5);
-            let policy = retry_policy(&def);
+            let grace = backend::process::KILL_GRACE.saturating_add(Duration::from_secs(5));
+            let policy = backend::RetryPolicy::for_definition(&def);
             let run = backend::run_with_retries(b.as_ref(), &req, &events, &env.cancel, policy);
             // A safety net only: backends stop at the deadline themselves.
-            let r = match tokio::time::timeout_at(req.deadline + grace, run).await {
-                Ok(r) => r,
-                Err(_) => Err(TurnError::Timeout(req.timeout)),
-            };
+            let r =
+                match tokio::time::timeout_at(crate::time::later(req.deadline, grace), run).await {
+                    Ok(r) => r,
+                    Err(_) => Err(TurnError::Timeout(req.timeout)),
+                };
             (r, external)
         }
         Err(e) => (Err(e), false),
@@ -868,19 +863,6 @@ async fn run_prepared(
 const DELETED_MID_TURN: &str =
     "the message was deleted during its turn: its thread is closed, no reply is written";
 
-/// How a definition's transient failures are retried: the default policy,
-/// with `retry_base` (a duration) as the first backoff when given.
-fn retry_policy(def: &Definition) -> backend::RetryPolicy {
-    let mut policy = backend::RetryPolicy::default();
-    if let Some(base) = def
-        .str("retry_base")
-        .and_then(|s| crate::agent::parse_duration(&s))
-    {
-        policy.base = base;
-    }
-    policy
-}
-
 fn join_err(e: tokio::task::JoinError) -> VaultError {
     VaultError::Io {
         path: PathBuf::new(),
@@ -924,7 +906,7 @@ fn build_request(
         }
     };
     add(thread_body.trim());
-    if def.backend == "claude" && def.flag("delegation_prompt", true) {
+    if def.backend == "claude" && def.delegation_prompt {
         add(&delegation_section(&def.name, &env.agents));
     }
     let workspace = match def
@@ -966,7 +948,7 @@ fn build_request(
         workspace,
         env: env_vars,
         timeout: def.timeout,
-        deadline: tokio::time::Instant::now() + def.timeout,
+        deadline: crate::time::after(def.timeout),
         stall: def.stall_timeout,
         history: Vec::new(),
     }

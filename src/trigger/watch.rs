@@ -91,7 +91,7 @@ fn route(engine: &Engine, settle: Duration, pending: &mut HashMap<String, Instan
         pending.remove(&rel);
         read(engine, pending, rel);
     } else {
-        pending.insert(rel, Instant::now() + settle);
+        pending.insert(rel, crate::time::after(settle));
     }
 }
 
@@ -99,7 +99,7 @@ fn route(engine: &Engine, settle: Duration, pending: &mut HashMap<String, Instan
 /// of descriptors, an I/O error) is tried again on its own, later.
 fn read(engine: &Engine, pending: &mut HashMap<String, Instant>, rel: String) {
     if !engine.note_changed(&rel) {
-        let again = Instant::now() + engine.read_retry_delay(&rel);
+        let again = crate::time::after(engine.read_retry_delay(&rel));
         pending.insert(rel, again);
     }
 }
@@ -114,7 +114,7 @@ fn scan(engine: &Engine, settle: Duration, pending: &mut HashMap<String, Instant
         }
     }
     for rel in report.failed {
-        let again = Instant::now() + engine.read_retry_delay(&rel);
+        let again = crate::time::after(engine.read_retry_delay(&rel));
         pending.entry(rel).or_insert(again);
     }
 }
@@ -139,7 +139,7 @@ pub async fn run(
     // Catch anything written between the start-up scan and the watches.
     scan(&engine, opts.settle, &mut pending);
 
-    let mut next_rescan = Instant::now() + opts.rescan;
+    let mut next_rescan = crate::time::after(opts.rescan);
     loop {
         let next_due = pending.values().min().copied();
         let wake_at = next_due.map_or(next_rescan, |d| d.min(next_rescan));
@@ -210,7 +210,7 @@ pub async fn run(
             watched.retain(|d| d.is_dir());
             watch_all(&mut watcher, &mut watched, &root);
             scan(&engine, opts.settle, &mut pending);
-            next_rescan = now + opts.rescan;
+            next_rescan = crate::time::later(now, opts.rescan);
         }
     }
     Ok(())
