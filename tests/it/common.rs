@@ -181,6 +181,29 @@ impl TestVault {
             .unwrap();
     }
 
+    /// Moves the mtime of `rel` — a file, or every file under a directory
+    /// (`""`: the whole vault) —
+    /// `by` into the past, as if written that long ago: `serve` settles a
+    /// note by its mtime, so this stands for a pause before it starts.
+    pub fn backdate(&self, rel: &str, by: Duration) {
+        let when = SystemTime::now()
+            .checked_sub(by)
+            .expect("a time after 1970");
+        let p = self.path(rel);
+        let files = if p.is_dir() {
+            walk(&p).into_iter().map(|(_, abs)| abs).collect()
+        } else {
+            vec![p]
+        };
+        for f in files {
+            std::fs::File::options()
+                .write(true)
+                .open(&f)
+                .and_then(|h| h.set_modified(when))
+                .unwrap_or_else(|e| panic!("backdate {}: {e}", f.display()));
+        }
+    }
+
     /// Does the vault-relative file exist?
     pub fn exists(&self, rel: &str) -> bool {
         self.path(rel).exists()
