@@ -703,6 +703,12 @@ impl Run {
         self
     }
 
+    /// Removes an environment variable (beyond [`SCRUB_ENV`]).
+    pub fn env_remove(mut self, k: &str) -> Run {
+        self.cmd.env_remove(k);
+        self
+    }
+
     /// Feeds `s` on stdin (otherwise stdin is `/dev/null`).
     pub fn stdin(mut self, s: &str) -> Run {
         self.stdin = Some(s.to_string());
