@@ -133,7 +133,7 @@ fn daily_job_fires_once_at_local_nine_and_stamps_the_job_note() {
     assert_eq!(note_paths(&v, "Inbox/echo"), vec![expected_path]);
 
     // The fire note: an inbound message from the job.
-    let (m, body) = v.note(&expected_path);
+    let (m, body) = v.note(expected_path);
     assert_eq!(scalar(&m, "agent").as_deref(), Some("echo"));
     assert_eq!(scalar(&m, "sender").as_deref(), Some("job:Jobs/morning"));
     assert_eq!(scalar(&m, "subject").as_deref(), Some("Morning brief"));
