@@ -131,7 +131,12 @@ fn orchestrator_under_serve() {
                 .iter()
                 .all(|c| v.exists(&c.replace(".callback.md", ".callback.reply.md")))
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Their turns' last writes: each callback stamped `handled`.
+    crate::common::wait_until(Duration::from_secs(20), "the callbacks stamped", || {
+        callback_notes(&v)
+            .iter()
+            .all(|c| v.get(c, "status").as_deref() == Some("handled"))
+    });
     s.stop();
     assert_callbacks(&v);
 }
