@@ -1026,6 +1026,14 @@ impl Serve {
         });
     }
 
+    /// [`answered`](Self::answered), then asserts the reply's body
+    /// (trimmed) is `want`.
+    #[track_caller]
+    pub fn answered_with(&self, v: &TestVault, rel: &str, want: &str) {
+        self.answered(v, rel);
+        assert_eq!(v.body(&reply_of(rel)).trim(), want, "the reply to {rel}");
+    }
+
     /// Writes a message to the always-answering `ok` agent (see
     /// [`TestVault::with_probes`]) and waits for its reply: every event
     /// written before it has then been seen by the watcher.
@@ -1050,6 +1058,18 @@ impl Serve {
             st.is_none() || st.as_deref() == Some("pending"),
             "{rel} should be untouched, status is {st:?}"
         );
+    }
+
+    /// Asserts that each of `rels` still waits once the watcher has seen
+    /// it: a [`sentinel`](Self::sentinel) named `sentinel`, then half a
+    /// second of observation window, then [`assert_waiting`](Self::assert_waiting).
+    #[track_caller]
+    pub fn assert_still_waiting(&self, v: &TestVault, sentinel: &str, rels: &[&str]) {
+        self.sentinel(v, sentinel);
+        std::thread::sleep(Duration::from_millis(500));
+        for rel in rels {
+            self.assert_waiting(v, rel);
+        }
     }
 
     /// The address of `serve`'s HTTP listener, from

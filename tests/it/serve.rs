@@ -30,16 +30,15 @@ fn answers_notes_including_in_new_directories() {
     let s = v.spawn_serve(&[]);
     s.ready(&v);
 
-    v.write("Inbox/first.md", &inbound("echo", "", "hello"));
-    s.answered(&v, "Inbox/first.md");
-    assert_eq!(v.body("Inbox/first.reply.md").trim(), "echo: hello");
+    v.message("Inbox/first.md", "echo", "", "hello");
+    s.answered_with(&v, "Inbox/first.md", "echo: hello");
 
     // A directory created after start, written into at once.
     fs::create_dir(v.path("Fresh")).unwrap();
-    v.write("Fresh/x.md", &inbound("echo", "", "in a new dir"));
+    v.message("Fresh/x.md", "echo", "", "in a new dir");
     // Nested directories created in one go.
     fs::create_dir_all(v.path("a/b/c")).unwrap();
-    v.write("a/b/c/x.md", &inbound("echo", "", "deep"));
+    v.message("a/b/c/x.md", "echo", "", "deep");
     // And a nested tree whose files land before any watch could exist.
     let deep = v.path("p/q/r");
     fs::create_dir_all(&deep).unwrap();
@@ -91,7 +90,7 @@ fn settle_window_waits_for_quiet_and_answers_once() {
     // A single user write: not answered before ~1.5 s of quiet.
     let rel = "Inbox/typed.md";
     let written = SystemTime::now();
-    v.write(rel, &inbound("echo", "", "one shot"));
+    v.message(rel, "echo", "", "one shot");
     s.answered(&v, rel);
     let replied = fs::metadata(v.path(&reply_of(rel)))
         .unwrap()
@@ -112,7 +111,7 @@ fn settle_window_waits_for_quiet_and_answers_once() {
     let mut last_write = SystemTime::now();
     while start.elapsed() < Duration::from_secs(3) {
         text.push_str(" more");
-        v.write(rel, &inbound("echo", "", &text));
+        v.message(rel, "echo", "", &text);
         last_write = SystemTime::now();
         std::thread::sleep(Duration::from_millis(300));
         assert!(
@@ -153,10 +152,12 @@ fn settle_window_waits_for_quiet_and_answers_once() {
 fn the_start_up_scan_waits_for_the_settle_window_and_still_recovers() {
     let v = TestVault::with_probes();
     v.agent("echo", "backend: echo\n", "");
-    v.write("Inbox/typing.md", &inbound("echo", "", "half a thou"));
-    v.write(
+    v.message("Inbox/typing.md", "echo", "", "half a thou");
+    v.message(
         "Inbox/crashed.md",
-        &inbound("echo", "status: working\nattempts: 1\n", "cut short"),
+        "echo",
+        "status: working\nattempts: 1\n",
+        "cut short",
     );
     let s = v.spawn_serve(&["--settle-ms", "4000"]);
     s.started();
@@ -168,9 +169,11 @@ fn the_start_up_scan_waits_for_the_settle_window_and_still_recovers() {
         s.log_text()
     );
     // The user finishes the sentence.
-    v.write(
+    v.message(
         "Inbox/typing.md",
-        &inbound("echo", "", "half a thought, now finished"),
+        "echo",
+        "",
+        "half a thought, now finished",
     );
     s.answered_within(&v, "Inbox/typing.md", SLOW);
     s.answered_within(&v, "Inbox/crashed.md", SLOW);
@@ -197,9 +200,11 @@ fn the_start_up_scan_waits_for_the_settle_window_and_still_recovers() {
 fn a_deferred_crashed_note_read_by_a_rescan_is_still_recovered() {
     let v = TestVault::with_probes();
     v.agent("echo", "backend: echo\n", "");
-    v.write(
+    v.message(
         "Inbox/crashed.md",
-        &inbound("echo", "status: working\nattempts: 1\n", "cut short"),
+        "echo",
+        "status: working\nattempts: 1\n",
+        "cut short",
     );
     // Written 1.2 s before the start: older than the settle window by the
     // time the rescan comes, but not at the start, so the start defers it
@@ -229,8 +234,8 @@ fn settle_window_applies_in_new_directories() {
     // before it has been quiet for the settle window either.
     let written = SystemTime::now();
     fs::create_dir_all(v.path("New/deeper")).unwrap();
-    v.write("New/deeper/n.md", &inbound("echo", "", "in a new dir"));
-    v.write("New/n.md", &inbound("echo", "", "next to it"));
+    v.message("New/deeper/n.md", "echo", "", "in a new dir");
+    v.message("New/n.md", "echo", "", "next to it");
     s.answered(&v, "New/deeper/n.md");
     s.answered(&v, "New/n.md");
     for rel in ["New/deeper/n.md", "New/n.md"] {
@@ -264,13 +269,12 @@ fn directories_moved_or_renamed_into_place() {
     fs::rename(outside.path().join("Moved"), v.path("Moved")).unwrap();
     s.answered(&v, "Moved/sub/m.md");
     // A note written later into the moved-in folder.
-    v.write("Moved/sub/later.md", &inbound("echo", "", "later"));
+    v.message("Moved/sub/later.md", "echo", "", "later");
     s.answered(&v, "Moved/sub/later.md");
     // A folder of the vault renamed while serving, then written into.
     fs::rename(v.path("Before"), v.path("After")).unwrap();
-    v.write("After/sub/r.md", &inbound("echo", "", "renamed dir"));
-    s.answered(&v, "After/sub/r.md");
-    assert_eq!(v.body("After/sub/r.reply.md").trim(), "echo: renamed dir");
+    v.message("After/sub/r.md", "echo", "", "renamed dir");
+    s.answered_with(&v, "After/sub/r.md", "echo: renamed dir");
 }
 
 #[test]
@@ -327,7 +331,7 @@ fn cli_sender_skips_the_settle_window() {
 
     // A user-written note in the same vault does wait.
     let t0 = Instant::now();
-    v.write("Inbox/user.md", &inbound("echo", "", "typed"));
+    v.message("Inbox/user.md", "echo", "", "typed");
     s.answered_within(&v, "Inbox/user.md", SLOW);
     assert!(
         t0.elapsed() >= Duration::from_millis(7500),
@@ -368,7 +372,7 @@ fn no_loops_after_replies() {
         ("Inbox/w1.md", "scribe", "write", ""),
     ];
     for (rel, agent, body, extra) in msgs {
-        v.write(rel, &inbound(agent, extra, body));
+        v.message(rel, agent, extra, body);
     }
     for (rel, ..) in msgs {
         s.answered_within(&v, rel, SLOW);
@@ -457,69 +461,40 @@ fn definitions_hot_reload() {
     let v = TestVault::with_probes();
     let mut s = v.spawn_serve(&[]);
     s.ready(&v);
+    // The `cmd` agent, printing `word`, with more front-matter lines.
+    let cmd = |word: &str, extra: &str| {
+        let yaml = format!("backend: command\ncommand: [sh, -c, \"echo {word}\"]\n{extra}");
+        v.agent("cmd", &yaml, "");
+    };
 
     // A message for an agent that does not exist yet waits...
-    v.write("Inbox/late.md", &inbound("late", "", "are you there"));
-    s.sentinel(&v, "s1");
-    // The sentinel's reply says the watcher has seen the note; the half
-    // second after it (here and below) is an observation window: still
-    // not answered.
-    std::thread::sleep(Duration::from_millis(500));
-    s.assert_waiting(&v, "Inbox/late.md");
+    v.message("Inbox/late.md", "late", "", "are you there");
+    s.assert_still_waiting(&v, "s1", &["Inbox/late.md"]);
     // ...and is answered once the definition is added.
     v.agent("late", "backend: echo\n", "");
-    s.answered(&v, "Inbox/late.md");
-    assert_eq!(v.body("Inbox/late.reply.md").trim(), "echo: are you there");
+    s.answered_with(&v, "Inbox/late.md", "echo: are you there");
 
     // Editing a definition: the next message uses the new one.
-    v.agent(
-        "cmd",
-        "backend: command\ncommand: [sh, -c, \"echo one\"]\n",
-        "",
-    );
-    v.write("Inbox/c1.md", &inbound("cmd", "", "x"));
-    s.answered(&v, "Inbox/c1.md");
-    assert_eq!(v.body("Inbox/c1.reply.md").trim(), "one");
-    v.agent(
-        "cmd",
-        "backend: command\ncommand: [sh, -c, \"echo two\"]\n",
-        "",
-    );
-    v.write("Inbox/c2.md", &inbound("cmd", "", "x"));
-    s.answered(&v, "Inbox/c2.md");
-    assert_eq!(v.body("Inbox/c2.reply.md").trim(), "two");
+    cmd("one", "");
+    v.message("Inbox/c1.md", "cmd", "", "x");
+    s.answered_with(&v, "Inbox/c1.md", "one");
+    cmd("two", "");
+    v.message("Inbox/c2.md", "cmd", "", "x");
+    s.answered_with(&v, "Inbox/c2.md", "two");
 
     // Disabled: new messages wait; enabled again: they run.
-    v.agent(
-        "cmd",
-        "backend: command\ncommand: [sh, -c, \"echo two\"]\nenabled: false\n",
-        "",
-    );
-    v.write("Inbox/c3.md", &inbound("cmd", "", "x"));
-    s.sentinel(&v, "s2");
-    std::thread::sleep(Duration::from_millis(500));
-    s.assert_waiting(&v, "Inbox/c3.md");
-    v.agent(
-        "cmd",
-        "backend: command\ncommand: [sh, -c, \"echo three\"]\nenabled: true\n",
-        "",
-    );
-    s.answered(&v, "Inbox/c3.md");
-    assert_eq!(v.body("Inbox/c3.reply.md").trim(), "three");
+    cmd("two", "enabled: false\n");
+    v.message("Inbox/c3.md", "cmd", "", "x");
+    s.assert_still_waiting(&v, "s2", &["Inbox/c3.md"]);
+    cmd("three", "enabled: true\n");
+    s.answered_with(&v, "Inbox/c3.md", "three");
 
     // Deleted: messages wait; restored: they run.
     fs::remove_file(v.path("Agents/cmd.md")).unwrap();
-    v.write("Inbox/c4.md", &inbound("cmd", "", "x"));
-    s.sentinel(&v, "s3");
-    std::thread::sleep(Duration::from_millis(500));
-    s.assert_waiting(&v, "Inbox/c4.md");
-    v.agent(
-        "cmd",
-        "backend: command\ncommand: [sh, -c, \"echo four\"]\n",
-        "",
-    );
-    s.answered(&v, "Inbox/c4.md");
-    assert_eq!(v.body("Inbox/c4.reply.md").trim(), "four");
+    v.message("Inbox/c4.md", "cmd", "", "x");
+    s.assert_still_waiting(&v, "s3", &["Inbox/c4.md"]);
+    cmd("four", "");
+    s.answered_with(&v, "Inbox/c4.md", "four");
 
     // Broken YAML in a new definition and in an existing one: those agents
     // wait, the others keep answering, serve keeps running.
@@ -533,28 +508,18 @@ fn definitions_hot_reload() {
     );
     // Valid YAML, invalid field: disabled with an error.
     v.agent("badfield", "backend: echo\ntimeout: soon\n", "");
-    v.write("Inbox/b1.md", &inbound("broken", "", "x"));
-    v.write("Inbox/c5.md", &inbound("cmd", "", "x"));
-    v.write("Inbox/f1.md", &inbound("badfield", "", "x"));
-    v.write("Inbox/o1.md", &inbound("ok", "", "still here"));
-    v.write("Inbox/l1.md", &inbound("late", "", "me too"));
-    s.answered(&v, "Inbox/o1.md");
+    v.message("Inbox/b1.md", "broken", "", "x");
+    v.message("Inbox/c5.md", "cmd", "", "x");
+    v.message("Inbox/f1.md", "badfield", "", "x");
+    v.message("Inbox/o1.md", "ok", "", "still here");
+    v.message("Inbox/l1.md", "late", "", "me too");
+    s.answered_with(&v, "Inbox/o1.md", "echo: still here");
     s.answered(&v, "Inbox/l1.md");
-    assert_eq!(v.body("Inbox/o1.reply.md").trim(), "echo: still here");
-    s.sentinel(&v, "s4");
-    std::thread::sleep(Duration::from_millis(500));
-    for rel in ["Inbox/b1.md", "Inbox/c5.md", "Inbox/f1.md"] {
-        s.assert_waiting(&v, rel);
-    }
+    s.assert_still_waiting(&v, "s4", &["Inbox/b1.md", "Inbox/c5.md", "Inbox/f1.md"]);
     assert!(s.still_running(), "serve stopped:\n{}", s.log_text());
     // Fixing the broken definition lets its messages run.
-    v.agent(
-        "cmd",
-        "backend: command\ncommand: [sh, -c, \"echo fixed\"]\n",
-        "",
-    );
-    s.answered(&v, "Inbox/c5.md");
-    assert_eq!(v.body("Inbox/c5.reply.md").trim(), "fixed");
+    cmd("fixed", "");
+    s.answered_with(&v, "Inbox/c5.md", "fixed");
 }
 
 #[test]
@@ -579,7 +544,7 @@ fn a_second_instance_is_refused() {
     }
     // The first one is unaffected.
     assert!(s.still_running());
-    v.write("Inbox/after.md", &inbound("echo", "", "still served"));
+    v.message("Inbox/after.md", "echo", "", "still served");
     s.answered(&v, "Inbox/after.md");
 }
 
@@ -610,7 +575,7 @@ fn sigterm_stops_a_running_turn_without_orphans() {
     );
     let mut s = v.spawn_serve(&[]);
     s.ready(&v);
-    v.write("Inbox/long.md", &inbound("slow", "", "take your time"));
+    v.message("Inbox/long.md", "slow", "", "take your time");
     let sh = read_pid(&aux.join("sh.pid"));
     let sleep = read_pid(&aux.join("sleep.pid"));
     assert!(alive(sh) && alive(sleep));
@@ -735,7 +700,7 @@ fn turn_timeouts_kill_children_and_grandchildren() {
     s.ready(&v);
     let t0 = Instant::now();
     for (name, ..) in &cases {
-        v.write(&format!("Inbox/{name}.md"), &inbound(name, "", "go"));
+        v.message(&format!("Inbox/{name}.md"), name, "", "go");
     }
     let mut pids = Vec::new();
     for (name, ..) in &cases {
@@ -805,14 +770,11 @@ fn editor_save_styles_and_ignored_paths() {
         "Inbox/early (conflicted copy 2026-11-21).md",
     ];
     for rel in ignored_before {
-        v.write(rel, &inbound("echo", "", "must not run"));
+        v.message(rel, "echo", "", "must not run");
     }
     // Notes being edited, still drafts.
-    v.write("Inbox/vim.md", &inbound("echo", "status: draft\n", "draft"));
-    v.write(
-        "Inbox/trunc.md",
-        &inbound("echo", "status: draft\n", "draft"),
-    );
+    v.message("Inbox/vim.md", "echo", "status: draft\n", "draft");
+    v.message("Inbox/trunc.md", "echo", "status: draft\n", "draft");
     let s = v.spawn_serve(&["--settle-ms", "500"]);
     s.ready(&v);
 
@@ -822,7 +784,7 @@ fn editor_save_styles_and_ignored_paths() {
     v.write("Inbox/4913", "");
     fs::remove_file(v.path("Inbox/4913")).unwrap();
     fs::rename(v.path("Inbox/vim.md"), v.path("Inbox/vim.md~")).unwrap();
-    v.write("Inbox/vim.md", &inbound("echo", "", "saved by vim"));
+    v.message("Inbox/vim.md", "echo", "", "saved by vim");
     fs::remove_file(v.path("Inbox/vim.md~")).unwrap();
 
     // Truncate, pause, then write (a watcher can see an empty file).
@@ -839,10 +801,7 @@ fn editor_save_styles_and_ignored_paths() {
     }
 
     // Syncthing: a dot temp file, renamed into place.
-    v.write(
-        "Inbox/.syncthing.synced.md.tmp",
-        &inbound("echo", "", "synced in"),
-    );
+    v.message("Inbox/.syncthing.synced.md.tmp", "echo", "", "synced in");
     fs::rename(
         v.path("Inbox/.syncthing.synced.md.tmp"),
         v.path("Inbox/synced.md"),
@@ -859,7 +818,7 @@ fn editor_save_styles_and_ignored_paths() {
         "Inbox/late.md~",
     ];
     for rel in ignored_after {
-        v.write(rel, &inbound("echo", "", "must not run"));
+        v.message(rel, "echo", "", "must not run");
     }
 
     for rel in ["Inbox/vim.md", "Inbox/trunc.md", "Inbox/synced.md"] {
@@ -930,7 +889,7 @@ fn idle_serve_uses_no_cpu() {
             &format!("# Note {i}\n\nOrdinary text.\n"),
         );
     }
-    v.write("Inbox/m.md", &inbound("echo", "", "hi"));
+    v.message("Inbox/m.md", "echo", "", "hi");
     // A job that is not due for months keeps the cron trigger armed.
     v.write(
         "Jobs/yearly.md",
