@@ -21,6 +21,21 @@ use crate::common::{
 /// 30 s: the deadline for notes that wait out a settle window first.
 const SLOW: Duration = Duration::from_secs(30);
 
+/// Asserts that the reply to `rel` was written at least 1.3 s after
+/// `since` (`what`): the 1.5 s settle window these tests use, less slack.
+#[track_caller]
+fn assert_quiet_before_reply(v: &TestVault, rel: &str, since: SystemTime, what: &str) {
+    let replied = fs::metadata(v.path(&reply_of(rel)))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let quiet = replied.duration_since(since).unwrap_or_default();
+    assert!(
+        quiet >= Duration::from_millis(1300),
+        "{rel} was answered only {quiet:?} after {what} (settle is 1.5 s)"
+    );
+}
+
 // ------------------------------------------------------------------ tests
 
 #[test]
@@ -92,15 +107,7 @@ fn settle_window_waits_for_quiet_and_answers_once() {
     let written = SystemTime::now();
     v.message(rel, "echo", "", "one shot");
     s.answered(&v, rel);
-    let replied = fs::metadata(v.path(&reply_of(rel)))
-        .unwrap()
-        .modified()
-        .unwrap();
-    let quiet = replied.duration_since(written).unwrap_or_default();
-    assert!(
-        quiet >= Duration::from_millis(1300),
-        "a user note was answered after only {quiet:?} (settle is 1.5 s)"
-    );
+    assert_quiet_before_reply(&v, rel, written, "it was written");
 
     // Obsidian-style autosave: the note is rewritten every 300 ms for 3 s,
     // growing each time. It must not be answered while it changes, and
@@ -122,15 +129,7 @@ fn settle_window_waits_for_quiet_and_answers_once() {
         );
     }
     s.answered(&v, rel);
-    let replied = fs::metadata(v.path(&reply_of(rel)))
-        .unwrap()
-        .modified()
-        .unwrap();
-    let quiet = replied.duration_since(last_write).unwrap_or_default();
-    assert!(
-        quiet >= Duration::from_millis(1300),
-        "answered only {quiet:?} after the last save (settle is 1.5 s)"
-    );
+    assert_quiet_before_reply(&v, rel, last_write, "the last save");
     assert_eq!(v.body(&reply_of(rel)).trim(), format!("echo: {text}"));
 
     // Exactly once: nothing more happens over the next seconds (an
@@ -239,15 +238,7 @@ fn settle_window_applies_in_new_directories() {
     s.answered(&v, "New/deeper/n.md");
     s.answered(&v, "New/n.md");
     for rel in ["New/deeper/n.md", "New/n.md"] {
-        let replied = fs::metadata(v.path(&reply_of(rel)))
-            .unwrap()
-            .modified()
-            .unwrap();
-        let quiet = replied.duration_since(written).unwrap_or_default();
-        assert!(
-            quiet >= Duration::from_millis(1300),
-            "{rel} was answered after only {quiet:?} (settle is 1.5 s)"
-        );
+        assert_quiet_before_reply(&v, rel, written, "it was written");
     }
 }
 
