@@ -22,6 +22,15 @@ fn vault() -> TestVault {
     v
 }
 
+/// A vault with one job note, `Jobs/<name>.md`; its engine and a fresh
+/// scheduler.
+fn one_job(name: &str, note: &str) -> (TestVault, Arc<Engine>, Scheduler) {
+    let v = vault();
+    v.write(&format!("Jobs/{name}.md"), note);
+    let engine = v.engine();
+    (v, engine, Scheduler::new())
+}
+
 /// The note paths (vault-relative, without `.md`) of the notes under `dir`.
 fn note_paths(v: &TestVault, dir: &str) -> Vec<String> {
     v.notes_under(dir)
@@ -178,10 +187,7 @@ fn daily_job_fires_once_at_local_nine_and_stamps_the_job_note() {
 
 #[test]
 fn a_job_that_never_ran_fires_nothing_for_the_past() {
-    let v = vault();
-    v.write("Jobs/j.md", &job_note("0 9 * * *", "Europe/Berlin", ""));
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
+    let (v, engine, mut sched) = one_job("j", &job_note("0 9 * * *", "Europe/Berlin", ""));
     // First seen long after today's 09:00 and yesterday's.
     assert!(sched.tick(&engine, utc("2026-11-21T15:00:00Z")).is_empty());
     assert!(sched.tick(&engine, utc("2026-11-21T23:00:00Z")).is_empty());
@@ -195,17 +201,14 @@ fn a_job_that_never_ran_fires_nothing_for_the_past() {
 
 #[test]
 fn catch_up_once_fires_one_for_the_latest_missed_time() {
-    let v = vault();
-    v.write(
-        "Jobs/j.md",
+    let (v, engine, mut sched) = one_job(
+        "j",
         &job_note(
             "0 9 * * *",
             "Europe/Berlin",
             "last_run_at: 2026-11-18T08:00:00.000Z\n",
         ),
     );
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
     // Down since the 18th: missed the 19th, 20th and 21st.
     let r = sched.tick(&engine, utc("2026-11-21T12:00:00Z"));
     let f = fires(&r);
@@ -215,9 +218,8 @@ fn catch_up_once_fires_one_for_the_latest_missed_time() {
         note_paths(&v, "Inbox/echo"),
         vec!["Inbox/echo/job--jobs-j--20261121T0800Z"]
     );
-    let (m, _) = v.note("Jobs/j");
     assert_eq!(
-        scalar(&m, "last_run_at").as_deref(),
+        v.get("Jobs/j.md", "last_run_at").as_deref(),
         Some("2026-11-21T08:00:00.000Z")
     );
     assert!(sched.tick(&engine, utc("2026-11-21T12:00:00Z")).is_empty());
@@ -225,17 +227,14 @@ fn catch_up_once_fires_one_for_the_latest_missed_time() {
 
 #[test]
 fn catch_up_skip_records_the_skip_and_fires_nothing() {
-    let v = vault();
-    v.write(
-        "Jobs/j.md",
+    let (v, engine, mut sched) = one_job(
+        "j",
         &job_note(
             "0 9 * * *",
             "Europe/Berlin",
             "catch_up: skip\nlast_run_at: 2026-11-18T08:00:00.000Z\n",
         ),
     );
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
     let r = sched.tick(&engine, utc("2026-11-21T12:00:00Z"));
     assert!(fires(&r).is_empty(), "{r:?}");
     assert_eq!(skips(&r).len(), 1, "{r:?}");
@@ -253,13 +252,10 @@ fn catch_up_skip_records_the_skip_and_fires_nothing() {
 #[test]
 fn catch_up_skip_still_fires_a_slightly_late_tick() {
     // A tick a minute late (a busy machine) is not a missed run.
-    let v = vault();
-    v.write(
-        "Jobs/j.md",
+    let (_v, engine, mut sched) = one_job(
+        "j",
         &job_note("0 9 * * *", "Europe/Berlin", "catch_up: skip\n"),
     );
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
     sched.tick(&engine, utc("2026-11-21T07:00:00Z"));
     let r = sched.tick(&engine, utc("2026-11-21T08:01:00Z"));
     assert_eq!(fires(&r).len(), 1, "{r:?}");
@@ -267,10 +263,7 @@ fn catch_up_skip_still_fires_a_slightly_late_tick() {
 
 #[test]
 fn previous_fire_still_pending_skips_the_next_due_time() {
-    let v = vault();
-    v.write("Jobs/h.md", &job_note("0 * * * *", "UTC", ""));
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
+    let (v, engine, mut sched) = one_job("h", &job_note("0 * * * *", "UTC", ""));
     sched.tick(&engine, utc("2026-11-21T07:30:00Z"));
     let r = sched.tick(&engine, utc("2026-11-21T08:00:00Z"));
     let first = fires(&r);
@@ -426,10 +419,7 @@ fn jobs(engine: &Engine) -> Vec<Arc<vaultrunner::job::Job>> {
 
 #[test]
 fn edited_and_added_jobs_are_picked_up() {
-    let v = vault();
-    v.write("Jobs/a.md", &job_note("0 9 * * *", "Europe/Berlin", ""));
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
+    let (v, engine, mut sched) = one_job("a", &job_note("0 9 * * *", "Europe/Berlin", ""));
     assert!(sched.tick(&engine, utc("2026-11-21T06:00:00Z")).is_empty());
 
     // Edited: 09:00 → 07:30 local (06:30Z); the watcher would call
@@ -522,9 +512,8 @@ fn crash_between_fire_and_stamp_does_not_duplicate() {
     assert_eq!(note_paths(&v, "Inbox/echo"), vec![fire]);
     assert_eq!(v.read(&format!("{fire}.md")), answered);
     assert_eq!(engine.with_index(|ix| ix.queue_len("echo")), 0);
-    let (m, _) = v.note("Jobs/j");
     assert_eq!(
-        scalar(&m, "last_run_at").as_deref(),
+        v.get("Jobs/j.md", "last_run_at").as_deref(),
         Some("2026-11-21T08:00:00.000Z")
     );
 }
@@ -533,10 +522,7 @@ fn crash_between_fire_and_stamp_does_not_duplicate() {
 fn dst_spring_forward_fires_once_at_three() {
     // Europe/Berlin, 2027-03-28: 02:00 CET → 03:00 CEST; 02:30 does not
     // exist and fires once at 03:00 CEST = 01:00Z.
-    let v = vault();
-    v.write("Jobs/dst.md", &job_note("30 2 * * *", "Europe/Berlin", ""));
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
+    let (_v, engine, mut sched) = one_job("dst", &job_note("30 2 * * *", "Europe/Berlin", ""));
     let r = tick_range(
         &mut sched,
         &engine,
@@ -564,10 +550,7 @@ fn dst_spring_forward_fires_once_at_three() {
 fn dst_fall_back_fires_once() {
     // Europe/Berlin, 2026-10-25: 03:00 CEST → 02:00 CET; 02:30 happens at
     // 00:30Z and again at 01:30Z; it fires once, at the first.
-    let v = vault();
-    v.write("Jobs/dst.md", &job_note("30 2 * * *", "Europe/Berlin", ""));
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
+    let (_v, engine, mut sched) = one_job("dst", &job_note("30 2 * * *", "Europe/Berlin", ""));
     let r = tick_range(
         &mut sched,
         &engine,
