@@ -632,23 +632,13 @@ pub fn tags(m: &Mapping) -> Vec<String> {
 /// Is `s` an RFC 3339 UTC timestamp with milliseconds
 /// (`2026-11-21T15:04:05.123Z`)?
 pub fn is_rfc3339_millis_utc(s: &str) -> bool {
-    let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
-    b.len() == 24
-        && digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
-        && b[10] == b'T'
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19)
-        && b[19] == b'.'
-        && digits(20..23)
-        && b[23] == b'Z'
+    // `0` stands for any digit; every other byte must match.
+    const SHAPE: &[u8] = b"0000-00-00T00:00:00.000Z";
+    s.len() == SHAPE.len()
+        && s.bytes().zip(SHAPE).all(|(c, &want)| match want {
+            b'0' => c.is_ascii_digit(),
+            _ => c == want,
+        })
         && chrono::DateTime::parse_from_rfc3339(s).is_ok()
 }
 

@@ -148,24 +148,15 @@ fn no_callback_at_the_depth_limit() {
     v.agent("b", "backend: echo\n", "");
     // Depth 6 → callback at depth 7; depth 7 → its callback would be 8: none;
     // depth 8 → not run at all, no callback.
-    v.message(
-        "Inbox/d6.md",
-        "a",
-        "reply_to: b\ndelegation_depth: 6\n",
-        "six\n",
-    );
-    v.message(
-        "Inbox/d7.md",
-        "a",
-        "reply_to: b\ndelegation_depth: 7\n",
-        "seven\n",
-    );
-    v.message(
-        "Inbox/d8.md",
-        "a",
-        "reply_to: b\ndelegation_depth: 8\n",
-        "eight\n",
-    );
+    for (depth, word) in [(6, "six"), (7, "seven"), (8, "eight")] {
+        let extra = format!("reply_to: b\ndelegation_depth: {depth}\n");
+        v.message(
+            &format!("Inbox/d{depth}.md"),
+            "a",
+            &extra,
+            &format!("{word}\n"),
+        );
+    }
     v.process(&[]);
     assert!(v.exists("Inbox/d6.callback.md"));
     assert_eq!(
