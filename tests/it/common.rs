@@ -629,6 +629,37 @@ pub fn tags(m: &Mapping) -> Vec<String> {
     }
 }
 
+/// The note with every front-matter line of a top-level key in `keys`
+/// removed, with its indented continuation lines (a block value a user
+/// wrote); every other byte as it was. For "only the owned keys changed".
+pub fn without_keys(text: &str, keys: &[&str]) -> String {
+    let mut out = String::new();
+    let mut in_fm = false;
+    let mut skipping = false;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if i == 0 {
+            in_fm = bare == "---";
+            out.push_str(line);
+            continue;
+        }
+        if in_fm && (bare == "---" || bare == "...") {
+            in_fm = false;
+        }
+        if in_fm {
+            if skipping && bare.starts_with([' ', '\t']) {
+                continue;
+            }
+            skipping = keys.iter().any(|k| bare.starts_with(&format!("{k}:")));
+            if skipping {
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 /// Is `s` an RFC 3339 UTC timestamp with milliseconds
 /// (`2026-11-21T15:04:05.123Z`)?
 pub fn is_rfc3339_millis_utc(s: &str) -> bool {

@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 use vaultrunner::engine::Engine;
 use vaultrunner::trigger::cron::{Fired, Scheduler};
 
-use crate::common::{Out, TestVault, parse_note, scalar, wait_until_async};
+use crate::common::{Out, TestVault, parse_note, scalar, wait_until_async, without_keys};
+
+/// The two keys vaultrunner owns on a job note.
+const JOB_OWNED: &[&str] = &["last_run_at", "last_status"];
 
 /// A vault with the `echo` agent the jobs send to.
 fn vault() -> TestVault {
@@ -99,14 +102,6 @@ fn mark_handled(v: &TestVault, engine: &Engine, path: &str) {
     engine.note_changed(path);
 }
 
-/// The job note without the two keys vaultrunner owns.
-fn without_owned_keys(text: &str) -> String {
-    text.lines()
-        .filter(|l| !l.starts_with("last_run_at:") && !l.starts_with("last_status:"))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 #[test]
 fn daily_job_fires_once_at_local_nine_and_stamps_the_job_note() {
     let v = vault();
@@ -169,7 +164,7 @@ fn daily_job_fires_once_at_local_nine_and_stamps_the_job_note() {
         Some("2026-11-21T08:00:00.000Z")
     );
     assert_eq!(scalar(&m, "last_status").as_deref(), Some("fired"));
-    assert_eq!(without_owned_keys(&stamped), original);
+    assert_eq!(without_keys(&stamped, JOB_OWNED), original);
 
     // Next day (after the first fire was answered): the keys are updated
     // in place, the rest still untouched.
@@ -177,7 +172,7 @@ fn daily_job_fires_once_at_local_nine_and_stamps_the_job_note() {
     let r = sched.tick(&engine, utc("2026-11-22T08:00:00Z"));
     assert_eq!(fires(&r).len(), 1, "{r:?}");
     let stamped2 = v.read("Jobs/morning.md");
-    assert_eq!(without_owned_keys(&stamped2), original);
+    assert_eq!(without_keys(&stamped2, JOB_OWNED), original);
     let (m, _) = parse_note(&stamped2).unwrap();
     assert_eq!(
         scalar(&m, "last_run_at").as_deref(),
