@@ -11,7 +11,8 @@
 //!   HTTP address, its exit) and stopped (TERM, then KILL) when dropped.
 //! - Front-matter: [`split_note`] and [`front_matter`] (lenient, as
 //!   Obsidian reads a note), [`parse_note`] (strict: a whole note),
-//!   [`scalar`], [`tags`].
+//!   [`scalar`], [`tags`], [`without_keys`]; note texts: [`inbound`],
+//!   [`reply_of`].
 //! - Waits: [`poll_until`], [`wait_until`], [`wait_until_async`],
 //!   [`wait_exit`], [`read_pid`]; processes: [`alive`], [`survivors`],
 //!   [`assert_all_dead`].
@@ -19,7 +20,9 @@
 //!   ([`TestVault::fake_runs`]).
 //!
 //! Every wait polls a condition against a deadline; a deadline only bounds
-//! how long a failing test takes.
+//! how long a failing test takes. The one fixed pause here is the
+//! observation window of [`Serve::assert_still_waiting`]; to make notes
+//! look written earlier without waiting, see [`TestVault::backdate`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
