@@ -340,6 +340,7 @@ async fn post_json_and_text_is_durable_before_202() {
     assert_eq!(scalar(&m, "reply_to").as_deref(), Some("echo"));
     assert_eq!(scalar(&m, "correlation_id").as_deref(), Some("c-42"));
     assert!(tags(&m).contains(&"agent/message/inbound".to_string()));
+    assert!(m["tags"].is_sequence(), "tags are a list: {m:?}");
     assert!(m.get("ts").and_then(serde_yaml::Value::as_str).is_some());
 
     // text/plain: the body is the message, sender defaults to http.
