@@ -5,211 +5,33 @@
 //! Anthropic APIs. Assertions are on reply notes, thread notes and the
 //! fakes' logs (argv, stdin, environment, pids; HTTP requests and headers).
 //!
-//! Every helper lives in this file (tests/common belongs to other suites).
+//! The vault, the fakes' log and the process checks are `common`'s; the
+//! fake HTTP servers and the argv helpers are here.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use serde_yaml::Mapping;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vaultrunner");
+use crate::common::{TestVault, assert_all_dead, fake, fakes_dir, scalar};
 
-fn fakes_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes")
+/// The reply to `Inbox/<stem>.md`: (status, body).
+fn reply(v: &TestVault, stem: &str) -> (String, String) {
+    let rel = format!("Inbox/{stem}.reply.md");
+    assert!(v.exists(&rel), "no reply note {rel}");
+    let status = v.get(&rel, "status").unwrap_or_default();
+    (status, v.body(&rel))
 }
 
-fn fake(name: &str) -> String {
-    fakes_dir().join(name).display().to_string()
+/// The single thread of `agent`.
+fn thread(agent: &str) -> String {
+    format!("Threads/{agent}/{agent}.md")
 }
 
-// ---------------------------------------------------------------------------
-// A temp vault with a fake log and a fake state directory.
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    state: PathBuf,
-    log: PathBuf,
-}
-
-impl Env {
-    fn new() -> Env {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let base = std::fs::canonicalize(tmp.path()).unwrap();
-        let root = base.join("vault");
-        let state = base.join("state");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::create_dir_all(&state).unwrap();
-        Env {
-            log: base.join("fake.log"),
-            _tmp: tmp,
-            root,
-            state,
-        }
-    }
-
-    fn root_str(&self) -> &str {
-        self.root.to_str().unwrap()
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let p = self.root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-    }
-
-    /// `Agents/<name>.md` with `extra` raw YAML lines (each ending in `\n`).
-    fn agent(&self, name: &str, extra: &str, body: &str) {
-        self.write(
-            &format!("Agents/{name}.md"),
-            &format!("---\ntags:\n  - agent/definition\nname: {name}\n{extra}---\n{body}"),
-        );
-    }
-
-    /// An inbound message at `Inbox/<stem>.md`.
-    fn message(&self, stem: &str, agent: &str, body: &str) {
-        self.write(
-            &format!("Inbox/{stem}.md"),
-            &format!(
-                "---\ntags:\n  - agent/message\n  - agent/message/inbound\nagent: {agent}\n---\n{body}\n"
-            ),
-        );
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for k in crate::common::SCRUB_ENV {
-            cmd.env_remove(k);
-        }
-        cmd.env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .env("FAKE_LOG", &self.log)
-            .env("FAKE_STATE", &self.state)
-            .env("VAULTRUNNER_LOG", "info");
-        cmd
-    }
-
-    /// `vaultrunner process VAULT` with extra environment; must exit 0.
-    fn process_with(&self, env: &[(&str, &str)]) -> Output {
-        let mut cmd = self.command(&["process", self.root_str()]);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("run vaultrunner");
-        assert!(
-            out.status.success(),
-            "vaultrunner process failed: {:?}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn process(&self) -> Output {
-        self.process_with(&[])
-    }
-
-    fn read(&self, rel: &str) -> String {
-        let p = self.root.join(rel);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
-    }
-
-    fn exists(&self, rel: &str) -> bool {
-        self.root.join(rel).exists()
-    }
-
-    fn fm(&self, rel: &str) -> Mapping {
-        front_matter(&self.read(rel))
-    }
-
-    fn get(&self, rel: &str, key: &str) -> Option<String> {
-        scalar(&self.fm(rel), key)
-    }
-
-    fn body(&self, rel: &str) -> String {
-        split_note(&self.read(rel)).1.to_string()
-    }
-
-    /// The reply to `Inbox/<stem>.md`: (status, body).
-    fn reply(&self, stem: &str) -> (String, String) {
-        let rel = format!("Inbox/{stem}.reply.md");
-        assert!(self.exists(&rel), "no reply note {rel}");
-        let status = self.get(&rel, "status").unwrap_or_default();
-        (status, self.body(&rel))
-    }
-
-    fn thread(&self, agent: &str) -> String {
-        format!("Threads/{agent}/{agent}.md")
-    }
-
-    /// All lines of the fakes' log.
-    fn log_lines(&self) -> Vec<Value> {
-        let Ok(text) = std::fs::read_to_string(&self.log) else {
-            return Vec::new();
-        };
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}")))
-            .collect()
-    }
-
-    /// The logged runs of one fake program.
-    fn runs(&self, prog: &str) -> Vec<Value> {
-        self.log_lines()
-            .into_iter()
-            .filter(|v| v["prog"] == prog)
-            .collect()
-    }
-
-    /// The pids a run left behind: the fakes and their grandchildren.
-    fn logged_pids(&self) -> Vec<i32> {
-        self.log_lines()
-            .iter()
-            .filter_map(|v| v["pid"].as_i64())
-            .map(|p| p as i32)
-            .collect()
-    }
-}
-
-fn split_note(text: &str) -> (Option<&str>, &str) {
-    let Some(rest) = text.strip_prefix("---\n") else {
-        return (None, text);
-    };
-    if let Some(i) = rest.find("\n---\n") {
-        return (Some(&rest[..i + 1]), &rest[i + 5..]);
-    }
-    if let Some(fm) = rest.strip_suffix("\n---") {
-        return (Some(fm), "");
-    }
-    (None, text)
-}
-
-fn front_matter(text: &str) -> Mapping {
-    match split_note(text).0 {
-        Some(fm) => serde_yaml::from_str(fm).unwrap_or_else(|e| panic!("yaml {fm:?}: {e}")),
-        None => Mapping::new(),
-    }
-}
-
-fn scalar(m: &Mapping, key: &str) -> Option<String> {
-    match m.get(key)? {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
+/// A numeric front-matter key (panics when absent).
 fn num(m: &Mapping, key: &str) -> f64 {
     scalar(m, key)
         .unwrap_or_else(|| panic!("missing {key} in {m:?}"))
@@ -242,42 +64,7 @@ fn is_uuid(s: &str) -> bool {
             .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// Is `pid` a live process (not gone, not a zombie)?
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-fn assert_all_dead(pids: &[i32]) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let live: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
-        if live.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            for p in &live {
-                // SAFETY: cleaning up our own leftovers.
-                unsafe {
-                    libc::kill(*p, libc::SIGKILL);
-                }
-            }
-            panic!("processes outlived the turn: {live:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn claude_agent(env: &Env, name: &str, extra: &str, body: &str) {
+fn claude_agent(env: &TestVault, name: &str, extra: &str, body: &str) {
     env.agent(
         name,
         &format!(
@@ -295,10 +82,15 @@ fn claude_agent(env: &Env, name: &str, extra: &str, body: &str) {
 /// its end batch, and still resumes the session that turn stored.
 #[test]
 fn claude_backlog_resumes_the_session_turn_after_turn() {
-    let env = Env::new();
+    let env = TestVault::new();
     env.agent("cc", "backend: claude\n", "");
     for i in 1..=3 {
-        env.message(&format!("m{i}"), "cc", &format!("message {i}"));
+        env.message(
+            &format!("Inbox/m{i}.md"),
+            "cc",
+            "",
+            &format!("message {i}\n"),
+        );
     }
     let path = format!(
         "{}:{}",
@@ -306,7 +98,7 @@ fn claude_backlog_resumes_the_session_turn_after_turn() {
         std::env::var("PATH").unwrap_or_default()
     );
     env.process_with(&[("PATH", &path)]);
-    let runs = env.runs("claude");
+    let runs = env.fake_runs("claude");
     assert_eq!(runs.len(), 3);
     let first = argv(&runs[0]);
     let sid = flag_value(&first, "--session-id").expect("a new session first");
@@ -325,12 +117,12 @@ fn claude_backlog_resumes_the_session_turn_after_turn() {
             "turns out of order: {run}"
         );
     }
-    let thread = env.thread("cc");
+    let thread = thread("cc");
     assert_eq!(env.get(&thread, "turn_count").as_deref(), Some("3"));
     assert_eq!(env.get(&thread, "status").as_deref(), Some("ok"));
     assert_eq!(env.get(&thread, "session").as_deref(), Some(sid.as_str()));
     for i in 1..=3 {
-        assert_eq!(env.reply(&format!("m{i}")).0, "ok");
+        assert_eq!(reply(&env, &format!("m{i}")).0, "ok");
         assert_eq!(
             env.get(&format!("Inbox/m{i}.md"), "attempts").as_deref(),
             Some("1")
@@ -340,14 +132,14 @@ fn claude_backlog_resumes_the_session_turn_after_turn() {
 
 #[test]
 fn claude_session_created_then_resumed() {
-    let env = Env::new();
+    let env = TestVault::new();
     // Found on PATH under its default name.
     env.agent(
         "cc",
         "backend: claude\nmodel: opus-test\n",
         "You are terse.\n",
     );
-    env.message("m1", "cc", "first message");
+    env.message("Inbox/m1.md", "cc", "", "first message\n");
     let path = format!(
         "{}:{}",
         fakes_dir().display(),
@@ -357,12 +149,12 @@ fn claude_session_created_then_resumed() {
     // real CLI refuses to start with it).
     env.process_with(&[("PATH", &path), ("CLAUDECODE", "1")]);
 
-    let (status, body) = env.reply("m1");
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{body}");
     assert_eq!(body.trim(), "Hello from fake claude.\n\nAll done.");
     assert_eq!(env.get("Inbox/m1.md", "status").as_deref(), Some("handled"));
 
-    let runs = env.runs("claude");
+    let runs = env.fake_runs("claude");
     assert_eq!(runs.len(), 1);
     let a = argv(&runs[0]);
     for f in ["-p", "--verbose"] {
@@ -395,17 +187,17 @@ fn claude_session_created_then_resumed() {
     assert_eq!(fenv["VAULTRUNNER_VAULT"], env.root_str());
     assert_eq!(runs[0]["cwd"], env.root_str());
 
-    let thread = env.thread("cc");
+    let thread = thread("cc");
     assert_eq!(env.get(&thread, "session").as_deref(), Some(sid.as_str()));
     assert_eq!(env.get(&thread, "status").as_deref(), Some("ok"));
     assert_eq!(env.get(&thread, "turn_count").as_deref(), Some("1"));
 
     // Second message: the stored session is resumed.
-    env.message("m2", "cc", "second message");
+    env.message("Inbox/m2.md", "cc", "", "second message\n");
     env.process_with(&[("PATH", &path)]);
-    let (status, body) = env.reply("m2");
+    let (status, body) = reply(&env, "m2");
     assert_eq!(status, "ok", "{body}");
-    let runs = env.runs("claude");
+    let runs = env.fake_runs("claude");
     assert_eq!(runs.len(), 2);
     let a = argv(&runs[1]);
     assert_eq!(flag_value(&a, "--resume").as_deref(), Some(sid.as_str()));
@@ -415,19 +207,11 @@ fn claude_session_created_then_resumed() {
     assert_eq!(env.get(&thread, "turn_count").as_deref(), Some("2"));
 
     // `reset` blanks the session: the next turn creates a new one.
-    let out = env
-        .command(&["reset", env.root_str(), "cc"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    env.message("m3", "cc", "third message");
+    env.vr(&["reset", env.root_str(), "cc"]).run().success();
+    env.message("Inbox/m3.md", "cc", "", "third message\n");
     env.process_with(&[("PATH", &path)]);
-    assert_eq!(env.reply("m3").0, "ok");
-    let a = argv(&env.runs("claude")[2]);
+    assert_eq!(reply(&env, "m3").0, "ok");
+    let a = argv(&env.fake_runs("claude")[2]);
     assert!(!a.contains(&"--resume".to_string()), "{a:?}");
     let fresh = flag_value(&a, "--session-id").expect("a fresh session after reset");
     assert_ne!(fresh, sid);
@@ -436,20 +220,20 @@ fn claude_session_created_then_resumed() {
 
 #[test]
 fn claude_usage_accumulates_on_the_thread() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "", "");
-    env.message("m1", "cc", "one");
-    env.process();
-    let t = env.thread("cc");
+    env.message("Inbox/m1.md", "cc", "", "one\n");
+    env.process(&[]);
+    let t = thread("cc");
     let fm = env.fm(&t);
     // input = input + cache creation + cache read of `result.usage`.
     assert_eq!(num(&fm, "input_tokens"), 117.0);
     assert_eq!(num(&fm, "output_tokens"), 38.0);
     assert!((num(&fm, "total_cost_usd") - 0.0125).abs() < 1e-9, "{fm:?}");
 
-    env.message("m2", "cc", "two scenario=tool");
-    env.process();
-    let (status, body) = env.reply("m2");
+    env.message("Inbox/m2.md", "cc", "", "two scenario=tool\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m2");
     assert_eq!(status, "ok");
     assert_eq!(body.trim(), "The command printed hi3.");
     let fm = env.fm(&t);
@@ -461,7 +245,7 @@ fn claude_usage_accumulates_on_the_thread() {
 
 #[test]
 fn claude_replace_mode_and_thread_body_in_system_prompt() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(
         &env,
         "cc",
@@ -472,10 +256,10 @@ fn claude_replace_mode_and_thread_body_in_system_prompt() {
         "Threads/cc/cc.md",
         "---\ntags:\n  - agent/thread\nagent: cc\n---\nThe treasure is buried at dawn.\n",
     );
-    env.message("m1", "cc", "ahoy");
-    env.process();
-    assert_eq!(env.reply("m1").0, "ok");
-    let a = argv(&env.runs("claude")[0]);
+    env.message("Inbox/m1.md", "cc", "", "ahoy\n");
+    env.process(&[]);
+    assert_eq!(reply(&env, "m1").0, "ok");
+    let a = argv(&env.fake_runs("claude")[0]);
     assert_eq!(
         flag_value(&a, "--system-prompt").as_deref(),
         Some("You are a pirate.\n\nThe treasure is buried at dawn.")
@@ -491,21 +275,21 @@ fn claude_replace_mode_and_thread_body_in_system_prompt() {
 
 #[test]
 fn claude_session_stored_only_when_echoed() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "", "");
     // The CLI reports no session at all: nothing is stored.
-    env.message("m1", "cc", "scenario=noecho");
-    env.process();
-    assert_eq!(env.reply("m1").0, "ok");
-    let t = env.thread("cc");
+    env.message("Inbox/m1.md", "cc", "", "scenario=noecho\n");
+    env.process(&[]);
+    assert_eq!(reply(&env, "m1").0, "ok");
+    let t = thread("cc");
     let s = env.get(&t, "session").unwrap_or_default();
     assert!(s.is_empty(), "stored a session nobody reported: {s}");
 
     // So the next turn creates one again (no --resume of a made-up id).
-    env.message("m2", "cc", "scenario=fork");
-    env.process();
-    assert_eq!(env.reply("m2").0, "ok");
-    let runs = env.runs("claude");
+    env.message("Inbox/m2.md", "cc", "", "scenario=fork\n");
+    env.process(&[]);
+    assert_eq!(reply(&env, "m2").0, "ok");
+    let runs = env.fake_runs("claude");
     let a = argv(&runs[1]);
     assert!(!a.contains(&"--resume".to_string()), "{a:?}");
     let asked = flag_value(&a, "--session-id").unwrap();
@@ -514,27 +298,27 @@ fn claude_session_stored_only_when_echoed() {
     assert!(is_uuid(&stored));
     assert_ne!(stored, asked);
 
-    env.message("m3", "cc", "three");
-    env.process();
-    assert_eq!(env.reply("m3").0, "ok");
-    let a = argv(&env.runs("claude")[2]);
+    env.message("Inbox/m3.md", "cc", "", "three\n");
+    env.process(&[]);
+    assert_eq!(reply(&env, "m3").0, "ok");
+    let a = argv(&env.fake_runs("claude")[2]);
     assert_eq!(flag_value(&a, "--resume").as_deref(), Some(stored.as_str()));
 }
 
 #[test]
 fn claude_stale_session_retried_once_fresh() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "", "");
     let dead = "0badc0de-0000-4000-8000-000000000000";
     env.write(
         "Threads/cc/cc.md",
         &format!("---\ntags:\n  - agent/thread\nagent: cc\nsession: {dead}\n---\n"),
     );
-    env.message("m1", "cc", "hello again");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cc", "", "hello again\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{body}");
-    let runs = env.runs("claude");
+    let runs = env.fake_runs("claude");
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(
         flag_value(&argv(&runs[0]), "--resume").as_deref(),
@@ -543,29 +327,29 @@ fn claude_stale_session_retried_once_fresh() {
     let fresh = flag_value(&argv(&runs[1]), "--session-id").expect("fresh session");
     assert!(!argv(&runs[1]).contains(&"--resume".to_string()));
     assert_eq!(
-        env.get(&env.thread("cc"), "session").as_deref(),
+        env.get(&thread("cc"), "session").as_deref(),
         Some(fresh.as_str())
     );
 }
 
 #[test]
 fn claude_noisy_stream_with_huge_lines() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "", "");
-    env.message("m1", "cc", "scenario=noisy");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cc", "", "scenario=noisy\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{}", &body[..body.len().min(500)]);
     assert_eq!(body.trim(), "Survived the noise.");
 }
 
 #[test]
 fn claude_auth_failure_is_an_error_reply() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "", "");
-    env.message("m1", "cc", "scenario=auth");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cc", "", "scenario=auth\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("Not logged in"), "{body}");
     assert_eq!(env.get("Inbox/m1.md", "status").as_deref(), Some("error"));
@@ -575,157 +359,159 @@ fn claude_auth_failure_is_an_error_reply() {
             .contains("Not logged in")
     );
     // Permanent: one attempt.
-    assert_eq!(env.runs("claude").len(), 1);
-    assert_eq!(
-        env.get(&env.thread("cc"), "status").as_deref(),
-        Some("error")
-    );
+    assert_eq!(env.fake_runs("claude").len(), 1);
+    assert_eq!(env.get(&thread("cc"), "status").as_deref(), Some("error"));
 }
 
 #[test]
 fn claude_error_max_turns() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "", "");
-    env.message("m1", "cc", "scenario=max_turns");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cc", "", "scenario=max_turns\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(
         body.contains("error_max_turns") && body.contains("maximum number of turns"),
         "{body}"
     );
-    assert_eq!(env.runs("claude").len(), 1);
+    assert_eq!(env.fake_runs("claude").len(), 1);
 }
 
 #[test]
 fn claude_transient_retried_until_success() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "", "");
-    env.message("m1", "cc", "scenario=overloaded_until:3");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cc", "", "scenario=overloaded_until:3\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{body}");
     assert_eq!(body.trim(), "Recovered on attempt 3.");
-    assert_eq!(env.runs("claude").len(), 3);
+    assert_eq!(env.fake_runs("claude").len(), 3);
 }
 
 #[test]
 fn claude_transient_gives_up_after_three_attempts() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "", "");
-    env.message("m1", "cc", "scenario=overloaded");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cc", "", "scenario=overloaded\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("529 Overloaded"), "{body}");
     assert!(body.contains("3 attempts"), "{body}");
-    assert_eq!(env.runs("claude").len(), 3);
+    assert_eq!(env.fake_runs("claude").len(), 3);
 }
 
 #[test]
 fn claude_transient_after_content_is_not_retried() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "", "");
-    env.message("m1", "cc", "scenario=overloaded_after_text");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cc", "", "scenario=overloaded_after_text\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("Overloaded"), "{body}");
-    assert_eq!(env.runs("claude").len(), 1);
+    assert_eq!(env.fake_runs("claude").len(), 1);
 }
 
 #[test]
 fn claude_exit_without_result_reports_stderr() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "", "");
-    env.message("m1", "cc", "scenario=exit_noise");
-    env.message("m2", "cc", "scenario=sigterm");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cc", "", "scenario=exit_noise\n");
+    env.message("Inbox/m2.md", "cc", "", "scenario=sigterm\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("status 3"), "{body}");
     assert!(body.contains("fake internal failure"), "{body}");
-    let (status, body) = env.reply("m2");
+    let (status, body) = reply(&env, "m2");
     assert_eq!(status, "error");
     assert!(body.contains("SIGTERM"), "{body}");
-    assert_eq!(env.runs("claude").len(), 2);
+    assert_eq!(env.fake_runs("claude").len(), 2);
 }
 
 #[test]
 fn claude_timeout_kills_the_process_group() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "timeout: 1s\n", "");
     // The fake ignores SIGTERM (so KILL is needed) and leaves a `sleep`
     // grandchild in its group.
-    env.message("m1", "cc", "scenario=hang_stubborn");
+    env.message("Inbox/m1.md", "cc", "", "scenario=hang_stubborn\n");
     let started = Instant::now();
-    env.process();
+    env.process(&[]);
     let took = started.elapsed();
-    let (status, body) = env.reply("m1");
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("timed out"), "{body}");
     assert!(took < Duration::from_secs(15), "took {took:?}");
-    let pids = env.logged_pids();
-    assert_eq!(pids.len(), 2, "fake and grandchild: {:?}", env.log_lines());
-    assert_all_dead(&pids);
+    let pids = env.fake_pids();
+    assert_eq!(
+        pids.len(),
+        2,
+        "fake and grandchild: {:?}",
+        env.fake_log_lines()
+    );
+    assert_all_dead(&pids, Duration::from_secs(3));
     // A timeout is not retried.
-    assert_eq!(env.runs("claude").len(), 1);
+    assert_eq!(env.fake_runs("claude").len(), 1);
 }
 
 #[test]
 fn claude_stall_timeout_kills_the_process_group() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "timeout: 60s\nstall_timeout: 1s\n", "");
-    env.message("m1", "cc", "scenario=stall");
+    env.message("Inbox/m1.md", "cc", "", "scenario=stall\n");
     let started = Instant::now();
-    env.process();
+    env.process(&[]);
     let took = started.elapsed();
-    let (status, body) = env.reply("m1");
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("stall_timeout"), "{body}");
     assert!(took < Duration::from_secs(15), "took {took:?}");
-    let pids = env.logged_pids();
-    assert_eq!(pids.len(), 2, "{:?}", env.log_lines());
-    assert_all_dead(&pids);
+    let pids = env.fake_pids();
+    assert_eq!(pids.len(), 2, "{:?}", env.fake_log_lines());
+    assert_all_dead(&pids, Duration::from_secs(3));
 }
 
 #[test]
 fn claude_grandchild_does_not_outlive_a_finished_turn() {
-    let env = Env::new();
+    let env = TestVault::new();
     claude_agent(&env, "cc", "", "");
-    env.message("m1", "cc", "scenario=background");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cc", "", "scenario=background\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{body}");
-    let pids = env.logged_pids();
-    assert_eq!(pids.len(), 2, "{:?}", env.log_lines());
-    assert_all_dead(&pids);
+    let pids = env.fake_pids();
+    assert_eq!(pids.len(), 2, "{:?}", env.fake_log_lines());
+    assert_all_dead(&pids, Duration::from_secs(3));
 }
 
 #[test]
 fn claude_missing_binary_then_fixed() {
-    let env = Env::new();
+    let env = TestVault::new();
     env.agent("cc", "backend: claude\nprogram: /nonexistent/claude\n", "");
-    env.message("m1", "cc", "anyone there?");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cc", "", "anyone there?\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("not found"), "{body}");
     // The agent stays enabled: fixing the definition is enough.
     claude_agent(&env, "cc", "", "");
-    env.message("m2", "cc", "now?");
-    env.process();
-    let (status, body) = env.reply("m2");
+    env.message("Inbox/m2.md", "cc", "", "now?\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m2");
     assert_eq!(status, "ok", "{body}");
     // The failed message is not run again.
-    assert_eq!(env.runs("claude").len(), 1);
+    assert_eq!(env.fake_runs("claude").len(), 1);
     assert_eq!(env.get("Inbox/m1.md", "status").as_deref(), Some("error"));
 }
 
 // ---------------------------------------------------------------------------
 // codex
 
-fn codex_agent(env: &Env, name: &str, extra: &str, body: &str) {
+fn codex_agent(env: &TestVault, name: &str, extra: &str, body: &str) {
     env.agent(
         name,
         &format!(
@@ -738,13 +524,13 @@ fn codex_agent(env: &Env, name: &str, extra: &str, body: &str) {
 
 #[test]
 fn codex_success_then_resume() {
-    let env = Env::new();
+    let env = TestVault::new();
     codex_agent(&env, "cx", "model: gpt-5-codex\n", "You are terse.\n");
-    env.message("m1", "cx", "list the files");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cx", "", "list the files\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{body}");
-    let runs = env.runs("codex");
+    let runs = env.fake_runs("codex");
     assert_eq!(runs.len(), 1);
     let a = argv(&runs[0]);
     assert_eq!(&a[..2], ["exec", "--json"]);
@@ -760,7 +546,7 @@ fn codex_success_then_resume() {
     assert_eq!(runs[0]["stdin_kind"], "devnull");
     assert_eq!(runs[0]["stdin"], "");
 
-    let t = env.thread("cx");
+    let t = thread("cx");
     let tid = env.get(&t, "session").expect("thread id stored");
     assert!(is_uuid(&tid));
     assert_eq!(body.trim(), format!("Codex turn 1 on thread {tid}."));
@@ -768,12 +554,12 @@ fn codex_success_then_resume() {
     assert_eq!(num(&fm, "input_tokens"), 24763.0);
     assert_eq!(num(&fm, "output_tokens"), 122.0);
 
-    env.message("m2", "cx", "and again");
-    env.process();
-    let (status, body) = env.reply("m2");
+    env.message("Inbox/m2.md", "cx", "", "and again\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m2");
     assert_eq!(status, "ok", "{body}");
     assert_eq!(body.trim(), format!("Codex turn 2 on thread {tid}."));
-    let a = argv(&env.runs("codex")[1]);
+    let a = argv(&env.fake_runs("codex")[1]);
     let i = a.iter().position(|x| x == "resume").expect("resume");
     assert_eq!(a[i + 1], tid);
     assert!(a[i + 2].contains("and again"));
@@ -782,57 +568,57 @@ fn codex_success_then_resume() {
 
 #[test]
 fn codex_turn_failed_is_an_error() {
-    let env = Env::new();
+    let env = TestVault::new();
     codex_agent(&env, "cx", "", "");
-    env.message("m1", "cx", "scenario=fail");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cx", "", "scenario=fail\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("401 Unauthorized"), "{body}");
-    assert_eq!(env.runs("codex").len(), 1);
+    assert_eq!(env.fake_runs("codex").len(), 1);
 }
 
 #[test]
 fn codex_transient_turn_failed_is_retried() {
-    let env = Env::new();
+    let env = TestVault::new();
     codex_agent(&env, "cx", "", "");
-    env.message("m1", "cx", "scenario=overloaded");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cx", "", "scenario=overloaded\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("529 Overloaded"), "{body}");
-    assert_eq!(env.runs("codex").len(), 3);
+    assert_eq!(env.fake_runs("codex").len(), 3);
 }
 
 #[test]
 fn codex_reconnect_noise_is_not_a_failure() {
-    let env = Env::new();
+    let env = TestVault::new();
     codex_agent(&env, "cx", "", "");
-    env.message("m1", "cx", "scenario=retry_noise");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cx", "", "scenario=retry_noise\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{body}");
     assert!(body.starts_with("Codex turn 1"), "{body}");
-    assert_eq!(env.runs("codex").len(), 1);
+    assert_eq!(env.fake_runs("codex").len(), 1);
 }
 
 #[test]
 fn codex_bad_arguments_exit_2() {
-    let env = Env::new();
+    let env = TestVault::new();
     codex_agent(&env, "cx", "args: [--bogus]\n", "");
-    env.message("m1", "cx", "hi");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "cx", "", "hi\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("exit 2"), "{body}");
     assert!(body.contains("unexpected argument '--bogus'"), "{body}");
-    assert_eq!(env.runs("codex").len(), 1);
+    assert_eq!(env.fake_runs("codex").len(), 1);
 }
 
 // ---------------------------------------------------------------------------
 // gemini
 
-fn gemini_agent(env: &Env, name: &str, extra: &str, body: &str) {
+fn gemini_agent(env: &TestVault, name: &str, extra: &str, body: &str) {
     env.agent(
         name,
         &format!(
@@ -845,14 +631,14 @@ fn gemini_agent(env: &Env, name: &str, extra: &str, body: &str) {
 
 #[test]
 fn gemini_success_then_resume() {
-    let env = Env::new();
+    let env = TestVault::new();
     gemini_agent(&env, "gm", "model: gemini-2.5-pro\n", "");
-    env.message("m1", "gm", "look around");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "gm", "", "look around\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{body}");
     assert_eq!(body.trim(), "Let me look. Gemini turn 1 done.");
-    let runs = env.runs("gemini");
+    let runs = env.fake_runs("gemini");
     let a = argv(&runs[0]);
     assert_eq!(
         flag_value(&a, "--output-format").as_deref(),
@@ -861,44 +647,44 @@ fn gemini_success_then_resume() {
     assert_eq!(flag_value(&a, "--model").as_deref(), Some("gemini-2.5-pro"));
     assert!(flag_value(&a, "-p").unwrap().contains("look around"));
     assert!(!a.contains(&"--resume".to_string()));
-    let t = env.thread("gm");
+    let t = thread("gm");
     let sid = env.get(&t, "session").expect("session stored");
     let fm = env.fm(&t);
     assert_eq!(num(&fm, "input_tokens"), 17382.0);
     assert_eq!(num(&fm, "output_tokens"), 68.0);
 
-    env.message("m2", "gm", "more");
-    env.process();
-    let (status, body) = env.reply("m2");
+    env.message("Inbox/m2.md", "gm", "", "more\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m2");
     assert_eq!(status, "ok", "{body}");
     assert_eq!(body.trim(), "Let me look. Gemini turn 2 done.");
-    let a = argv(&env.runs("gemini")[1]);
+    let a = argv(&env.fake_runs("gemini")[1]);
     assert_eq!(flag_value(&a, "--resume").as_deref(), Some(sid.as_str()));
 }
 
 #[test]
 fn gemini_error_result() {
-    let env = Env::new();
+    let env = TestVault::new();
     gemini_agent(&env, "gm", "", "");
-    env.message("m1", "gm", "scenario=error");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "gm", "", "scenario=error\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("Requested entity was not found"), "{body}");
-    assert_eq!(env.runs("gemini").len(), 1);
+    assert_eq!(env.fake_runs("gemini").len(), 1);
 }
 
 #[test]
 fn gemini_auth_exit_41() {
-    let env = Env::new();
+    let env = TestVault::new();
     gemini_agent(&env, "gm", "", "");
-    env.message("m1", "gm", "scenario=auth");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "gm", "", "scenario=auth\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("authentication"), "{body}");
     assert!(body.contains("GEMINI_API_KEY"), "{body}");
-    assert_eq!(env.runs("gemini").len(), 1);
+    assert_eq!(env.fake_runs("gemini").len(), 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -1038,6 +824,8 @@ fn serve_conn(
             for c in chunks {
                 out.write_all(format!("{:x}\r\n{c}\r\n", c.len()).as_bytes())?;
                 out.flush()?;
+                // Pacing, not a wait: the client sees the chunks arrive
+                // one by one, as from a real model server.
                 std::thread::sleep(Duration::from_millis(2));
             }
             out.write_all(b"0\r\n\r\n")?;
@@ -1172,7 +960,7 @@ fn roles(req: &Request) -> Vec<(String, String)> {
 // ---------------------------------------------------------------------------
 // openai
 
-fn openai_agent(env: &Env, name: &str, base: &str, extra: &str, body: &str) {
+fn openai_agent(env: &TestVault, name: &str, base: &str, extra: &str, body: &str) {
     env.agent(
         name,
         &format!(
@@ -1194,11 +982,11 @@ fn openai_stream_history_and_reset() {
         ];
         Reply::Stream(openai_stream(&replies[n.min(2)], 11))
     });
-    let env = Env::new();
+    let env = TestVault::new();
     openai_agent(&env, "oa", &server.base, "", "Be brief.\n");
-    env.message("m1", "oa", "first question");
+    env.message("Inbox/m1.md", "oa", "", "first question\n");
     env.process_with(&[OPENAI_KEY]);
-    let (status, body) = env.reply("m1");
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{body}");
     assert_eq!(body.trim(), "Hello there!");
     let reqs = server.requests();
@@ -1215,7 +1003,7 @@ fn openai_stream_history_and_reset() {
     assert_eq!(m[0], ("system".into(), "Be brief.".into()));
     assert_eq!(m[1].0, "user");
     assert!(m[1].1.contains("first question"), "{m:?}");
-    let t = env.thread("oa");
+    let t = thread("oa");
     let fm = env.fm(&t);
     assert_eq!(num(&fm, "input_tokens"), 11.0);
     assert_eq!(num(&fm, "output_tokens"), 3.0);
@@ -1223,9 +1011,9 @@ fn openai_stream_history_and_reset() {
     assert!(env.get(&t, "session").unwrap_or_default().is_empty());
 
     // The second message carries the first exchange, oldest first.
-    env.message("m2", "oa", "second question");
+    env.message("Inbox/m2.md", "oa", "", "second question\n");
     env.process_with(&[OPENAI_KEY]);
-    let (status, body) = env.reply("m2");
+    let (status, body) = reply(&env, "m2");
     assert_eq!(status, "ok", "{body}");
     assert_eq!(body.trim(), "Second answer.");
     let reqs = server.requests();
@@ -1240,18 +1028,10 @@ fn openai_stream_history_and_reset() {
     assert_eq!(num(&env.fm(&t), "input_tokens"), 22.0);
 
     // After a reset the earlier exchanges are left out.
-    let out = env
-        .command(&["reset", env.root_str(), "oa"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    env.message("m3", "oa", "third question");
+    env.vr(&["reset", env.root_str(), "oa"]).run().success();
+    env.message("Inbox/m3.md", "oa", "", "third question\n");
     env.process_with(&[OPENAI_KEY]);
-    assert_eq!(env.reply("m3").1.trim(), "Fresh start.");
+    assert_eq!(reply(&env, "m3").1.trim(), "Fresh start.");
     let m = roles(&server.requests()[2]);
     assert_eq!(m.len(), 2, "{m:?}");
     assert_eq!(m[0].0, "system");
@@ -1271,11 +1051,11 @@ fn openai_429_with_retry_after_then_success() {
             Reply::Stream(openai_stream(&["Made", " it"], 5))
         }
     });
-    let env = Env::new();
+    let env = TestVault::new();
     openai_agent(&env, "oa", &server.base, "", "");
-    env.message("m1", "oa", "hi");
+    env.message("Inbox/m1.md", "oa", "", "hi\n");
     env.process_with(&[OPENAI_KEY]);
-    let (status, body) = env.reply("m1");
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{body}");
     assert_eq!(body.trim(), "Made it");
     assert_eq!(server.requests().len(), 2);
@@ -1292,11 +1072,11 @@ fn openai_401_fails_at_once() {
         body: json!({"error": {"message": "Incorrect API key provided: sk-test***123.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}).to_string(),
     }
     });
-    let env = Env::new();
+    let env = TestVault::new();
     openai_agent(&env, "oa", &server.base, "", "");
-    env.message("m1", "oa", "hi");
+    env.message("Inbox/m1.md", "oa", "", "hi\n");
     env.process_with(&[OPENAI_KEY]);
-    let (status, body) = env.reply("m1");
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("401"), "{body}");
     assert!(body.contains("Incorrect API key"), "{body}");
@@ -1306,11 +1086,11 @@ fn openai_401_fails_at_once() {
 #[test]
 fn openai_missing_api_key_env_fails_without_a_request() {
     let server = FakeHttp::start(|_, _| Reply::Stream(openai_stream(&["never"], 1)));
-    let env = Env::new();
+    let env = TestVault::new();
     openai_agent(&env, "oa", &server.base, "", "");
-    env.message("m1", "oa", "hi");
-    env.process();
-    let (status, body) = env.reply("m1");
+    env.message("Inbox/m1.md", "oa", "", "hi\n");
+    env.process(&[]);
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("FAKE_OPENAI_KEY"), "{body}");
     assert!(server.requests().is_empty());
@@ -1319,7 +1099,7 @@ fn openai_missing_api_key_env_fails_without_a_request() {
 // ---------------------------------------------------------------------------
 // anthropic
 
-fn anthropic_agent(env: &Env, name: &str, base: &str, extra: &str, body: &str) {
+fn anthropic_agent(env: &TestVault, name: &str, base: &str, extra: &str, body: &str) {
     env.agent(
         name,
         &format!(
@@ -1340,11 +1120,11 @@ fn anthropic_stream_and_history() {
             Reply::Stream(anthropic_stream(&["Again"], 40, 2))
         }
     });
-    let env = Env::new();
+    let env = TestVault::new();
     anthropic_agent(&env, "an", &server.base, "", "You are kind.\n");
-    env.message("m1", "an", "hello api");
+    env.message("Inbox/m1.md", "an", "", "hello api\n");
     env.process_with(&[ANTHROPIC_KEY]);
-    let (status, body) = env.reply("m1");
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{body}");
     assert_eq!(body.trim(), "Hi from the API");
     let reqs = server.requests();
@@ -1361,14 +1141,14 @@ fn anthropic_stream_and_history() {
     let m = roles(r);
     assert_eq!(m.len(), 1);
     assert!(m[0].1.contains("hello api"));
-    let t = env.thread("an");
+    let t = thread("an");
     let fm = env.fm(&t);
     assert_eq!(num(&fm, "input_tokens"), 25.0);
     assert_eq!(num(&fm, "output_tokens"), 9.0);
 
-    env.message("m2", "an", "second");
+    env.message("Inbox/m2.md", "an", "", "second\n");
     env.process_with(&[ANTHROPIC_KEY]);
-    assert_eq!(env.reply("m2").1.trim(), "Again");
+    assert_eq!(reply(&env, "m2").1.trim(), "Again");
     let m = roles(&server.requests()[1]);
     assert_eq!(m.len(), 3, "{m:?}");
     assert_eq!(m[0], ("user".into(), "hello api".into()));
@@ -1392,11 +1172,11 @@ fn anthropic_overloaded_before_content_is_retried() {
             Reply::Stream(anthropic_stream(&["Second", " try"], 10, 2))
         }
     });
-    let env = Env::new();
+    let env = TestVault::new();
     anthropic_agent(&env, "an", &server.base, "", "");
-    env.message("m1", "an", "hi");
+    env.message("Inbox/m1.md", "an", "", "hi\n");
     env.process_with(&[ANTHROPIC_KEY]);
-    let (status, body) = env.reply("m1");
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "ok", "{body}");
     assert_eq!(body.trim(), "Second try");
     assert_eq!(server.requests().len(), 2);
@@ -1417,11 +1197,11 @@ fn anthropic_overloaded_after_content_is_not_retried() {
             anthropic_overloaded(),
         ])
     });
-    let env = Env::new();
+    let env = TestVault::new();
     anthropic_agent(&env, "an", &server.base, "", "");
-    env.message("m1", "an", "hi");
+    env.message("Inbox/m1.md", "an", "", "hi\n");
     env.process_with(&[ANTHROPIC_KEY]);
-    let (status, body) = env.reply("m1");
+    let (status, body) = reply(&env, "m1");
     assert_eq!(status, "error");
     assert!(body.contains("overloaded_error"), "{body}");
     assert_eq!(server.requests().len(), 1);

@@ -1410,17 +1410,8 @@ fn a_closed_stderr_and_stdout_do_not_stop_the_work() {
     // Close both pipes without reading anything.
     drop(child.stdout.take());
     drop(child.stderr.take());
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "process hung with closed output"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = crate::common::wait_exit(&mut child, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("process hung with closed output"));
     assert!(status.success(), "{status:?}");
     for a in ["a", "b"] {
         for i in 0..5 {

@@ -1,13 +1,35 @@
-//! Shared helpers for the end-to-end tests: a temp vault, note writing and
-//! reading (with a front-matter parser of our own, independent of the
-//! crate's), and running the real `vaultrunner` binary.
+//! Shared helpers for the end-to-end tests, one copy of each:
 //!
-//! Each test binary uses only part of this module.
+//! - [`TestVault`]: a vault in a temp directory, with note writing and
+//!   reading (a front-matter parser of our own, independent of the crate's),
+//!   the engine over it (for tests that drive the library), and the real
+//!   `vaultrunner` binary run on it — to completion ([`TestVault::vr`],
+//!   [`TestVault::process`]) or in the background ([`TestVault::serve`],
+//!   [`TestVault::spawn_serve`], [`Run::spawn`]).
+//! - [`Serve`]: a `vaultrunner` running in the background, its output in a
+//!   log, with waits on what it does (started, ready, a note answered, its
+//!   HTTP address, its exit) and stopped (TERM, then KILL) when dropped.
+//! - Front-matter: [`split_note`] and [`front_matter`] (lenient, as
+//!   Obsidian reads a note), [`parse_note`] (strict: a whole note),
+//!   [`scalar`], [`tags`], [`without_keys`]; note texts: [`inbound`],
+//!   [`reply_of`].
+//! - Waits: [`poll_until`], [`wait_until`], [`wait_until_async`],
+//!   [`wait_exit`], [`read_pid`]; processes: [`alive`], [`survivors`],
+//!   [`assert_all_dead`].
+//! - The fake CLIs of `tests/fakes/`: [`fake`], and the log they write
+//!   ([`TestVault::fake_runs`]).
+//!
+//! Every wait polls a condition against a deadline; a deadline only bounds
+//! how long a failing test takes. The one fixed pause here is the
+//! observation window of [`Serve::assert_still_waiting`]; to make notes
+//! look written earlier without waiting, see [`TestVault::backdate`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_yaml::{Mapping, Value};
@@ -42,14 +64,23 @@ pub const SCRUB_ENV: &[&str] = &[
     "ANTHROPIC_API_KEY",
 ];
 
+// ------------------------------------------------------------------ vault
+
 /// A vault in a temp directory: `<tmp>/vault`, so that `<tmp>` (the
 /// `parent`) can be watched for anything written outside the vault.
+/// `<tmp>/scratch` holds what a test keeps outside the vault (scripts, pid
+/// files, the logs of background runs); `<tmp>/fake.log` and
+/// `<tmp>/fake-state` are the fakes' log and state.
 pub struct TestVault {
-    tmp: tempfile::TempDir,
+    _tmp: tempfile::TempDir,
     /// The temp directory holding the vault (canonical).
     pub parent: PathBuf,
     /// The vault root (canonical).
     pub root: PathBuf,
+    /// Probe notes written so far (see [`Serve::ready`]).
+    probes: AtomicU32,
+    /// Logs handed out so far (see [`TestVault::next_log`]).
+    logs: AtomicU32,
 }
 
 impl Default for TestVault {
@@ -65,7 +96,23 @@ impl TestVault {
         let parent = std::fs::canonicalize(tmp.path()).expect("canonicalize tempdir");
         let root = parent.join("vault");
         std::fs::create_dir(&root).expect("create vault dir");
-        TestVault { tmp, parent, root }
+        std::fs::create_dir(parent.join("fake-state")).expect("create fake state dir");
+        TestVault {
+            _tmp: tmp,
+            parent,
+            root,
+            probes: AtomicU32::new(0),
+            logs: AtomicU32::new(0),
+        }
+    }
+
+    /// A vault with the two `echo` agents a served vault needs for
+    /// [`Serve::ready`] (`probe`) and [`Serve::sentinel`] (`ok`).
+    pub fn with_probes() -> TestVault {
+        let v = TestVault::new();
+        v.agent("probe", "backend: echo\n", "");
+        v.agent("ok", "backend: echo\n", "");
+        v
     }
 
     /// The root as a `&str` (for command lines).
@@ -78,15 +125,53 @@ impl TestVault {
         self.root.join(rel)
     }
 
-    /// Writes a file (creating directories).
+    /// `<tmp>/scratch`, a directory outside the vault (created on demand).
+    pub fn scratch(&self) -> PathBuf {
+        let d = self.parent.join("scratch");
+        std::fs::create_dir_all(&d).expect("create scratch dir");
+        d
+    }
+
+    /// A fresh log file name in [`scratch`](Self::scratch):
+    /// `<what>-<n>.log`, so several runs in one test keep their logs apart.
+    pub fn next_log(&self, what: &str) -> PathBuf {
+        let n = self.logs.fetch_add(1, Ordering::Relaxed) + 1;
+        self.scratch().join(format!("{what}-{n}.log"))
+    }
+
+    /// Writes a shell script `name` into [`scratch`](Self::scratch) (outside
+    /// the vault) and returns its path; run it as `command: [sh, <path>]`.
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.scratch().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write script");
+        p
+    }
+
+    /// Writes a file (creating directories) the way a simple program does:
+    /// create or truncate, then write.
     pub fn write(&self, rel: &str, text: &str) {
         self.write_bytes(rel, text.as_bytes());
     }
 
+    /// [`write`](Self::write) for bytes.
     pub fn write_bytes(&self, rel: &str, bytes: &[u8]) {
         let p = self.path(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, bytes).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    }
+
+    /// Writes a file atomically (a temp file with a dot name, then rename),
+    /// the way vaultrunner's own writers and careful editors do.
+    pub fn write_atomic(&self, rel: &str, text: &str) {
+        let p = self.path(rel);
+        let dir = p.parent().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let tmp = dir.join(format!(
+            ".test-{}.tmp",
+            p.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
     }
 
     /// Sets a file's modification time to `secs` after the epoch.
@@ -99,6 +184,30 @@ impl TestVault {
             .unwrap();
     }
 
+    /// Moves the mtime of `rel` — a file, or every file under a directory
+    /// (`""`: the whole vault) —
+    /// `by` into the past, as if written that long ago: `serve` settles a
+    /// note by its mtime, so this stands for a pause before it starts.
+    pub fn backdate(&self, rel: &str, by: Duration) {
+        let when = SystemTime::now()
+            .checked_sub(by)
+            .expect("a time after 1970");
+        let p = self.path(rel);
+        let files = if p.is_dir() {
+            walk(&p).into_iter().map(|(_, abs)| abs).collect()
+        } else {
+            vec![p]
+        };
+        for f in files {
+            std::fs::File::options()
+                .write(true)
+                .open(&f)
+                .and_then(|h| h.set_modified(when))
+                .unwrap_or_else(|e| panic!("backdate {}: {e}", f.display()));
+        }
+    }
+
+    /// Does the vault-relative file exist?
     pub fn exists(&self, rel: &str) -> bool {
         self.path(rel).exists()
     }
@@ -109,7 +218,8 @@ impl TestVault {
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
     }
 
-    /// A note's front-matter as a YAML mapping (empty without front-matter).
+    /// A note's front-matter as a YAML mapping (empty without front-matter;
+    /// panics on invalid YAML).
     pub fn fm(&self, rel: &str) -> Mapping {
         front_matter(&self.read(rel))
             .unwrap_or_else(|e| panic!("{rel}: {e}\n---\n{}", self.read(rel)))
@@ -123,6 +233,13 @@ impl TestVault {
     /// A front-matter key as text (`None` when absent or not a scalar).
     pub fn get(&self, rel: &str, key: &str) -> Option<String> {
         scalar(&self.fm(rel), key)
+    }
+
+    /// A note by its note path — vault-relative without `.md`, as the HTTP
+    /// API, wikilinks and `send` name it: its front-matter and body. Panics
+    /// unless the note is whole (a closed, valid front-matter).
+    pub fn note(&self, path: &str) -> (Mapping, String) {
+        read_note(&self.path(&format!("{path}.md")))
     }
 
     /// Every file under the vault (relative, `/`-separated) with its bytes,
@@ -152,10 +269,32 @@ impl TestVault {
         out
     }
 
+    /// Every file under the vault, `.vaultrunner/` included, with its size
+    /// and mtime: cheap enough to take while `serve` runs, for "nothing
+    /// changes any more" checks. Files that vanish meanwhile are left out.
+    pub fn stat_snapshot(&self) -> BTreeMap<String, (u64, SystemTime)> {
+        let mut out = BTreeMap::new();
+        for (rel, abs) in walk(&self.root) {
+            if let Ok(m) = std::fs::symlink_metadata(&abs) {
+                out.insert(rel, (m.len(), m.modified().unwrap()));
+            }
+        }
+        out
+    }
+
     /// Every file under the vault (relative paths, sorted), without
     /// `.vaultrunner/`.
     pub fn files(&self) -> Vec<String> {
-        self.snapshot().into_keys().collect()
+        self.all_files()
+            .into_iter()
+            .filter(|rel| !rel.starts_with(".vaultrunner/"))
+            .collect()
+    }
+
+    /// Every file under the vault (relative paths, sorted), `.vaultrunner/`
+    /// included.
+    pub fn all_files(&self) -> Vec<String> {
+        walk(&self.root).into_iter().map(|(rel, _)| rel).collect()
     }
 
     /// The `.md` files directly or deeply under `dir` (relative to the vault).
@@ -163,6 +302,14 @@ impl TestVault {
         self.files()
             .into_iter()
             .filter(|f| f.starts_with(&format!("{dir}/")) && f.ends_with(".md"))
+            .collect()
+    }
+
+    /// Every `*.reply.md` in the vault (relative paths, sorted).
+    pub fn replies(&self) -> Vec<String> {
+        self.files()
+            .into_iter()
+            .filter(|f| f.ends_with(".reply.md"))
             .collect()
     }
 
@@ -195,69 +342,145 @@ impl TestVault {
         self.agent(name, &yaml, "");
     }
 
-    /// Writes an inbound message note at `rel` (with `.md`).
+    /// Writes an inbound message note at `rel` (with `.md`); see [`inbound`].
     pub fn message(&self, rel: &str, agent: &str, extra: &str, body: &str) {
-        self.write(
-            rel,
-            &format!(
-                "---\ntags:\n  - agent/message\n  - agent/message/inbound\nagent: {agent}\n{extra}---\n{body}"
-            ),
-        );
+        self.write(rel, &inbound(agent, extra, body));
     }
 
-    /// Runs the binary with `args` (no vault argument added).
+    /// The engine over this vault (group commit on, the start-up scan
+    /// done), for tests that drive the library: cron ticks, the in-process
+    /// HTTP router.
+    pub fn engine(&self) -> Arc<vaultrunner::engine::Engine> {
+        let e = vaultrunner::engine::Engine::new(
+            vaultrunner::vault::Vault::open(&self.root)
+                .unwrap()
+                .with_group_commit(),
+            vaultrunner::engine::Config::default(),
+        );
+        e.scan(true);
+        e
+    }
+
+    /// Runs the binary with `args` (no vault argument added), with the
+    /// fakes' log and state set (see [`fake_runs`](Self::fake_runs)).
     pub fn vr(&self, args: &[&str]) -> Run {
         vr(args)
+            .env("FAKE_LOG", &self.fake_log().display().to_string())
+            .env("FAKE_STATE", &self.fake_state().display().to_string())
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
     }
 
     /// `vaultrunner process <vault> [extra…]`, asserting success.
     pub fn process(&self, extra: &[&str]) -> Out {
         let mut args = vec!["process", self.root_str()];
         args.extend_from_slice(extra);
-        vr(&args).run().success()
+        self.vr(&args).run().success()
+    }
+
+    /// `vaultrunner process <vault>` with more environment variables,
+    /// asserting success.
+    pub fn process_with(&self, vars: &[(&str, &str)]) -> Out {
+        let mut run = self.vr(&["process", self.root_str()]);
+        for (k, v) in vars {
+            run = run.env(k, v);
+        }
+        run.run().success()
     }
 
     /// `vaultrunner check <vault>` (exit status not asserted).
     pub fn check(&self) -> Out {
-        vr(&["check", self.root_str()]).run()
+        self.vr(&["check", self.root_str()]).run()
     }
 
-    /// Starts `vaultrunner serve <vault> --settle-ms 0 [extra…]` and waits
+    /// The command line of `vaultrunner serve <vault> [extra…]` at log level
+    /// info, with `--settle-ms 0` and `--listen none` unless `extra` sets
+    /// them (tests run in parallel and must not fight over a port): add
+    /// environment, then [`Run::spawn`] it.
+    pub fn serve_run(&self, extra: &[&str]) -> Run {
+        let mut args = vec!["serve", self.root_str()];
+        args.extend_from_slice(extra);
+        if !extra.contains(&"--settle-ms") {
+            args.extend(["--settle-ms", "0"]);
+        }
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", "none"]);
+        }
+        self.vr(&args).env("VAULTRUNNER_LOG", "info")
+    }
+
+    /// Starts [`serve_run(extra)`](Self::serve_run) without waiting for it.
+    pub fn spawn_serve(&self, extra: &[&str]) -> Serve {
+        self.serve_run(extra).spawn(self.next_log("serve"))
+    }
+
+    /// Starts `serve` as [`spawn_serve`](Self::spawn_serve) does and waits
     /// until it has started (holds the lock, scanned the vault).
     pub fn serve(&self, extra: &[&str]) -> Serve {
-        let log = self
-            .parent
-            .join(format!("serve-{}.log", std::process::id()));
-        // No HTTP: tests run in parallel and must not fight over a port.
-        let mut args = vec![
-            "serve",
-            self.root_str(),
-            "--settle-ms",
-            "0",
-            "--listen",
-            "none",
-        ];
-        args.extend_from_slice(extra);
-        let mut cmd = Command::new(BIN);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        scrub(&mut cmd);
-        cmd.env("VAULTRUNNER_LOG", "info");
-        let child = cmd.spawn().expect("spawn serve");
-        let mut serve = Serve { child, log };
-        // Ready once it logged `serving …` (after taking the lock and the
-        // start-up scan). Polling `status` instead would race: `status`
-        // probes the lock by taking it for a moment.
-        wait_until(Duration::from_secs(20), "serve to start", || {
-            if let Ok(Some(st)) = serve.child.try_wait() {
-                panic!("serve exited early ({st}): {}", serve.log_text());
-            }
-            serve.log_text().contains("serving ")
-        });
+        let serve = self.spawn_serve(extra);
+        serve.started();
         serve
     }
+
+    /// The log the fakes append one JSON line a run to.
+    pub fn fake_log(&self) -> PathBuf {
+        self.parent.join("fake.log")
+    }
+
+    /// The fakes' state directory (sessions they know).
+    pub fn fake_state(&self) -> PathBuf {
+        self.parent.join("fake-state")
+    }
+
+    /// Every line of the fakes' log, parsed.
+    pub fn fake_log_lines(&self) -> Vec<serde_json::Value> {
+        let Ok(text) = std::fs::read_to_string(self.fake_log()) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// The logged runs of one fake program (`claude`, `codex`, `gemini`).
+    pub fn fake_runs(&self, prog: &str) -> Vec<serde_json::Value> {
+        self.fake_log_lines()
+            .into_iter()
+            .filter(|v| v["prog"] == prog)
+            .collect()
+    }
+
+    /// The pids the fakes logged: the fakes and their grandchildren.
+    pub fn fake_pids(&self) -> Vec<i32> {
+        self.fake_log_lines()
+            .iter()
+            .filter_map(|v| v["pid"].as_i64())
+            .filter_map(|p| i32::try_from(p).ok())
+            .collect()
+    }
+}
+
+// ------------------------------------------------------------------ notes
+
+/// The text of an inbound message for `agent`, with extra front-matter
+/// lines (`extra`, raw YAML, each line ending in `\n`) and a body.
+pub fn inbound(agent: &str, extra: &str, body: &str) -> String {
+    format!(
+        "---\ntags:\n  - agent/message\n  - agent/message/inbound\nagent: {agent}\n{extra}---\n{body}"
+    )
+}
+
+/// The reply path of an inbound file path (`x/y.md` → `x/y.reply.md`).
+pub fn reply_of(rel: &str) -> String {
+    format!("{}.reply.md", rel.strip_suffix(".md").unwrap_or(rel))
+}
+
+/// Is this (relative or absolute) path one of vaultrunner's own temp files
+/// (`.vaultrunner-*.tmp`)?
+pub fn is_vaultrunner_temp(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with(".vaultrunner-") && name.ends_with(".tmp")
 }
 
 /// Walks a directory: (relative `/`-separated path, absolute path) of every
@@ -338,20 +561,52 @@ pub fn split_note(text: &str) -> (Option<&str>, &str) {
     (None, text)
 }
 
-/// Parses a note's front-matter.
+/// Parses a note's front-matter: an empty mapping without one, an error
+/// for invalid YAML or YAML that is not a mapping.
 pub fn front_matter(text: &str) -> Result<Mapping, String> {
     match split_note(text).0 {
         None => Ok(Mapping::new()),
-        Some(y) if y.trim().is_empty() => Ok(Mapping::new()),
-        Some(y) => match serde_yaml::from_str::<Value>(y) {
-            Ok(Value::Mapping(m)) => Ok(m),
-            Ok(other) => Err(format!("front-matter is not a mapping: {other:?}")),
-            Err(e) => Err(format!("invalid front-matter: {e}")),
-        },
+        Some(y) => yaml_mapping(y),
     }
 }
 
-/// A scalar value as text.
+/// Parses a whole note strictly: (front-matter, body), or an error when the
+/// note has no front-matter, its block never closes, or its YAML is invalid
+/// or not a mapping. For notes vaultrunner writes, which must be whole.
+pub fn parse_note(text: &str) -> Result<(Mapping, &str), String> {
+    if !text.starts_with("---\n") && !text.starts_with("---\r\n") {
+        return Err("no front-matter".into());
+    }
+    match split_note(text) {
+        (Some(y), body) => Ok((yaml_mapping(y)?, body)),
+        (None, _) => Err("front-matter is not closed".into()),
+    }
+}
+
+/// [`parse_note`] of a file by its absolute path, panicking (with the text)
+/// when the note is not whole.
+pub fn read_note(file: &Path) -> (Mapping, String) {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    match parse_note(&text) {
+        Ok((m, body)) => (m, body.to_string()),
+        Err(e) => panic!("{}: {e}\n{text}", file.display()),
+    }
+}
+
+/// A front-matter block as a mapping (blank or `null` is empty).
+fn yaml_mapping(yaml: &str) -> Result<Mapping, String> {
+    if yaml.trim().is_empty() {
+        return Ok(Mapping::new());
+    }
+    match serde_yaml::from_str::<Value>(yaml) {
+        Ok(Value::Mapping(m)) => Ok(m),
+        Ok(Value::Null) => Ok(Mapping::new()),
+        Ok(other) => Err(format!("front-matter is not a mapping: {other:?}")),
+        Err(e) => Err(format!("invalid front-matter: {e}")),
+    }
+}
+
+/// A scalar value as text (strings, numbers, booleans; `None` otherwise).
 pub fn scalar(m: &Mapping, key: &str) -> Option<String> {
     match m.get(key)? {
         Value::String(s) => Some(s.clone()),
@@ -377,26 +632,47 @@ pub fn tags(m: &Mapping) -> Vec<String> {
     }
 }
 
+/// The note with every front-matter line of a top-level key in `keys`
+/// removed, with its indented continuation lines (a block value a user
+/// wrote); every other byte as it was. For "only the owned keys changed".
+pub fn without_keys(text: &str, keys: &[&str]) -> String {
+    let mut out = String::new();
+    let mut in_fm = false;
+    let mut skipping = false;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if i == 0 {
+            in_fm = bare == "---";
+            out.push_str(line);
+            continue;
+        }
+        if in_fm && (bare == "---" || bare == "...") {
+            in_fm = false;
+        }
+        if in_fm {
+            if skipping && bare.starts_with([' ', '\t']) {
+                continue;
+            }
+            skipping = keys.iter().any(|k| bare.starts_with(&format!("{k}:")));
+            if skipping {
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 /// Is `s` an RFC 3339 UTC timestamp with milliseconds
 /// (`2026-11-21T15:04:05.123Z`)?
 pub fn is_rfc3339_millis_utc(s: &str) -> bool {
-    let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
-    b.len() == 24
-        && digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
-        && b[10] == b'T'
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19)
-        && b[19] == b'.'
-        && digits(20..23)
-        && b[23] == b'Z'
+    // `0` stands for any digit; every other byte must match.
+    const SHAPE: &[u8] = b"0000-00-00T00:00:00.000Z";
+    s.len() == SHAPE.len()
+        && s.bytes().zip(SHAPE).all(|(c, &want)| match want {
+            b'0' => c.is_ascii_digit(),
+            _ => c == want,
+        })
         && chrono::DateTime::parse_from_rfc3339(s).is_ok()
 }
 
@@ -404,6 +680,20 @@ pub fn is_rfc3339_millis_utc(s: &str) -> bool {
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
+
+// ------------------------------------------------------------------ fakes
+
+/// `tests/fakes/`: the fake `claude`, `codex` and `gemini` CLIs.
+pub fn fakes_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes")
+}
+
+/// The path of one fake CLI, for a definition's `program:`.
+pub fn fake(name: &str) -> String {
+    fakes_dir().join(name).display().to_string()
+}
+
+// ---------------------------------------------------------------- running
 
 fn scrub(cmd: &mut Command) {
     for k in SCRUB_ENV {
@@ -418,7 +708,7 @@ pub struct Run {
     display: String,
 }
 
-/// Starts building `vaultrunner <args…>`.
+/// Starts building `vaultrunner <args…>` (with [`SCRUB_ENV`] removed).
 pub fn vr(args: &[&str]) -> Run {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
@@ -431,11 +721,19 @@ pub fn vr(args: &[&str]) -> Run {
 }
 
 impl Run {
+    /// Sets an environment variable.
     pub fn env(mut self, k: &str, v: &str) -> Run {
         self.cmd.env(k, v);
         self
     }
 
+    /// Removes an environment variable (beyond [`SCRUB_ENV`]).
+    pub fn env_remove(mut self, k: &str) -> Run {
+        self.cmd.env_remove(k);
+        self
+    }
+
+    /// Feeds `s` on stdin (otherwise stdin is `/dev/null`).
     pub fn stdin(mut self, s: &str) -> Run {
         self.stdin = Some(s.to_string());
         self
@@ -473,16 +771,10 @@ impl Run {
             std::io::Read::read_to_string(&mut se, &mut s).ok();
             s
         });
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{} did not finish within 60 s", self.display);
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let Some(status) = wait_exit_every(&mut child, Duration::from_secs(60), POLL_FAST) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} did not finish within 60 s", self.display);
         };
         Out {
             status,
@@ -491,6 +783,24 @@ impl Run {
             display: self.display,
             elapsed: started.elapsed(),
         }
+    }
+
+    /// Starts the command in the background (stdin `/dev/null`), stdout and
+    /// stderr appended to `log`; the [`Serve`] guard stops it when dropped.
+    pub fn spawn(mut self, log: PathBuf) -> Serve {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+        let child = self
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.display));
+        Serve { child, log }
     }
 }
 
@@ -517,6 +827,7 @@ impl Out {
         self
     }
 
+    /// The exit code (`None` when killed by a signal).
     pub fn code(&self) -> Option<i32> {
         self.status.code()
     }
@@ -537,62 +848,333 @@ impl std::fmt::Display for Out {
     }
 }
 
-/// Polls `f` every 20 ms until it is true; panics after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
+// ------------------------------------------------------------------ waits
+
+/// How often the waits poll.
+const POLL: Duration = Duration::from_millis(20);
+/// How often waits on a process poll (a run's exit, a crash test's progress).
+const POLL_FAST: Duration = Duration::from_millis(2);
+
+/// Polls `f` every 20 ms until it is true (→ `true`) or `timeout` passes
+/// (→ `false`, after one last look).
+pub fn poll_until(timeout: Duration, f: impl FnMut() -> bool) -> bool {
+    poll_every(timeout, POLL, f)
+}
+
+fn poll_every(timeout: Duration, every: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
     loop {
         if f() {
-            return;
+            return true;
         }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+        if started.elapsed() > timeout {
+            return f();
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 
-/// A running `vaultrunner serve`, killed (and reaped) when dropped.
+/// Polls `f` every 20 ms until it is true; panics after `timeout`.
+#[track_caller]
+pub fn wait_until(timeout: Duration, what: &str, f: impl FnMut() -> bool) {
+    if !poll_until(timeout, f) {
+        panic!("timed out after {timeout:?} waiting for {what}");
+    }
+}
+
+/// [`wait_until`] for async tests: polls `f` every 20 ms without blocking
+/// the runtime; panics after `timeout`.
+pub async fn wait_until_async(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !f() {
+        assert!(
+            started.elapsed() <= timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits up to `within` for a child to exit; `None` if it is still running.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    wait_exit_every(child, within, POLL)
+}
+
+fn wait_exit_every(child: &mut Child, within: Duration, every: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    poll_every(within, every, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status
+}
+
+/// Reads the pid a test script wrote to `file` (write to a temp name, then
+/// `mv`), waiting up to 20 s for it.
+#[track_caller]
+pub fn read_pid(file: &Path) -> i32 {
+    let mut pid = None;
+    let ok = poll_until(Duration::from_secs(20), || {
+        pid = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        pid.is_some()
+    });
+    assert!(ok, "{} was not written within 20 s", file.display());
+    pid.unwrap()
+}
+
+/// Is the process alive? A zombie counts as gone (PID 1 here may not reap).
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .unwrap_or("?");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `within` for every pid to be gone and returns those still
+/// alive then — after SIGKILLing them, so nothing outlives the test.
+pub fn survivors(pids: &[i32], within: Duration) -> Vec<i32> {
+    poll_until(within, || pids.iter().all(|&p| !alive(p)));
+    let live: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+    for &p in &live {
+        // SAFETY: cleaning up processes our own test started.
+        unsafe {
+            libc::kill(p, libc::SIGKILL);
+        }
+    }
+    live
+}
+
+/// Asserts every pid is gone within `within` (see [`survivors`]).
+#[track_caller]
+pub fn assert_all_dead(pids: &[i32], within: Duration) {
+    let live = survivors(pids, within);
+    assert!(live.is_empty(), "processes outlived the turn: {live:?}");
+}
+
+// ------------------------------------------------------------------ serve
+
+/// A `vaultrunner` running in the background (usually `serve`), its stdout
+/// and stderr in `log`. Dropping it stops it: SIGTERM, then SIGKILL after
+/// 10 s, and reaps it.
 pub struct Serve {
     pub child: Child,
     pub log: PathBuf,
 }
 
 impl Serve {
-    /// What the server logged so far.
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    /// What it logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Stops the server with SIGTERM and waits (10 s at most, then SIGKILL).
+    /// Waits up to `within` for `cond`, or panics with `what` and the log.
+    #[track_caller]
+    pub fn wait_for(&self, within: Duration, what: &str, cond: impl FnMut() -> bool) {
+        if !poll_until(within, cond) {
+            panic!(
+                "timed out after {within:?} waiting for: {what}\n--- log ---\n{}",
+                self.log_text()
+            );
+        }
+    }
+
+    /// Waits until `serve` logged `serving …` (after taking the lock and
+    /// the start-up scan; the watcher may not be live yet). Polling
+    /// `status` instead would race: `status` probes the lock by taking it
+    /// for a moment. Panics if it exits first.
+    #[track_caller]
+    pub fn started(&self) {
+        let ok = poll_until(Duration::from_secs(30), || {
+            self.log_text().contains("serving ") || !alive(self.pid())
+        });
+        let log = self.log_text();
+        assert!(
+            ok && log.contains("serving "),
+            "serve did not start (still running: {}):\n{log}",
+            alive(self.pid())
+        );
+    }
+
+    /// Waits until the watcher is live: the start-up scan is logged, then a
+    /// probe note (written after that) is answered — by the watcher or by
+    /// the scan that follows setting up the watches. Needs the `probe`
+    /// agent of [`TestVault::with_probes`].
+    #[track_caller]
+    pub fn ready(&self, v: &TestVault) {
+        self.started();
+        let n = v.probes.fetch_add(1, Ordering::Relaxed) + 1;
+        let rel = format!("Probe/p{n}.md");
+        v.write_atomic(&rel, &inbound("probe", "sender: cli\n", "ready?\n"));
+        self.wait_for(
+            Duration::from_secs(20),
+            &format!("probe {rel} answered"),
+            || v.exists(&reply_of(&rel)),
+        );
+    }
+
+    /// Waits up to 20 s until `rel`'s reply exists and `rel` is stamped
+    /// (`handled` or `error`).
+    #[track_caller]
+    pub fn answered(&self, v: &TestVault, rel: &str) {
+        self.answered_within(v, rel, Duration::from_secs(20));
+    }
+
+    /// [`answered`](Self::answered) with another deadline.
+    #[track_caller]
+    pub fn answered_within(&self, v: &TestVault, rel: &str, within: Duration) {
+        let reply = reply_of(rel);
+        self.wait_for(within, &format!("{rel} answered"), || {
+            v.exists(&reply)
+                && std::fs::read_to_string(v.path(rel)).is_ok_and(|t| {
+                    parse_note(&t).is_ok_and(|(m, _)| {
+                        scalar(&m, "status").is_some_and(|s| s == "handled" || s == "error")
+                    })
+                })
+        });
+    }
+
+    /// [`answered`](Self::answered), then asserts the reply's body
+    /// (trimmed) is `want`.
+    #[track_caller]
+    pub fn answered_with(&self, v: &TestVault, rel: &str, want: &str) {
+        self.answered(v, rel);
+        assert_eq!(v.body(&reply_of(rel)).trim(), want, "the reply to {rel}");
+    }
+
+    /// Writes a message to the always-answering `ok` agent (see
+    /// [`TestVault::with_probes`]) and waits for its reply: every event
+    /// written before it has then been seen by the watcher.
+    #[track_caller]
+    pub fn sentinel(&self, v: &TestVault, name: &str) {
+        let rel = format!("Sentinel/{name}.md");
+        v.message(&rel, "ok", "", &format!("{name}\n"));
+        self.answered(v, &rel);
+    }
+
+    /// Asserts that an inbound note is still waiting: no reply, not stamped.
+    #[track_caller]
+    pub fn assert_waiting(&self, v: &TestVault, rel: &str) {
+        assert!(
+            !v.exists(&reply_of(rel)),
+            "{rel} should wait but was answered: {}\n--- log ---\n{}",
+            v.read(&reply_of(rel)),
+            self.log_text()
+        );
+        let st = v.get(rel, "status");
+        assert!(
+            st.is_none() || st.as_deref() == Some("pending"),
+            "{rel} should be untouched, status is {st:?}"
+        );
+    }
+
+    /// Asserts that each of `rels` still waits once the watcher has seen
+    /// it: a [`sentinel`](Self::sentinel) named `sentinel`, then half a
+    /// second of observation window, then [`assert_waiting`](Self::assert_waiting).
+    #[track_caller]
+    pub fn assert_still_waiting(&self, v: &TestVault, sentinel: &str, rels: &[&str]) {
+        self.sentinel(v, sentinel);
+        std::thread::sleep(Duration::from_millis(500));
+        for rel in rels {
+            self.assert_waiting(v, rel);
+        }
+    }
+
+    /// The address of `serve`'s HTTP listener, from
+    /// `.vaultrunner/http.addr` (waiting up to 20 s for it; panics if the
+    /// process exits first).
+    #[track_caller]
+    pub fn http_addr(&mut self, v: &TestVault) -> String {
+        let f = v.path(".vaultrunner/http.addr");
+        let mut addr = String::new();
+        let mut exited = None;
+        let ok = poll_until(Duration::from_secs(20), || {
+            if let Ok(a) = std::fs::read_to_string(&f)
+                && !a.trim().is_empty()
+            {
+                addr = a.trim().to_string();
+                return true;
+            }
+            exited = self.child.try_wait().unwrap();
+            exited.is_some()
+        });
+        if let Some(st) = exited {
+            panic!("serve exited early: {st:?}: {}", self.log_text());
+        }
+        assert!(ok, "no http.addr:\n{}", self.log_text());
+        addr
+    }
+
+    /// Sends `sig` to it.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// Is it still running?
+    pub fn still_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits up to `within` for it to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        wait_exit(&mut self.child, within)
+    }
+
+    /// Polls `cond` every 2 ms until it holds (→ `true`), `within` passes
+    /// or the process exits (→ `cond()` then).
+    pub fn wait_while_running(&mut self, within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let child = &mut self.child;
+        poll_every(within, POLL_FAST, || {
+            cond() || child.try_wait().unwrap().is_some()
+        });
+        cond()
+    }
+
+    /// SIGKILLs and reaps it (a process that already exited is fine).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+    }
+
+    /// Stops it with SIGTERM and waits (10 s at most, then SIGKILL); the
+    /// exit status, `None` when it had to be killed.
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        #[cfg(unix)]
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own child by its pid.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+        if let Ok(Some(st)) = self.child.try_wait() {
+            return Some(st);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
         }
+        let st = self.wait_exit(Duration::from_secs(10));
+        if st.is_none() {
+            self.kill();
+        }
+        st
     }
 }
 
 impl Drop for Serve {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vaultrunner");
+use crate::common::{
+    Serve, TestVault, inbound, is_vaultrunner_temp, parse_note, read_note, scalar, tags, walk,
+};
 
 /// Messages in all.
 const TOTAL: usize = 400;
@@ -29,12 +29,6 @@ const AGENTS: &[(&str, &str)] = &[
 
 // ---------------------------------------------------------------- helpers
 
-fn write(root: &Path, rel: &str, content: &str) {
-    let p = root.join(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(&p, content).unwrap();
-}
-
 /// The `i`-th message: its path, agent and note text.
 fn message(i: usize) -> (String, &'static str, String) {
     let agent = AGENTS[i % AGENTS.len()].0;
@@ -49,9 +43,7 @@ fn message(i: usize) -> (String, &'static str, String) {
     } else {
         String::new()
     };
-    let text = format!(
-        "---\ntags: [agent/message/inbound]\nagent: {agent}\n{subject}---\nmessage number {i}\n"
-    );
+    let text = inbound(agent, &subject, &format!("message number {i}\n"));
     (rel, agent, text)
 }
 
@@ -64,108 +56,20 @@ fn expected_reply(agent: &str, i: usize) -> String {
     }
 }
 
-/// Every file under `root` (dot folders included), vault-relative.
-/// Every file under `root`, relative and sorted.
-fn walk(root: &Path) -> Vec<String> {
-    crate::common::walk(root)
-        .into_iter()
-        .map(|(rel, _)| rel)
-        .collect()
-}
-
-fn is_temp(rel: &str) -> bool {
-    let name = rel.rsplit('/').next().unwrap();
-    name.starts_with(".vaultrunner-") && name.ends_with(".tmp")
-}
-
-fn count_replies(root: &Path) -> usize {
-    walk(&root.join("Inbox"))
+/// The replies in the Inbox so far.
+fn count_replies(v: &TestVault) -> usize {
+    walk(&v.path("Inbox"))
         .iter()
-        .filter(|r| r.ends_with(".reply.md"))
+        .filter(|(r, _)| r.ends_with(".reply.md"))
         .count()
 }
 
-/// Splits the front-matter off a note and parses it.
-fn parse(text: &str) -> Result<(serde_yaml::Mapping, String), String> {
-    let Some(rest) = text.strip_prefix("---\n") else {
-        return Err("no front-matter".into());
-    };
-    let mut yaml = String::new();
-    let mut off = 0;
-    for line in rest.split_inclusive('\n') {
-        off += line.len();
-        let l = line.trim_end_matches(['\n', '\r']);
-        if l == "---" || l == "..." {
-            return match serde_yaml::from_str::<serde_yaml::Value>(&yaml) {
-                Ok(serde_yaml::Value::Mapping(m)) => Ok((m, rest[off..].to_string())),
-                Ok(other) => Err(format!("front-matter is not a mapping: {other:?}")),
-                Err(e) => Err(format!("invalid YAML: {e}")),
-            };
-        }
-        yaml.push_str(line);
-    }
-    Err("front-matter is not closed".into())
-}
-
-fn field(m: &serde_yaml::Mapping, key: &str) -> Option<String> {
-    match m.get(key)? {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn tags(m: &serde_yaml::Mapping) -> Vec<String> {
-    match m.get("tags") {
-        Some(serde_yaml::Value::Sequence(s)) => s
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        Some(serde_yaml::Value::String(s)) => s
-            .split([',', ' '])
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Starts `vaultrunner <args>` with its output in `log`.
-fn start(args: &[&str], log: &Path) -> Child {
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(BIN)
-        .args(args)
+/// Starts `vaultrunner <args>` in the background, its output appended to
+/// `log`.
+fn start(v: &TestVault, args: &[&str], log: &std::path::Path) -> Serve {
+    v.vr(args)
         .env("VAULTRUNNER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap()
-}
-
-/// Kills (SIGKILL) and reaps a child; a child that already exited is fine.
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    child.wait().unwrap();
-}
-
-/// Polls until `cond` or `secs` pass; also stops if the child exits.
-fn wait_while_running(child: &mut Child, secs: f64, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs_f64(secs);
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end || child.try_wait().unwrap().is_some() {
-            return cond();
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+        .spawn(log.to_path_buf())
 }
 
 /// What one kill left behind.
@@ -178,23 +82,23 @@ struct KillReport {
     at: Duration,
 }
 
-fn inspect(root: &Path, how: &'static str, t0: Instant) -> KillReport {
-    let files = walk(root);
+fn inspect(v: &TestVault, how: &'static str, t0: Instant) -> KillReport {
+    let files = v.all_files();
     let working = files
         .iter()
         .filter(|r| r.starts_with("Inbox/") && r.ends_with(".md") && !r.ends_with(".reply.md"))
         .filter(|r| {
-            fs::read_to_string(root.join(r))
-                .ok()
-                .and_then(|t| parse(&t).ok())
-                .is_some_and(|(m, _)| field(&m, "status").as_deref() == Some("working"))
+            fs::read_to_string(v.path(r)).is_ok_and(|t| {
+                parse_note(&t)
+                    .is_ok_and(|(m, _)| scalar(&m, "status").as_deref() == Some("working"))
+            })
         })
         .count();
     KillReport {
         how,
-        replies: count_replies(root),
+        replies: count_replies(v),
         working,
-        temp_files: files.iter().filter(|r| is_temp(r)).count(),
+        temp_files: files.iter().filter(|r| is_vaultrunner_temp(r)).count(),
         at: t0.elapsed(),
     }
 }
@@ -203,23 +107,17 @@ fn inspect(root: &Path, how: &'static str, t0: Instant) -> KillReport {
 
 #[test]
 fn killed_runs_recover_and_answer_everything_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let logdir = tempfile::tempdir().unwrap();
-    let log = logdir.path().join("runs.log");
-    let vault = root.to_str().unwrap();
+    let v = TestVault::new();
+    let log = v.scratch().join("runs.log");
+    let vault = v.root_str();
     let read_log = || fs::read_to_string(&log).unwrap_or_default();
 
     for (name, yaml) in AGENTS {
-        write(
-            root,
-            &format!("Agents/{name}.md"),
-            &format!("---\ntags: [agent/definition]\n{yaml}---\nAgent {name}.\n"),
-        );
+        v.agent(name, yaml, &format!("Agent {name}.\n"));
     }
     for i in 0..UPFRONT {
         let (rel, _, text) = message(i);
-        write(root, &rel, &text);
+        v.write(&rel, &text);
     }
 
     let t0 = Instant::now();
@@ -229,56 +127,63 @@ fn killed_runs_recover_and_answer_everything_exactly_once() {
     // once it has answered a few dozen.
     {
         let mut c = start(
+            &v,
             &["serve", vault, "--settle-ms", "0", "--listen", "none"],
             &log,
         );
         for i in UPFRONT..TOTAL {
             let (rel, _, text) = message(i);
-            write(root, &rel, &text);
+            v.write(&rel, &text);
         }
-        let reached = wait_while_running(&mut c, 60.0, || count_replies(root) >= 40);
+        let reached = c.wait_while_running(Duration::from_secs(60), || count_replies(&v) >= 40);
         assert!(reached, "run 1 made no progress:\n{}", read_log());
-        kill(&mut c);
-        kills.push(inspect(root, "serve, mid-run", t0));
+        c.kill();
+        kills.push(inspect(&v, "serve, mid-run", t0));
     }
     // Run 2: serve killed almost at once (start-up: lock, temp clean-up,
     // recovery scan, first turns).
     {
         let mut c = start(
+            &v,
             &["serve", vault, "--settle-ms", "0", "--listen", "none"],
             &log,
         );
+        // A chosen moment, not a wait: 40 ms in, start-up is under way.
         std::thread::sleep(Duration::from_millis(40));
-        kill(&mut c);
-        kills.push(inspect(root, "serve, at start-up", t0));
+        c.kill();
+        kills.push(inspect(&v, "serve, at start-up", t0));
     }
     // Run 3: process, killed mid-run.
     {
-        let before = count_replies(root);
-        let mut c = start(&["process", vault], &log);
-        let reached = wait_while_running(&mut c, 60.0, || count_replies(root) >= before + 80);
+        let before = count_replies(&v);
+        let mut c = start(&v, &["process", vault], &log);
+        let reached =
+            c.wait_while_running(Duration::from_secs(60), || count_replies(&v) >= before + 80);
         assert!(reached, "run 3 made no progress:\n{}", read_log());
-        kill(&mut c);
-        kills.push(inspect(root, "process, mid-run", t0));
+        c.kill();
+        kills.push(inspect(&v, "process, mid-run", t0));
     }
     // Run 4: serve again, killed mid-run.
     {
-        let before = count_replies(root);
+        let before = count_replies(&v);
         let mut c = start(
+            &v,
             &["serve", vault, "--settle-ms", "0", "--listen", "none"],
             &log,
         );
-        let reached = wait_while_running(&mut c, 60.0, || count_replies(root) >= before + 80);
+        let reached =
+            c.wait_while_running(Duration::from_secs(60), || count_replies(&v) >= before + 80);
         assert!(reached, "run 4 made no progress:\n{}", read_log());
-        kill(&mut c);
-        kills.push(inspect(root, "serve, mid-run", t0));
+        c.kill();
+        kills.push(inspect(&v, "serve, mid-run", t0));
     }
     // Run 5: process, killed after a short, odd delay.
     {
-        let mut c = start(&["process", vault], &log);
+        let mut c = start(&v, &["process", vault], &log);
+        // A chosen moment, not a wait (odd, so it falls anywhere in a turn).
         std::thread::sleep(Duration::from_millis(173));
-        kill(&mut c);
-        kills.push(inspect(root, "process, after 173 ms", t0));
+        c.kill();
+        kills.push(inspect(&v, "process, after 173 ms", t0));
     }
     for k in &kills {
         eprintln!(
@@ -298,13 +203,12 @@ fn killed_runs_recover_and_answer_everything_exactly_once() {
     );
 
     // Finally: process to completion.
-    let final_log = logdir.path().join("final.log");
-    let mut c = start(&["process", vault], &final_log);
+    let final_log = v.scratch().join("final.log");
+    let mut c = start(&v, &["process", vault], &final_log);
     // Runs until it exits by itself (or 120 s pass).
-    wait_while_running(&mut c, 120.0, || false);
-    let status = c.try_wait().unwrap();
+    let status = c.wait_exit(Duration::from_secs(120));
     if status.is_none() {
-        kill(&mut c);
+        c.kill();
     }
     let out = fs::read_to_string(&final_log).unwrap_or_default();
     assert!(
@@ -318,14 +222,14 @@ fn killed_runs_recover_and_answer_everything_exactly_once() {
     );
 
     // ---- the vault afterwards
-    let files = walk(root);
-    let temps: Vec<_> = files.iter().filter(|r| is_temp(r)).collect();
+    let files = v.all_files();
+    let temps: Vec<_> = files.iter().filter(|r| is_vaultrunner_temp(r)).collect();
     assert!(temps.is_empty(), "temp files left: {temps:?}");
 
     // Every note is whole: front-matter present and valid YAML.
     for rel in files.iter().filter(|r| r.ends_with(".md")) {
-        let text = fs::read_to_string(root.join(rel)).unwrap();
-        if let Err(e) = parse(&text) {
+        let text = v.read(rel);
+        if let Err(e) = parse_note(&text) {
             panic!("{rel}: {e}\n{text}");
         }
     }
@@ -360,20 +264,20 @@ fn killed_runs_recover_and_answer_everything_exactly_once() {
     let mut retried = 0;
     for i in 0..TOTAL {
         let (rel, agent, _) = message(i);
-        let (m, body) = parse(&fs::read_to_string(root.join(&rel)).unwrap()).unwrap();
+        let (m, body) = read_note(&v.path(&rel));
         assert_eq!(
-            field(&m, "status").as_deref(),
+            scalar(&m, "status").as_deref(),
             Some("handled"),
             "{rel}: {m:?}"
         );
         assert_eq!(body, format!("message number {i}\n"), "{rel}: body changed");
         let stem = rel.strip_suffix(".md").unwrap();
         assert_eq!(
-            field(&m, "reply").as_deref(),
+            scalar(&m, "reply").as_deref(),
             Some(format!("[[{stem}.reply]]").as_str()),
             "{rel}"
         );
-        let attempts: u64 = field(&m, "attempts").unwrap().parse().unwrap();
+        let attempts: u64 = scalar(&m, "attempts").unwrap().parse().unwrap();
         assert!((1..=3).contains(&attempts), "{rel}: attempts {attempts}");
         if attempts > 1 {
             retried += 1;
@@ -381,15 +285,15 @@ fn killed_runs_recover_and_answer_everything_exactly_once() {
         *handled_per_agent.entry(agent).or_default() += 1;
 
         let reply = format!("{stem}.reply.md");
-        let (r, rbody) = parse(&fs::read_to_string(root.join(&reply)).unwrap()).unwrap();
+        let (r, rbody) = read_note(&v.path(&reply));
         assert_eq!(
-            field(&r, "status").as_deref(),
+            scalar(&r, "status").as_deref(),
             Some("ok"),
             "{reply}: {rbody}"
         );
-        assert_eq!(field(&r, "agent").as_deref(), Some(agent), "{reply}");
+        assert_eq!(scalar(&r, "agent").as_deref(), Some(agent), "{reply}");
         assert_eq!(
-            field(&r, "in_reply_to").as_deref(),
+            scalar(&r, "in_reply_to").as_deref(),
             Some(format!("[[{stem}]]").as_str()),
             "{reply}"
         );
@@ -406,11 +310,11 @@ fn killed_runs_recover_and_answer_everything_exactly_once() {
     let mut turns_per_agent: BTreeMap<String, u64> = BTreeMap::new();
     for rel in files.iter().filter(|r| r.starts_with("Threads/")) {
         assert!(rel.ends_with(".md"), "unexpected file {rel}");
-        let (m, _) = parse(&fs::read_to_string(root.join(rel)).unwrap()).unwrap();
+        let (m, _) = read_note(&v.path(rel));
         assert!(tags(&m).iter().any(|t| t == "agent/thread"), "{rel}");
-        assert_eq!(field(&m, "status").as_deref(), Some("ok"), "{rel}: {m:?}");
-        let agent = field(&m, "agent").unwrap();
-        let n: u64 = field(&m, "turn_count").unwrap().parse().unwrap();
+        assert_eq!(scalar(&m, "status").as_deref(), Some("ok"), "{rel}: {m:?}");
+        let agent = scalar(&m, "agent").unwrap();
+        let n: u64 = scalar(&m, "turn_count").unwrap().parse().unwrap();
         *turns_per_agent.entry(agent).or_default() += n;
     }
     for (agent, handled) in &handled_per_agent {

@@ -131,7 +131,12 @@ fn orchestrator_under_serve() {
                 .iter()
                 .all(|c| v.exists(&c.replace(".callback.md", ".callback.reply.md")))
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Their turns' last writes: each callback stamped `handled`.
+    crate::common::wait_until(Duration::from_secs(20), "the callbacks stamped", || {
+        callback_notes(&v)
+            .iter()
+            .all(|c| v.get(c, "status").as_deref() == Some("handled"))
+    });
     s.stop();
     assert_callbacks(&v);
 }
@@ -143,24 +148,15 @@ fn no_callback_at_the_depth_limit() {
     v.agent("b", "backend: echo\n", "");
     // Depth 6 → callback at depth 7; depth 7 → its callback would be 8: none;
     // depth 8 → not run at all, no callback.
-    v.message(
-        "Inbox/d6.md",
-        "a",
-        "reply_to: b\ndelegation_depth: 6\n",
-        "six\n",
-    );
-    v.message(
-        "Inbox/d7.md",
-        "a",
-        "reply_to: b\ndelegation_depth: 7\n",
-        "seven\n",
-    );
-    v.message(
-        "Inbox/d8.md",
-        "a",
-        "reply_to: b\ndelegation_depth: 8\n",
-        "eight\n",
-    );
+    for (depth, word) in [(6, "six"), (7, "seven"), (8, "eight")] {
+        let extra = format!("reply_to: b\ndelegation_depth: {depth}\n");
+        v.message(
+            &format!("Inbox/d{depth}.md"),
+            "a",
+            &extra,
+            &format!("{word}\n"),
+        );
+    }
     v.process(&[]);
     assert!(v.exists("Inbox/d6.callback.md"));
     assert_eq!(

@@ -4,136 +4,62 @@
 //! loopback port with a real engine and dispatcher; the ones about the
 //! process (environment, refusing to listen, SIGTERM) run the binary.
 //!
-//! Notes are read back with our own front-matter split + YAML parse, not
-//! the crate's parser.
+//! Notes are read back with `common`'s front-matter parser, not the
+//! crate's.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
-use vaultrunner::engine::{Config, Engine};
+use vaultrunner::engine::Engine;
 use vaultrunner::trigger::http::{self, HttpOptions};
-use vaultrunner::vault::Vault;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vaultrunner");
+use crate::common::{TestVault, parse_note, read_note, scalar, tags, wait_until_async};
+
 const TOKEN: &str = "t0ken-for-tests";
 const SECRET: &str = "webhook-secret-for-tests";
 
 // ---------------------------------------------------------------- vaults
 
-/// `<tmp>/vault`, so anything written next to the vault would be seen.
-struct TestVault {
-    _tmp: tempfile::TempDir,
-    parent: PathBuf,
-    root: PathBuf,
-}
-
-impl TestVault {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let parent = std::fs::canonicalize(tmp.path()).unwrap();
-        let root = parent.join("vault");
-        std::fs::create_dir_all(&root).unwrap();
-        TestVault {
-            _tmp: tmp,
-            parent,
-            root,
-        }
-    }
-
-    /// The usual agents: `echo`, `slow` (a command that sleeps 3 s, then
-    /// echoes stdin), `failing` (a command that exits 3).
-    fn with_agents() -> Self {
-        let v = Self::new();
-        v.agent("echo", "backend: echo\n");
-        v.agent(
+/// A vault with the usual agents: `echo`, `slow` (a command that sleeps
+/// 3 s, then echoes stdin), `failing` (a command that exits 3).
+fn agents() -> TestVault {
+    let v = TestVault::new();
+    for (name, extra) in [
+        ("echo", "backend: echo\n"),
+        (
             "slow",
             "backend: command\ncommand: [sh, -c, \"sleep 3; cat\"]\ntimeout: 30s\n",
-        );
-        v.agent(
+        ),
+        (
             "failing",
             "backend: command\ncommand: [sh, -c, \"echo boom >&2; exit 3\"]\ntimeout: 30s\n",
-        );
-        v
+        ),
+    ] {
+        v.agent(name, extra, &format!("You are {name}.\n"));
     }
-
-    fn agent(&self, name: &str, extra: &str) {
-        self.write(
-            &format!("Agents/{name}.md"),
-            &format!("---\ntags: [agent/definition]\nname: {name}\n{extra}---\nYou are {name}.\n"),
-        );
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let p = self.root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-
-    /// Every file under the temp directory (vault and its surroundings),
-    /// except vaultrunner's own state folder.
-    fn files(&self) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = crate::common::walk(&self.parent)
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
-        out.retain(|p| !p.components().any(|c| c.as_os_str() == ".vaultrunner"));
-        out
-    }
-
-    fn note(&self, path: &str) -> (Mapping, String) {
-        read_note(&self.root.join(format!("{path}.md")))
-    }
+    v
 }
 
-/// Splits a note into its front-matter (parsed) and body.
-fn parse_note(text: &str) -> (Mapping, String) {
-    let rest = text
-        .strip_prefix("---\n")
-        .unwrap_or_else(|| panic!("no front-matter in {text:?}"));
-    let end = rest
-        .find("\n---\n")
-        .map(|i| (i, i + 5))
-        .or_else(|| {
-            rest.ends_with("\n---")
-                .then(|| (rest.len() - 4, rest.len()))
-        })
-        .unwrap_or_else(|| panic!("unterminated front-matter in {text:?}"));
-    let yaml = &rest[..end.0];
-    let meta: Mapping = serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}: {yaml}"));
-    (meta, rest[end.1..].to_string())
-}
-
-fn read_note(file: &Path) -> (Mapping, String) {
-    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    parse_note(&text)
-}
-
-fn s<'a>(m: &'a Mapping, k: &str) -> Option<&'a str> {
-    m.get(k).and_then(|v| v.as_str())
-}
-
-fn tags(m: &Mapping) -> Vec<String> {
-    m.get("tags")
-        .and_then(|v| v.as_sequence())
-        .map(|seq| {
-            seq.iter()
-                .filter_map(|t| t.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+/// Every file in and next to the vault (the whole temp directory), except
+/// vaultrunner's own state folder: what a request could have written.
+fn files(v: &TestVault) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = crate::common::walk(&v.parent)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    out.retain(|p| !p.components().any(|c| c.as_os_str() == ".vaultrunner"));
+    out
 }
 
 /// Outbound notes (under the vault) answering `inbound`.
 fn replies_to(v: &TestVault, inbound: &str) -> Vec<PathBuf> {
     let link = format!("[[{inbound}]]");
-    v.files()
+    files(v)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "md"))
         .filter(|p| {
@@ -141,9 +67,9 @@ fn replies_to(v: &TestVault, inbound: &str) -> Vec<PathBuf> {
             if !text.starts_with("---\n") {
                 return false;
             }
-            let (m, _) = parse_note(&text);
+            let (m, _) = parse_note(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             tags(&m).iter().any(|t| t == "agent/message/outbound")
-                && s(&m, "in_reply_to") == Some(link.as_str())
+                && scalar(&m, "in_reply_to").as_deref() == Some(link.as_str())
         })
         .collect()
 }
@@ -162,11 +88,7 @@ struct Server {
 
 impl Server {
     async fn start(vault: TestVault, opts: HttpOptions) -> Server {
-        let engine = Engine::new(
-            Vault::open(&vault.root).unwrap().with_group_commit(),
-            Config::default(),
-        );
-        engine.scan(true);
+        let engine = vault.engine();
         let cancel = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -191,12 +113,12 @@ impl Server {
     }
 
     async fn open() -> Server {
-        Self::start(TestVault::with_agents(), HttpOptions::default()).await
+        Self::start(agents(), HttpOptions::default()).await
     }
 
     async fn secured() -> Server {
         Self::start(
-            TestVault::with_agents(),
+            agents(),
             HttpOptions {
                 token: Some(TOKEN.into()),
                 webhook_secret: Some(SECRET.into()),
@@ -277,14 +199,6 @@ fn sign(secret: &str, body: &[u8]) -> String {
     let bytes = m.finalize().into_bytes();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256={hex}")
-}
-
-async fn wait_for<F: FnMut() -> bool>(what: &str, secs: u64, mut f: F) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Reads SSE events (`event:` name, `data:` JSON) from a streaming
@@ -420,13 +334,14 @@ async fn post_json_and_text_is_durable_before_202() {
     assert!(path.starts_with("Inbox/slow/"), "{path}");
     let (m, body) = srv.vault.note(&path);
     assert_eq!(body.trim(), "hello there");
-    assert_eq!(s(&m, "agent"), Some("slow"));
-    assert_eq!(s(&m, "subject"), Some("Weekly Report"));
-    assert_eq!(s(&m, "sender"), Some("alice"));
-    assert_eq!(s(&m, "reply_to"), Some("echo"));
-    assert_eq!(s(&m, "correlation_id"), Some("c-42"));
+    assert_eq!(scalar(&m, "agent").as_deref(), Some("slow"));
+    assert_eq!(scalar(&m, "subject").as_deref(), Some("Weekly Report"));
+    assert_eq!(scalar(&m, "sender").as_deref(), Some("alice"));
+    assert_eq!(scalar(&m, "reply_to").as_deref(), Some("echo"));
+    assert_eq!(scalar(&m, "correlation_id").as_deref(), Some("c-42"));
     assert!(tags(&m).contains(&"agent/message/inbound".to_string()));
-    assert!(s(&m, "ts").is_some());
+    assert!(m["tags"].is_sequence(), "tags are a list: {m:?}");
+    assert!(m.get("ts").and_then(serde_yaml::Value::as_str).is_some());
 
     // text/plain: the body is the message, sender defaults to http.
     let r = c
@@ -441,8 +356,8 @@ async fn post_json_and_text_is_durable_before_202() {
     let path = v["path"].as_str().unwrap().to_string();
     let (m, body) = srv.vault.note(&path);
     assert_eq!(body.trim_end(), "plain words\nsecond line");
-    assert_eq!(s(&m, "agent"), Some("echo"));
-    assert_eq!(s(&m, "sender"), Some("http"));
+    assert_eq!(scalar(&m, "agent").as_deref(), Some("echo"));
+    assert_eq!(scalar(&m, "sender").as_deref(), Some("http"));
     srv.stop().await;
 }
 
@@ -469,9 +384,9 @@ async fn wait_returns_the_reply() {
     assert_eq!(reply_path, format!("{path}.reply"));
     let (m, body) = srv.vault.note(reply_path);
     assert_eq!(body.trim(), "echo: ping");
-    assert_eq!(s(&m, "status"), Some("ok"));
+    assert_eq!(scalar(&m, "status").as_deref(), Some("ok"));
     let (m, _) = srv.vault.note(path);
-    assert_eq!(s(&m, "status"), Some("handled"));
+    assert_eq!(scalar(&m, "status").as_deref(), Some("handled"));
 
     // A failing agent: 200 with the reply's status `error`.
     let r = c
@@ -511,17 +426,17 @@ async fn wait_times_out_with_504_and_the_message_is_still_answered_once() {
         .to_string();
     assert!(srv.vault.root.join(format!("{path}.md")).exists());
 
-    wait_for("the slow reply", 15, || {
+    wait_until_async(Duration::from_secs(15), "the slow reply", || {
         let (m, _) = srv.vault.note(&path);
-        s(&m, "status") == Some("handled")
+        scalar(&m, "status").as_deref() == Some("handled")
     })
     .await;
-    // A little longer: nothing else may appear.
+    // A little longer (an observation window): nothing else may appear.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let replies = replies_to(&srv.vault, &path);
     assert_eq!(replies.len(), 1, "{replies:?}");
     let (m, body) = read_note(&replies[0]);
-    assert_eq!(s(&m, "status"), Some("ok"));
+    assert_eq!(scalar(&m, "status").as_deref(), Some("ok"));
     assert_eq!(body.trim(), "take your time");
     let (thread, _) = srv.vault.note("Threads/slow/slow");
     assert_eq!(thread.get("turn_count").and_then(|v| v.as_u64()), Some(1));
@@ -539,7 +454,7 @@ async fn wait_times_out_with_504_and_the_message_is_still_answered_once() {
 async fn errors_are_json_and_write_nothing() {
     let srv = Server::open().await;
     let c = client();
-    let before = srv.vault.files();
+    let before = files(&srv.vault);
 
     // Unknown agent: 404, nothing written (JSON and text).
     let r = c
@@ -635,7 +550,7 @@ async fn errors_are_json_and_write_nothing() {
     )
     .await;
 
-    assert_eq!(srv.vault.files(), before, "an error answer wrote a file");
+    assert_eq!(files(&srv.vault), before, "an error answer wrote a file");
 
     // Exactly 1 MiB is accepted.
     let r = c
@@ -653,7 +568,7 @@ async fn errors_are_json_and_write_nothing() {
 async fn bearer_token_guards_api_and_hooks() {
     let srv = Server::secured().await;
     let c = client();
-    let before = srv.vault.files();
+    let before = files(&srv.vault);
 
     for auth in [None, Some(bearer("wrong")), Some(TOKEN.to_string())] {
         let with = |rb: reqwest::RequestBuilder| match &auth {
@@ -697,7 +612,7 @@ async fn bearer_token_guards_api_and_hooks() {
             .unwrap();
         expect_error(r, 401).await;
     }
-    assert_eq!(srv.vault.files(), before, "a 401 wrote a file");
+    assert_eq!(files(&srv.vault), before, "a 401 wrote a file");
 
     // /health and /metrics are open.
     assert_eq!(
@@ -748,7 +663,7 @@ async fn bearer_token_guards_api_and_hooks() {
 async fn webhooks_signature_pretty_json_and_event_subject() {
     let srv = Server::secured().await;
     let c = client();
-    let before = srv.vault.files();
+    let before = files(&srv.vault);
     let body = br#"{"action":"opened","number":7,"pull_request":{"title":"Fix it"}}"#;
 
     // Wrong signature, signature with the wrong secret, malformed: 401.
@@ -768,7 +683,7 @@ async fn webhooks_signature_pretty_json_and_event_subject() {
             .unwrap();
         expect_error(r, 401).await;
     }
-    assert_eq!(srv.vault.files(), before);
+    assert_eq!(files(&srv.vault), before);
 
     // A valid signature suffices although a token is set and none is sent.
     let r = c
@@ -784,8 +699,8 @@ async fn webhooks_signature_pretty_json_and_event_subject() {
     assert_eq!(st, 202, "{v}");
     let path = v["path"].as_str().unwrap().to_string();
     let (m, note_body) = srv.vault.note(&path);
-    assert_eq!(s(&m, "sender"), Some("webhook:echo"));
-    let subject = s(&m, "subject").unwrap_or_default();
+    assert_eq!(scalar(&m, "sender").as_deref(), Some("webhook:echo"));
+    let subject = scalar(&m, "subject").unwrap_or_default();
     assert!(subject.contains("pull_request"), "subject {subject:?}");
     let pretty =
         serde_json::to_string_pretty(&serde_json::from_slice::<Value>(body).unwrap()).unwrap();
@@ -794,13 +709,13 @@ async fn webhooks_signature_pretty_json_and_event_subject() {
         "{note_body}"
     );
     // The subject selects a named thread under Threads/echo/.
-    wait_for("the webhook reply", 10, || {
+    wait_until_async(Duration::from_secs(10), "the webhook reply", || {
         let (m, _) = srv.vault.note(&path);
-        s(&m, "status") == Some("handled")
+        scalar(&m, "status").as_deref() == Some("handled")
     })
     .await;
     let (m, _) = srv.vault.note(&path);
-    let thread = s(&m, "thread").unwrap().to_string();
+    let thread = scalar(&m, "thread").unwrap();
     assert!(
         thread.starts_with("[[Threads/echo/echo--") && thread.contains("pull-request"),
         "{thread}"
@@ -1100,7 +1015,7 @@ async fn metrics_are_prometheus_text_and_count_turns() {
 async fn names_and_subjects_never_leave_the_vault() {
     let srv = Server::open().await;
     let c = client();
-    let before = srv.vault.files();
+    let before = files(&srv.vault);
     for name in [
         "..%2F..%2Fx",
         "..%2F..%2Fecho",
@@ -1123,7 +1038,7 @@ async fn names_and_subjects_never_leave_the_vault() {
             .unwrap();
         expect_error(r, 404).await;
     }
-    assert_eq!(srv.vault.files(), before);
+    assert_eq!(files(&srv.vault), before);
 
     // Raw request lines with dot segments, unnormalised by any client.
     let addr = srv.base.trim_start_matches("http://").to_string();
@@ -1147,7 +1062,7 @@ async fn names_and_subjects_never_leave_the_vault() {
             resp.lines().next().unwrap()
         );
     }
-    assert_eq!(srv.vault.files(), before);
+    assert_eq!(files(&srv.vault), before);
 
     // A subject with dot segments stays under Threads/<agent>/.
     for subject in ["../../etc", "../../../../tmp/evil", "/etc/passwd", ".."] {
@@ -1167,7 +1082,7 @@ async fn names_and_subjects_never_leave_the_vault() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    for f in srv.vault.files() {
+    for f in files(&srv.vault) {
         assert!(
             f.starts_with(&srv.vault.root),
             "written outside: {}",
@@ -1195,102 +1110,38 @@ async fn names_and_subjects_never_leave_the_vault() {
 
 // ------------------------------------------------------ the real binary
 
-fn serve_cmd(vault: &Path, listen: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .arg(vault)
-        .args(["--listen", listen, "--settle-ms", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("VAULTRUNNER_LOG", "info");
-    for k in crate::common::SCRUB_ENV {
-        cmd.env_remove(k);
-    }
-    cmd
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    use std::io::Read;
-    let mut s = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut s);
-    }
-    s
-}
-
-/// Kills a child left running by a failed test.
-struct Reap(Child);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 #[test]
 fn refuses_to_listen_beyond_loopback_without_a_token() {
-    let v = TestVault::with_agents();
+    let v = agents();
     let t0 = Instant::now();
-    let mut child = serve_cmd(&v.root, "0.0.0.0:0").spawn().unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(10));
-    let err = stderr_of(&mut child);
-    let mut child = Reap(child);
+    let mut serve = v.spawn_serve(&["--listen", "0.0.0.0:0"]);
+    let status = serve.wait_exit(Duration::from_secs(10));
+    let err = serve.log_text();
     let status = status.unwrap_or_else(|| panic!("still running; stderr: {err}"));
     assert!(!status.success(), "{status:?}; stderr: {err}");
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     assert!(err.contains("VAULTRUNNER_TOKEN"), "{err}");
     assert!(!v.root.join(".vaultrunner/http.addr").exists());
     // An empty token counts as none.
-    let mut cmd = serve_cmd(&v.root, "0.0.0.0:0");
-    cmd.env("VAULTRUNNER_TOKEN", "");
-    child.0 = cmd.spawn().unwrap();
-    let status = wait_exit(&mut child.0, Duration::from_secs(10)).expect("exits");
-    let err = stderr_of(&mut child.0);
+    let mut serve = v
+        .serve_run(&["--listen", "0.0.0.0:0"])
+        .env("VAULTRUNNER_TOKEN", "")
+        .spawn(v.next_log("serve"));
+    let status = serve.wait_exit(Duration::from_secs(10)).expect("exits");
+    let err = serve.log_text();
     assert!(!status.success());
     assert!(err.contains("VAULTRUNNER_TOKEN"), "{err}");
 }
 
-fn wait_addr(v: &TestVault, child: &mut Child) -> String {
-    let f = v.root.join(".vaultrunner/http.addr");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(a) = std::fs::read_to_string(&f)
-            && !a.trim().is_empty()
-        {
-            return a.trim().to_string();
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("serve exited early: {st:?}: {}", stderr_of(child));
-        }
-        assert!(Instant::now() < deadline, "no http.addr");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_env_auth_and_sigterm_ends_streams_and_exits() {
-    let v = TestVault::with_agents();
-    let mut cmd = serve_cmd(&v.root, "127.0.0.1:0");
-    cmd.env("VAULTRUNNER_TOKEN", TOKEN)
-        .env("VAULTRUNNER_WEBHOOK_SECRET", SECRET);
-    let mut child = Reap(cmd.spawn().unwrap());
-    let addr = wait_addr(&v, &mut child.0);
+    let v = agents();
+    let mut serve = v
+        .serve_run(&["--listen", "127.0.0.1:0"])
+        .env("VAULTRUNNER_TOKEN", TOKEN)
+        .env("VAULTRUNNER_WEBHOOK_SECRET", SECRET)
+        .spawn(v.next_log("serve"));
+    let addr = serve.http_addr(&v);
     let base = format!("http://{addr}");
     let c = client();
     let auth = bearer(TOKEN);
@@ -1366,9 +1217,7 @@ async fn binary_env_auth_and_sigterm_ends_streams_and_exits() {
     }
 
     let t0 = Instant::now();
-    // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0);
+    serve.signal(libc::SIGTERM);
     let (_, ended) = read_events(&mut stream, 10, |_| false).await;
     assert!(
         ended,
@@ -1384,13 +1233,12 @@ async fn binary_env_auth_and_sigterm_ends_streams_and_exits() {
     let (st, body) = json_of(r).await;
     assert_eq!(st, 503, "{body}");
     assert!(body["error"].as_str().is_some(), "{body}");
-    let status = tokio::task::spawn_blocking(move || {
-        let st = wait_exit(&mut child.0, Duration::from_secs(10));
-        (st, stderr_of(&mut child.0), child)
+    let (st, err, _serve) = tokio::task::spawn_blocking(move || {
+        let st = serve.wait_exit(Duration::from_secs(10));
+        (st, serve.log_text(), serve)
     })
     .await
     .unwrap();
-    let (st, err, _child) = status;
     let st = st.unwrap_or_else(|| panic!("still running 10 s after SIGTERM; stderr:\n{err}"));
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     assert!(st.success(), "{st:?}\n{err}");
@@ -1407,16 +1255,14 @@ async fn binary_env_auth_and_sigterm_ends_streams_and_exits() {
         .collect();
     assert_eq!(msgs.len(), 1, "{msgs:?}");
     let (m, _) = read_note(&msgs[0]);
-    assert_eq!(s(&m, "status").unwrap_or("pending"), "pending", "{m:?}");
-    let out = Command::new(BIN)
-        .arg("process")
-        .arg(&v.root)
-        .env_remove("VAULTRUNNER_TOKEN")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        scalar(&m, "status").as_deref().unwrap_or("pending"),
+        "pending",
+        "{m:?}"
+    );
+    v.process(&[]);
     let (m, _) = read_note(&msgs[0]);
-    assert_eq!(s(&m, "status"), Some("handled"));
+    assert_eq!(scalar(&m, "status").as_deref(), Some("handled"));
     let rel = msgs[0]
         .strip_prefix(&v.root)
         .unwrap()

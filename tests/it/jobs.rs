@@ -5,72 +5,41 @@
 //! note carries `tz:` so results do not depend on the host's zone. The
 //! `schedule` and `check` commands are run as the real binary.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
-use serde_yaml::Mapping;
 
-use vaultrunner::engine::{Config, Engine};
+use vaultrunner::engine::Engine;
 use vaultrunner::trigger::cron::{Fired, Scheduler};
-use vaultrunner::vault::Vault;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vaultrunner");
+use crate::common::{Out, TestVault, parse_note, scalar, wait_until_async, without_keys};
 
-struct TestVault {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
+/// The two keys vaultrunner owns on a job note.
+const JOB_OWNED: &[&str] = &["last_run_at", "last_status"];
+
+/// A vault with the `echo` agent the jobs send to.
+fn vault() -> TestVault {
+    let v = TestVault::new();
+    v.agent("echo", "backend: echo\n", "");
+    v
 }
 
-impl TestVault {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = std::fs::canonicalize(tmp.path()).unwrap().join("vault");
-        std::fs::create_dir_all(&root).unwrap();
-        let v = TestVault { _tmp: tmp, root };
-        v.write(
-            "Agents/echo.md",
-            "---\ntags: [agent/definition]\nname: echo\nbackend: echo\n---\n",
-        );
-        v
-    }
+/// A vault with one job note, `Jobs/<name>.md`; its engine and a fresh
+/// scheduler.
+fn one_job(name: &str, note: &str) -> (TestVault, Arc<Engine>, Scheduler) {
+    let v = vault();
+    v.write(&format!("Jobs/{name}.md"), note);
+    let engine = v.engine();
+    (v, engine, Scheduler::new())
+}
 
-    fn write(&self, rel: &str, text: &str) {
-        let p = self.root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-
-    fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-    }
-
-    /// Paths (vault-relative, without `.md`) of the notes under `dir`.
-    fn notes_under(&self, dir: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.root.join(dir)) else {
-            return out;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(stem) = name.strip_suffix(".md") {
-                out.push(format!("{dir}/{stem}"));
-            }
-        }
-        out.sort();
-        out
-    }
-
-    fn engine(&self) -> Arc<Engine> {
-        let e = Engine::new(
-            Vault::open(&self.root).unwrap().with_group_commit(),
-            Config::default(),
-        );
-        e.scan(true);
-        e
-    }
+/// The note paths (vault-relative, without `.md`) of the notes under `dir`.
+fn note_paths(v: &TestVault, dir: &str) -> Vec<String> {
+    v.notes_under(dir)
+        .into_iter()
+        .map(|n| n.strip_suffix(".md").unwrap_or(&n).to_string())
+        .collect()
 }
 
 fn utc(s: &str) -> DateTime<Utc> {
@@ -82,17 +51,6 @@ fn job_note(cron: &str, tz: &str, extra: &str) -> String {
     format!(
         "---\ntags: [agent/job]\nagent: echo\ncron: \"{cron}\"\ntz: {tz}\n{extra}---\nGood morning, summarise the inbox.\n"
     )
-}
-
-fn parse_note(text: &str) -> (Mapping, String) {
-    let rest = text.strip_prefix("---\n").expect("front-matter");
-    let i = rest.find("\n---\n").expect("end of front-matter");
-    let meta: Mapping = serde_yaml::from_str(&rest[..i]).unwrap();
-    (meta, rest[i + 5..].to_string())
-}
-
-fn meta_str(m: &Mapping, k: &str) -> Option<String> {
-    m.get(k).and_then(|v| v.as_str()).map(str::to_string)
 }
 
 fn fires(r: &[Fired]) -> Vec<(String, DateTime<Utc>)> {
@@ -144,17 +102,9 @@ fn mark_handled(v: &TestVault, engine: &Engine, path: &str) {
     engine.note_changed(path);
 }
 
-/// The job note without the two keys vaultrunner owns.
-fn without_owned_keys(text: &str) -> String {
-    text.lines()
-        .filter(|l| !l.starts_with("last_run_at:") && !l.starts_with("last_status:"))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 #[test]
 fn daily_job_fires_once_at_local_nine_and_stamps_the_job_note() {
-    let v = TestVault::new();
+    let v = vault();
     // Comments, quoting, key order and a body the stamp must not touch.
     let original = "---\n# the morning job\ntags: [agent/job]\nagent: echo   # who\ncron: '0 9 * * *'\ntz: \"Europe/Berlin\"\nsubject: Morning brief\nowner: me\n---\nGood morning, summarise the inbox.\n\n- keep it short\n";
     v.write("Jobs/morning.md", original);
@@ -184,13 +134,13 @@ fn daily_job_fires_once_at_local_nine_and_stamps_the_job_note() {
     ] {
         assert!(sched.tick(&engine, utc(t)).is_empty(), "{t}");
     }
-    assert_eq!(v.notes_under("Inbox/echo"), vec![expected_path]);
+    assert_eq!(note_paths(&v, "Inbox/echo"), vec![expected_path]);
 
     // The fire note: an inbound message from the job.
-    let (m, body) = parse_note(&v.read(&format!("{expected_path}.md")));
-    assert_eq!(meta_str(&m, "agent").as_deref(), Some("echo"));
-    assert_eq!(meta_str(&m, "sender").as_deref(), Some("job:Jobs/morning"));
-    assert_eq!(meta_str(&m, "subject").as_deref(), Some("Morning brief"));
+    let (m, body) = v.note(expected_path);
+    assert_eq!(scalar(&m, "agent").as_deref(), Some("echo"));
+    assert_eq!(scalar(&m, "sender").as_deref(), Some("job:Jobs/morning"));
+    assert_eq!(scalar(&m, "subject").as_deref(), Some("Morning brief"));
     let tags: Vec<String> = m["tags"]
         .as_sequence()
         .unwrap()
@@ -208,13 +158,13 @@ fn daily_job_fires_once_at_local_nine_and_stamps_the_job_note() {
 
     // The job note: stamped, every other byte as it was.
     let stamped = v.read("Jobs/morning.md");
-    let (m, _) = parse_note(&stamped);
+    let (m, _) = parse_note(&stamped).unwrap();
     assert_eq!(
-        meta_str(&m, "last_run_at").as_deref(),
+        scalar(&m, "last_run_at").as_deref(),
         Some("2026-11-21T08:00:00.000Z")
     );
-    assert_eq!(meta_str(&m, "last_status").as_deref(), Some("fired"));
-    assert_eq!(without_owned_keys(&stamped), original);
+    assert_eq!(scalar(&m, "last_status").as_deref(), Some("fired"));
+    assert_eq!(without_keys(&stamped, JOB_OWNED), original);
 
     // Next day (after the first fire was answered): the keys are updated
     // in place, the rest still untouched.
@@ -222,25 +172,22 @@ fn daily_job_fires_once_at_local_nine_and_stamps_the_job_note() {
     let r = sched.tick(&engine, utc("2026-11-22T08:00:00Z"));
     assert_eq!(fires(&r).len(), 1, "{r:?}");
     let stamped2 = v.read("Jobs/morning.md");
-    assert_eq!(without_owned_keys(&stamped2), original);
-    let (m, _) = parse_note(&stamped2);
+    assert_eq!(without_keys(&stamped2, JOB_OWNED), original);
+    let (m, _) = parse_note(&stamped2).unwrap();
     assert_eq!(
-        meta_str(&m, "last_run_at").as_deref(),
+        scalar(&m, "last_run_at").as_deref(),
         Some("2026-11-22T08:00:00.000Z")
     );
 }
 
 #[test]
 fn a_job_that_never_ran_fires_nothing_for_the_past() {
-    let v = TestVault::new();
-    v.write("Jobs/j.md", &job_note("0 9 * * *", "Europe/Berlin", ""));
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
+    let (v, engine, mut sched) = one_job("j", &job_note("0 9 * * *", "Europe/Berlin", ""));
     // First seen long after today's 09:00 and yesterday's.
     assert!(sched.tick(&engine, utc("2026-11-21T15:00:00Z")).is_empty());
     assert!(sched.tick(&engine, utc("2026-11-21T23:00:00Z")).is_empty());
-    assert!(v.notes_under("Inbox/echo").is_empty());
-    let (m, _) = parse_note(&v.read("Jobs/j.md"));
+    assert!(note_paths(&v, "Inbox/echo").is_empty());
+    let (m, _) = v.note("Jobs/j");
     assert!(m.get("last_run_at").is_none());
     // It fires from then on.
     let r = sched.tick(&engine, utc("2026-11-22T08:00:00Z"));
@@ -249,29 +196,25 @@ fn a_job_that_never_ran_fires_nothing_for_the_past() {
 
 #[test]
 fn catch_up_once_fires_one_for_the_latest_missed_time() {
-    let v = TestVault::new();
-    v.write(
-        "Jobs/j.md",
+    let (v, engine, mut sched) = one_job(
+        "j",
         &job_note(
             "0 9 * * *",
             "Europe/Berlin",
             "last_run_at: 2026-11-18T08:00:00.000Z\n",
         ),
     );
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
     // Down since the 18th: missed the 19th, 20th and 21st.
     let r = sched.tick(&engine, utc("2026-11-21T12:00:00Z"));
     let f = fires(&r);
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(f[0].1, utc("2026-11-21T08:00:00Z"));
     assert_eq!(
-        v.notes_under("Inbox/echo"),
+        note_paths(&v, "Inbox/echo"),
         vec!["Inbox/echo/job--jobs-j--20261121T0800Z"]
     );
-    let (m, _) = parse_note(&v.read("Jobs/j.md"));
     assert_eq!(
-        meta_str(&m, "last_run_at").as_deref(),
+        v.get("Jobs/j.md", "last_run_at").as_deref(),
         Some("2026-11-21T08:00:00.000Z")
     );
     assert!(sched.tick(&engine, utc("2026-11-21T12:00:00Z")).is_empty());
@@ -279,23 +222,20 @@ fn catch_up_once_fires_one_for_the_latest_missed_time() {
 
 #[test]
 fn catch_up_skip_records_the_skip_and_fires_nothing() {
-    let v = TestVault::new();
-    v.write(
-        "Jobs/j.md",
+    let (v, engine, mut sched) = one_job(
+        "j",
         &job_note(
             "0 9 * * *",
             "Europe/Berlin",
             "catch_up: skip\nlast_run_at: 2026-11-18T08:00:00.000Z\n",
         ),
     );
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
     let r = sched.tick(&engine, utc("2026-11-21T12:00:00Z"));
     assert!(fires(&r).is_empty(), "{r:?}");
     assert_eq!(skips(&r).len(), 1, "{r:?}");
-    assert!(v.notes_under("Inbox/echo").is_empty());
-    let (m, _) = parse_note(&v.read("Jobs/j.md"));
-    let status = meta_str(&m, "last_status").unwrap();
+    assert!(note_paths(&v, "Inbox/echo").is_empty());
+    let (m, _) = v.note("Jobs/j");
+    let status = scalar(&m, "last_status").unwrap();
     assert!(status.starts_with("skipped"), "{status}");
     assert!(status.contains("catch_up"), "{status}");
     // The skipped time is not offered again; the next one fires.
@@ -307,13 +247,10 @@ fn catch_up_skip_records_the_skip_and_fires_nothing() {
 #[test]
 fn catch_up_skip_still_fires_a_slightly_late_tick() {
     // A tick a minute late (a busy machine) is not a missed run.
-    let v = TestVault::new();
-    v.write(
-        "Jobs/j.md",
+    let (_v, engine, mut sched) = one_job(
+        "j",
         &job_note("0 9 * * *", "Europe/Berlin", "catch_up: skip\n"),
     );
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
     sched.tick(&engine, utc("2026-11-21T07:00:00Z"));
     let r = sched.tick(&engine, utc("2026-11-21T08:01:00Z"));
     assert_eq!(fires(&r).len(), 1, "{r:?}");
@@ -321,10 +258,7 @@ fn catch_up_skip_still_fires_a_slightly_late_tick() {
 
 #[test]
 fn previous_fire_still_pending_skips_the_next_due_time() {
-    let v = TestVault::new();
-    v.write("Jobs/h.md", &job_note("0 * * * *", "UTC", ""));
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
+    let (v, engine, mut sched) = one_job("h", &job_note("0 * * * *", "UTC", ""));
     sched.tick(&engine, utc("2026-11-21T07:30:00Z"));
     let r = sched.tick(&engine, utc("2026-11-21T08:00:00Z"));
     let first = fires(&r);
@@ -338,11 +272,11 @@ fn previous_fire_still_pending_skips_the_next_due_time() {
     assert_eq!(sk.len(), 1, "{r:?}");
     assert_eq!(sk[0].0, utc("2026-11-21T09:00:00Z"));
     assert!(sk[0].1.contains(&first), "{}", sk[0].1);
-    let (m, _) = parse_note(&v.read("Jobs/h.md"));
-    let status = meta_str(&m, "last_status").unwrap();
+    let (m, _) = v.note("Jobs/h");
+    let status = scalar(&m, "last_status").unwrap();
     assert!(status.starts_with("skipped"), "{status}");
     assert_eq!(
-        meta_str(&m, "last_run_at").as_deref(),
+        scalar(&m, "last_run_at").as_deref(),
         Some("2026-11-21T09:00:00.000Z")
     );
 
@@ -353,18 +287,18 @@ fn previous_fire_still_pending_skips_the_next_due_time() {
         fires(&r).is_empty(),
         "10:00 fired while 08:00 is pending: {r:?}"
     );
-    assert_eq!(v.notes_under("Inbox/echo"), vec![first.clone()]);
+    assert_eq!(note_paths(&v, "Inbox/echo"), vec![first.clone()]);
 
     // Once it is answered, the next due time fires.
     mark_handled(&v, &engine, &first);
     let r = sched.tick(&engine, utc("2026-11-21T11:00:00Z"));
     assert_eq!(fires(&r).len(), 1, "{r:?}");
-    assert_eq!(v.notes_under("Inbox/echo").len(), 2);
+    assert_eq!(note_paths(&v, "Inbox/echo").len(), 2);
 }
 
 #[test]
 fn previous_fire_still_pending_is_seen_after_a_restart() {
-    let v = TestVault::new();
+    let v = vault();
     v.write("Jobs/h.md", &job_note("0 * * * *", "UTC", ""));
     {
         let engine = v.engine();
@@ -385,12 +319,12 @@ fn previous_fire_still_pending_is_seen_after_a_restart() {
     let mut sched = Scheduler::new();
     let r = sched.tick(&engine, utc("2026-11-21T10:00:00Z"));
     assert!(fires(&r).is_empty(), "fired while 08:00 is pending: {r:?}");
-    assert_eq!(v.notes_under("Inbox/echo").len(), 1);
+    assert_eq!(note_paths(&v, "Inbox/echo").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn previous_fire_still_running_skips_and_the_fire_is_answered_once() {
-    let v = TestVault::new();
+    let v = vault();
     v.write(
         "Agents/slow.md",
         "---\ntags: [agent/definition]\nname: slow\nbackend: command\ncommand: [sh, -c, \"sleep 2; cat\"]\n---\n",
@@ -410,36 +344,35 @@ async fn previous_fire_still_running_skips_and_the_fire_is_answered_once() {
     tick(&mut sched, "2026-11-21T07:30:00Z");
     let r = tick(&mut sched, "2026-11-21T08:00:00Z");
     let first = fires(&r)[0].0.clone();
-    let status = |p: &str| meta_str(&parse_note(&v.read(&format!("{p}.md"))).0, "status");
+    let status = |p: &str| scalar(&v.note(p).0, "status");
     // Running now: the next due time is skipped.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while status(&first).as_deref() != Some("working") {
-        assert!(std::time::Instant::now() < deadline, "never started");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_until_async(
+        std::time::Duration::from_secs(10),
+        "the turn to start",
+        || status(&first).as_deref() == Some("working"),
+    )
+    .await;
     let r = tick(&mut sched, "2026-11-21T09:00:00Z");
     assert!(fires(&r).is_empty(), "{r:?}");
     assert_eq!(skips(&r).len(), 1, "{r:?}");
     // Answered (exactly one reply): the next due time fires.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while status(&first).as_deref() != Some("handled") {
-        assert!(std::time::Instant::now() < deadline, "never answered");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_until_async(std::time::Duration::from_secs(15), "the answer", || {
+        status(&first).as_deref() == Some("handled")
+    })
+    .await;
     // The turn's bookkeeping ends just after the last write.
     tokio::time::timeout(std::time::Duration::from_secs(5), engine.wait_idle())
         .await
         .unwrap();
     let r = tick(&mut sched, "2026-11-21T10:00:00Z");
     assert_eq!(fires(&r).len(), 1, "{r:?}");
-    let replies: Vec<String> = v
-        .notes_under("Inbox/slow")
+    let replies: Vec<String> = note_paths(&v, "Inbox/slow")
         .into_iter()
         .filter(|p| p.ends_with(".reply"))
         .collect();
     assert_eq!(replies, vec![format!("{first}.reply")]);
-    let (m, body) = parse_note(&v.read(&format!("{first}.reply.md")));
-    assert_eq!(meta_str(&m, "status").as_deref(), Some("ok"));
+    let (m, body) = v.note(&format!("{first}.reply"));
+    assert_eq!(scalar(&m, "status").as_deref(), Some("ok"));
     assert_eq!(body.trim(), "Good morning, summarise the inbox.");
     cancel.cancel();
     dispatcher.await.unwrap();
@@ -447,7 +380,7 @@ async fn previous_fire_still_running_skips_and_the_fire_is_answered_once() {
 
 #[test]
 fn disabled_job_never_fires() {
-    let v = TestVault::new();
+    let v = vault();
     v.write(
         "Jobs/off.md",
         &job_note(
@@ -467,7 +400,7 @@ fn disabled_job_never_fires() {
         Duration::minutes(7),
     );
     assert!(r.is_empty(), "{r:?}");
-    assert!(v.notes_under("Inbox/echo").is_empty());
+    assert!(note_paths(&v, "Inbox/echo").is_empty());
     assert_eq!(v.read("Jobs/off.md"), original);
     assert_eq!(
         sched.next_due(&jobs(&engine), utc("2026-11-21T03:00:00Z")),
@@ -481,10 +414,7 @@ fn jobs(engine: &Engine) -> Vec<Arc<vaultrunner::job::Job>> {
 
 #[test]
 fn edited_and_added_jobs_are_picked_up() {
-    let v = TestVault::new();
-    v.write("Jobs/a.md", &job_note("0 9 * * *", "Europe/Berlin", ""));
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
+    let (v, engine, mut sched) = one_job("a", &job_note("0 9 * * *", "Europe/Berlin", ""));
     assert!(sched.tick(&engine, utc("2026-11-21T06:00:00Z")).is_empty());
 
     // Edited: 09:00 → 07:30 local (06:30Z); the watcher would call
@@ -532,7 +462,7 @@ fn edited_and_added_jobs_are_picked_up() {
 
 #[test]
 fn restart_at_the_same_instant_does_not_fire_again() {
-    let v = TestVault::new();
+    let v = vault();
     v.write("Jobs/j.md", &job_note("0 9 * * *", "Europe/Berlin", ""));
     let nine = utc("2026-11-21T08:00:00Z");
     {
@@ -549,7 +479,7 @@ fn restart_at_the_same_instant_does_not_fire_again() {
         let r = sched.tick(&engine, t);
         assert!(r.is_empty(), "{t}: {r:?}");
     }
-    assert_eq!(v.notes_under("Inbox/echo"), vec![fire]);
+    assert_eq!(note_paths(&v, "Inbox/echo"), vec![fire]);
     assert_eq!(v.read(&format!("{fire}.md")), before);
 }
 
@@ -558,7 +488,7 @@ fn crash_between_fire_and_stamp_does_not_duplicate() {
     // The fire note was written (and even answered), but the job note was
     // not stamped before the crash: the restart finds the note and only
     // stamps.
-    let v = TestVault::new();
+    let v = vault();
     v.write(
         "Jobs/j.md",
         &job_note(
@@ -574,12 +504,11 @@ fn crash_between_fire_and_stamp_does_not_duplicate() {
     let mut sched = Scheduler::new();
     let r = sched.tick(&engine, utc("2026-11-21T08:00:05Z"));
     assert_eq!(r.len(), 1, "{r:?}");
-    assert_eq!(v.notes_under("Inbox/echo"), vec![fire]);
+    assert_eq!(note_paths(&v, "Inbox/echo"), vec![fire]);
     assert_eq!(v.read(&format!("{fire}.md")), answered);
     assert_eq!(engine.with_index(|ix| ix.queue_len("echo")), 0);
-    let (m, _) = parse_note(&v.read("Jobs/j.md"));
     assert_eq!(
-        meta_str(&m, "last_run_at").as_deref(),
+        v.get("Jobs/j.md", "last_run_at").as_deref(),
         Some("2026-11-21T08:00:00.000Z")
     );
 }
@@ -588,10 +517,7 @@ fn crash_between_fire_and_stamp_does_not_duplicate() {
 fn dst_spring_forward_fires_once_at_three() {
     // Europe/Berlin, 2027-03-28: 02:00 CET → 03:00 CEST; 02:30 does not
     // exist and fires once at 03:00 CEST = 01:00Z.
-    let v = TestVault::new();
-    v.write("Jobs/dst.md", &job_note("30 2 * * *", "Europe/Berlin", ""));
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
+    let (_v, engine, mut sched) = one_job("dst", &job_note("30 2 * * *", "Europe/Berlin", ""));
     let r = tick_range(
         &mut sched,
         &engine,
@@ -619,10 +545,7 @@ fn dst_spring_forward_fires_once_at_three() {
 fn dst_fall_back_fires_once() {
     // Europe/Berlin, 2026-10-25: 03:00 CEST → 02:00 CET; 02:30 happens at
     // 00:30Z and again at 01:30Z; it fires once, at the first.
-    let v = TestVault::new();
-    v.write("Jobs/dst.md", &job_note("30 2 * * *", "Europe/Berlin", ""));
-    let engine = v.engine();
-    let mut sched = Scheduler::new();
+    let (_v, engine, mut sched) = one_job("dst", &job_note("30 2 * * *", "Europe/Berlin", ""));
     let r = tick_range(
         &mut sched,
         &engine,
@@ -649,18 +572,16 @@ fn dst_fall_back_fires_once() {
 
 // ------------------------------------------------------ the real binary
 
-fn run(args: &[&str], vault: &Path) -> std::process::Output {
-    let mut cmd = Command::new(BIN);
-    cmd.arg(args[0]).arg(vault).args(&args[1..]);
-    for k in ["VAULTRUNNER_VAULT", "VAULTRUNNER_TOKEN", "TZ"] {
-        cmd.env_remove(k);
-    }
-    cmd.output().unwrap()
+/// `vaultrunner <command> <vault> [args…]`, without the host's `TZ`.
+fn run(v: &TestVault, args: &[&str]) -> Out {
+    let mut all = vec![args[0], v.root_str()];
+    all.extend_from_slice(&args[1..]);
+    v.vr(&all).env_remove("TZ").run()
 }
 
 #[test]
 fn schedule_json_lists_next_fire_times_with_offsets() {
-    let v = TestVault::new();
+    let v = vault();
     v.write(
         "Jobs/morning.md",
         &job_note("0 9 * * *", "Europe/Berlin", ""),
@@ -674,6 +595,7 @@ fn schedule_json_lists_next_fire_times_with_offsets() {
         &job_note("0 9 * * *", "UTC", "enabled: false\n"),
     );
     let out = run(
+        &v,
         &[
             "schedule",
             "--from",
@@ -682,10 +604,9 @@ fn schedule_json_lists_next_fire_times_with_offsets() {
             "3",
             "--json",
         ],
-        &v.root,
     );
     assert!(out.status.success(), "{out:?}");
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(
         got,
         json!([
@@ -717,9 +638,9 @@ fn schedule_json_lists_next_fire_times_with_offsets() {
         }
     }
     // Plain text works too.
-    let out = run(&["schedule", "--from", "2026-11-21T00:00:00Z"], &v.root);
+    let out = run(&v, &["schedule", "--from", "2026-11-21T00:00:00Z"]);
     assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = &out.stdout;
     assert!(text.contains("2026-11-21T09:00:00+01:00"), "{text}");
 }
 
@@ -737,29 +658,25 @@ fn invalid_cron_or_tz_fail_schedule_and_check_naming_file_and_field() {
             "catch_up",
         ),
     ] {
-        let v = TestVault::new();
+        let v = vault();
         v.write("Jobs/good.md", &job_note("0 9 * * *", "UTC", ""));
         v.write(file, &job_note(cron, tz, extra));
         let out = run(
+            &v,
             &["schedule", "--from", "2026-11-21T00:00:00Z", "--json"],
-            &v.root,
         );
-        assert_eq!(out.status.code(), Some(1), "{file}: {out:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.code(), Some(1), "{file}: {out:?}");
+        let err = &out.stderr;
         assert!(err.contains(file), "{file}: {err}");
         assert!(err.contains(&format!("`{field}`")), "{file}: {err}");
         // The valid job is still listed.
-        let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got: Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(got.as_array().unwrap().len(), 1, "{got}");
         assert_eq!(got[0]["job"], "Jobs/good");
 
-        let out = run(&["check"], &v.root);
-        assert_eq!(out.status.code(), Some(1), "{file}: {out:?}");
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run(&v, &["check"]);
+        assert_eq!(out.code(), Some(1), "{file}: {out:?}");
+        let all = format!("{}{}", &out.stdout, &out.stderr);
         let line = all
             .lines()
             .find(|l| l.contains(file))

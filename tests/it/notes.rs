@@ -2,7 +2,7 @@
 //! `process`, every byte outside the keys vaultrunner owns on an inbound
 //! note is as it was. And the tag rules that decide what is inbound.
 
-use crate::common::{TestVault, front_matter, split_note};
+use crate::common::{TestVault, front_matter, split_note, without_keys};
 
 /// The keys vaultrunner owns on an inbound note (SPEC §2).
 const OWNED: &[&str] = &[
@@ -13,36 +13,6 @@ const OWNED: &[&str] = &[
     "thread",
     "error",
 ];
-
-/// The note with every front-matter line of a top-level owned key removed,
-/// with its indented continuation lines (a block value a user wrote).
-fn without_owned_lines(text: &str) -> String {
-    let mut out = String::new();
-    let mut in_fm = false;
-    let mut skipping = false;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let bare = line.trim_end_matches(['\n', '\r']);
-        if i == 0 {
-            in_fm = bare == "---";
-            out.push_str(line);
-            continue;
-        }
-        if in_fm && (bare == "---" || bare == "...") {
-            in_fm = false;
-        }
-        if in_fm {
-            if skipping && bare.starts_with([' ', '\t']) {
-                continue;
-            }
-            skipping = OWNED.iter().any(|k| bare.starts_with(&format!("{k}:")));
-            if skipping {
-                continue;
-            }
-        }
-        out.push_str(line);
-    }
-    out
-}
 
 /// Processes a vault holding `Agents/echo.md` and the inbound note `text` at
 /// `rel`, then checks the round trip; returns the note's new text.
@@ -60,7 +30,7 @@ fn round_trip(v: &TestVault, rel: &str, text: &str) -> String {
     let reply = rel.replace(".md", ".reply.md");
     assert!(v.exists(&reply), "no reply:\n{after}");
     // ... every byte but the owned keys' lines is as it was ...
-    assert_eq!(without_owned_lines(&after), without_owned_lines(text));
+    assert_eq!(without_keys(&after, OWNED), without_keys(text, OWNED));
     // ... the body exactly ...
     assert_eq!(split_note(&after).1, split_note(text).1);
     // ... and every other key has its old value.
