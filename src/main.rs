@@ -373,10 +373,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(130));
             }
-            if r.stuck > 0 {
+            // Named one by one: the messages whose notes could not be
+            // written, the notes that could not be read.
+            for (path, why) in &r.unanswered {
+                err!("vaultrunner: not answered: {path}.md: {why}");
+            }
+            for path in &r.unread {
+                err!("vaultrunner: not read: {path}.md");
+            }
+            if r.stuck > 0 || !r.unread.is_empty() {
                 err!(
-                    "vaultrunner: {} message(s) could not be recorded (write failures, see the log); they are retried on the next run",
-                    r.stuck
+                    "vaultrunner: {} message(s) not answered and {} note(s) not read (see above and the log); they are kept, and a later run answers them",
+                    r.stuck.max(r.unanswered.len() as u64),
+                    r.unread.len()
                 );
                 return Ok(ExitCode::from(1));
             }

@@ -397,8 +397,8 @@ fn a_full_disk_never_ends_a_message_without_its_reply() {
     let root_s = root.to_str().unwrap();
     let out = vr(&["process", root_s]).run();
     assert_eq!(out.code(), Some(1), "{out}");
-    assert_contains(&out.stderr, "Inbox/one");
-    assert_contains(&out.stderr, "Inbox/two");
+    assert_contains(&out.stderr, "not answered: Inbox/one.md");
+    assert_contains(&out.stderr, "not answered: Inbox/two.md");
     let fm = |rel: &str| {
         crate::common::front_matter(&std::fs::read_to_string(root.join(rel)).unwrap()).unwrap()
     };
