@@ -200,6 +200,7 @@ impl Server {
             HttpOptions {
                 token: Some(TOKEN.into()),
                 webhook_secret: Some(SECRET.into()),
+                ..HttpOptions::default()
             },
         )
         .await
