@@ -469,7 +469,13 @@ fn known_agent(state: &AppState, name: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn health(State(state): St) -> Response {
+async fn health(State(state): St, headers: HeaderMap) -> Response {
+    // With a token, agent names are for those who hold it.
+    if let Some(t) = &state.opts.token
+        && !bearer_ok(&headers, t)
+    {
+        return axum::Json(json!({"status": "ok"})).into_response();
+    }
     let agents: Vec<Value> = state
         .engine
         .agent_states()

@@ -493,8 +493,12 @@ fn with_a_token_the_token_rules_apply() {
         let r = call(a, "POST", path, &foreign, b"hi");
         json_error(&r, 401);
     }
+    // Agent names are not public.
     let r = call(a, "GET", "/health", &foreign, b"");
     assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "{\"status\":\"ok\"}");
+    let r = call(a, "GET", "/health", &[("Authorization", &bearer)], b"");
+    assert_contains(&r.body, "\"echo\"");
     unchanged(&srv.vault, &before);
     drop(srv.serve);
 }
