@@ -404,8 +404,8 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Why a body could not be read: an error answer, and whether the
-/// connection must close (the rest of the body is not coming, or not read).
+/// Why a body could not be read: an error answer that also closes the
+/// connection (the rest of the body is not coming, or will not be read).
 #[derive(Debug)]
 struct BodyError(StatusCode, String);
 
