@@ -180,6 +180,8 @@ async fn bind(opts: &ServeOptions) -> Result<Option<tokio::net::TcpListener>, Ht
         Listen::Default => DEFAULT_LISTEN.to_string(),
         Listen::Addr(a) => a.clone(),
     };
+    // A timeout variable `serve` cannot use is an error, not a default.
+    http::check_env()?;
     let looked_up = tokio::net::lookup_host(text.as_str())
         .await
         .map(|a| a.collect::<Vec<std::net::SocketAddr>>());
@@ -195,7 +197,7 @@ async fn bind(opts: &ServeOptions) -> Result<Option<tokio::net::TcpListener>, Ht
     for a in &addrs {
         check_listen(*a, &opts.http)?;
     }
-    match tokio::net::TcpListener::bind(&addrs[..]).await {
+    match listen_on(&addrs) {
         Ok(l) => Ok(Some(l)),
         Err(e) if opts.listen == Listen::Default => {
             tracing::warn!(
@@ -208,6 +210,39 @@ async fn bind(opts: &ServeOptions) -> Result<Option<tokio::net::TcpListener>, Ht
             source: e,
         }),
     }
+}
+
+/// Connections the kernel may hold for us before we accept them. The HTTP
+/// server accepts only up to its cap ([`http::max_connections`]); the
+/// rest wait here, where they hold none of our descriptors, instead of
+/// being dropped (std's listeners queue 128).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the first of `addrs` that can be bound, as `TcpListener::bind`
+/// does, with a [`LISTEN_BACKLOG`]-deep queue.
+fn listen_on(addrs: &[std::net::SocketAddr]) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "the address resolved to nothing",
+    );
+    for a in addrs {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let bound = socket.and_then(|s| {
+            #[cfg(unix)]
+            s.set_reuseaddr(true)?;
+            s.bind(*a)?;
+            s.listen(LISTEN_BACKLOG)
+        });
+        match bound {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Runs an engine's dispatcher and watcher until `cancel`.

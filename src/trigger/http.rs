@@ -11,20 +11,33 @@
 //! bearer header, or a short-lived single-use ticket in the URL (for
 //! browsers' `EventSource`, which cannot set headers) so the long-lived
 //! token never goes into a URL. Every error body is `{"error": "…"}`.
+//!
+//! Without a token the API is open to local programs, but not to web
+//! pages: a guard refuses (403) a request with a foreign `Origin`, a
+//! `Sec-Fetch-Site` other than `same-origin`/`none`, or a `Host` that does
+//! not name the listening address (DNS rebinding). Every connection is
+//! bounded in time (headers, body, idle keep-alive) and the number of
+//! connections is capped from the descriptor limit, so no client can hold
+//! the descriptors that note reads and turns need (SPEC §5). See
+//! `docs/http.md`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use futures_util::stream::{self, Stream};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -42,25 +55,93 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub const TICKET_TTL: Duration = Duration::from_secs(60);
 /// Longest `?wait=`.
 pub const MAX_WAIT_SECS: u64 = 3600;
+/// Default of [`HttpOptions::header_timeout`].
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`HttpOptions::body_timeout`].
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `VAULTRUNNER_HTTP_HEADER_TIMEOUT_MS` overrides [`HEADER_TIMEOUT`].
+pub const HEADER_TIMEOUT_ENV: &str = "VAULTRUNNER_HTTP_HEADER_TIMEOUT_MS";
+/// `VAULTRUNNER_HTTP_BODY_TIMEOUT_MS` overrides [`BODY_TIMEOUT`].
+pub const BODY_TIMEOUT_ENV: &str = "VAULTRUNNER_HTTP_BODY_TIMEOUT_MS";
+/// Longest timeout the environment may set, in milliseconds (one hour).
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Credentials and settings of the HTTP trigger.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HttpOptions {
     /// `VAULTRUNNER_TOKEN`.
     pub token: Option<String>,
     /// `VAULTRUNNER_WEBHOOK_SECRET`.
     pub webhook_secret: Option<String>,
+    /// How long a client has to send a request's headers, counted from
+    /// the connection's opening or the end of its previous response. It
+    /// bounds slow headers and idle keep-alive connections alike (hyper
+    /// starts the clock when a connection goes idle).
+    pub header_timeout: Duration,
+    /// How long a client has to send a request's whole body once its
+    /// handler starts reading it; then `408` and the connection closes.
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            token: None,
+            webhook_secret: None,
+            header_timeout: HEADER_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
+        }
+    }
 }
 
 impl HttpOptions {
-    /// From the environment (empty values count as unset).
+    /// From the environment (empty values count as unset). A timeout
+    /// variable that does not parse keeps its default here, with a
+    /// warning; [`check_env`] is the strict check `serve` makes first.
     pub fn from_env() -> Self {
         let get = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
+        let timeout = |var: &str, default: Duration| match env_timeout(var) {
+            Ok(t) => t.unwrap_or(default),
+            Err(e) => {
+                tracing::warn!("{e}; using {default:?}");
+                default
+            }
+        };
         HttpOptions {
             token: get("VAULTRUNNER_TOKEN"),
             webhook_secret: get("VAULTRUNNER_WEBHOOK_SECRET"),
+            header_timeout: timeout(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT),
+            body_timeout: timeout(BODY_TIMEOUT_ENV, BODY_TIMEOUT),
         }
     }
+}
+
+/// A timeout from the environment: a whole number of milliseconds, 1 to
+/// one hour. `Ok(None)` when unset or empty.
+fn env_timeout(var: &str) -> Result<Option<Duration>, HttpError> {
+    parse_timeout(var, std::env::var(var).ok())
+}
+
+fn parse_timeout(var: &str, value: Option<String>) -> Result<Option<Duration>, HttpError> {
+    let Some(v) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(ms) if (1..=MAX_TIMEOUT_MS).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(HttpError::Setting {
+            var: var.to_string(),
+            value: v,
+            reason: format!("must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS}"),
+        }),
+    }
+}
+
+/// Checks the HTTP variables of the environment (the timeouts), so that
+/// `serve` refuses to start on a value it cannot use.
+pub fn check_env() -> Result<(), HttpError> {
+    env_timeout(HEADER_TIMEOUT_ENV)?;
+    env_timeout(BODY_TIMEOUT_ENV)?;
+    Ok(())
 }
 
 /// Why the HTTP trigger cannot start.
@@ -70,6 +151,12 @@ pub enum HttpError {
         "refusing to listen on {0} without VAULTRUNNER_TOKEN: anyone who can reach it could run your agents. Set VAULTRUNNER_TOKEN, or listen on 127.0.0.1"
     )]
     NoTokenBeyondLoopback(SocketAddr),
+    #[error("{var}={value:?}: {reason}")]
+    Setting {
+        var: String,
+        value: String,
+        reason: String,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -92,6 +179,12 @@ struct AppState {
     cancel: CancellationToken,
     /// ticket → (agent, issued at).
     tickets: Mutex<HashMap<String, (String, Instant)>>,
+    /// The names of this server, for the browser guard.
+    guard: Guard,
+    /// Seconds since `started` of the last refusal logged at `warn` (one
+    /// a second, so a hostile page cannot flood the log).
+    last_refusal_log: AtomicU64,
+    started: Instant,
 }
 
 type St = State<Arc<AppState>>;
@@ -108,6 +201,157 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         error(self.0, self.1)
     }
+}
+
+/// `Path<String>` whose rejection (a segment that is not UTF-8 once
+/// percent-decoded) is a JSON `400`, like every other error.
+struct PathName(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => Ok(PathName(name)),
+            Err(e) => Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("bad path: {}", e.body_text()),
+            )),
+        }
+    }
+}
+
+/// `Query<T>` whose rejection (`?wait=abc`) is a JSON `400`.
+struct QueryOf<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryOf<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::try_from_uri(&parts.uri) {
+            Ok(Query(q)) => Ok(QueryOf(q)),
+            Err(e) => {
+                let text = e.body_text();
+                let why = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
+                Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad query string: {why}"),
+                ))
+            }
+        }
+    }
+}
+
+/// The `Host` values that name this server: for a loopback listener, its
+/// port on `localhost`, `127.0.0.1` and `[::1]` (and its own address, if
+/// another loopback one); otherwise its address. Without the port as well
+/// when it is 80.
+#[derive(Debug, Clone)]
+struct Guard {
+    hosts: Vec<String>,
+}
+
+impl Guard {
+    fn new(local: SocketAddr) -> Guard {
+        let literal = match local.ip() {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        // The listening address first: error messages name it.
+        let mut names = vec![literal];
+        if local.ip().is_loopback() {
+            for alias in ["localhost", "127.0.0.1", "[::1]"] {
+                if !names.iter().any(|n| n == alias) {
+                    names.push(alias.to_string());
+                }
+            }
+        }
+        let port = local.port();
+        let mut hosts: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
+        if port == 80 {
+            hosts.extend(names);
+        }
+        Guard { hosts }
+    }
+
+    fn names_host(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    /// Why a token-less request must be refused as coming from a web page
+    /// that is not this server's own, or `None`. Programs that send no
+    /// `Origin` and no `Sec-Fetch-Site` (curl, the CLI, webhook senders)
+    /// pass as long as `Host` names this server.
+    fn refusal(&self, headers: &HeaderMap, uri: &Uri) -> Option<String> {
+        const HOW: &str = "without VAULTRUNNER_TOKEN only programs on this machine and pages served from this address may use the API; set VAULTRUNNER_TOKEN to use it through a proxy, a tunnel or another web page";
+        let mut host: Option<&str> = None;
+        let hosts = headers
+            .get_all(header::HOST)
+            .iter()
+            .map(|v| v.to_str().ok())
+            .chain(uri.authority().map(|a| Some(a.as_str())));
+        for h in hosts {
+            match h {
+                Some(h) if self.names_host(h) => host = host.or(Some(h)),
+                Some(h) => {
+                    return Some(format!(
+                        "Host {h:?} is not this server's address ({}): {HOW}",
+                        self.hosts.first().map_or("", String::as_str)
+                    ));
+                }
+                None => return Some(format!("the Host header is not text: {HOW}")),
+            }
+        }
+        for o in headers.get_all(header::ORIGIN) {
+            let o = o.to_str().unwrap_or("(not text)");
+            let same = o.strip_prefix("http://").is_some_and(|rest| {
+                self.names_host(rest) && host.is_none_or(|h| rest.eq_ignore_ascii_case(h))
+            });
+            if !same {
+                return Some(format!("cross-origin request from {o:?} refused: {HOW}"));
+            }
+        }
+        for v in headers.get_all("sec-fetch-site") {
+            let v = v.to_str().unwrap_or("(not text)");
+            if !(v.eq_ignore_ascii_case("same-origin") || v.eq_ignore_ascii_case("none")) {
+                return Some(format!("Sec-Fetch-Site {v:?} refused: {HOW}"));
+            }
+        }
+        None
+    }
+}
+
+/// The browser guard (token-less servers only; with a token, the token
+/// decides). A webhook that carries a signature passes when a webhook
+/// secret is set: the handler then requires the signature to be valid,
+/// which no web page can forge, and a sender behind a tunnel keeps working.
+async fn browser_guard(State(state): St, req: Request, next: Next) -> Response {
+    if state.opts.token.is_none() {
+        let signed_hook = state.opts.webhook_secret.is_some()
+            && req.uri().path().starts_with("/hooks/")
+            && req.headers().contains_key("x-hub-signature-256");
+        if !signed_hook && let Some(why) = state.guard.refusal(req.headers(), req.uri()) {
+            let now = state.started.elapsed().as_secs().saturating_add(1);
+            let last = state.last_refusal_log.swap(now, Ordering::Relaxed);
+            if last != now {
+                tracing::warn!(
+                    "HTTP 403 for {} {:?}: {why}",
+                    req.method(),
+                    req.uri().path()
+                );
+            } else {
+                tracing::debug!(
+                    "HTTP 403 for {} {:?}: {why}",
+                    req.method(),
+                    req.uri().path()
+                );
+            }
+            return error(StatusCode::FORBIDDEN, why);
+        }
+    }
+    next.run(req).await
 }
 
 /// Constant-time comparison (length is not secret).
@@ -160,13 +404,57 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body over {MAX_BODY} bytes"),
-        )
-    })
+/// Why a body could not be read: an error answer that also closes the
+/// connection (the rest of the body is not coming, or will not be read).
+#[derive(Debug)]
+struct BodyError(StatusCode, String);
+
+impl IntoResponse for BodyError {
+    fn into_response(self) -> Response {
+        let mut r = error(self.0, self.1);
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        r
+    }
+}
+
+/// Reads a whole body: at most [`MAX_BODY`] bytes (`413`), within the body
+/// timeout (`408`); a body the client breaks off is a `400`. On any error
+/// the connection closes.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, BodyError> {
+    let limit = state.opts.body_timeout;
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                BodyError(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {e}"),
+                )
+            })?;
+            if buf.len().saturating_add(chunk.len()) > MAX_BODY {
+                return Err(BodyError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over {MAX_BODY} bytes"),
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(buf))
+    };
+    match tokio::time::timeout(limit, read).await {
+        Ok(r) => r,
+        Err(_) => Err(BodyError(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms; nothing was written",
+                limit.as_millis()
+            ),
+        )),
+    }
 }
 
 fn known_agent(state: &AppState, name: &str) -> Result<(), ApiError> {
@@ -181,7 +469,13 @@ fn known_agent(state: &AppState, name: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn health(State(state): St) -> Response {
+async fn health(State(state): St, headers: HeaderMap) -> Response {
+    // With a token, agent names are for those who hold it.
+    if let Some(t) = &state.opts.token
+        && !bearer_ok(&headers, t)
+    {
+        return axum::Json(json!({"status": "ok"})).into_response();
+    }
     let agents: Vec<Value> = state
         .engine
         .agent_states()
@@ -316,7 +610,8 @@ async fn deliver(
         return (StatusCode::ACCEPTED, axum::Json(json!({ "path": path }))).into_response();
     };
     let secs = secs.min(MAX_WAIT_SECS);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let deadline = tokio::time::sleep(Duration::from_secs(secs));
+    let mut deadline = std::pin::pin!(deadline);
     loop {
         if let Some(r) = reply_of(state.engine.vault(), &path) {
             return axum::Json(json!({
@@ -332,7 +627,7 @@ async fn deliver(
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down; the message is kept and will be answered after a restart"),
             },
-            _ = tokio::time::sleep_until(deadline) => {
+            () = &mut deadline => {
                 return (StatusCode::GATEWAY_TIMEOUT, axum::Json(json!({
                     "error": format!("no reply within {secs} s; the message is kept and will still be answered"),
                     "path": path,
@@ -347,8 +642,8 @@ async fn deliver(
 
 async fn post_message(
     State(state): St,
-    Path(name): Path<String>,
-    Query(q): Query<WaitQuery>,
+    PathName(name): PathName,
+    QueryOf(q): QueryOf<WaitQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -358,7 +653,7 @@ async fn post_message(
     if let Err(r) = known_agent(&state, &name) {
         return r.into_response();
     }
-    let bytes = match read_body(body).await {
+    let bytes = match read_body(&state, body).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
@@ -373,7 +668,7 @@ async fn post_message(
     deliver(&state, &name, &content, opts, q.wait).await
 }
 
-async fn reset_agent(State(state): St, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn reset_agent(State(state): St, PathName(name): PathName, headers: HeaderMap) -> Response {
     if let Err(r) = api_auth(&state, &headers) {
         return r.into_response();
     }
@@ -391,7 +686,7 @@ async fn reset_agent(State(state): St, Path(name): Path<String>, headers: Header
     }
 }
 
-async fn events_ticket(State(state): St, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn events_ticket(State(state): St, PathName(name): PathName, headers: HeaderMap) -> Response {
     if let Err(r) = api_auth(&state, &headers) {
         return r.into_response();
     }
@@ -412,8 +707,8 @@ struct TicketQuery {
 
 async fn events(
     State(state): St,
-    Path(name): Path<String>,
-    Query(q): Query<TicketQuery>,
+    PathName(name): PathName,
+    QueryOf(q): QueryOf<TicketQuery>,
     headers: HeaderMap,
 ) -> Response {
     let by_ticket = q.ticket.as_deref().is_some_and(|t| {
@@ -486,12 +781,12 @@ pub fn webhook_message(bytes: &[u8]) -> Result<String, String> {
 
 async fn webhook(
     State(state): St,
-    Path(name): Path<String>,
-    Query(q): Query<WaitQuery>,
+    PathName(name): PathName,
+    QueryOf(q): QueryOf<WaitQuery>,
     req: Request,
 ) -> Response {
     let headers = req.headers().clone();
-    let bytes = match read_body(req.into_body()).await {
+    let bytes = match read_body(&state, req.into_body()).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
@@ -608,13 +903,22 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
-/// The router, for tests and for [`run`].
-pub fn router(engine: Arc<Engine>, opts: HttpOptions, cancel: CancellationToken) -> Router {
+/// The router, for tests and for [`run`]. `local` is the address it is
+/// served on: without a token, requests must name it in `Host`.
+pub fn router(
+    engine: Arc<Engine>,
+    opts: HttpOptions,
+    cancel: CancellationToken,
+    local: SocketAddr,
+) -> Router {
     let state = Arc::new(AppState {
         engine,
         opts,
         cancel,
         tickets: Mutex::new(HashMap::new()),
+        guard: Guard::new(local),
+        last_refusal_log: AtomicU64::new(0),
+        started: Instant::now(),
     });
     Router::new()
         .route("/health", get(health))
@@ -629,21 +933,135 @@ pub fn router(engine: Arc<Engine>, opts: HttpOptions, cancel: CancellationToken)
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
+        // After the routes and fallbacks, so it guards them all.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            browser_guard,
+        ))
         .with_state(state)
 }
 
-/// Serves HTTP on `listener` until `cancel`; in-flight requests finish and
-/// event streams end.
+/// The most connections served at once: a quarter of the soft descriptor
+/// limit (`RLIMIT_NOFILE`), between 4 and 4096, so at least three
+/// quarters stay for note reads, writes and turns whatever clients do.
+pub fn max_connections() -> usize {
+    cap_for(nofile_limit().unwrap_or(1024))
+}
+
+fn cap_for(soft_limit: u64) -> usize {
+    usize::try_from((soft_limit / 4).clamp(4, 4096)).unwrap_or(4096)
+}
+
+/// The soft `RLIMIT_NOFILE`.
+fn nofile_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+            #[allow(clippy::useless_conversion)]
+            return u64::try_from(r.rlim_cur).ok();
+        }
+    }
+    None
+}
+
+/// An accept error that concerns only the connection being accepted.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Serves HTTP/1.1 on `listener` until `cancel`; in-flight requests finish
+/// and event streams end.
+///
+/// A connection is accepted only while fewer than [`max_connections`] are
+/// open (the others wait in the kernel's backlog, holding none of our
+/// descriptors). Each must complete a request's headers within
+/// `header_timeout` of opening or of its previous response (slow headers
+/// and idle keep-alive), and a body within `body_timeout`.
 pub async fn run(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     opts: HttpOptions,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(engine, opts, cancel.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let local = listener.local_addr()?;
+    let header_timeout = opts.header_timeout;
+    let app = router(engine, opts, cancel.clone(), local);
+    let cap = max_connections();
+    tracing::info!(
+        "HTTP: at most {cap} connections (a quarter of the descriptor limit), header/idle timeout {header_timeout:?}"
+    );
+    let permits = Arc::new(tokio::sync::Semaphore::new(cap));
+    let connections = tokio_util::task::TaskTracker::new();
+    let mut last_warned: Option<Instant> = None;
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = cancel.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = cancel.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of descriptors or memory: the connection waits in
+                // the backlog; try again shortly rather than spin.
+                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!("HTTP: cannot accept a connection: {e}");
+                    last_warned = Some(Instant::now());
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = cancel.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!("HTTP connection: {e}");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -682,6 +1100,116 @@ mod tests {
         assert!(!ct_eq(b"abc", b"abcd"));
     }
 
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                header::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn guard_names_of_a_loopback_listener() {
+        let g = Guard::new("127.0.0.1:7420".parse().unwrap());
+        for ok in [
+            "127.0.0.1:7420",
+            "localhost:7420",
+            "LOCALHOST:7420",
+            "[::1]:7420",
+        ] {
+            assert!(g.names_host(ok), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "localhost",
+            "127.0.0.1:7421",
+            "localhost.:7420",
+            "evil.example:7420",
+            "127.0.0.2:7420",
+            "",
+        ] {
+            assert!(!g.names_host(bad), "{bad}");
+        }
+        // Port 80 may be left out of Host; another loopback address
+        // names itself too.
+        let g = Guard::new("127.0.0.5:80".parse().unwrap());
+        assert!(g.names_host("localhost"));
+        assert!(g.names_host("127.0.0.5"));
+        assert!(g.names_host("127.0.0.5:80"));
+        assert_eq!(g.hosts.first().map(String::as_str), Some("127.0.0.5:80"));
+        let g = Guard::new("[::1]:9".parse().unwrap());
+        assert!(g.names_host("[::1]:9") && g.names_host("127.0.0.1:9"));
+    }
+
+    #[test]
+    fn guard_refusals() {
+        let g = Guard::new("127.0.0.1:7420".parse().unwrap());
+        let uri: Uri = "/api/agents".parse().unwrap();
+        let pass = |h: &[(&str, &str)]| g.refusal(&headers(h), &uri).is_none();
+        assert!(pass(&[]));
+        assert!(pass(&[("host", "127.0.0.1:7420")]));
+        assert!(pass(&[
+            ("host", "localhost:7420"),
+            ("origin", "http://localhost:7420"),
+            ("sec-fetch-site", "same-origin"),
+        ]));
+        assert!(pass(&[("origin", "http://127.0.0.1:7420")]));
+        assert!(pass(&[("sec-fetch-site", "none")]));
+        for bad in [
+            &[("host", "evil.example:7420")][..],
+            &[("host", "127.0.0.1:7420"), ("host", "evil.example")][..],
+            &[("origin", "http://evil.example")][..],
+            &[("origin", "null")][..],
+            &[("origin", "https://127.0.0.1:7420")][..],
+            &[("origin", "http://127.0.0.1:7421")][..],
+            &[
+                ("host", "127.0.0.1:7420"),
+                ("origin", "http://localhost:7420"),
+            ][..],
+            &[("sec-fetch-site", "cross-site")][..],
+            &[("sec-fetch-site", "same-site")][..],
+            &[("sec-fetch-site", "whatever")][..],
+        ] {
+            assert!(!pass(bad), "{bad:?}");
+        }
+        let absolute: Uri = "http://evil.example/health".parse().unwrap();
+        assert!(g.refusal(&HeaderMap::new(), &absolute).is_some());
+    }
+
+    #[test]
+    fn timeouts_from_the_environment_are_bounded() {
+        let var = HEADER_TIMEOUT_ENV;
+        let parse = |v: &str| parse_timeout(var, Some(v.to_string()));
+        assert!(matches!(parse("250"), Ok(Some(d)) if d == Duration::from_millis(250)));
+        assert!(matches!(parse(" 3600000 "), Ok(Some(d)) if d == Duration::from_secs(3600)));
+        assert!(matches!(parse(" "), Ok(None)));
+        assert!(matches!(parse_timeout(var, None), Ok(None)));
+        for bad in [
+            "0",
+            "abc",
+            "-1",
+            "1.5",
+            "10s",
+            "3600001",
+            "99999999999999999999999",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(var) && e.contains("milliseconds"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn connection_cap_is_a_quarter_of_the_descriptor_limit() {
+        assert_eq!(cap_for(256), 64);
+        assert_eq!(cap_for(1024), 256);
+        assert_eq!(cap_for(8), 4);
+        assert_eq!(cap_for(u64::MAX), 4096);
+        assert!((4..=4096).contains(&max_connections()));
+    }
+
     #[test]
     fn listen_rule() {
         let none = HttpOptions::default();
@@ -690,7 +1218,7 @@ mod tests {
         assert!(check_listen("0.0.0.0:7420".parse().unwrap(), &none).is_err());
         let tok = HttpOptions {
             token: Some("t".into()),
-            webhook_secret: None,
+            ..HttpOptions::default()
         };
         assert!(check_listen("0.0.0.0:7420".parse().unwrap(), &tok).is_ok());
     }

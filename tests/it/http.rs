@@ -122,6 +122,7 @@ impl Server {
             HttpOptions {
                 token: Some(TOKEN.into()),
                 webhook_secret: Some(SECRET.into()),
+                ..HttpOptions::default()
             },
         )
         .await
@@ -1201,7 +1202,10 @@ async fn binary_env_auth_and_sigterm_ends_streams_and_exits() {
     // Until the turn is running.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, h) = json_of(c.get(format!("{base}/health")).send().await.unwrap()).await;
+        let health = c
+            .get(format!("{base}/health"))
+            .header("authorization", &auth);
+        let (_, h) = json_of(health.send().await.unwrap()).await;
         let slow = h["agents"]
             .as_array()
             .unwrap()

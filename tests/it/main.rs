@@ -13,6 +13,7 @@ mod cli;
 mod crash;
 mod delegation;
 mod http;
+mod http_guard;
 mod jobs;
 mod notes;
 mod robust;
