@@ -565,6 +565,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// An error and its causes, joined with `: `; a cause whose text the
+/// message before it already holds (an OS error a library put in its own
+/// message and also gave as the source) is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -581,7 +596,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            err!("vaultrunner: {e:#}");
+            err!("vaultrunner: {}", describe(&e));
             ExitCode::from(1)
         }
     }
@@ -590,6 +605,29 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_os_error_is_described_once() {
+        let io = std::io::Error::from_raw_os_error(2) /* ENOENT */;
+        let e = anyhow::Error::new(std::io::Error::other(format!("vault /x: {io}")))
+            .context("opening the vault");
+        assert_eq!(
+            describe(&e),
+            "opening the vault: vault /x: No such file or directory (os error 2)"
+        );
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen on a: {source}")]
+        struct Bind {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Bind {
+            source: std::io::Error::from_raw_os_error(2), /* ENOENT */
+        });
+        assert_eq!(
+            describe(&e),
+            "cannot listen on a: No such file or directory (os error 2)"
+        );
+    }
 
     #[test]
     fn log_events_are_escaped() {

@@ -836,8 +836,12 @@ fn escape_label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-async fn metrics(State(state): St) -> Response {
+async fn metrics(State(state): St, headers: HeaderMap) -> Response {
     use std::fmt::Write;
+    // Its labels name the agents, which are not public with a token set.
+    if let Err(r) = api_auth(&state, &headers) {
+        return r.into_response();
+    }
     let m = state.engine.metrics.snapshot();
     let agents = state.engine.agent_states();
     let notes = state.engine.with_index(|ix| ix.len());

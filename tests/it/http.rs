@@ -615,15 +615,21 @@ async fn bearer_token_guards_api_and_hooks() {
     }
     assert_eq!(files(&srv.vault), before, "a 401 wrote a file");
 
-    // /health and /metrics are open.
+    // /health is open (and names no agent); /metrics names the agents in
+    // its labels, so it needs the token.
     assert_eq!(
         c.get(srv.url("/health")).send().await.unwrap().status(),
         200
     );
-    assert_eq!(
-        c.get(srv.url("/metrics")).send().await.unwrap().status(),
-        200
-    );
+    let r = c.get(srv.url("/metrics")).send().await.unwrap();
+    expect_error(r, 401).await;
+    let r = c
+        .get(srv.url("/metrics"))
+        .header("authorization", bearer(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     // The right token.
     let ok = bearer(TOKEN);
