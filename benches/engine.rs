@@ -19,6 +19,18 @@
 //! `VR_BENCH_IDLE_SECS` [10]. `VR_BENCH_TMPDIR` picks the directory the temp
 //! vaults go in (default: the system temp dir); `VR_BENCH_KEEP=1` keeps them.
 
+// A benchmark may unwrap and panic: it stops on the first thing that
+// goes wrong. The crate's lints deny these outside tests (Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unchecked_time_subtraction,
+    clippy::disallowed_methods
+)]
+
 #[cfg(target_os = "linux")]
 fn main() {
     linux::main();

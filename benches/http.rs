@@ -18,6 +18,18 @@
 //! `VR_HTTP_TMPDIR` (where the temp vault goes), `VR_HTTP_KEEP=1` (keep it).
 //! Target: ≥ 2,000 accepted messages/s and no 5xx.
 
+// A benchmark may unwrap and panic: it stops on the first thing that
+// goes wrong. The crate's lints deny these outside tests (Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unchecked_time_subtraction,
+    clippy::disallowed_methods
+)]
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

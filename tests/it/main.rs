@@ -4,6 +4,18 @@
 //! on temporary vaults, with fakes of the CLIs and model servers that speak
 //! the real protocols.
 
+// Test code may unwrap, index and panic: a failing test should say so
+// loudly. The crate's lints deny these outside tests (Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unchecked_time_subtraction,
+    clippy::disallowed_methods
+)]
+
 // Each area uses only part of the helpers.
 #[allow(dead_code)]
 mod common;
