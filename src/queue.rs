@@ -557,6 +557,16 @@ impl Index {
         self.definitions.values().filter_map(|d| d.as_ref().err())
     }
 
+    /// The broken definition an agent most likely has: one whose note is
+    /// named after it (`Agents/<name>.md`), when no valid one names it.
+    pub fn broken_definition_of(&self, name: &str) -> Option<&DefinitionError> {
+        if self.agents.contains_key(name) {
+            return None;
+        }
+        self.broken_definitions()
+            .find(|e| e.path.rsplit('/').next() == Some(name))
+    }
+
     /// Why messages for `agent` wait (no definition, or a disabled one),
     /// or `None` when they can run (or are answered with an error: an
     /// invalid name).

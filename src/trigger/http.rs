@@ -458,15 +458,20 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, BodyError> {
 }
 
 fn known_agent(state: &AppState, name: &str) -> Result<(), ApiError> {
-    let known = valid_name(name) && state.engine.with_index(|ix| ix.agent(name).is_some());
+    let (known, broken) = state.engine.with_index(|ix| {
+        let known = valid_name(name) && ix.agent(name).is_some();
+        (known, ix.broken_definition_of(name).map(|e| e.to_string()))
+    });
     if known {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("unknown agent {name:?}: no definition with that name"),
-        ))
+        return Ok(());
     }
+    let why = match broken {
+        // The agent is there but disabled by a mistake in its note: say
+        // which, rather than that it does not exist.
+        Some(e) => format!("agent {name:?} is disabled: its definition is broken: {e}"),
+        None => format!("unknown agent {name:?}: no definition with that name"),
+    };
+    Err(ApiError(StatusCode::NOT_FOUND, why))
 }
 
 async fn health(State(state): St, headers: HeaderMap) -> Response {

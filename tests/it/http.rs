@@ -451,6 +451,27 @@ async fn wait_times_out_with_504_and_the_message_is_still_answered_once() {
     srv.stop().await;
 }
 
+/// A message to an agent whose definition is broken: the 404 says what is
+/// wrong with the definition, not that the agent does not exist.
+#[tokio::test]
+async fn an_agent_with_a_broken_definition_is_named_as_such() {
+    let v = agents();
+    v.agent("broken", "backend: echo\ntimeout: soon\n", "");
+    let srv = Server::start(v, HttpOptions::default()).await;
+    let r = client()
+        .post(srv.url("/api/agents/broken/messages"))
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    let e = expect_error(r, 404).await;
+    assert!(
+        e.contains("is disabled: its definition is broken") && e.contains("field `timeout`"),
+        "{e}"
+    );
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_json_and_write_nothing() {
     let srv = Server::open().await;
