@@ -126,7 +126,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             "d" => v * 86400.0,
             _ => return None,
         };
-        total += Duration::from_secs_f64(secs);
+        // A value too large for a Duration is not a duration (it panicked).
+        total = total.checked_add(Duration::try_from_secs_f64(secs).ok()?)?;
         any = true;
     }
     if !num.is_empty() || !any {
@@ -422,5 +423,16 @@ mod tests {
         assert_eq!(parse_duration("10x"), None);
         assert_eq!(parse_duration("m"), None);
         assert_eq!(parse_duration("5 m"), Some(Duration::from_secs(300)));
+    }
+
+    /// Found by the `definition` fuzz target: these panicked.
+    #[test]
+    fn durations_too_large_are_not_durations() {
+        assert_eq!(parse_duration("99999999999999999999d"), None);
+        assert_eq!(parse_duration(&format!("1{}s", "0".repeat(400))), None);
+        assert_eq!(
+            parse_duration("10000000000000000000s10000000000000000000s"),
+            None
+        );
     }
 }
