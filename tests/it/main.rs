@@ -15,4 +15,5 @@ mod delegation;
 mod http;
 mod jobs;
 mod notes;
+mod props;
 mod serve;
