@@ -20,8 +20,9 @@ fi
 # Without ASan: vaultrunner's parsers are safe Rust (about twice the
 # executions per second); debug assertions on, so an overflow panics.
 flags=(-s none --debug-assertions)
-cargo +nightly fuzz build "${flags[@]}" "${targets[@]:0:1}" >/dev/null
-if [ ${#targets[@]} -gt 1 ]; then cargo +nightly fuzz build "${flags[@]}"; fi
+build_start=$(date +%s)
+cargo +nightly fuzz build "${flags[@]}"
+echo "fuzz build: $(( $(date +%s) - build_start )) s"
 work="${FUZZ_KEEP:-$(mktemp -d)}"
 mkdir -p "$work"
 [ -n "${FUZZ_KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
