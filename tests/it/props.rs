@@ -586,7 +586,8 @@ fn check(g: &GenNote, changes: &[(&str, FmValue)]) -> Result<(), TestCaseError> 
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 1024,
+        // PROPTEST_CASES=100000 for a longer run (docs/TESTING.md).
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1024),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
