@@ -7,7 +7,9 @@
 #   fuzz/run.sh SECONDS [TARGET...]     # every target when none is named
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz
-# --locked`). FUZZ_KEEP=DIR keeps the grown corpora and artifacts in DIR.
+# --locked`). FUZZ_KEEP=DIR keeps the grown corpora and artifacts in DIR;
+# FUZZ_TARGET_DIR=DIR builds there instead of fuzz/target (CI keeps its
+# build outside the fresh clone, so only vaultrunner itself is rebuilt).
 # Prints libFuzzer's final stats per target; docs/TESTING.md has figures.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,6 +22,7 @@ fi
 # Without ASan: vaultrunner's parsers are safe Rust (about twice the
 # executions per second); debug assertions on, so an overflow panics.
 flags=(-s none --debug-assertions)
+if [ -n "${FUZZ_TARGET_DIR:-}" ]; then flags+=(--target-dir "$FUZZ_TARGET_DIR"); fi
 build_start=$(date +%s)
 cargo +nightly fuzz build "${flags[@]}"
 echo "fuzz build: $(( $(date +%s) - build_start )) s"
