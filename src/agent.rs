@@ -731,4 +731,15 @@ mod tests {
             "{e}"
         );
     }
+
+    /// Found by the `definition` fuzz target: these panicked.
+    #[test]
+    fn durations_too_large_are_not_durations() {
+        assert_eq!(parse_duration("99999999999999999999d"), None);
+        assert_eq!(parse_duration(&format!("1{}s", "0".repeat(400))), None);
+        assert_eq!(
+            parse_duration("10000000000000000000s10000000000000000000s"),
+            None
+        );
+    }
 }

@@ -355,6 +355,24 @@ mod tests {
         );
     }
 
+    /// Found by the cron fuzz target: `,` parses as a field that matches
+    /// nothing, `+` as a day-of-week that matches nothing (ANDed with the
+    /// day of the month), and the first `next_after` then took over 10 s.
+    #[test]
+    fn a_schedule_that_never_fires_is_refused() {
+        for expr in [
+            ", 0 * * *",
+            "0 , * * *",
+            ",, 0 * * *",
+            "0 0 29 2 +",
+            "0 0 30 2 *",
+        ] {
+            let e = parse_cron(expr).map(|_| ()).unwrap_err();
+            assert!(e.contains("never fires"), "{expr}: {e}");
+        }
+        assert!(parse_cron("0,30 9 * * *").is_ok());
+    }
+
     #[test]
     fn day_of_month_or_day_of_week() {
         // Vixie rule: the 1st of the month OR any Monday.

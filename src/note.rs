@@ -334,10 +334,11 @@ fn scan_tags(text: &str, prev: Option<char>, out: &mut Vec<String>) {
         if c == '#' && last.is_none_or(char::is_whitespace) {
             let rest = &text[i + 1..];
             let end = rest.find(|ch: char| !is_tag_char(ch)).unwrap_or(rest.len());
-            let tag = &rest[..end];
+            // The digits rule applies to the tag as kept: `#1/` is `1`, no tag.
+            let tag = rest[..end].trim_end_matches('/');
             if !tag.is_empty()
                 && !tag.chars().all(|ch| ch.is_ascii_digit())
-                && let Some(t) = normalize_tag(tag.trim_end_matches('/'))
+                && let Some(t) = normalize_tag(tag)
                 && !out.contains(&t)
             {
                 out.push(t);
@@ -842,6 +843,12 @@ mod tests {
     fn inline_tags_ignore_code_headings_links_urls() {
         let body = "# Heading\n\n`#agent/job` and\n\n```\n#agent/definition\n```\n\n    #indented/code\n\nsee [[Note#section]] and http://x.y/#frag and a#b\n\n- item #real\n";
         assert_eq!(inline_tags(body), vec!["real"]);
+    }
+
+    /// Found by the tags fuzz target: `#1/` gave the all-digits tag `1`.
+    #[test]
+    fn a_tag_all_digits_once_its_trailing_slash_goes_is_no_tag() {
+        assert_eq!(inline_tags("#1/ #22// #3/a #x/"), vec!["3/a", "x"]);
     }
 
     #[test]

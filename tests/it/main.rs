@@ -28,6 +28,7 @@ mod http;
 mod http_guard;
 mod jobs;
 mod notes;
+mod props;
 mod robust;
 mod serve;
 mod values;
