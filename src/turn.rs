@@ -393,29 +393,6 @@ fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, Va
     }))
 }
 
-/// Retries a write batch on transient I/O errors (not on refused paths).
-fn write_retrying(
-    vault: &Vault,
-    writes: &[NoteWrite],
-    plan: Plan,
-) -> Result<Vec<Fingerprint>, VaultError> {
-    let mut delay = Duration::from_millis(20);
-    let mut tries = 0;
-    loop {
-        match vault.write_planned(writes, plan) {
-            Ok(fps) => return Ok(fps),
-            Err(e @ VaultError::UnsafePath { .. }) => return Err(e),
-            Err(e) if tries >= 4 => return Err(e),
-            Err(e) => {
-                tracing::warn!("write failed, retrying: {e}");
-                std::thread::sleep(delay);
-                delay *= 4;
-                tries += 1;
-            }
-        }
-    }
-}
-
 fn zip_written(writes: &[NoteWrite], fps: Vec<Fingerprint>) -> Written {
     writes
         .iter()
@@ -580,7 +557,7 @@ fn fail_without_turn(
         path: path.to_string(),
         content: edited,
     });
-    let fps = write_retrying(vault, &writes, stamp_last(&writes))?;
+    let fps = vault.write_planned(&writes, stamp_last(&writes))?;
     Ok(zip_written(&writes, fps))
 }
 
@@ -973,7 +950,7 @@ async fn start_batch(
         let (msg, thread_write, meta, body) =
             claim_writes(&vault, &def, &path, &thread, &text, attempts, None)?;
         let writes = vec![msg, thread_write];
-        let fps = write_retrying(&vault, &writes, CLAIM)?;
+        let fps = vault.write_planned(&writes, CLAIM)?;
         Ok((meta, body, zip_written(&writes, fps)))
     })
     .await
@@ -1111,7 +1088,7 @@ async fn release(
                 content: edited,
             });
         }
-        let fps = write_retrying(&vault, &w, Plan::DURABLE)?;
+        let fps = vault.write_planned(&w, Plan::DURABLE)?;
         Ok(zip_written(&w, fps))
     })
     .await
