@@ -96,16 +96,20 @@ fn load_index_as(vault: &Vault, recovering: bool) -> (Index, Vec<Finding>) {
             Ok((text, fp)) => {
                 ix.update(&e.path, &text, fp, recovering);
             }
-            // An unreadable or binary `.md` cannot be an agent note; it is
-            // worth a warning, not a failed check.
-            Err(err) => findings.push(Finding {
+            // Deleted since the listing.
+            Err(err) if err.is_not_found() => {}
+            // A note that cannot be read now (out of descriptors, an I/O
+            // error) may be fine later: worth a warning, not a failed check.
+            Err(err) if err.is_transient() => findings.push(Finding {
                 file: format!("{}.md", e.path),
-                reason: match err {
-                    VaultError::Io { error, .. } => format!("{error} (ignored)"),
-                    other => other.to_string(),
-                },
+                reason: format!("could not be read now: {} (try again)", err.reason()),
                 is_error: false,
             }),
+            // A binary `.md` or one over the size limit cannot be an agent
+            // note: the index records it as `serve` does (a warning).
+            Err(err) => {
+                ix.unreadable(&e.path, e.fingerprint, &err.reason());
+            }
         }
     }
     (ix, findings)

@@ -334,7 +334,7 @@ impl Engine {
                     Err(e) => {
                         all.merge(
                             st.index
-                                .unreadable(path, entry.fingerprint, &read_reason(&e)),
+                                .unreadable(path, entry.fingerprint, &e.reason()),
                         );
                     }
                 }
@@ -408,7 +408,7 @@ impl Engine {
                 read_failed(&mut st, path, &e);
                 return false;
             }
-            Err(e) => self.lock().index.unreadable(path, fp, &read_reason(&e)),
+            Err(e) => self.lock().index.unreadable(path, fp, &e.reason()),
         };
         self.changed(&ch);
         true
@@ -980,14 +980,6 @@ fn read_failed(st: &mut State, path: &str, e: &VaultError) {
     *n += 1;
     if *n == 1 {
         tracing::warn!("{e}; reading it again later");
-    }
-}
-
-/// Why a note cannot be read, without the vault's absolute path.
-fn read_reason(e: &VaultError) -> String {
-    match e {
-        VaultError::Io { error, .. } => error.to_string(),
-        other => other.to_string(),
     }
 }
 

@@ -46,6 +46,15 @@ impl VaultError {
         matches!(self, VaultError::Io { error, .. } if error.kind() == io::ErrorKind::NotFound)
     }
 
+    /// What went wrong, without the file's absolute path (for messages
+    /// that name the note themselves).
+    pub fn reason(&self) -> String {
+        match self {
+            VaultError::Io { error, .. } => error.to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// Could trying again later succeed? Out of descriptors, memory or
     /// space, an I/O error, a permission the user may fix: yes. A note
     /// that is gone, a refused path, a binary file or a note over the size
