@@ -190,6 +190,34 @@ fn list_item(i: usize, v: &Value) -> Result<String, String> {
     })
 }
 
+/// A key that is a list of single values or one text (`command`, `args`).
+enum ListOrText {
+    List(Vec<String>),
+    Text(String),
+}
+
+/// Reads a [`ListOrText`] key; `None` when absent or empty. A list item
+/// or the value itself of the wrong type is an error saying what was
+/// expected (`hint`).
+fn list_or_text(meta: &Mapping, key: &str, hint: &str) -> Result<Option<ListOrText>, String> {
+    match meta.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Sequence(seq)) => seq
+            .iter()
+            .enumerate()
+            .map(|(i, v)| list_item(i, v))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|items| Some(ListOrText::List(items))),
+        Some(v) => match get_scalar(v) {
+            Some(s) => Ok(Some(ListOrText::Text(s))),
+            None => Err(format!(
+                "expected {hint}, got {}",
+                crate::note::value_kind(v)
+            )),
+        },
+    }
+}
+
 /// Is this a usable environment variable name (`OPENAI_API_KEY`)?
 fn env_name_ok(s: &str) -> bool {
     let mut chars = s.chars();
@@ -347,59 +375,29 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
         ));
     }
     let program = text("program")?;
-    let args = match note.meta.get("args") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Sequence(seq)) => seq
-            .iter()
-            .enumerate()
-            .map(|(i, v)| list_item(i, v))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|r| err("args", r))?,
-        Some(v) => match get_scalar(v) {
-            Some(s) => s.split_whitespace().map(str::to_string).collect(),
-            None => {
-                return Err(err(
-                    "args",
-                    format!(
-                        "expected a list like [--verbose] or text, got {}",
-                        crate::note::value_kind(v)
-                    ),
-                ));
-            }
-        },
+    let args = match list_or_text(&note.meta, "args", "a list like [--verbose] or text")
+        .map_err(|r| err("args", r))?
+    {
+        None => Vec::new(),
+        Some(ListOrText::List(items)) => items,
+        Some(ListOrText::Text(s)) => s.split_whitespace().map(str::to_string).collect(),
     };
     let command_hint = "a list like [python3, script.py] or a shell string";
-    let command = match note.meta.get("command") {
-        None | Some(Value::Null) => None,
-        Some(Value::Sequence(seq)) => {
-            let argv = seq
-                .iter()
-                .enumerate()
-                .map(|(i, v)| list_item(i, v))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|r| err("command", r))?;
-            if argv.first().is_none_or(|p| p.trim().is_empty()) {
-                return Err(err(
-                    "command",
-                    format!("the program (first item) is missing; give {command_hint}"),
-                ));
+    let command =
+        match list_or_text(&note.meta, "command", command_hint).map_err(|r| err("command", r))? {
+            None => None,
+            Some(ListOrText::List(argv)) => {
+                if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                    return Err(err(
+                        "command",
+                        format!("the program (first item) is missing; give {command_hint}"),
+                    ));
+                }
+                Some(argv)
             }
-            Some(argv)
-        }
-        Some(v) => match get_scalar(v) {
-            Some(s) if !s.trim().is_empty() => Some(vec!["sh".into(), "-c".into(), s]),
-            Some(_) => None,
-            None => {
-                return Err(err(
-                    "command",
-                    format!(
-                        "expected {command_hint}, got {}",
-                        crate::note::value_kind(v)
-                    ),
-                ));
-            }
-        },
-    };
+            Some(ListOrText::Text(s)) if s.trim().is_empty() => None,
+            Some(ListOrText::Text(s)) => Some(vec!["sh".into(), "-c".into(), s]),
+        };
     if backend == "command" && command.is_none() {
         return Err(err(
             "command",

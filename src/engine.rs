@@ -332,10 +332,7 @@ impl Engine {
                         report.failed.push(path.clone());
                     }
                     Err(e) => {
-                        all.merge(
-                            st.index
-                                .unreadable(path, entry.fingerprint, &e.reason()),
-                        );
+                        all.merge(st.index.unreadable(path, entry.fingerprint, &e.reason()));
                     }
                 }
             }

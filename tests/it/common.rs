@@ -68,6 +68,17 @@ pub const SCRUB_ENV: &[&str] = &[
 
 // ------------------------------------------------------------------ vault
 
+/// The keys vaultrunner owns on an inbound note (SPEC §2), as the tests
+/// know them (not the crate's list).
+pub const OWNED: &[&str] = &[
+    "status",
+    "attempts",
+    "handled_at",
+    "reply",
+    "thread",
+    "error",
+];
+
 /// A vault in a temp directory: `<tmp>/vault`, so that `<tmp>` (the
 /// `parent`) can be watched for anything written outside the vault.
 /// `<tmp>/scratch` holds what a test keeps outside the vault (scripts, pid
@@ -1184,4 +1195,27 @@ impl Drop for Serve {
 #[track_caller]
 pub fn assert_contains(hay: &str, needle: &str) {
     assert!(hay.contains(needle), "expected {needle:?} in:\n{hay}");
+}
+
+/// An engine's dispatcher running in the background (library-level tests
+/// of turns), until [`Dispatching::stop`].
+pub struct Dispatching {
+    cancel: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// Starts `engine`'s dispatcher on the current tokio runtime.
+pub fn dispatch(engine: &Arc<vaultrunner::engine::Engine>) -> Dispatching {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (e, c) = (engine.clone(), cancel.clone());
+    let handle = tokio::spawn(async move { e.run_dispatcher(c).await });
+    Dispatching { cancel, handle }
+}
+
+impl Dispatching {
+    /// Stops the dispatcher and waits for its running turns.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.handle.await.unwrap();
+    }
 }

@@ -334,11 +334,7 @@ async fn previous_fire_still_running_skips_and_the_fire_is_answered_once() {
         &job_note("0 * * * *", "UTC", "").replace("agent: echo", "agent: slow"),
     );
     let engine = v.engine();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let dispatcher = {
-        let (e, c) = (engine.clone(), cancel.clone());
-        tokio::spawn(async move { e.run_dispatcher(c).await })
-    };
+    let dispatcher = crate::common::dispatch(&engine);
     let mut sched = Scheduler::new();
     let tick = |sched: &mut Scheduler, t: &str| sched.tick(&engine, utc(t));
     tick(&mut sched, "2026-11-21T07:30:00Z");
@@ -374,8 +370,7 @@ async fn previous_fire_still_running_skips_and_the_fire_is_answered_once() {
     let (m, body) = v.note(&format!("{first}.reply"));
     assert_eq!(scalar(&m, "status").as_deref(), Some("ok"));
     assert_eq!(body.trim(), "Good morning, summarise the inbox.");
-    cancel.cancel();
-    dispatcher.await.unwrap();
+    dispatcher.stop().await;
 }
 
 #[test]

@@ -4,15 +4,7 @@
 
 use crate::common::{TestVault, front_matter, split_note, without_keys};
 
-/// The keys vaultrunner owns on an inbound note (SPEC §2).
-const OWNED: &[&str] = &[
-    "status",
-    "attempts",
-    "handled_at",
-    "reply",
-    "thread",
-    "error",
-];
+use crate::common::OWNED;
 
 /// Processes a vault holding `Agents/echo.md` and the inbound note `text` at
 /// `rel`, then checks the round trip; returns the note's new text.

@@ -15,15 +15,7 @@ use proptest::prelude::*;
 use serde_yaml::{Mapping, Value};
 use vaultrunner::note::{self, FmValue, Note};
 
-/// The keys vaultrunner owns on an inbound note (SPEC §2).
-const OWNED: &[&str] = &[
-    "status",
-    "attempts",
-    "handled_at",
-    "reply",
-    "thread",
-    "error",
-];
+use crate::common::OWNED;
 
 /// Keys a user writes (some with spaces, dashes, digits, underscores).
 const OTHER_KEYS: &[&str] = &[

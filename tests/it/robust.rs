@@ -138,11 +138,7 @@ async fn a_reply_that_cannot_be_written_is_written_once_the_disk_recovers() {
     disk.fail("write", "Inbox/m1.reply", u32::MAX, libc::ENOSPC);
     let engine = engine(&v, &disk);
     engine.scan(true);
-    let cancel = CancellationToken::new();
-    let dispatcher = {
-        let (e, c) = (engine.clone(), cancel.clone());
-        tokio::spawn(async move { e.run_dispatcher(c).await })
-    };
+    let dispatcher = crate::common::dispatch(&engine);
     // Tried, and tried again after a delay.
     eventually(10, "two failed end batches", || {
         disk.failures.load(Ordering::SeqCst) >= 2
@@ -169,8 +165,7 @@ async fn a_reply_that_cannot_be_written_is_written_once_the_disk_recovers() {
     let h1 = v.get("Inbox/m1.md", "handled_at").unwrap();
     let h2 = v.get("Inbox/m2.md", "handled_at").unwrap();
     assert!(h1 <= h2, "m2 answered before m1: {h1} > {h2}");
-    cancel.cancel();
-    dispatcher.await.unwrap();
+    dispatcher.stop().await;
 }
 
 /// The end batch fails after its first notes landed (the thread record and
@@ -185,11 +180,7 @@ async fn a_partly_written_end_is_completed_without_counting_the_turn_twice() {
     disk.fail("rename", "Inbox/m.callback", 2, libc::EIO);
     let engine = engine(&v, &disk);
     engine.scan(true);
-    let cancel = CancellationToken::new();
-    let dispatcher = {
-        let (e, c) = (engine.clone(), cancel.clone());
-        tokio::spawn(async move { e.run_dispatcher(c).await })
-    };
+    let dispatcher = crate::common::dispatch(&engine);
     eventually(15, "the message answered", || {
         v.get("Inbox/m.md", "status").as_deref() == Some("handled")
     })
@@ -204,8 +195,7 @@ async fn a_partly_written_end_is_completed_without_counting_the_turn_twice() {
         Some("boss")
     );
     assert_eq!(replies(&v), vec!["Inbox/m.reply.md"]);
-    cancel.cancel();
-    dispatcher.await.unwrap();
+    dispatcher.stop().await;
 }
 
 /// process: a reply that cannot be written leaves the message `working`
