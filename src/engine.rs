@@ -85,8 +85,8 @@ const WRITE_RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(5
 const WRITE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 const PROCESS_WRITE_TRIES: u32 = 3;
 
-/// The wait before the `tries`-th retry of a write (1-based).
-fn write_retry_delay(tries: u32) -> std::time::Duration {
+/// The wait before the `tries`-th retry (1-based) of a write or a read.
+fn retry_delay(tries: u32) -> std::time::Duration {
     WRITE_RETRY_BASE
         .saturating_mul(1u32 << tries.saturating_sub(1).min(16))
         .min(WRITE_RETRY_MAX)
@@ -415,7 +415,7 @@ impl Engine {
     /// (growing with each failure, at most a minute).
     pub fn read_retry_delay(&self, path: &str) -> std::time::Duration {
         let n = self.lock().read_failures.get(path).copied().unwrap_or(1);
-        write_retry_delay(n)
+        retry_delay(n)
     }
 
     fn changed(&self, ch: &crate::queue::Change) {
@@ -733,6 +733,12 @@ impl Engine {
         tries: u32,
         cancel: &CancellationToken,
     ) -> bool {
+        if cancel.is_cancelled() {
+            tracing::error!(
+                "{path}: its notes could not be written ({e}); shutting down, the next start answers it"
+            );
+            return false;
+        }
         if self.until_quiet.load(Ordering::SeqCst) && tries > PROCESS_WRITE_TRIES {
             tracing::error!(
                 "{path}: not answered: its notes could not be written ({e}); a later run answers it"
@@ -743,7 +749,7 @@ impl Engine {
                 .push((path.to_string(), e.to_string()));
             return false;
         }
-        let delay = write_retry_delay(tries);
+        let delay = retry_delay(tries);
         if tries == 1 {
             tracing::error!(
                 "{path}: its notes could not be written: {e}; the message is kept and tried again in {delay:?}"
@@ -946,7 +952,7 @@ impl Engine {
             }
             tries += 1;
             tokio::select! {
-                _ = tokio::time::sleep(write_retry_delay(tries)) => {}
+                _ = tokio::time::sleep(retry_delay(tries)) => {}
                 _ = cancel.cancelled() => {}
             }
             unread.retain(|p| !self.note_changed(p));

@@ -150,13 +150,6 @@ pub struct Unrecorded {
     landed: Vec<String>,
 }
 
-impl Unrecorded {
-    /// The message's path.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-}
-
 /// What became of a turn's end batch (a return value, moved once: the
 /// size of a claimed next message in one variant costs nothing).
 #[allow(clippy::large_enum_variant)]
@@ -375,11 +368,13 @@ fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, Va
     } else {
         0
     };
-    let wrong_type = crate::queue::wrong_typed_key(&note);
-    let depth = match note.meta.get("delegation_depth") {
-        _ if wrong_type.is_some() => Err(wrong_type.map(|e| e.to_string()).unwrap_or_default()),
-        None | Some(serde_yaml::Value::Null) => Ok(0),
-        Some(_) => int_of(&note.meta, "delegation_depth")
+    let depth = match (
+        crate::queue::wrong_typed_key(&note),
+        note.meta.get("delegation_depth"),
+    ) {
+        (Some(e), _) => Err(e.to_string()),
+        (None, None | Some(serde_yaml::Value::Null)) => Ok(0),
+        (None, Some(_)) => int_of(&note.meta, "delegation_depth")
             .ok_or_else(|| "field `delegation_depth` is not a whole number".to_string()),
     };
     Ok(Ok(Inbound {
