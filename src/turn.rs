@@ -452,7 +452,7 @@ pub fn callback_write(
     source_agent: &str,
     ok: bool,
     thread: Option<&str>,
-    reply: Option<&str>,
+    reply: &str,
 ) -> NoteWrite {
     let status = if ok { "ok" } else { "error" };
     let mut fields: Vec<(&str, FmValue)> = vec![
@@ -466,18 +466,14 @@ pub fn callback_write(
     if let Some(t) = thread {
         fields.push(("source_thread", link(t).into()));
     }
-    if let Some(r) = reply {
-        fields.push(("source_message", link(r).into()));
-    }
+    fields.push(("source_message", link(reply).into()));
     if let Some(c) = &cb.correlation_id {
         fields.push(("correlation_id", c.as_str().into()));
     }
     fields.push(("delegation_depth", cb.depth.into()));
     let mut body = format!(
         "{source_agent} finished the task you sent ({status}): {}\n",
-        reply
-            .map(link)
-            .unwrap_or_else(|| "its reply could not be written".into())
+        link(reply)
     );
     if let Some(t) = thread {
         body.push_str(&format!("\nThread: {}\n", link(t)));
@@ -533,7 +529,7 @@ fn fail_without_turn(
         content: outbound_text(agent, path, thread, false, &failure_body(reason)),
     });
     if let Some(cb) = callback {
-        writes.push(callback_write(cb, path, agent, false, thread, Some(&reply)));
+        writes.push(callback_write(cb, path, agent, false, thread, &reply));
     }
     let mut stamp: Vec<(&str, FmValue)> = vec![
         ("status", "error".into()),
@@ -1185,7 +1181,7 @@ fn write_end(
     // Step 6: the callback, before the inbound is stamped, so a crash in
     // between cannot lose it.
     if let Some(cb) = &p.callback {
-        let w = callback_write(cb, &p.path, &p.def.name, ok, Some(&p.thread), Some(&reply));
+        let w = callback_write(cb, &p.path, &p.def.name, ok, Some(&p.thread), &reply);
         if !p.landed.contains(&w.path) {
             writes.push(w);
         }
@@ -1438,7 +1434,7 @@ mod tests {
             "w",
             true,
             Some("Threads/w/w"),
-            Some("Inbox/w/task.reply"),
+            "Inbox/w/task.reply",
         );
         assert_eq!(w.path, "Inbox/w/task.callback");
         let note = Note::parse(&w.content).unwrap();
