@@ -526,7 +526,7 @@ impl Engine {
         let Ok(n) = crate::note::Note::parse(&text) else {
             return false;
         };
-        written_by_vaultrunner(n.str("sender").as_deref())
+        written_by_vaultrunner(crate::note::InboundMessage::of(&n).sender.as_deref())
     }
 
     /// Is the note on disk exactly what the index last saw or wrote (same

@@ -11,40 +11,15 @@ use std::sync::Arc;
 
 use crate::agent::{Definition, DefinitionError, parse_definition, valid_name};
 use crate::job::{Job, parse_job};
-use crate::note::{Note, NoteKind, has_conflict_markers};
+use crate::note::{InboundMessage, Note, NoteKind, Status, has_conflict_markers};
 use crate::vault::Fingerprint;
-
-/// The processing state of an inbound note (`status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    Draft,
-    Working,
-    Handled,
-    Error,
-    /// Anything else: left alone and reported.
-    Unknown,
-}
-
-impl Status {
-    pub fn parse(s: Option<&str>) -> Status {
-        match s.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
-            None | Some("") | Some("pending") => Status::Pending,
-            Some("draft") => Status::Draft,
-            Some("working") => Status::Working,
-            Some("handled") => Status::Handled,
-            Some("error") => Status::Error,
-            Some(_) => Status::Unknown,
-        }
-    }
-}
 
 /// Order within one agent: `ts`, else modification time (ms), then path.
 pub type OrderKey = (i64, String);
 
-/// The routing facts of an inbound message.
+/// What the index keeps of an inbound message: its routing facts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboundMessage {
+pub struct MessageEntry {
     pub path: String,
     /// `agent`, else `channel`; `None` when neither is set.
     pub agent: Option<String>,
@@ -65,35 +40,11 @@ pub fn written_by_vaultrunner(sender: Option<&str>) -> bool {
     }
 }
 
-/// Parses an ISO-8601 / RFC 3339 timestamp (or a bare date) to epoch ms.
-pub fn parse_ts(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Some(t.timestamp_millis());
-    }
-    for fmt in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-    ] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(t.and_utc().timestamp_millis());
-        }
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return d
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc().timestamp_millis());
-    }
-    None
-}
-
 /// What the index holds about one relevant note.
 #[derive(Debug, Clone)]
 enum Indexed {
     Definition,
-    Inbound(InboundMessage),
+    Inbound(MessageEntry),
     /// Not routable; the reason is in `problems`.
     Problem,
 }
@@ -314,7 +265,8 @@ impl Index {
                 change.definitions_changed = true;
             }
             NoteKind::Inbound => {
-                let mut msg = inbound_of(path, &note, fp);
+                let inbound = InboundMessage::of(&note);
+                let mut msg = entry_of(path, &inbound, fp);
                 // A message left `working` by a crash was the head of its
                 // agent's queue (one turn at a time per agent); our own
                 // claim stamp changed its file time, so without a `ts` it
@@ -340,19 +292,19 @@ impl Index {
                     self.notes.insert(path.to_string(), Indexed::Inbound(msg));
                     return change;
                 }
-                if let Some(e) = ROUTING_KEYS.iter().find_map(|k| note.text(k).err()) {
+                if let Some(e) = &inbound.unroutable {
                     self.problem(path, &format!("{e}; the message is left alone"), true);
                     self.notes.insert(path.to_string(), Indexed::Inbound(msg));
                     return change;
                 }
-                if let Some(e) = wrong_typed_key(&note) {
+                if let Some(e) = &inbound.invalid {
                     self.problem(
                         path,
                         &format!("{e}; the message is answered with an error"),
                         true,
                     );
-                } else if let Some(ts) = note.str("ts")
-                    && parse_ts(&ts).is_none()
+                } else if let Some(ts) = &inbound.ts
+                    && inbound.ts_ms.is_none()
                 {
                     self.problem(
                         path,
@@ -363,9 +315,8 @@ impl Index {
                     );
                 }
                 if msg.status == Status::Handled
-                    && let Some(t) = note.str("thread")
+                    && let Some(t) = inbound.thread
                 {
-                    let t = crate::note::unlink(&t).to_string();
                     self.threads
                         .entry(t.clone())
                         .or_default()
@@ -604,7 +555,7 @@ impl Index {
     }
 
     /// The inbound facts of an indexed message.
-    pub fn inbound(&self, path: &str) -> Option<&InboundMessage> {
+    pub fn inbound(&self, path: &str) -> Option<&MessageEntry> {
         match self.notes.get(path) {
             Some(Indexed::Inbound(m)) => Some(m),
             _ => None,
@@ -624,26 +575,6 @@ impl Index {
     }
 }
 
-/// The keys that say whom a message is for and where it stands: one of
-/// them holding a list or a mapping leaves the message alone (reported).
-pub const ROUTING_KEYS: &[&str] = &["agent", "channel", "status"];
-
-/// The other keys of a message that a turn reads: one of them holding a
-/// list or a mapping answers the message with an error naming it.
-pub const MESSAGE_KEYS: &[&str] = &[
-    "sender",
-    "ts",
-    "subject",
-    "reply_to",
-    "correlation_id",
-    "delegation_depth",
-];
-
-/// The first of a message's [`MESSAGE_KEYS`] that holds a list or a mapping.
-pub fn wrong_typed_key(note: &Note) -> Option<crate::note::FieldError> {
-    MESSAGE_KEYS.iter().find_map(|k| note.text(k).err())
-}
-
 /// Why a message at `path` can never be answered where it is: its own path
 /// or its reply's has characters (or a length) that vaultrunner refuses to
 /// write, so it could be neither stamped nor replied to.
@@ -656,26 +587,16 @@ fn check_paths(path: &str) -> Option<String> {
     ))
 }
 
-/// Reads the routing facts of an inbound note.
-pub fn inbound_of(path: &str, note: &Note, fp: Fingerprint) -> InboundMessage {
-    let agent = note
-        .str("agent")
-        .or_else(|| note.str("channel"))
-        .map(|a| a.trim().to_string())
-        .filter(|a| !a.is_empty());
-    let ts = note.str("ts").and_then(|t| parse_ts(&t));
+/// What the index keeps of an inbound note at `path`: its routing facts,
+/// ordered by `ts`, else the note's modification time (ms), then path.
+fn entry_of(path: &str, m: &InboundMessage, fp: Fingerprint) -> MessageEntry {
     let mtime_ms = (fp.mtime_ns / 1_000_000) as i64;
-    // A status that is a list or a mapping is not "absent" (pending).
-    let status = match note.text("status") {
-        Ok(s) => Status::parse(s.as_deref()),
-        Err(_) => Status::Unknown,
-    };
-    InboundMessage {
+    MessageEntry {
         path: path.to_string(),
-        agent,
-        status,
-        sender: note.str("sender"),
-        order: (ts.unwrap_or(mtime_ms), path.to_string()),
+        agent: m.agent.clone(),
+        status: m.status,
+        sender: m.sender.clone(),
+        order: (m.ts_ms.unwrap_or(mtime_ms), path.to_string()),
     }
 }
 
