@@ -108,7 +108,7 @@ fn load_index_as(vault: &Vault, recovering: bool) -> (Index, Vec<Finding>) {
             // A binary `.md` or one over the size limit cannot be an agent
             // note: the index records it as `serve` does (a warning).
             Err(err) => {
-                ix.unreadable(&e.path, e.fingerprint, &err.reason());
+                ix.unreadable(&e.path, e.version, &err.reason());
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The index of what matters for routing, and the per-agent FIFO queues.
 //!
 //! The notes on disk are the truth; this is a cache of them that a scan can
-//! rebuild at any time. It keeps a fingerprint of every note (to tell real
+//! rebuild at any time. It keeps the version of every note (to tell real
 //! changes from our own writes and from no-op events), the definitions, the
 //! eligible inbound messages ordered per agent, and the problems found.
 //! No I/O here: callers hand in note text.
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::agent::{Definition, DefinitionError, parse_definition, valid_name};
 use crate::job::{Job, parse_job};
 use crate::note::{InboundMessage, Note, NoteKind, Status, has_conflict_markers};
-use crate::vault::Fingerprint;
+use crate::vault::Version;
 
 /// Order within one agent: `ts`, else modification time (ms), then path.
 pub type OrderKey = (i64, String);
@@ -83,7 +83,7 @@ impl Change {
 /// The in-memory index of a vault.
 #[derive(Debug, Default)]
 pub struct Index {
-    fingerprints: HashMap<String, Fingerprint>,
+    versions: HashMap<String, Version>,
     notes: HashMap<String, Indexed>,
     /// Definition notes by path (first by path wins per name).
     definitions: BTreeMap<String, Result<Arc<Definition>, DefinitionError>>,
@@ -129,28 +129,28 @@ impl Index {
         Self::default()
     }
 
-    /// The fingerprint last seen (or written) for a note.
-    pub fn fingerprint(&self, path: &str) -> Option<Fingerprint> {
-        self.fingerprints.get(path).copied()
+    /// The version last seen (or written) of a note.
+    pub fn version(&self, path: &str) -> Option<Version> {
+        self.versions.get(path).copied()
     }
 
     /// Number of notes known.
     pub fn len(&self) -> usize {
-        self.fingerprints.len()
+        self.versions.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.fingerprints.is_empty()
+        self.versions.is_empty()
     }
 
     /// Every known note path (for finding deletions after a rescan).
     pub fn paths(&self) -> impl Iterator<Item = &String> {
-        self.fingerprints.keys()
+        self.versions.keys()
     }
 
     /// Forgets a note that is gone from disk.
     pub fn remove(&mut self, path: &str) -> Change {
-        self.fingerprints.remove(path);
+        self.versions.remove(path);
         self.unindex(path)
     }
 
@@ -181,11 +181,11 @@ impl Index {
 
     /// Records a note that cannot be read for a reason that lasts until the
     /// note changes (a binary file, a note over the size limit): it is not
-    /// read again while its fingerprint stays, and `check` and the log say
+    /// read again while its version stays, and `check` and the log say
     /// why, once.
-    pub fn unreadable(&mut self, path: &str, fp: Fingerprint, reason: &str) -> Change {
+    pub fn unreadable(&mut self, path: &str, fp: Version, reason: &str) -> Change {
         let before = self.problems.get(path).cloned();
-        self.fingerprints.insert(path.to_string(), fp);
+        self.versions.insert(path.to_string(), fp);
         let mut change = self.unindex(path);
         self.problem(path, &format!("cannot be read: {reason} (ignored)"), false);
         change.problems.extend(self.new_problem(path, before));
@@ -203,7 +203,7 @@ impl Index {
     /// Indexes a note's current text. `recovering` is true only during the
     /// start-up scan, when `working` messages are leftovers of a crash and
     /// are queued again.
-    pub fn update(&mut self, path: &str, text: &str, fp: Fingerprint, recovering: bool) -> Change {
+    pub fn update(&mut self, path: &str, text: &str, fp: Version, recovering: bool) -> Change {
         let before = self.problems.get(path).cloned();
         let mut change = self.update_quiet(path, text, fp, recovering);
         if let Some(p) = self.new_problem(path, before)
@@ -215,14 +215,8 @@ impl Index {
     }
 
     /// [`Index::update`] without the comparison of problems.
-    fn update_quiet(
-        &mut self,
-        path: &str,
-        text: &str,
-        fp: Fingerprint,
-        recovering: bool,
-    ) -> Change {
-        self.fingerprints.insert(path.to_string(), fp);
+    fn update_quiet(&mut self, path: &str, text: &str, fp: Version, recovering: bool) -> Change {
+        self.versions.insert(path.to_string(), fp);
         let mut change = self.unindex(path);
         if !may_be_relevant(text) {
             return change;
@@ -589,8 +583,8 @@ fn check_paths(path: &str) -> Option<String> {
 
 /// What the index keeps of an inbound note at `path`: its routing facts,
 /// ordered by `ts`, else the note's modification time (ms), then path.
-fn entry_of(path: &str, m: &InboundMessage, fp: Fingerprint) -> MessageEntry {
-    let mtime_ms = (fp.mtime_ns / 1_000_000) as i64;
+fn entry_of(path: &str, m: &InboundMessage, fp: Version) -> MessageEntry {
+    let mtime_ms = (fp.modified_ns / 1_000_000) as i64;
     MessageEntry {
         path: path.to_string(),
         agent: m.agent.clone(),
@@ -604,10 +598,10 @@ fn entry_of(path: &str, m: &InboundMessage, fp: Fingerprint) -> MessageEntry {
 mod tests {
     use super::*;
 
-    fn fp(ms: i128) -> Fingerprint {
-        Fingerprint {
-            len: 1,
-            mtime_ns: ms * 1_000_000,
+    fn fp(ms: i128) -> Version {
+        Version {
+            tag: 1,
+            modified_ns: ms * 1_000_000,
         }
     }
 

@@ -10,8 +10,8 @@
 //!    so the inbound is never `handled` without its reply on disk).
 //!
 //! This file is the pipeline (the I/O and its order); the pure parts are
-//! beside it: [`paths`] (where the thread is), [`render`] (the notes a turn
-//! writes), [`request`] (what the backend is given), [`history`] (the
+//! beside it: `paths` (where the thread is), `render` (the notes a turn
+//! writes), `request` (what the backend is given), `history` (the
 //! conversation rebuilt from the vault).
 
 mod history;
@@ -38,7 +38,7 @@ use crate::backend::{self, AgentEvent, EventSink, TurnError, TurnEvent, TurnOutp
 use crate::note::{
     FmValue, InboundMessage, Note, NoteKind, Status, ThreadNote, edit_front_matter, link,
 };
-use crate::vault::{Fingerprint, NoteWrite, Plan, Vault, VaultError};
+use crate::vault::{NoteWrite, Plan, Vault, VaultError, Version};
 
 use render::{new_thread, outbound_text, thread_fields};
 use request::build_request;
@@ -148,11 +148,11 @@ pub async fn record(env: &TurnEnv, pending: Box<Unrecorded>) -> Result<Outcome, 
     })
 }
 
-/// Notes written by a turn, with their fingerprints (for the index).
+/// Notes written by a turn, with their versions (for the index).
 /// Each with its content, so the engine can index what the turn wrote (a
 /// callback is a new message to queue; a stamped inbound joins its thread's
 /// history) without reading it back.
-pub type Written = Vec<(String, Fingerprint, String)>;
+pub type Written = Vec<(String, Version, String)>;
 
 /// Looks up the answered messages of a thread.
 pub type HistoryFn = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
@@ -239,7 +239,7 @@ fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, Va
     }))
 }
 
-fn zip_written(writes: &[NoteWrite], fps: Vec<Fingerprint>) -> Written {
+fn zip_written(writes: &[NoteWrite], fps: Vec<Version>) -> Written {
     writes
         .iter()
         .zip(fps)
