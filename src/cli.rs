@@ -8,7 +8,7 @@ use crate::agent::check_name;
 pub use crate::message::{Reply, SendOptions, inbound_text, new_message_path, reply_of};
 use crate::note::{Note, NoteKind, ThreadNote};
 use crate::queue::Index;
-use crate::vault::{Vault, VaultError};
+use crate::vault::{LocalVault, Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -54,7 +54,7 @@ pub fn init(dir: &Path) -> Result<Vec<String>, CliError> {
         path: dir.to_path_buf(),
         error: e,
     })?;
-    let vault = Vault::open(dir)?;
+    let vault = LocalVault::open(dir)?;
     let mut written = Vec::new();
     for (rel, text) in EXAMPLE_VAULT {
         let path = rel.trim_end_matches(".md");
@@ -75,12 +75,12 @@ pub struct Finding {
 }
 
 /// Reads a whole vault into an index (no lock needed: read-only).
-pub fn load_index(vault: &Vault) -> (Index, Vec<Finding>) {
+pub fn load_index(vault: &dyn Vault) -> (Index, Vec<Finding>) {
     load_index_as(vault, true)
 }
 
 /// [`load_index`], with `working` messages counted as queued or not.
-fn load_index_as(vault: &Vault, recovering: bool) -> (Index, Vec<Finding>) {
+fn load_index_as(vault: &dyn Vault, recovering: bool) -> (Index, Vec<Finding>) {
     let mut ix = Index::new();
     let mut findings = Vec::new();
     let listing = vault.list();
@@ -116,9 +116,10 @@ fn load_index_as(vault: &Vault, recovering: bool) -> (Index, Vec<Finding>) {
 }
 
 /// `check VAULT`: every problem with its file and reason.
-pub fn check(vault_dir: &Path) -> Result<Vec<Finding>, CliError> {
-    let vault = Vault::open(vault_dir)?;
-    let (ix, mut findings) = load_index(&vault);
+pub fn check(location: &str) -> Result<Vec<Finding>, CliError> {
+    let vault = crate::vault::open(location, &Default::default())?;
+    let vault = &*vault;
+    let (ix, mut findings) = load_index(vault);
     for p in ix.problems() {
         findings.push(Finding {
             file: format!("{}.md", p.path),
@@ -160,12 +161,13 @@ pub struct StatusReport {
 }
 
 /// `status VAULT`.
-pub fn status(vault_dir: &Path) -> Result<StatusReport, CliError> {
-    let vault = Vault::open(vault_dir)?;
+pub fn status(location: &str) -> Result<StatusReport, CliError> {
+    let vault = crate::vault::open(location, &Default::default())?;
+    let vault = &*vault;
     let served = vault.is_locked();
     // Without a running serve, `working` notes are crash leftovers that the
     // next start runs (queued); with one, they are in flight.
-    let (ix, findings) = load_index_as(&vault, !served);
+    let (ix, findings) = load_index_as(vault, !served);
     let mut agents = Vec::new();
     for def in ix.agents() {
         let (mut last, mut last_status, mut turns) = (None::<String>, None, 0u64);
@@ -247,7 +249,7 @@ pub fn read_message(input: impl std::io::Read) -> Result<String, CliError> {
 /// agent has a definition now. A message over [`MAX_MESSAGE_BYTES`] is
 /// refused.
 pub fn send(
-    vault_dir: &Path,
+    location: &str,
     agent: &str,
     message: &str,
     opts: &SendOptions,
@@ -259,16 +261,17 @@ pub fn send(
     if message.len() > MAX_MESSAGE_BYTES {
         return Err(too_big(&message.len().to_string()));
     }
-    let vault = Vault::open(vault_dir)?;
+    let vault = crate::vault::open(location, &Default::default())?;
+    let vault = &*vault;
     let path = new_message_path(agent);
     vault.write(&path, &inbound_text(agent, message, opts))?;
-    let (ix, _) = load_definitions(&vault);
+    let (ix, _) = load_definitions(vault);
     Ok((path, ix.agent(agent).is_some()))
 }
 
 /// Reads the definitions under `Agents/` (a cheap, advisory check for
 /// `send`: definitions elsewhere in the vault are not looked at).
-fn load_definitions(vault: &Vault) -> (Index, ()) {
+fn load_definitions(vault: &dyn Vault) -> (Index, ()) {
     let mut ix = Index::new();
     for e in vault.list_under("Agents").entries {
         if let Ok((text, fp)) = vault.read(&e.path) {
@@ -280,14 +283,15 @@ fn load_definitions(vault: &Vault) -> (Index, ()) {
 
 /// Waits up to `timeout` for the reply of `inbound`.
 pub async fn wait_reply(
-    vault_dir: &Path,
+    location: &str,
     inbound: &str,
     timeout: Duration,
 ) -> Result<Option<Reply>, CliError> {
-    let vault = Vault::open(vault_dir)?;
+    let vault = crate::vault::open(location, &Default::default())?;
+    let vault = &*vault;
     let deadline = crate::time::after(timeout);
     loop {
-        if let Some(r) = reply_of(&vault, inbound) {
+        if let Some(r) = reply_of(vault, inbound) {
             return Ok(Some(r));
         }
         if tokio::time::Instant::now() >= deadline {
@@ -302,12 +306,16 @@ pub async fn wait_reply(
 /// Returns the threads changed. An agent with neither a definition nor a
 /// `Threads/<agent>/` folder is an error (a typo must not look like
 /// success).
-pub fn reset(vault_dir: &Path, agent: &str) -> Result<Vec<String>, CliError> {
+pub fn reset(location: &str, agent: &str) -> Result<Vec<String>, CliError> {
     check_name(agent).map_err(CliError::Usage)?;
-    let vault = Vault::open(vault_dir)?;
-    let has_threads = vault.root().join("Threads").join(agent).is_dir();
+    let vault = crate::vault::open(location, &Default::default())?;
+    let vault = &*vault;
+    let has_threads = !vault
+        .list_under(&format!("Threads/{agent}"))
+        .entries
+        .is_empty();
     if !has_threads {
-        let (ix, _) = load_index(&vault);
+        let (ix, _) = load_index(vault);
         if ix.agent(agent).is_none() {
             let mut names: Vec<&str> = ix.agents().map(|d| d.name.as_str()).collect();
             names.sort_unstable();
@@ -321,7 +329,7 @@ pub fn reset(vault_dir: &Path, agent: &str) -> Result<Vec<String>, CliError> {
             )));
         }
     }
-    Ok(crate::message::reset_threads(&vault, agent)?)
+    Ok(crate::message::reset_threads(vault, agent)?)
 }
 
 /// One job's line in `schedule`.
@@ -343,12 +351,13 @@ pub struct JobSchedule {
 /// `schedule VAULT`: each job's next `count` fire times after `from`, and
 /// the job notes that are invalid (file and field).
 pub fn schedule(
-    vault_dir: &Path,
+    location: &str,
     from: chrono::DateTime<chrono::Utc>,
     count: usize,
 ) -> Result<(Vec<JobSchedule>, Vec<Finding>), CliError> {
-    let vault = Vault::open(vault_dir)?;
-    let (ix, _) = load_index(&vault);
+    let vault = crate::vault::open(location, &Default::default())?;
+    let vault = &*vault;
+    let (ix, _) = load_index(vault);
     let jobs = ix
         .jobs()
         .map(|j| JobSchedule {

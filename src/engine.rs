@@ -110,7 +110,7 @@ struct State {
 
 /// A vault being served or processed.
 pub struct Engine {
-    vault: Arc<Vault>,
+    vault: Arc<dyn Vault>,
     state: Mutex<State>,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -201,7 +201,7 @@ pub struct ScanReport {
 }
 
 impl Engine {
-    pub fn new(vault: Vault, config: Config) -> Arc<Engine> {
+    pub fn new(vault: Arc<dyn Vault>, config: Config) -> Arc<Engine> {
         let (events, _) = broadcast::channel(1024);
         let (finished, _) = broadcast::channel(4096);
         Arc::new(Engine {
@@ -211,7 +211,7 @@ impl Engine {
             until_quiet: AtomicBool::new(false),
             unanswered: Mutex::new(Vec::new()),
             unread: Mutex::new(Vec::new()),
-            vault: Arc::new(vault),
+            vault,
             state: Mutex::new(State {
                 index: Index::new(),
                 running: HashSet::new(),
@@ -230,7 +230,7 @@ impl Engine {
         })
     }
 
-    pub fn vault(&self) -> &Arc<Vault> {
+    pub fn vault(&self) -> &Arc<dyn Vault> {
         &self.vault
     }
 
@@ -300,7 +300,7 @@ impl Engine {
                 .cloned()
                 .partition(|e| defer_after_ns.is_some_and(|c| e.version.modified_ns > c))
         };
-        let read = read_parallel(&self.vault, &todo);
+        let read = read_parallel(&*self.vault, &todo);
         let mut all = crate::queue::Change::default();
         {
             let mut st = self.lock();
@@ -919,7 +919,7 @@ impl Engine {
     /// that turns create, then returns.
     pub async fn process(self: &Arc<Self>, cancel: CancellationToken) {
         self.until_quiet.store(true, Ordering::SeqCst);
-        self.vault.clean_temp_files();
+        self.vault.recover();
         let mut unread = self.scan(true).failed;
         let mut tries = 0;
         loop {
@@ -991,7 +991,7 @@ type ReadResult = Result<(String, Version), VaultError>;
 
 /// Reads notes on a few threads (the 100,000-note vault must load fast).
 fn read_parallel<'e>(
-    vault: &Vault,
+    vault: &dyn Vault,
     entries: &'e [crate::vault::Entry],
 ) -> Vec<(&'e crate::vault::Entry, ReadResult)> {
     let read_all = |c: &'e [crate::vault::Entry]| -> Vec<(&'e crate::vault::Entry, ReadResult)> {
@@ -1030,7 +1030,7 @@ fn read_parallel<'e>(
 
 /// Reads a note; an ordinary note (no `agent/` anywhere) is returned empty,
 /// so a huge vault of ordinary notes costs little memory.
-fn read_relevant(vault: &Vault, path: &str) -> ReadResult {
+fn read_relevant(vault: &dyn Vault, path: &str) -> ReadResult {
     let (text, fp) = vault.read(path)?;
     if crate::queue::may_be_relevant(&text) {
         Ok((text, fp))

@@ -73,8 +73,9 @@ struct Cli {
 enum Command {
     /// Watch the vault and run agents as messages arrive, until SIGINT/SIGTERM.
     Serve {
-        /// The vault directory.
-        vault: PathBuf,
+        /// The vault: a folder, or a Parachute Vault URL
+        /// (http(s)://HOST/vault/NAME; token in VAULTRUNNER_VAULT_TOKEN).
+        vault: String,
         /// Quiet time (ms) before a note someone else wrote is read (at
         /// most a year).
         #[arg(long, value_name = "MS", default_value_t = 2000,
@@ -96,16 +97,18 @@ enum Command {
     /// Run every pending message to completion (including messages turns
     /// create), then exit.
     Process {
-        /// The vault directory.
-        vault: PathBuf,
+        /// The vault: a folder, or a Parachute Vault URL
+        /// (http(s)://HOST/vault/NAME; token in VAULTRUNNER_VAULT_TOKEN).
+        vault: String,
         /// How many agents run at once (1 to 1024).
         #[arg(long, value_name = "N", default_value_t = 4, value_parser = jobs_parser())]
         jobs: usize,
     },
     /// Write a message to an agent (MESSAGE `-` reads standard input).
     Send {
-        /// The vault directory.
-        vault: PathBuf,
+        /// The vault: a folder, or a Parachute Vault URL
+        /// (http(s)://HOST/vault/NAME; token in VAULTRUNNER_VAULT_TOKEN).
+        vault: String,
         /// The agent to send to (its definition's `name`).
         agent: String,
         /// The message text, or `-` to read it from standard input (at most
@@ -132,25 +135,29 @@ enum Command {
     },
     /// Validate definitions, jobs and messages; non-zero exit on errors.
     Check {
-        /// The vault directory.
-        vault: PathBuf,
+        /// The vault: a folder, or a Parachute Vault URL
+        /// (http(s)://HOST/vault/NAME; token in VAULTRUNNER_VAULT_TOKEN).
+        vault: String,
     },
     /// Show agents, their queues and last turns.
     Status {
-        /// The vault directory.
-        vault: PathBuf,
+        /// The vault: a folder, or a Parachute Vault URL
+        /// (http(s)://HOST/vault/NAME; token in VAULTRUNNER_VAULT_TOKEN).
+        vault: String,
     },
     /// Start an agent's conversation afresh (blanks the thread's session).
     Reset {
-        /// The vault directory.
-        vault: PathBuf,
+        /// The vault: a folder, or a Parachute Vault URL
+        /// (http(s)://HOST/vault/NAME; token in VAULTRUNNER_VAULT_TOKEN).
+        vault: String,
         /// The agent whose threads start afresh.
         agent: String,
     },
     /// List each job's next fire times.
     Schedule {
-        /// The vault directory.
-        vault: PathBuf,
+        /// The vault: a folder, or a Parachute Vault URL
+        /// (http(s)://HOST/vault/NAME; token in VAULTRUNNER_VAULT_TOKEN).
+        vault: String,
         /// Start from this time (RFC 3339) instead of now.
         #[arg(long, value_name = "RFC3339")]
         from: Option<String>,
@@ -309,10 +316,15 @@ fn shutdown_on_signals(cancel: CancellationToken) {
 }
 
 /// Depth for a `send` run inside a turn on the same vault: the turn's + 1.
-fn inherited_depth(vault: &std::path::Path) -> Option<u64> {
+/// (A folder is compared by its real path, a URL as written.)
+fn inherited_depth(vault: &str) -> Option<u64> {
     let turn_vault = std::env::var("VAULTRUNNER_VAULT").ok()?;
-    let here = std::fs::canonicalize(vault).ok()?;
-    if std::fs::canonicalize(turn_vault).ok()? != here {
+    let same = if vaultrunner::vault::is_remote(vault) {
+        turn_vault.trim_end_matches('/') == vault.trim_end_matches('/')
+    } else {
+        std::fs::canonicalize(vault).ok()? == std::fs::canonicalize(turn_vault).ok()?
+    };
+    if !same {
         return None;
     }
     let d: u64 = std::env::var("VAULTRUNNER_DELEGATION_DEPTH")
@@ -485,7 +497,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let s = cli::status(&vault)?;
             out!(
                 "vault {}: {}",
-                vault.display(),
+                vault,
                 if s.served {
                     "served by a running vaultrunner"
                 } else {

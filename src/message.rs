@@ -5,7 +5,7 @@ use crate::note::{
     FmValue, InboundMessage, Note, OutboundMessage, TAG_INBOUND, TAG_MESSAGE, render_new,
 };
 use crate::turn::{now_rfc3339, reply_path};
-use crate::vault::Vault;
+use crate::vault::{NoteWrite, Vault};
 
 /// What `send` writes.
 #[derive(Debug, Clone, Default)]
@@ -64,7 +64,7 @@ pub struct Reply {
 
 /// Looks for the reply of an inbound note: `Some` once the inbound is
 /// `handled`/`error` and its reply note exists.
-pub fn reply_of(vault: &Vault, inbound: &str) -> Option<Reply> {
+pub fn reply_of(vault: &dyn Vault, inbound: &str) -> Option<Reply> {
     let (text, _) = vault.read(inbound).ok()?;
     let n = Note::parse(&text).ok()?;
     if !InboundMessage::of(&n).status.is_done() {
@@ -83,11 +83,14 @@ pub fn reply_of(vault: &Vault, inbound: &str) -> Option<Reply> {
 /// Blanks `session` and stamps `reset_at` on every thread note of `agent`
 /// (`session` for CLI backends; `reset_at` for backends that rebuild the
 /// conversation from the thread's notes: older ones are left out).
-pub fn reset_threads(vault: &Vault, agent: &str) -> Result<Vec<String>, crate::vault::VaultError> {
+pub fn reset_threads(
+    vault: &dyn Vault,
+    agent: &str,
+) -> Result<Vec<String>, crate::vault::VaultError> {
     let mut changed = Vec::new();
     for entry in vault.list_under(&format!("Threads/{agent}")).entries {
         let path = entry.path;
-        let Ok((text, _)) = vault.read(&path) else {
+        let Ok((text, version)) = vault.read(&path) else {
             continue;
         };
         let Ok(n) = Note::parse(&text) else { continue };
@@ -98,7 +101,7 @@ pub fn reset_threads(vault: &Vault, agent: &str) -> Result<Vec<String>, crate::v
             &text,
             &[("session", "".into()), ("reset_at", now_rfc3339().into())],
         ) {
-            vault.write(&path, &edited)?;
+            vault.write_batch(&[NoteWrite::update(&path, edited, version)])?;
             changed.push(path);
         }
     }

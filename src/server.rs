@@ -1,7 +1,6 @@
 //! `serve` and `process`: lock the vault, recover, run the engine with its
 //! triggers until shutdown (serve) or until quiet (process).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,8 +20,6 @@ pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 pub enum ServeError {
     #[error(transparent)]
     Vault(#[from] VaultError),
-    #[error("file watcher: {0}")]
-    Watch(#[from] notify::Error),
     #[error(transparent)]
     Http(#[from] HttpError),
 }
@@ -83,10 +80,11 @@ pub struct ProcessReport {
 }
 
 /// Opens a vault and takes its lock, cleaning up a crashed run's temp files.
-fn open_locked(path: &Path) -> Result<(Vault, crate::vault::VaultLock), VaultError> {
-    let vault = Vault::open(path)?.with_group_commit();
+fn open_locked(location: &str) -> Result<(Arc<dyn Vault>, crate::vault::VaultLock), VaultError> {
+    let opts = crate::vault::OpenOptions { group_commit: true };
+    let vault = crate::vault::open(location, &opts)?;
     let lock = vault.lock()?;
-    let n = vault.clean_temp_files();
+    let n = vault.recover();
     if n > 0 {
         tracing::info!("removed {n} temp file(s) left by an interrupted write");
     }
@@ -95,11 +93,11 @@ fn open_locked(path: &Path) -> Result<(Vault, crate::vault::VaultLock), VaultErr
 
 /// `process`: run every eligible inbound note to completion, then return.
 pub async fn process(
-    path: &Path,
+    location: &str,
     config: Config,
     cancel: CancellationToken,
 ) -> Result<ProcessReport, VaultError> {
-    let (vault, _lock) = open_locked(path)?;
+    let (vault, _lock) = open_locked(location)?;
     let engine = Engine::new(vault, config);
     engine.process(cancel.clone()).await;
     let interrupted = cancel.is_cancelled().then(|| {
@@ -125,18 +123,18 @@ pub async fn process(
 /// `serve`: watch, run, until `cancel`. Returns once running turns have
 /// stopped (bounded by [`SHUTDOWN_BOUND`]).
 pub async fn serve(
-    path: &Path,
+    location: &str,
     opts: ServeOptions,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
-    let (vault, _lock) = open_locked(path)?;
+    let (vault, _lock) = open_locked(location)?;
     let listener = bind(&opts).await?;
     let engine = Engine::new(vault, opts.config.clone());
     // A note still being typed as we start waits for the settle window too.
     let report = engine.scan_startup(opts.watch.settle);
     tracing::info!(
         "serving {} ({} notes); settle {:?}",
-        engine.vault().root().display(),
+        engine.vault().location(),
         report.notes,
         opts.watch.settle
     );
@@ -144,10 +142,9 @@ pub async fn serve(
         let addr = l.local_addr().ok();
         if let Some(a) = addr {
             tracing::info!("HTTP API on http://{a}");
-            let _ = std::fs::write(
-                engine.vault().root().join(".vaultrunner").join("http.addr"),
-                a.to_string(),
-            );
+            if let Ok(dir) = engine.vault().state_dir() {
+                let _ = std::fs::write(dir.join("http.addr"), a.to_string());
+            }
         }
         let (engine, http_opts, cancel) = (engine.clone(), opts.http.clone(), cancel.clone());
         tokio::spawn(async move {
@@ -168,7 +165,9 @@ pub async fn serve(
     {
         tracing::warn!("HTTP connections still open after {SHUTDOWN_BOUND:?}; closing");
     }
-    let _ = std::fs::remove_file(engine.vault().root().join(".vaultrunner").join("http.addr"));
+    if let Ok(dir) = engine.vault().state_dir() {
+        let _ = std::fs::remove_file(dir.join("http.addr"));
+    }
     result
 }
 

@@ -618,7 +618,7 @@ async fn deliver(
     let deadline = tokio::time::sleep(Duration::from_secs(secs));
     let mut deadline = std::pin::pin!(deadline);
     loop {
-        if let Some(r) = reply_of(state.engine.vault(), &path) {
+        if let Some(r) = reply_of(&**state.engine.vault(), &path) {
             return axum::Json(json!({
                 "status": r.status,
                 "reply": r.text,
@@ -682,7 +682,7 @@ async fn reset_agent(State(state): St, PathName(name): PathName, headers: Header
     }
     let engine = state.engine.clone();
     let n = name.clone();
-    match tokio::task::spawn_blocking(move || crate::message::reset_threads(engine.vault(), &n))
+    match tokio::task::spawn_blocking(move || crate::message::reset_threads(&**engine.vault(), &n))
         .await
     {
         Ok(Ok(threads)) => axum::Json(json!({"agent": name, "threads": threads})).into_response(),

@@ -1,27 +1,23 @@
-//! The file-system watcher of `serve`.
+//! The change loop of `serve`: reads what the vault's change feed
+//! ([`crate::vault::Vault::watch`]) reports.
 //!
-//! Watches directories, not files (editors replace files on save), each
-//! non-dot directory on its own so `.git` and `.obsidian` churn costs
-//! nothing. A note changed by someone else is read once it has been quiet
-//! for the settle window, so a half-typed note is never sent; an inbound
-//! note vaultrunner wrote itself (it carries a vaultrunner `sender`) is read
-//! at once. Overflow (`Rescan`), a new directory, and a periodic timer all
-//! lead to a scan, the safety net for anything an event missed. With nothing
-//! to do the watcher sleeps: no polling.
+//! A note changed by someone else is read once it has been quiet for the
+//! settle window (by the `modified` time the vault gives), so a half-typed
+//! note is never sent; an inbound note vaultrunner wrote itself (it carries
+//! a vaultrunner `sender`) is read at once. A feed's request for a scan and
+//! a periodic timer lead to a full scan, the safety net for anything the
+//! feed missed. With nothing to do the loop sleeps.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode, ModifyKind};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
-use crate::vault::watch_dirs;
+use crate::vault::{Change, VaultError};
 
 /// Watcher settings.
 #[derive(Debug, Clone)]
@@ -37,43 +33,6 @@ impl Default for WatchOptions {
         WatchOptions {
             settle: Duration::from_secs(2),
             rescan: Duration::from_secs(300),
-        }
-    }
-}
-
-enum Signal {
-    Event(Event),
-    Error(notify::Error),
-}
-
-fn explain(e: &notify::Error) -> String {
-    match &e.kind {
-        notify::ErrorKind::MaxFilesWatch => "the system limit of inotify watches is reached \
-            (fs.inotify.max_user_watches); raise it, e.g. `sysctl fs.inotify.max_user_watches=524288`. \
-            Until then changes are found by the periodic rescan"
-            .to_string(),
-        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(24) => "too many open files \
-            (ulimit -n); changes are found by the periodic rescan"
-            .to_string(),
-        _ => e.to_string(),
-    }
-}
-
-/// Adds a watch on each directory (non-recursive), skipping known ones.
-fn watch_all(
-    watcher: &mut RecommendedWatcher,
-    watched: &mut std::collections::HashSet<PathBuf>,
-    root: &Path,
-) {
-    for dir in watch_dirs(root) {
-        if watched.contains(&dir) {
-            continue;
-        }
-        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
-            Ok(()) => {
-                watched.insert(dir);
-            }
-            Err(e) => tracing::warn!("cannot watch {}: {}", dir.display(), explain(&e)),
         }
     }
 }
@@ -119,24 +78,16 @@ fn scan(engine: &Engine, settle: Duration, pending: &mut HashMap<String, Instant
     }
 }
 
-/// Runs the watcher until `cancel`.
+/// Runs the change loop until `cancel`.
 pub async fn run(
     engine: Arc<Engine>,
     opts: WatchOptions,
     cancel: CancellationToken,
-) -> Result<(), notify::Error> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Signal>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
-        let _ = tx.send(match res {
-            Ok(ev) => Signal::Event(ev),
-            Err(e) => Signal::Error(e),
-        });
-    })?;
-    let root = engine.vault().root().to_path_buf();
-    let mut watched = std::collections::HashSet::new();
-    watch_all(&mut watcher, &mut watched, &root);
+) -> Result<(), VaultError> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
+    let _feed = engine.vault().watch(tx)?;
     let mut pending: HashMap<String, Instant> = HashMap::new();
-    // Catch anything written between the start-up scan and the watches.
+    // Catch anything written between the start-up scan and the feed.
     scan(&engine, opts.settle, &mut pending);
 
     let mut next_rescan = crate::time::after(opts.rescan);
@@ -146,51 +97,21 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep_until(wake_at) => {}
-            sig = rx.recv() => {
-                let Some(sig) = sig else { break };
-                let mut rescan = false;
-                let mut batch = vec![sig];
+            change = rx.recv() => {
+                let Some(change) = change else { break };
+                let mut rescan = None;
+                let mut batch = vec![change];
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
                 }
-                for sig in batch {
-                    match sig {
-                        Signal::Error(e) => {
-                            tracing::warn!("watcher: {}", explain(&e));
-                            rescan = true;
-                        }
-                        Signal::Event(ev) => {
-                            if ev.need_rescan() {
-                                tracing::warn!("watcher: event queue overflowed; rescanning the vault");
-                                rescan = true;
-                                continue;
-                            }
-                            // Opening a file changes nothing, and reacting to
-                            // opens would wake us on our own reads forever.
-                            if matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) {
-                                continue;
-                            }
-                            for p in &ev.paths {
-                                if matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))) && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
-                                    // A directory created, moved in or renamed:
-                                    // files may have landed before the watch did.
-                                    let name_ok = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.'));
-                                    if name_ok && p.starts_with(&root) {
-                                        watch_all(&mut watcher, &mut watched, p);
-                                        rescan = true;
-                                    }
-                                    continue;
-                                }
-                                if let Some(rel) = engine.vault().rel_of(p) {
-                                    route(&engine, opts.settle, &mut pending, rel);
-                                }
-                            }
-                        }
+                for change in batch {
+                    match change {
+                        Change::Note(path) => route(&engine, opts.settle, &mut pending, path),
+                        Change::Rescan(why) => rescan = Some(why),
                     }
                 }
-                if rescan {
-                    watched.retain(|d| d.is_dir());
-                    watch_all(&mut watcher, &mut watched, &root);
+                if let Some(why) = rescan {
+                    tracing::debug!("scanning the vault: {why}");
                     scan(&engine, opts.settle, &mut pending);
                 }
                 continue;
@@ -207,8 +128,6 @@ pub async fn run(
             read(&engine, &mut pending, p);
         }
         if now >= next_rescan {
-            watched.retain(|d| d.is_dir());
-            watch_all(&mut watcher, &mut watched, &root);
             scan(&engine, opts.settle, &mut pending);
             next_rescan = crate::time::later(now, opts.rescan);
         }

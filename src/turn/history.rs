@@ -15,7 +15,7 @@ pub const DEFAULT_HISTORY_BUDGET: usize = 200_000;
 /// spent, returned oldest first. Messages answered before the thread's
 /// `reset_at` are left out.
 pub fn load_history(
-    vault: &Vault,
+    vault: &dyn Vault,
     paths: &[String],
     current: &str,
     reset_at: Option<&str>,

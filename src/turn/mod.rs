@@ -38,7 +38,7 @@ use crate::backend::{self, AgentEvent, EventSink, TurnError, TurnEvent, TurnOutp
 use crate::note::{
     FmValue, InboundMessage, Note, NoteKind, Status, ThreadNote, edit_front_matter, link,
 };
-use crate::vault::{NoteWrite, Plan, Vault, VaultError, Version};
+use crate::vault::{Base, NoteWrite, Plan, Vault, VaultError, Version};
 
 use render::{new_thread, outbound_text, thread_fields};
 use request::build_request;
@@ -159,7 +159,7 @@ pub type HistoryFn = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
 
 /// Everything a turn needs from the engine.
 pub struct TurnEnv {
-    pub vault: Arc<Vault>,
+    pub vault: Arc<dyn Vault>,
     pub events: tokio::sync::broadcast::Sender<AgentEvent>,
     pub cancel: CancellationToken,
     /// The answered messages of a thread, oldest first (from the index).
@@ -188,6 +188,8 @@ pub type NextFn = Box<dyn Fn() -> Option<(String, Arc<Definition>)> + Send + Syn
 /// message) and its keys.
 struct Inbound {
     text: String,
+    /// The version `text` was read at: the base of the claim and stamp.
+    version: Version,
     note: Note,
     msg: InboundMessage,
     /// `agent` (or `channel`), present: a message without one is not run.
@@ -201,8 +203,8 @@ struct Inbound {
     depth: Result<u64, String>,
 }
 
-fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, VaultError> {
-    let (text, _) = match vault.read(path) {
+fn read_inbound(vault: &dyn Vault, path: &str) -> Result<Result<Inbound, String>, VaultError> {
+    let (text, version) = match vault.read(path) {
         Ok(t) => t,
         Err(e) if e.is_not_found() => {
             return Ok(Err("note was deleted".into()));
@@ -231,6 +233,7 @@ fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, Va
     let depth = msg.runnable_depth();
     Ok(Ok(Inbound {
         text,
+        version,
         note,
         msg,
         agent,
@@ -250,9 +253,9 @@ fn zip_written(writes: &[NoteWrite], fps: Vec<Version>) -> Written {
 /// Ends an inbound as `error` without running a turn (invalid agent name,
 /// attempts used up, delegation too deep): a failure reply, then the stamp.
 fn fail_without_turn(
-    vault: &Vault,
+    vault: &dyn Vault,
     path: &str,
-    inbound_text: &str,
+    (inbound_text, inbound_version): (&str, Version),
     agent: &str,
     thread: Option<&str>,
     reason: &str,
@@ -262,7 +265,7 @@ fn fail_without_turn(
     let mut writes = Vec::new();
     // A thread left `working` by a crashed turn is closed as `error`.
     if let Some(t) = thread
-        && let Ok((ttext, _)) = vault.read(t)
+        && let Ok((ttext, tv)) = vault.read(t)
         && let Ok(tn) = Note::parse(&ttext)
         && ThreadNote::of(&tn.meta).status.as_deref() == Some("working")
         && let Ok((edited, _)) = edit_front_matter(
@@ -273,15 +276,12 @@ fn fail_without_turn(
             ],
         )
     {
-        writes.push(NoteWrite {
-            path: t.to_string(),
-            content: edited,
-        });
+        writes.push(NoteWrite::update(t, edited, tv));
     }
-    writes.push(NoteWrite {
-        path: reply.clone(),
-        content: outbound_text(agent, path, thread, false, &failure_body(reason)),
-    });
+    writes.push(NoteWrite::any(
+        &reply,
+        &outbound_text(agent, path, thread, false, &failure_body(reason)),
+    ));
     if let Some(cb) = callback {
         writes.push(callback_write(cb, path, agent, false, thread, &reply));
     }
@@ -298,10 +298,7 @@ fn fail_without_turn(
         path: path.to_string(),
         reason: e.to_string(),
     })?;
-    writes.push(NoteWrite {
-        path: path.to_string(),
-        content: edited,
-    });
+    writes.push(NoteWrite::update(path, edited, inbound_version));
     let fps = vault.write_planned(&writes, stamp_last(&writes))?;
     Ok(zip_written(&writes, fps))
 }
@@ -361,7 +358,7 @@ async fn prepare(
 ) -> Result<Result<Prepared, Outcome>, VaultError> {
     let vault = env.vault.clone();
     let p = path.to_string();
-    let inbound = tokio::task::spawn_blocking(move || read_inbound(&vault, &p))
+    let inbound = tokio::task::spawn_blocking(move || read_inbound(&*vault, &p))
         .await
         .map_err(join_err)??;
     let inbound = match inbound {
@@ -377,9 +374,9 @@ async fn prepare(
             async move {
                 let written = tokio::task::spawn_blocking(move || {
                     fail_without_turn(
-                        &vault,
+                        &*vault,
                         &path,
-                        &inbound.text,
+                        (&inbound.text, inbound.version),
                         &inbound.agent,
                         thread.as_deref(),
                         &reason,
@@ -492,7 +489,7 @@ async fn run_prepared(
                 let vault = env.vault.clone();
                 let current = path.to_string();
                 req.history = match tokio::task::spawn_blocking(move || {
-                    load_history(&vault, &paths, &current, reset_at.as_deref(), budget)
+                    load_history(&*vault, &paths, &current, reset_at.as_deref(), budget)
                 })
                 .await
                 {
@@ -604,10 +601,18 @@ async fn start_batch(
     let path = path.to_string();
     let thread = thread.to_string();
     let text = inbound.text.clone();
+    let version = inbound.version;
     let attempts = inbound.attempts;
     tokio::task::spawn_blocking(move || {
-        let (msg, thread_write, meta, body) =
-            claim_writes(&vault, &def, &path, &thread, &text, attempts, None)?;
+        let (msg, thread_write, meta, body) = claim_writes(
+            &*vault,
+            &def,
+            &path,
+            &thread,
+            (&text, version),
+            attempts,
+            None,
+        )?;
         let writes = vec![msg, thread_write];
         let fps = vault.write_planned(&writes, CLAIM)?;
         Ok((meta, body, zip_written(&writes, fps)))
@@ -619,14 +624,15 @@ async fn start_batch(
 /// The writes of a claim (steps 1 and 2): the inbound stamped `working`
 /// with its attempt counted, and its thread note upserted `working`.
 /// `base` is the thread note's text when the caller is about to write it
-/// (a pipelined turn's end record); otherwise it is read from disk.
+/// (a pipelined turn's end record, whose write keeps its own base);
+/// otherwise it is read from the vault, and the write expects it unchanged.
 /// Returns the two writes and the thread's metadata and body as they were.
 fn claim_writes(
-    vault: &Vault,
+    vault: &dyn Vault,
     def: &Definition,
     path: &str,
     thread: &str,
-    inbound_text: &str,
+    (inbound_text, inbound_version): (&str, Version),
     attempts: u64,
     base: Option<&str>,
 ) -> Result<(NoteWrite, NoteWrite, ThreadNote, String), VaultError> {
@@ -642,9 +648,12 @@ fn claim_writes(
         path: path.to_string(),
         reason: e.to_string(),
     })?;
-    let current = match base {
-        Some(t) => Some(t.to_string()),
-        None => vault.read(thread).ok().map(|(t, _)| t),
+    let (current, thread_base) = match base {
+        Some(t) => (Some(t.to_string()), Base::Any),
+        None => match vault.read(thread) {
+            Ok((t, v)) => (Some(t), Base::Read(v)),
+            Err(_) => (None, Base::Any),
+        },
     };
     let (thread_text, meta, body) = match current {
         Some(t) => match Note::parse(&t) {
@@ -671,13 +680,11 @@ fn claim_writes(
         None => (new_thread(def), ThreadNote::default(), String::new()),
     };
     Ok((
-        NoteWrite {
-            path: path.to_string(),
-            content: stamped,
-        },
+        NoteWrite::update(path, stamped, inbound_version),
         NoteWrite {
             path: thread.to_string(),
             content: thread_text,
+            base: thread_base,
         },
         meta,
         body,
@@ -698,7 +705,7 @@ async fn release(
     tokio::task::spawn_blocking(move || {
         let mut w = Vec::new();
         // The thread goes back to the status it had before this turn.
-        if let Ok((ttext, _)) = vault.read(&thread)
+        if let Ok((ttext, tv)) = vault.read(&thread)
             && let Ok((edited, _)) = edit_front_matter(
                 &ttext,
                 &[(
@@ -707,12 +714,9 @@ async fn release(
                 )],
             )
         {
-            w.push(NoteWrite {
-                path: thread.clone(),
-                content: edited,
-            });
+            w.push(NoteWrite::update(&thread, edited, tv));
         }
-        let (text, _) = vault.read(&path)?;
+        let (text, version) = vault.read(&path)?;
         let attempts = if attempts == 0 {
             FmValue::Remove
         } else {
@@ -722,10 +726,7 @@ async fn release(
             &text,
             &[("status", "pending".into()), ("attempts", attempts)],
         ) {
-            w.push(NoteWrite {
-                path: path.clone(),
-                content: edited,
-            });
+            w.push(NoteWrite::update(&path, edited, version));
         }
         let fps = vault.write_planned(&w, Plan::DURABLE)?;
         Ok(zip_written(&w, fps))
@@ -749,7 +750,7 @@ async fn end_batch(
     next: Option<(String, Arc<Definition>)>,
 ) -> Ended {
     let vault = env.vault.clone();
-    let done = tokio::task::spawn_blocking(move || write_end(&vault, pending, next)).await;
+    let done = tokio::task::spawn_blocking(move || write_end(&*vault, pending, next)).await;
     match done {
         Ok(ended) => ended,
         Err(e) => Ended::Lost(join_err(e)),
@@ -758,7 +759,7 @@ async fn end_batch(
 
 /// The blocking part of [`end_batch`].
 fn write_end(
-    vault: &Vault,
+    vault: &dyn Vault,
     mut pending: Box<Unrecorded>,
     next: Option<(String, Arc<Definition>)>,
 ) -> Ended {
@@ -769,7 +770,7 @@ fn write_end(
     // Step 4: the thread's end record, on its current text (the user may
     // have edited its body during the turn).
     if !p.landed.contains(&p.thread)
-        && let Ok((ttext, _)) = vault.read(&p.thread)
+        && let Ok((ttext, tv)) = vault.read(&p.thread)
         && let Ok(tn) = Note::parse(&ttext)
     {
         let t = ThreadNote::of(&tn.meta);
@@ -793,16 +794,13 @@ fn write_end(
             }
         }
         if let Ok((edited, _)) = edit_front_matter(&ttext, &edits) {
-            writes.push(NoteWrite {
-                path: p.thread.clone(),
-                content: edited,
-            });
+            writes.push(NoteWrite::update(&p.thread, edited, tv));
         }
     }
     // Step 7's base: the inbound's current text. Deleted during the turn:
     // close the thread, and answer nobody.
-    let text = match vault.read(&p.path) {
-        Ok((t, _)) => t,
+    let (text, version) = match vault.read(&p.path) {
+        Ok(t) => t,
         Err(e) if e.is_not_found() => {
             tracing::info!("{}: {DELETED_MID_TURN}", p.path);
             return match vault.write_in_order(&writes, Plan::DURABLE) {
@@ -821,10 +819,10 @@ fn write_end(
             Ok(out) => out.reply.clone(),
             Err(e) => failure_body(&e.to_string()),
         };
-        writes.push(NoteWrite {
-            path: reply.clone(),
-            content: outbound_text(&p.def.name, &p.path, Some(&p.thread), ok, &body),
-        });
+        writes.push(NoteWrite::any(
+            &reply,
+            &outbound_text(&p.def.name, &p.path, Some(&p.thread), ok, &body),
+        ));
     }
     // Step 6: the callback, before the inbound is stamped, so a crash in
     // between cannot lose it.
@@ -856,10 +854,7 @@ fn write_end(
             return Ended::Failed(pending, Vec::new(), e);
         }
     };
-    writes.push(NoteWrite {
-        path: p.path.clone(),
-        content: stamp,
-    });
+    writes.push(NoteWrite::update(&p.path, stamp, version));
     // The barrier before the stamp; a claim of the next message goes
     // after it (appended, so the stamp's index stays).
     let plan = stamp_last(&writes);
@@ -895,7 +890,7 @@ fn write_end(
 /// bounds, for this agent). Otherwise nothing is added and the message
 /// runs on its own, which also ends it properly when it cannot run.
 fn claim_next(
-    vault: &Vault,
+    vault: &dyn Vault,
     writes: &mut Vec<NoteWrite>,
     thread: &str,
     npath: String,
@@ -922,7 +917,7 @@ fn claim_next(
         &ndef,
         &npath,
         &nthread,
-        &inbound.text,
+        (&inbound.text, inbound.version),
         inbound.attempts,
         base.as_deref(),
     )
@@ -958,7 +953,7 @@ mod tests {
     }
 
     fn test_env(
-        vault: &Arc<Vault>,
+        vault: &Arc<dyn Vault>,
         next: Option<NextFn>,
     ) -> (TurnEnv, Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
         let batches: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Default::default();
@@ -986,7 +981,7 @@ mod tests {
     #[tokio::test]
     async fn the_next_message_is_claimed_in_the_end_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let vault = Arc::new(Vault::open(dir.path()).unwrap());
+        let vault: Arc<dyn Vault> = Arc::new(crate::vault::LocalVault::open(dir.path()).unwrap());
         for m in ["m1", "m2"] {
             vault
                 .write(

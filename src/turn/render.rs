@@ -104,10 +104,10 @@ pub fn callback_write(
     if let Some(c) = &cb.correlation_id {
         body.push_str(&format!("\nCorrelation id: `{c}`\n"));
     }
-    NoteWrite {
-        path: derived_path(message, "callback"),
-        content: render_new(&["agent/message", "agent/message/inbound"], &fields, &body),
-    }
+    NoteWrite::any(
+        &derived_path(message, "callback"),
+        &render_new(&["agent/message", "agent/message/inbound"], &fields, &body),
+    )
 }
 
 /// The body of a failure reply: short and human-readable.

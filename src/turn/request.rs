@@ -34,7 +34,7 @@ pub(super) fn build_request(
     depth: u64,
     header: bool,
 ) -> TurnRequest {
-    let root = env.vault.root();
+    let root = env.vault.workspace(&def.name);
     let message = message.trim().to_string();
     let prompt = if header {
         format!(
@@ -67,14 +67,14 @@ pub(super) fn build_request(
         .map(str::trim)
         .filter(|w| !w.is_empty())
     {
-        None => root.to_path_buf(),
+        None => root.clone(),
         Some(w) if w.starts_with("~/") => std::env::var_os("HOME")
             .map(|h| PathBuf::from(h).join(&w[2..]))
             .unwrap_or_else(|| root.join(w)),
         Some(w) => root.join(w),
     };
     let env_vars = vec![
-        ("VAULTRUNNER_VAULT".to_string(), root.display().to_string()),
+        ("VAULTRUNNER_VAULT".to_string(), env.vault.location()),
         ("VAULTRUNNER_AGENT".to_string(), def.name.clone()),
         ("VAULTRUNNER_THREAD".to_string(), thread.to_string()),
         (
@@ -83,7 +83,7 @@ pub(super) fn build_request(
         ),
         (
             "VAULTRUNNER_MESSAGE".to_string(),
-            env.vault.abs(path).display().to_string(),
+            env.vault.note_location(path),
         ),
         (
             "VAULTRUNNER_DELEGATION_DEPTH".to_string(),

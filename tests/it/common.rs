@@ -365,9 +365,11 @@ impl TestVault {
     /// HTTP router.
     pub fn engine(&self) -> Arc<vaultrunner::engine::Engine> {
         let e = vaultrunner::engine::Engine::new(
-            vaultrunner::vault::Vault::open(&self.root)
-                .unwrap()
-                .with_group_commit(),
+            Arc::new(
+                vaultrunner::vault::LocalVault::open(&self.root)
+                    .unwrap()
+                    .with_group_commit(),
+            ),
             vaultrunner::engine::Config::default(),
         );
         e.scan(true);

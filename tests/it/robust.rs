@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use vaultrunner::engine::{Config, Engine};
 use vaultrunner::trigger::watch::WatchOptions;
-use vaultrunner::vault::{Faults, Vault};
+use vaultrunner::vault::{Faults, LocalVault};
 
 use crate::common::{TestVault, assert_contains, vr};
 
@@ -88,11 +88,11 @@ impl Faults for Disk {
 }
 
 fn engine(v: &TestVault, disk: &Arc<Disk>) -> Arc<Engine> {
-    let vault = Vault::open(&v.root)
+    let vault = LocalVault::open(&v.root)
         .unwrap()
         .with_group_commit()
         .with_faults(disk.clone());
-    Engine::new(vault, Config::default())
+    Engine::new(Arc::new(vault), Config::default())
 }
 
 /// Waits (polling) for `f`, up to `secs`.
@@ -216,7 +216,10 @@ async fn process_names_a_message_it_could_not_answer_and_a_later_run_answers_it(
     assert_eq!(v.get("Inbox/m.md", "status").as_deref(), Some("working"));
     assert!(replies(&v).is_empty());
     // The disk is fine again: the next run answers it, once.
-    let again = Engine::new(Vault::open(&v.root).unwrap(), Config::default());
+    let again = Engine::new(
+        Arc::new(LocalVault::open(&v.root).unwrap()),
+        Config::default(),
+    );
     again.process(CancellationToken::new()).await;
     assert!(again.unanswered().is_empty());
     assert_eq!(v.get("Inbox/m.md", "status").as_deref(), Some("handled"));

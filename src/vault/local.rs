@@ -1,5 +1,6 @@
 //! The local vault: a directory of notes. Listing, reading, safe paths,
-//! atomic durable writes (in batches), the single-instance lock.
+//! atomic durable writes (in batches), the single-instance lock, and the
+//! change feed (a `notify` watcher of every non-dot folder).
 //!
 //! Everything that touches the disk for notes goes through here, and no path
 //! that leaves the vault root is ever written.
@@ -8,257 +9,38 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-/// Largest note vaultrunner reads; larger `.md` files are reported and
-/// skipped so a stray dump cannot exhaust memory.
-pub const MAX_NOTE_BYTES: u64 = 8 * 1024 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum VaultError {
-    /// The OS error is part of the message and not also a `source`, so a
-    /// chain of causes prints it once.
-    #[error("vault {}: {error}", path.display())]
-    Io { path: PathBuf, error: io::Error },
-    #[error("refusing unsafe note path {path:?}: {reason}")]
-    UnsafePath { path: String, reason: &'static str },
-    #[error(
-        "another vaultrunner is already running on this vault (lock {} is held); stop it first",
-        .0.display()
-    )]
-    Locked(PathBuf),
-    #[error("{} is not a directory", .0.display())]
-    NotADirectory(PathBuf),
-    #[error("{path}.md: front-matter could not be edited: {reason}")]
-    Edit { path: String, reason: String },
-}
-
-fn io_err(path: &Path, error: io::Error) -> VaultError {
-    VaultError::Io {
-        path: path.to_path_buf(),
-        error,
-    }
-}
-
-impl VaultError {
-    /// Is this "the note is not there" (deleted, or never was)?
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, VaultError::Io { error, .. } if error.kind() == io::ErrorKind::NotFound)
-    }
-
-    /// What went wrong, without the file's absolute path (for messages
-    /// that name the note themselves).
-    pub fn reason(&self) -> String {
-        match self {
-            VaultError::Io { error, .. } => error.to_string(),
-            other => other.to_string(),
-        }
-    }
-
-    /// Could trying again later succeed? Out of descriptors, memory or
-    /// space, an I/O error, a permission the user may fix: yes. A note
-    /// that is gone, a refused path, a binary file or a note over the size
-    /// limit: no, not until the note itself changes.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            VaultError::Io { error, .. } => !matches!(
-                error.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
-            ),
-            _ => false,
-        }
-    }
-}
-
-/// Failures injected into a vault's I/O: the tests of what a full or
-/// failing disk does use it, since such a disk cannot be had on demand
-/// everywhere. Each hook is asked before the operation it names; an error
-/// fails that operation as the OS would.
-pub trait Faults: Send + Sync + std::fmt::Debug {
-    /// Before a note of a write batch (or `create_new`) is written to its
-    /// temp file: nothing of the batch is in place yet.
-    fn write(&self, _path: &str) -> io::Result<()> {
-        Ok(())
-    }
-    /// Before a flushed temp file is renamed into place: the batch's
-    /// earlier notes are in place, this one and the later ones are not.
-    fn rename(&self, _path: &str) -> io::Result<()> {
-        Ok(())
-    }
-    /// Before a note is read.
-    fn read(&self, _path: &str) -> io::Result<()> {
-        Ok(())
-    }
-    /// Before a folder is listed (`""` is the vault root).
-    fn list(&self, _prefix: &str) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Names Windows refuses (with or without an extension).
-const WINDOWS_RESERVED: &[&str] = &[
-    "con", "prn", "aux", "nul", "com1", "com2", "com3", "com4", "com5", "com6", "com7", "com8",
-    "com9", "lpt1", "lpt2", "lpt3", "lpt4", "lpt5", "lpt6", "lpt7", "lpt8", "lpt9",
-];
-
-/// Checks a vault-relative note path (without `.md`, `/`-separated) for
-/// anything that could escape the vault or that the file system refuses:
-/// `..`, absolute paths, backslashes, NUL and control characters, empty or
-/// overlong components, dot-components (never read back: ignored).
-pub fn check_rel_path(path: &str) -> Result<(), VaultError> {
-    let bad = |reason| {
-        Err(VaultError::UnsafePath {
-            path: path.to_string(),
-            reason,
-        })
-    };
-    if path.is_empty() {
-        return bad("empty path");
-    }
-    if path.len() > 1024 {
-        return bad("path longer than 1024 bytes");
-    }
-    if path.starts_with('/') {
-        return bad("absolute path");
-    }
-    if path.contains('\\') {
-        return bad("backslash in path");
-    }
-    if path.chars().any(|c| c.is_control()) {
-        return bad("control character in path");
-    }
-    for comp in path.split('/') {
-        if comp.is_empty() {
-            return bad("empty path component");
-        }
-        if comp == "." || comp == ".." {
-            return bad("`.` or `..` component");
-        }
-        if comp.starts_with('.') {
-            return bad("hidden (dot) component");
-        }
-        if comp.len() > 255 {
-            return bad("path component longer than 255 bytes");
-        }
-        if comp.contains(':') && cfg!(windows) {
-            return bad("`:` in path");
-        }
-    }
-    Ok(())
-}
-
-/// Is this a name Windows refuses for a file (`con`, `aux`, `nul`, `com1`,
-/// … with or without an extension)? Names vaultrunner makes from what
-/// notes say (agent names) are refused when they are, so a vault synced to
-/// Windows keeps working. Paths derived from files that already exist are
-/// not checked: they exist.
-pub fn is_windows_reserved(name: &str) -> bool {
-    let stem = name.split('.').next().unwrap_or(name).to_ascii_lowercase();
-    WINDOWS_RESERVED.contains(&stem.as_str())
-}
-
-/// Why a file in the vault is passed over. `None` = a note to read.
-pub fn ignore_reason(rel: &str) -> Option<&'static str> {
-    let name = rel.rsplit('/').next().unwrap_or(rel);
-    for comp in rel.split('/') {
-        if comp.starts_with('.') {
-            return Some("dot-folder or hidden file");
-        }
-    }
-    if !name.ends_with(".md") {
-        return Some("not a .md file");
-    }
-    let lower = name.to_ascii_lowercase();
-    // Editor temp files mostly do not end in `.md` (`x.md~`, `#x.md#`,
-    // `x.md.swp`, `4913`) and are passed over above; these do.
-    if lower.starts_with("~$") || lower.contains("___jb_tmp___") || lower.contains("___jb_old___") {
-        return Some("editor temporary file");
-    }
-    if lower.contains(".sync-conflict-")
-        || lower.contains("conflicted copy")
-        || lower.contains("(conflict")
-        || lower.contains("case conflict")
-    {
-        return Some("sync conflict copy");
-    }
-    None
-}
+use super::{
+    Base, ChangeSink, Entry, Faults, Listing, MAX_NOTE_BYTES, NoteWrite, PartialWrite, Plan,
+    Skipped, Vault, VaultError, VaultLock, Version, Watching, check_rel_path, ignore_reason,
+    io_err,
+};
 
 /// Is this directory entry name one the walker descends into?
-fn walk_dir_ok(name: &str) -> bool {
+pub(super) fn walk_dir_ok(name: &str) -> bool {
     !name.starts_with('.')
 }
 
-/// A note found by a listing: its vault-relative path and its version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Vault-relative path without `.md`.
-    pub path: String,
-    pub version: Version,
-}
-
-/// What tells whether a note changed since it was last seen: opaque but
-/// for `modified_ns`, the time the note was last changed (ns since the
-/// epoch), which orders messages without `ts` and decides the settle
-/// window. A folder's notes have their size as `tag`; a remote vault's
-/// have a hash of what the server holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Version {
-    pub tag: u64,
-    pub modified_ns: i128,
-}
-
-impl Version {
-    /// A file's version: its size and modification time.
-    pub fn of(meta: &fs::Metadata) -> Self {
-        let modified_ns = meta
-            .modified()
-            .ok()
-            .map(|t| match t.duration_since(SystemTime::UNIX_EPOCH) {
-                Ok(d) => d.as_nanos() as i128,
-                Err(e) => -(e.duration().as_nanos() as i128),
-            })
-            .unwrap_or(0);
-        Version {
-            tag: meta.len(),
-            modified_ns,
-        }
-    }
-}
-
-/// Something a scan passed over that a user should hear about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    pub rel: String,
-    pub reason: String,
-}
-
-/// The result of listing the vault.
-#[derive(Debug, Default)]
-pub struct Listing {
-    pub entries: Vec<Entry>,
-    pub skipped: Vec<Skipped>,
-    /// Folders (`""` is the root) and notes that could not be listed or
-    /// stated: what the listing says of them is unknown, so a note under
-    /// one that is missing from `entries` is not gone.
-    pub incomplete: Vec<String>,
-}
-
-impl Listing {
-    /// Is the note at `path` covered by an incomplete folder or entry (so
-    /// its absence from `entries` proves nothing)?
-    pub fn unknown(&self, path: &str) -> bool {
-        self.incomplete.iter().any(|p| {
-            p.is_empty()
-                || path == p
-                || (path.starts_with(p.as_str()) && path.as_bytes().get(p.len()) == Some(&b'/'))
+/// A file's version: its size and modification time.
+pub(crate) fn version_of(meta: &fs::Metadata) -> Version {
+    let modified_ns = meta
+        .modified()
+        .ok()
+        .map(|t| match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(e) => -(e.duration().as_nanos() as i128),
         })
+        .unwrap_or(0);
+    Version {
+        tag: meta.len(),
+        modified_ns,
     }
 }
 
 /// A local vault directory.
 #[derive(Debug, Clone)]
-pub struct Vault {
+pub struct LocalVault {
     root: PathBuf,
     /// When set, the data of concurrent write batches is flushed by one
     /// `syncfs` shared by all of them (group commit).
@@ -269,29 +51,6 @@ pub struct Vault {
     checked_dirs: std::sync::Arc<std::sync::Mutex<HashSet<PathBuf>>>,
 }
 
-/// How a write batch is made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
-    /// The index of the first write that may be renamed into place only
-    /// once every earlier one is durable (renamed and its directory
-    /// flushed). Without it, a crash can leave any subset of the renames
-    /// on a file system that does not keep metadata operations in order.
-    pub barrier: Option<usize>,
-    /// Flush the directories after the renames (the new names are durable
-    /// when the call returns). Without it only the files' data is flushed:
-    /// each file is still old or new after a crash, never torn, but a
-    /// power loss may undo the renames.
-    pub sync_dirs: bool,
-}
-
-impl Plan {
-    /// Every file durable, in no particular order.
-    pub const DURABLE: Plan = Plan {
-        barrier: None,
-        sync_dirs: true,
-    };
-}
-
 /// A file written to its temp file, waiting to be flushed and renamed.
 struct Staged {
     tmp: tempfile::NamedTempFile,
@@ -299,6 +58,8 @@ struct Staged {
     dir: PathBuf,
     /// The note path (for injected faults).
     path: String,
+    /// What the rename may replace.
+    base: Base,
     version: Version,
     /// The version the rename replaces, held open (`O_PATH`) so that
     /// freeing it happens when the reaper closes it, not inside the rename.
@@ -356,29 +117,14 @@ fn reaper() -> Option<&'static std::sync::mpsc::SyncSender<Vec<File>>> {
         .as_ref()
 }
 
-/// A write batch that failed part-way.
-#[derive(Debug)]
-pub struct PartialWrite {
-    /// The versions of the batch's first notes, which are in place.
-    pub landed: Vec<Version>,
-    pub error: VaultError,
-}
-
-/// One file of a write batch.
-#[derive(Debug, Clone)]
-pub struct NoteWrite {
-    pub path: String,
-    pub content: String,
-}
-
-impl Vault {
+impl LocalVault {
     /// Opens a vault at `root` (canonicalized).
-    pub fn open(root: &Path) -> Result<Vault, VaultError> {
+    pub fn open(root: &Path) -> Result<LocalVault, VaultError> {
         let root = fs::canonicalize(root).map_err(|e| io_err(root, e))?;
         if !root.is_dir() {
             return Err(VaultError::NotADirectory(root));
         }
-        Ok(Vault {
+        Ok(LocalVault {
             root,
             flusher: None,
             faults: None,
@@ -387,7 +133,7 @@ impl Vault {
     }
 
     /// Injects failures into this vault's I/O (see [`Faults`]).
-    pub fn with_faults(mut self, faults: std::sync::Arc<dyn Faults>) -> Vault {
+    pub fn with_faults(mut self, faults: std::sync::Arc<dyn Faults>) -> LocalVault {
         self.faults = Some(faults);
         self
     }
@@ -409,7 +155,7 @@ impl Vault {
     /// own files). Each caller still returns only once its own files are
     /// durable, and each batch keeps its order: renames and directory
     /// flushes happen in the caller's thread, in parallel with the others.
-    pub fn with_group_commit(mut self) -> Vault {
+    pub fn with_group_commit(mut self) -> LocalVault {
         if !cfg!(target_os = "linux") {
             return self;
         }
@@ -454,7 +200,8 @@ impl Vault {
                 file,
                 dir,
                 path: w.path.clone(),
-                version: Version::of(&meta),
+                base: w.base,
+                version: version_of(&meta),
             });
         }
         Ok(staged)
@@ -492,21 +239,6 @@ impl Vault {
             return None;
         }
         Some(rel.strip_suffix(".md")?.to_string())
-    }
-
-    /// Lists every note in the vault (recursively), passing over ignored
-    /// files, symlinks and unreadable directories (reported in `skipped`).
-    pub fn list(&self) -> Listing {
-        self.list_from(self.root.clone(), String::new())
-    }
-
-    /// Lists the notes under one folder of the vault (`prefix`, no slash at
-    /// either end).
-    pub fn list_under(&self, prefix: &str) -> Listing {
-        if check_rel_path(prefix).is_err() {
-            return Listing::default();
-        }
-        self.list_from(self.root.join(prefix), prefix.to_string())
     }
 
     fn list_from(&self, dir: PathBuf, prefix: String) -> Listing {
@@ -594,7 +326,7 @@ impl Vault {
                 if let Some(path) = rel.strip_suffix(".md") {
                     out.entries.push(Entry {
                         path: path.to_string(),
-                        version: Version::of(&meta),
+                        version: version_of(&meta),
                     });
                 }
             }
@@ -603,15 +335,104 @@ impl Vault {
         out
     }
 
+    /// Makes sure the directory of a note exists and really lies inside the
+    /// vault (no symlinked directory leading out).
+    /// A directory checked once is remembered; later writes only confirm
+    /// with one `lstat` that it is still a real directory (not replaced by
+    /// a symlink), instead of creating and resolving the whole path again.
+    fn ensure_dir(&self, file: &Path) -> Result<PathBuf, VaultError> {
+        let dir = file
+            .parent()
+            .ok_or_else(|| io_err(file, io::Error::other("no parent directory")))?;
+        let known = self
+            .checked_dirs
+            .lock()
+            .map(|k| k.contains(dir))
+            .unwrap_or(false);
+        if known && fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+            return Ok(dir.to_path_buf());
+        }
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let real = fs::canonicalize(dir).map_err(|e| io_err(dir, e))?;
+        if !real.starts_with(&self.root) {
+            return Err(VaultError::UnsafePath {
+                path: dir.display().to_string(),
+                reason: "directory resolves outside the vault",
+            });
+        }
+        if let Ok(mut k) = self.checked_dirs.lock() {
+            k.insert(dir.to_path_buf());
+        }
+        Ok(dir.to_path_buf())
+    }
+
+    /// Renames a batch's flushed temp files into place, in order, stopping
+    /// at the first failure; returns the versions of those renamed, the
+    /// directories to flush, and the failure. The versions they replace go
+    /// to the reaper.
+    fn rename_all(&self, staged: Vec<Staged>) -> (Vec<Version>, Vec<PathBuf>, Option<VaultError>) {
+        let mut fps = Vec::with_capacity(staged.len());
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut replaced = Vec::with_capacity(staged.len());
+        let mut failed = None;
+        for s in staged {
+            if let Err(e) = self.fault(&s.file, |f| f.rename(&s.path)) {
+                failed = Some(e);
+                break;
+            }
+            // The compare of the compare-and-set, as close to the rename as
+            // it can be: a note someone changed since it was read is kept.
+            if let Base::Read(v) = s.base
+                && self.stat(&s.path) != Some(v)
+            {
+                failed = Some(VaultError::Changed { path: s.path });
+                break;
+            }
+            if let Err(e) = s.tmp.persist(&s.file) {
+                failed = Some(io_err(&s.file, e.error));
+                break;
+            }
+            fps.push(s.version);
+            replaced.extend(s.old);
+            if !dirs.contains(&s.dir) {
+                dirs.push(s.dir);
+            }
+        }
+        // A full queue waits for the reaper rather than holding more files open.
+        if !replaced.is_empty()
+            && let Some(r) = reaper()
+        {
+            let _ = r.send(replaced);
+        }
+        (fps, dirs, failed)
+    }
+}
+
+impl Vault for LocalVault {
+    /// Lists every note in the vault (recursively), passing over ignored
+    /// files, symlinks and unreadable directories (reported in `skipped`).
+    fn list(&self) -> Listing {
+        self.list_from(self.root.clone(), String::new())
+    }
+
+    /// Lists the notes under one folder of the vault (`prefix`, no slash at
+    /// either end).
+    fn list_under(&self, prefix: &str) -> Listing {
+        if check_rel_path(prefix).is_err() {
+            return Listing::default();
+        }
+        self.list_from(self.root.join(prefix), prefix.to_string())
+    }
+
     /// Stats a note (no symlink following: a symlink is not a note).
-    pub fn stat(&self, path: &str) -> Option<Version> {
+    fn stat(&self, path: &str) -> Option<Version> {
         let meta = fs::symlink_metadata(self.abs(path)).ok()?;
-        meta.is_file().then(|| Version::of(&meta))
+        meta.is_file().then(|| version_of(&meta))
     }
 
     /// Reads a note as text. Invalid UTF-8 (a binary file named `.md`) is an
     /// error naming the file.
-    pub fn read(&self, path: &str) -> Result<(String, Version), VaultError> {
+    fn read(&self, path: &str) -> Result<(String, Version), VaultError> {
         use std::io::Read as _;
         let abs = self.abs(path);
         self.fault(&abs, |f| f.read(path))?;
@@ -666,7 +487,7 @@ impl Vault {
             }
         }
         bytes.truncate(n);
-        let fp = Version::of(&meta);
+        let fp = version_of(&meta);
         match String::from_utf8(bytes) {
             Ok(s) => Ok((s, fp)),
             Err(_) => Err(io_err(
@@ -676,75 +497,11 @@ impl Vault {
         }
     }
 
-    /// Makes sure the directory of a note exists and really lies inside the
-    /// vault (no symlinked directory leading out).
-    /// A directory checked once is remembered; later writes only confirm
-    /// with one `lstat` that it is still a real directory (not replaced by
-    /// a symlink), instead of creating and resolving the whole path again.
-    fn ensure_dir(&self, file: &Path) -> Result<PathBuf, VaultError> {
-        let dir = file
-            .parent()
-            .ok_or_else(|| io_err(file, io::Error::other("no parent directory")))?;
-        let known = self
-            .checked_dirs
-            .lock()
-            .map(|k| k.contains(dir))
-            .unwrap_or(false);
-        if known && fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
-            return Ok(dir.to_path_buf());
-        }
-        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        let real = fs::canonicalize(dir).map_err(|e| io_err(dir, e))?;
-        if !real.starts_with(&self.root) {
-            return Err(VaultError::UnsafePath {
-                path: dir.display().to_string(),
-                reason: "directory resolves outside the vault",
-            });
-        }
-        if let Ok(mut k) = self.checked_dirs.lock() {
-            k.insert(dir.to_path_buf());
-        }
-        Ok(dir.to_path_buf())
-    }
-
-    /// Writes one note atomically and durably; returns its version.
-    pub fn write(&self, path: &str, content: &str) -> Result<Version, VaultError> {
-        let fps = self.write_batch(&[NoteWrite {
-            path: path.to_string(),
-            content: content.to_string(),
-        }])?;
-        // One write in, one version out.
-        Ok(fps.first().copied().unwrap_or_default())
-    }
-
-    /// Writes several notes atomically (each file is either old or new) and
-    /// durably, in order: all temp files are written and flushed to disk
-    /// first, then renamed into place in the order given, then their
-    /// directories are flushed. A crash part-way leaves a prefix of the
-    /// batch in place (metadata operations on journaling file systems are
-    /// ordered), so callers list the writes in the order SPEC §3 needs them.
-    ///
-    /// Batching is the point: one flush of N files costs about one journal
-    /// commit instead of N.
-    pub fn write_batch(&self, writes: &[NoteWrite]) -> Result<Vec<Version>, VaultError> {
-        self.write_planned(writes, Plan::DURABLE)
-    }
-
-    /// [`Vault::write_batch`] with a [`Plan`]: an ordering barrier, or data
-    /// durability only.
-    pub fn write_planned(
-        &self,
-        writes: &[NoteWrite],
-        plan: Plan,
-    ) -> Result<Vec<Version>, VaultError> {
-        self.write_in_order(writes, plan).map_err(|p| p.error)
-    }
-
     /// [`Vault::write_planned`] that says, when it fails, which notes of the
     /// batch are already in place: always a prefix of `writes`, since the
     /// renames happen in order and stop at the first failure (and at a
     /// barrier whose earlier renames could not be made durable).
-    pub fn write_in_order(
+    fn write_in_order(
         &self,
         writes: &[NoteWrite],
         plan: Plan,
@@ -797,7 +554,7 @@ impl Vault {
 
     /// Creates a note only if nothing is at its path yet (atomic: link the
     /// finished temp file into place). Returns `false` if it existed.
-    pub fn create_new(&self, path: &str, content: &str) -> Result<bool, VaultError> {
+    fn create_new(&self, path: &str, content: &str) -> Result<bool, VaultError> {
         let file = self.file_path(path)?;
         self.fault(&file, |f| f.write(path))?;
         let dir = self.ensure_dir(&file)?;
@@ -817,7 +574,7 @@ impl Vault {
 
     /// Is the vault's lock held by another process right now? (A probe:
     /// it takes and drops the lock if it is free.)
-    pub fn is_locked(&self) -> bool {
+    fn is_locked(&self) -> bool {
         let path = self.root.join(".vaultrunner").join("lock");
         let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
             return false;
@@ -827,7 +584,7 @@ impl Vault {
 
     /// Takes the single-instance lock of this vault. Held until the returned
     /// guard is dropped (or the process dies: the OS releases it).
-    pub fn lock(&self) -> Result<VaultLock, VaultError> {
+    fn lock(&self) -> Result<VaultLock, VaultError> {
         let dir = self.root.join(".vaultrunner");
         fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         let path = dir.join("lock");
@@ -842,52 +599,49 @@ impl Vault {
         // start that collides with that probe must not fail.
         for attempt in 0..5 {
             match file.try_lock() {
-                Ok(()) => return Ok(VaultLock { _file: file }),
+                Ok(()) => return Ok(VaultLock::new(file)),
                 Err(fs::TryLockError::WouldBlock) if attempt < 4 => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                Err(fs::TryLockError::WouldBlock) => return Err(VaultError::Locked(path)),
+                Err(fs::TryLockError::WouldBlock) => return Err(locked(&path)),
                 Err(fs::TryLockError::Error(e)) => return Err(io_err(&path, e)),
             }
         }
-        Err(VaultError::Locked(path))
-    }
-
-    /// Renames a batch's flushed temp files into place, in order, stopping
-    /// at the first failure; returns the versions of those renamed, the
-    /// directories to flush, and the failure. The versions they replace go
-    /// to the reaper.
-    fn rename_all(&self, staged: Vec<Staged>) -> (Vec<Version>, Vec<PathBuf>, Option<VaultError>) {
-        let mut fps = Vec::with_capacity(staged.len());
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        let mut replaced = Vec::with_capacity(staged.len());
-        let mut failed = None;
-        for s in staged {
-            if let Err(e) = self.fault(&s.file, |f| f.rename(&s.path)) {
-                failed = Some(e);
-                break;
-            }
-            if let Err(e) = s.tmp.persist(&s.file) {
-                failed = Some(io_err(&s.file, e.error));
-                break;
-            }
-            fps.push(s.version);
-            replaced.extend(s.old);
-            if !dirs.contains(&s.dir) {
-                dirs.push(s.dir);
-            }
-        }
-        // A full queue waits for the reaper rather than holding more files open.
-        if !replaced.is_empty()
-            && let Some(r) = reaper()
-        {
-            let _ = r.send(replaced);
-        }
-        (fps, dirs, failed)
+        Err(locked(&path))
     }
 
     /// Removes temp files an earlier crash left behind.
-    pub fn clean_temp_files(&self) -> usize {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn note_location(&self, path: &str) -> String {
+        self.abs(path).display().to_string()
+    }
+
+    fn state_dir(&self) -> Result<PathBuf, VaultError> {
+        let dir = self.root.join(".vaultrunner");
+        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        Ok(dir)
+    }
+
+    fn workspace(&self, _agent: &str) -> PathBuf {
+        self.root.clone()
+    }
+
+    fn rescan_every(&self) -> Duration {
+        Duration::from_secs(300)
+    }
+
+    fn settle(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+
+    fn watch(&self, sink: ChangeSink) -> Result<Watching, VaultError> {
+        super::watcher::start(self.clone(), sink)
+    }
+
+    fn recover(&self) -> usize {
         let mut n = 0;
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
@@ -908,6 +662,12 @@ impl Vault {
             }
         }
         n
+    }
+}
+
+fn locked(path: &Path) -> VaultError {
+    VaultError::Locked {
+        holder: format!("lock {} is held", path.display()),
     }
 }
 
@@ -1017,12 +777,6 @@ impl Flusher {
     }
 }
 
-/// Held while this process owns the vault.
-#[derive(Debug)]
-pub struct VaultLock {
-    _file: File,
-}
-
 /// Flushes several files' data to disk: on Linux, more than one with a
 /// single `syncfs` of their file system; otherwise each file is fsynced.
 fn sync_files<'a>(files: impl Iterator<Item = &'a File>) -> io::Result<()> {
@@ -1068,29 +822,10 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// The set of directories under the root that a watcher should cover.
-pub fn watch_dirs(root: &Path) -> HashSet<PathBuf> {
-    let mut out = HashSet::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        out.insert(dir.clone());
-        let Ok(rd) = fs::read_dir(&dir) else { continue };
-        for ent in rd.flatten() {
-            let name = ent.file_name();
-            if let Ok(ft) = ent.file_type()
-                && ft.is_dir()
-                && walk_dir_ok(&name.to_string_lossy())
-            {
-                stack.push(ent.path());
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vault::is_windows_reserved;
 
     #[test]
     fn unsafe_paths_are_refused() {
@@ -1155,15 +890,17 @@ mod tests {
     #[test]
     fn write_batch_read_list_and_escape_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let v = Vault::open(dir.path()).unwrap();
+        let v = LocalVault::open(dir.path()).unwrap();
         v.write_batch(&[
             NoteWrite {
                 path: "a/one".into(),
                 content: "1".into(),
+                base: Base::Any,
             },
             NoteWrite {
                 path: "b/two".into(),
                 content: "2".into(),
+                base: Base::Any,
             },
         ])
         .unwrap();
@@ -1174,7 +911,7 @@ mod tests {
         assert!(v.write("../escape", "x").is_err());
         assert!(!dir.path().parent().unwrap().join("escape.md").exists());
         // No temp files left behind.
-        assert_eq!(v.clean_temp_files(), 0);
+        assert_eq!(v.recover(), 0);
     }
 
     #[cfg(unix)]
@@ -1186,7 +923,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("x.md"), dir.path().join("file.md"))
             .unwrap();
         fs::write(outside.path().join("x.md"), "secret").unwrap();
-        let v = Vault::open(dir.path()).unwrap();
+        let v = LocalVault::open(dir.path()).unwrap();
         assert!(v.write("link/evil", "x").is_err());
         assert!(!outside.path().join("evil.md").exists());
         let l = v.list();
@@ -1197,7 +934,7 @@ mod tests {
     #[test]
     fn group_commit_merges_concurrent_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let v = Vault::open(dir.path()).unwrap().with_group_commit();
+        let v = LocalVault::open(dir.path()).unwrap().with_group_commit();
         std::thread::scope(|s| {
             for t in 0..8 {
                 let v = &v;
@@ -1208,10 +945,12 @@ mod tests {
                                 NoteWrite {
                                     path: format!("t{t}/a{i}"),
                                     content: format!("a {t} {i}"),
+                                    base: Base::Any,
                                 },
                                 NoteWrite {
                                     path: format!("t{t}/b{i}"),
                                     content: format!("bb {t} {i}"),
+                                    base: Base::Any,
                                 },
                             ])
                             .unwrap();
@@ -1232,7 +971,7 @@ mod tests {
     #[test]
     fn planned_batches_mix_in_one_group() {
         let dir = tempfile::tempdir().unwrap();
-        let v = Vault::open(dir.path()).unwrap().with_group_commit();
+        let v = LocalVault::open(dir.path()).unwrap().with_group_commit();
         let plans = [
             Plan::DURABLE,
             Plan {
@@ -1257,6 +996,7 @@ mod tests {
                             .map(|k| NoteWrite {
                                 path: format!("p{t}/d{k}/n{i}"),
                                 content: format!("{t} {k} {i}"),
+                                base: Base::Any,
                             })
                             .collect();
                         let fps = v.write_planned(&writes, *plan).unwrap();
@@ -1270,7 +1010,7 @@ mod tests {
             }
         });
         assert_eq!(v.list().entries.len(), 4 * 25 * 3);
-        assert_eq!(v.clean_temp_files(), 0);
+        assert_eq!(v.recover(), 0);
     }
 
     /// The version a write replaces is held open without reading it: a
@@ -1286,15 +1026,17 @@ mod tests {
         let target = dir.path().join("target.txt");
         fs::write(&target, "keep").unwrap();
         std::os::unix::fs::symlink(&target, dir.path().join("link.md")).unwrap();
-        let v = Vault::open(dir.path()).unwrap().with_group_commit();
+        let v = LocalVault::open(dir.path()).unwrap().with_group_commit();
         v.write_batch(&[
             NoteWrite {
                 path: "pipe".into(),
                 content: "now a note".into(),
+                base: Base::Any,
             },
             NoteWrite {
                 path: "link".into(),
                 content: "also a note".into(),
+                base: Base::Any,
             },
         ])
         .unwrap();
@@ -1330,7 +1072,7 @@ mod tests {
             fs::Permissions::from_mode(0o600),
         )
         .unwrap();
-        let v = Vault::open(dir.path()).unwrap().with_group_commit();
+        let v = LocalVault::open(dir.path()).unwrap().with_group_commit();
         for p in ["shared", "private", "new"] {
             v.write(p, "new text").unwrap();
         }
@@ -1354,9 +1096,9 @@ mod tests {
     #[test]
     fn lock_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
-        let v = Vault::open(dir.path()).unwrap();
+        let v = LocalVault::open(dir.path()).unwrap();
         let g = v.lock().unwrap();
-        assert!(matches!(v.lock(), Err(VaultError::Locked(_))));
+        assert!(matches!(v.lock(), Err(VaultError::Locked { .. })));
         drop(g);
         assert!(v.lock().is_ok());
     }
@@ -1364,7 +1106,7 @@ mod tests {
     #[test]
     fn create_new_does_not_clobber() {
         let dir = tempfile::tempdir().unwrap();
-        let v = Vault::open(dir.path()).unwrap();
+        let v = LocalVault::open(dir.path()).unwrap();
         assert!(v.create_new("x", "1").unwrap());
         assert!(!v.create_new("x", "2").unwrap());
         assert_eq!(v.read("x").unwrap().0, "1");
