@@ -749,6 +749,14 @@ impl Engine {
                 .push((path.to_string(), e.to_string()));
             return false;
         }
+        if let VaultError::Changed { .. } = e
+            && tries <= PROCESS_WRITE_TRIES
+        {
+            // Someone else's edit won the race and is kept: read the
+            // notes again and decide again, at once.
+            tracing::info!("{e}; reading it again");
+            return !cancel.is_cancelled();
+        }
         let delay = retry_delay(tries);
         if tries == 1 {
             tracing::error!(

@@ -198,6 +198,63 @@ async fn a_partly_written_end_is_completed_without_counting_the_turn_twice() {
     dispatcher.stop().await;
 }
 
+/// A user who saves the message in the instant between vaultrunner's read
+/// and its write (a `Faults` hook edits the note just before the stamp's
+/// rename) keeps the edit: the stamp is refused (compare-and-set), read
+/// again and written on the user's text; the turn runs and is counted once.
+#[derive(Debug)]
+struct EditBeforeRename {
+    file: std::path::PathBuf,
+    note: &'static str,
+    renames: AtomicU32,
+    /// Which rename of `note` the edit comes before (1 = the claim).
+    at: u32,
+}
+
+impl Faults for EditBeforeRename {
+    fn rename(&self, path: &str) -> io::Result<()> {
+        if path == self.note && self.renames.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
+            let text = std::fs::read_to_string(&self.file)?;
+            std::fs::write(&self.file, format!("{text}\nUSER EDIT\n"))?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_edit_between_read_and_write_is_kept() {
+    for (at, when) in [(1, "the claim"), (2, "the stamp")] {
+        let v = echo_vault();
+        v.message("Inbox/m.md", "echo", "", "task");
+        let edit = Arc::new(EditBeforeRename {
+            file: v.root.join("Inbox/m.md"),
+            note: "Inbox/m",
+            renames: AtomicU32::new(0),
+            at,
+        });
+        let vault = LocalVault::open(&v.root)
+            .unwrap()
+            .with_group_commit()
+            .with_faults(edit.clone());
+        let engine = Engine::new(Arc::new(vault), Config::default());
+        engine.scan(true);
+        let dispatcher = crate::common::dispatch(&engine);
+        eventually(15, "the message answered", || {
+            v.get("Inbox/m.md", "status").as_deref() == Some("handled")
+        })
+        .await;
+        dispatcher.stop().await;
+        assert_contains(&v.read("Inbox/m.md"), "USER EDIT");
+        assert_eq!(replies(&v), vec!["Inbox/m.reply.md"], "edit before {when}");
+        assert_eq!(
+            v.get("Threads/echo/echo.md", "turn_count").as_deref(),
+            Some("1"),
+            "edit before {when}"
+        );
+        assert_eq!(v.get("Inbox/m.md", "attempts").as_deref(), Some("1"));
+    }
+}
+
 /// process: a reply that cannot be written leaves the message `working`
 /// and unanswered (never `error` without a reply), and `process` names it;
 /// a later run answers it exactly once.
