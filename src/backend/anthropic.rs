@@ -9,15 +9,44 @@
 //! anywhere; an `error` event can arrive mid-stream on an HTTP 200.
 //! Source: ../../shared/PROTOCOLS.md and Anthropic's streaming docs.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::http::{self, client};
-use super::{Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage};
-use crate::agent::Definition;
+use super::http::{self, HttpKeys, client};
+use super::{
+    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
+    Usage,
+};
+use crate::note::FieldError;
 
 pub const API_VERSION: &str = "2023-06-01";
 
+/// `anthropic` in the registry.
+pub const KIND: Kind = Kind {
+    name: "anthropic",
+    needs_model: true,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+/// The keys only the HTTP backends read: `max_tokens` (default 8192),
+/// `base_url` (default `https://api.anthropic.com`), `api_key_env`
+/// (default `ANTHROPIC_API_KEY`).
+pub type Config = HttpKeys;
+
+fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+    let c = Config::read(s.meta)?;
+    Ok(Arc::new(Anthropic {
+        base_url: c.base_url_or("https://api.anthropic.com"),
+        model: s.required_model("anthropic")?,
+        api_key_env: c.api_key_env.unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
+        max_tokens: c.max_tokens.unwrap_or(8192),
+    }))
+}
+
+#[derive(Debug)]
 pub struct Anthropic {
     base_url: String,
     model: String,
@@ -26,29 +55,6 @@ pub struct Anthropic {
 }
 
 impl Anthropic {
-    pub fn new(def: &Definition) -> Result<Self, TurnError> {
-        let model = def.model.clone().ok_or_else(|| {
-            TurnError::Failed(format!(
-                "{}.md: field `model` is required for the anthropic backend",
-                def.path
-            ))
-        })?;
-        Ok(Anthropic {
-            base_url: def
-                .base_url
-                .as_deref()
-                .unwrap_or("https://api.anthropic.com")
-                .trim_end_matches('/')
-                .to_string(),
-            model,
-            api_key_env: def
-                .api_key_env
-                .clone()
-                .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
-            max_tokens: def.max_tokens.unwrap_or(8192),
-        })
-    }
-
     fn body(&self, req: &TurnRequest) -> Value {
         let mut messages = Vec::new();
         for ex in &req.history {

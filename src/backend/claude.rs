@@ -12,35 +12,55 @@
 //! Shapes: ../../shared/PROTOCOLS.md, from public captures of Claude Code
 //! 2.1.x stream-json output.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::process;
 use super::{
-    Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
-    extra_args, is_transient_text, program, tail,
+    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
+    Usage, is_transient_text, tail,
 };
-use crate::agent::{Definition, SystemPromptMode};
+use crate::agent::SystemPromptMode;
+use crate::note::FieldError;
 
 /// System prompts longer than this go through a file, not argv.
 const ARGV_PROMPT_LIMIT: usize = 100_000;
 
+#[derive(Debug)]
 pub struct Claude {
-    program: String,
+    config: Config,
     model: Option<String>,
     mode: SystemPromptMode,
-    extra: Vec<String>,
 }
 
 impl Claude {
-    pub fn new(def: &Definition) -> Self {
-        Claude {
-            program: program(def, "claude"),
-            model: def.model.clone(),
-            mode: def.system_prompt_mode,
-            extra: extra_args(def),
-        }
+    /// The keys it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
+}
+
+/// `claude` in the registry.
+pub const KIND: Kind = Kind {
+    name: "claude",
+    needs_model: false,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+/// The keys only the CLI backends read: `program` (default `claude`) and
+/// `args`.
+pub type Config = process::CliKeys;
+
+fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+    let c = Config::read(s.meta)?;
+    Ok(Arc::new(Claude {
+        config: c,
+        model: s.model.map(str::to_string),
+        mode: s.system_prompt_mode,
+    }))
 }
 
 /// What the stream said, line by line.
@@ -262,7 +282,7 @@ impl Claude {
         prompt_file: Option<&str>,
     ) -> Vec<String> {
         let mut a = vec![
-            self.program.clone(),
+            self.config.program_or("claude"),
             "-p".into(),
             "--output-format".into(),
             "stream-json".into(),
@@ -286,7 +306,7 @@ impl Claude {
             a.push(flag.into());
             a.push(prompt_file.map_or_else(|| sp.to_string(), str::to_string));
         }
-        a.extend(self.extra.iter().cloned());
+        a.extend(self.config.args.iter().cloned());
         a
     }
 }

@@ -9,30 +9,49 @@
 //! ("Reconnecting... 4/5"); `turn.failed` fails the turn. Shapes:
 //! ../../shared/PROTOCOLS.md, from public captures of `codex exec --json`.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::process;
 use super::{
-    Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
-    extra_args, is_transient_text, program, tail, with_system_prompt,
+    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
+    Usage, is_transient_text, tail, with_system_prompt,
 };
-use crate::agent::Definition;
+use crate::note::FieldError;
 
+#[derive(Debug)]
 pub struct Codex {
-    program: String,
+    config: Config,
     model: Option<String>,
-    extra: Vec<String>,
 }
 
 impl Codex {
-    pub fn new(def: &Definition) -> Self {
-        Codex {
-            program: program(def, "codex"),
-            model: def.model.clone(),
-            extra: extra_args(def),
-        }
+    /// The keys it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
+}
+
+/// `codex` in the registry.
+pub const KIND: Kind = Kind {
+    name: "codex",
+    needs_model: false,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+/// The keys only the CLI backends read: `program` (default `codex`) and
+/// `args`.
+pub type Config = process::CliKeys;
+
+fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+    let c = Config::read(s.meta)?;
+    Ok(Arc::new(Codex {
+        config: c,
+        model: s.model.map(str::to_string),
+    }))
 }
 
 #[derive(Debug, Default)]
@@ -213,7 +232,7 @@ impl Backend for Codex {
             // Codex reads stdin even with a prompt on argv: it gets a closed one.
             process::run_cli::<CodexStream>(req, events, cancel, None, &[], |resume| {
                 let mut argv = vec![
-                    self.program.clone(),
+                    self.config.program_or("codex"),
                     "exec".into(),
                     "--json".into(),
                     "--skip-git-repo-check".into(),
@@ -221,7 +240,7 @@ impl Backend for Codex {
                 if let Some(m) = &self.model {
                     argv.extend(["--model".into(), m.clone()]);
                 }
-                argv.extend(self.extra.iter().cloned());
+                argv.extend(self.config.args.iter().cloned());
                 if let Some(id) = resume {
                     argv.extend(["resume".into(), id.to_string()]);
                 }

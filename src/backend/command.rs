@@ -1,36 +1,92 @@
 //! `command`: runs `command: [argv…]`, the prompt on stdin, the reply on
 //! stdout. A non-zero exit fails the turn with the tail of stderr.
 
+use std::sync::Arc;
+
+use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, process,
+    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
+    process,
 };
-use crate::agent::Definition;
+use crate::agent::keys::{self, ListOrText};
+use crate::note::FieldError;
 
+/// `command` in the registry.
+pub const KIND: Kind = Kind {
+    name: "command",
+    needs_model: false,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+const COMMAND_HINT: &str = "a list like [python3, script.py] or a shell string";
+
+/// The keys only `command` reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// `command` as argv: a list as given (its first item not blank), a
+    /// string run through `sh -c`; `None` when absent or blank.
+    pub command: Option<Vec<String>>,
+    /// `context_header` (default false): put the run-context header before
+    /// the message.
+    pub context_header: bool,
+}
+
+impl Config {
+    pub fn read(meta: &Mapping) -> Result<Config, FieldError> {
+        let context_header = keys::flag(meta, "context_header")?.unwrap_or(false);
+        let command = match keys::list_or_text(meta, "command", COMMAND_HINT)? {
+            None => None,
+            Some(ListOrText::List(argv)) => {
+                if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                    return Err(FieldError::new(
+                        "command",
+                        format!("the program (first item) is missing; give {COMMAND_HINT}"),
+                    ));
+                }
+                Some(argv)
+            }
+            Some(ListOrText::Text(s)) if s.trim().is_empty() => None,
+            Some(ListOrText::Text(s)) => Some(vec!["sh".into(), "-c".into(), s]),
+        };
+        Ok(Config {
+            command,
+            context_header,
+        })
+    }
+}
+
+fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+    let c = Config::read(s.meta)?;
+    let argv = c.command.ok_or_else(|| {
+        FieldError::new(
+            "command",
+            format!("the command backend needs `command`: {COMMAND_HINT}"),
+        )
+    })?;
+    Ok(Arc::new(CommandBackend {
+        argv,
+        header: c.context_header,
+    }))
+}
+
+#[derive(Debug)]
 pub struct CommandBackend {
     argv: Vec<String>,
     header: bool,
 }
 
 impl CommandBackend {
-    pub fn new(def: &Definition) -> Result<Self, TurnError> {
-        // Checked when the definition was read; a definition built some
-        // other way still gets an error, not a panic.
-        let argv = def
-            .command
-            .clone()
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| {
-                TurnError::Failed(format!(
-                    "{}.md: field `command` is missing or invalid",
-                    def.path
-                ))
-            })?;
-        Ok(CommandBackend {
-            argv,
-            header: def.context_header,
-        })
+    /// The argv run each turn (never empty).
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// Does the message on stdin carry the run-context header?
+    pub fn context_header(&self) -> bool {
+        self.header
     }
 }
 

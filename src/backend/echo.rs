@@ -1,9 +1,42 @@
 //! `echo`: built in, no network. Replies `echo: <message>`.
+//!
+//! The smallest backend, and the shape of every other: the keys it reads
+//! ([`Config`], none here), its [`KIND`] in `super::KINDS`, the backend.
 
+use std::sync::Arc;
+
+use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest};
+use super::{
+    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
+};
+use crate::note::FieldError;
 
+/// `echo` in the registry.
+pub const KIND: Kind = Kind {
+    name: "echo",
+    needs_model: false,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+/// The keys only `echo` reads: none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config;
+
+impl Config {
+    pub fn read(_meta: &Mapping) -> Result<Config, FieldError> {
+        Ok(Config)
+    }
+}
+
+fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+    let Config = Config::read(s.meta)?;
+    Ok(Arc::new(Echo))
+}
+
+#[derive(Debug)]
 pub struct Echo;
 
 impl Backend for Echo {

@@ -8,30 +8,49 @@
 //! Shapes: ../../shared/PROTOCOLS.md, from public captures of Gemini CLI
 //! stream-json output.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::process;
 use super::{
-    Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
-    extra_args, is_transient_text, program, tail, with_system_prompt,
+    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
+    Usage, is_transient_text, tail, with_system_prompt,
 };
-use crate::agent::Definition;
+use crate::note::FieldError;
 
+#[derive(Debug)]
 pub struct Gemini {
-    program: String,
+    config: Config,
     model: Option<String>,
-    extra: Vec<String>,
 }
 
 impl Gemini {
-    pub fn new(def: &Definition) -> Self {
-        Gemini {
-            program: program(def, "gemini"),
-            model: def.model.clone(),
-            extra: extra_args(def),
-        }
+    /// The keys it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
+}
+
+/// `gemini` in the registry.
+pub const KIND: Kind = Kind {
+    name: "gemini",
+    needs_model: false,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+/// The keys only the CLI backends read: `program` (default `gemini`) and
+/// `args`.
+pub type Config = process::CliKeys;
+
+fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+    let c = Config::read(s.meta)?;
+    Ok(Arc::new(Gemini {
+        config: c,
+        model: s.model.map(str::to_string),
+    }))
 }
 
 #[derive(Debug, Default)]
@@ -204,7 +223,7 @@ impl Backend for Gemini {
             let prompt = with_system_prompt(&req.system_prompt, &req.prompt);
             process::run_cli::<GeminiStream>(req, events, cancel, None, &[], |resume| {
                 let mut argv = vec![
-                    self.program.clone(),
+                    self.config.program_or("gemini"),
                     "--output-format".into(),
                     "stream-json".into(),
                 ];
@@ -214,7 +233,7 @@ impl Backend for Gemini {
                 if let Some(id) = resume {
                     argv.extend(["--resume".into(), id.to_string()]);
                 }
-                argv.extend(self.extra.iter().cloned());
+                argv.extend(self.config.args.iter().cloned());
                 argv.extend(["-p".into(), prompt.clone()]);
                 argv
             })

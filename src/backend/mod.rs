@@ -6,7 +6,15 @@
 //! backend ends every turn the same way. Backends honour the request's
 //! deadline and the cancellation token (shutdown), killing whatever they
 //! started.
+//!
+//! Each backend's file also owns its configuration: the keys only it reads
+//! (`command`, `program`, `base_url`, …), read and checked into a typed
+//! value, and a [`Kind`] that names the backend and builds it from those
+//! keys. [`KINDS`] is the one list of backends: `agent::parse_definition`
+//! asks it, and the definition keeps the backend it built.
 
+use std::any::Any;
+use std::fmt::Debug;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -14,9 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Definition;
+use crate::agent::{Definition, SystemPromptMode};
+use crate::note::FieldError;
 
 pub mod anthropic;
 pub mod claude;
@@ -28,6 +38,81 @@ pub mod http;
 pub mod openai;
 pub mod process;
 pub mod sse;
+
+/// Every backend a definition can name, in the order `check` lists them.
+/// Adding a backend: its file (with its `KIND`), its `pub mod` line above,
+/// and its line here.
+pub const KINDS: &[Kind] = &[
+    echo::KIND,
+    command::KIND,
+    claude::KIND,
+    codex::KIND,
+    gemini::KIND,
+    openai::KIND,
+    anthropic::KIND,
+];
+
+/// A backend a definition can name: its name, what it needs, and how its
+/// own keys are read. Each backend's file has one, as `KIND`.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// The `backend:` value (lower case).
+    pub name: &'static str,
+    /// Does a definition naming this backend need `model`?
+    pub needs_model: bool,
+    /// Reads and checks this backend's own keys, all of them optional.
+    /// Run on every definition, whatever backend it names, so a wrong
+    /// value is an error naming its field even where it is not used.
+    pub check: fn(&Mapping) -> Result<(), FieldError>,
+    /// The ready-to-run backend of a definition that names this one, from
+    /// its keys (and the definition's [`Settings`]); a key it needs that is
+    /// missing is an error naming the field.
+    pub build: fn(&Settings<'_>) -> Result<Arc<dyn Backend>, FieldError>,
+}
+
+/// What a backend is built from: the definition's front-matter, for its
+/// own keys, and the keys of every definition it uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    pub meta: &'a Mapping,
+    /// `model`, trimmed, `None` when absent or blank.
+    pub model: Option<&'a str>,
+    pub system_prompt_mode: SystemPromptMode,
+}
+
+impl Settings<'_> {
+    /// `model`, which the `backend` named needs: an error naming the field
+    /// when it is missing.
+    pub fn required_model(&self, backend: &str) -> Result<String, FieldError> {
+        self.model.map(str::to_string).ok_or_else(|| {
+            FieldError::new(
+                "model",
+                format!(
+                    "the {backend} backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
+                ),
+            )
+        })
+    }
+}
+
+/// The registered backend named `name` (lower case).
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// The backend of a definition naming `kind`: every registered backend's
+/// keys are checked first (in [`KINDS`] order), then `model` when `kind`
+/// needs it, then `kind` is built from its keys. The first problem is the
+/// error.
+pub fn configure(kind: &Kind, settings: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+    for k in KINDS {
+        (k.check)(settings.meta)?;
+    }
+    if kind.needs_model {
+        settings.required_model(kind.name)?;
+    }
+    (kind.build)(settings)
+}
 
 /// Everything a backend needs to run one turn.
 #[derive(Debug, Clone)]
@@ -327,8 +412,9 @@ impl EventSink {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The one backend trait.
-pub trait Backend: Send + Sync {
+/// The one backend trait. A backend is built once, when its definition is
+/// read (see [`Kind`]), and runs every turn of that definition.
+pub trait Backend: Any + Debug + Send + Sync {
     fn run<'a>(
         &'a self,
         req: &'a TurnRequest,
@@ -354,32 +440,47 @@ pub trait Backend: Send + Sync {
     }
 }
 
-/// The backend a definition names.
-pub fn for_definition(def: &Definition) -> Result<Box<dyn Backend>, TurnError> {
-    match def.backend.as_str() {
-        "echo" => Ok(Box::new(echo::Echo)),
-        "command" => Ok(Box::new(command::CommandBackend::new(def)?)),
-        "claude" => Ok(Box::new(claude::Claude::new(def))),
-        "codex" => Ok(Box::new(codex::Codex::new(def))),
-        "gemini" => Ok(Box::new(gemini::Gemini::new(def))),
-        "openai" => Ok(Box::new(openai::OpenAi::new(def)?)),
-        "anthropic" => Ok(Box::new(anthropic::Anthropic::new(def)?)),
-        other => Err(TurnError::Failed(format!("unknown backend {other:?}"))),
+impl dyn Backend {
+    /// The backend as its own type, to read its configuration
+    /// (`def.runner.downcast_ref::<command::CommandBackend>()`).
+    pub fn downcast_ref<T: Backend>(&self) -> Option<&T> {
+        let any: &dyn Any = self;
+        any.downcast_ref()
     }
 }
 
-/// Extra arguments from a definition's `args` (validated when the
-/// definition was read).
-pub fn extra_args(def: &Definition) -> Vec<String> {
-    def.args.clone()
+/// The backend a definition names, built when the definition was read
+/// (`Definition::runner`): nothing is read again here, and it does not
+/// fail (the `Result` is the turn's to match on).
+pub fn for_definition(def: &Definition) -> Result<Box<dyn Backend>, TurnError> {
+    Ok(Box::new(Shared(def.runner.clone())))
 }
 
-/// The program to run: the definition's `program`, else the default name.
-pub fn program(def: &Definition, default: &str) -> String {
-    def.program
-        .clone()
-        .filter(|p| !p.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
+/// A definition's backend, shared by its turns.
+#[derive(Debug)]
+struct Shared(Arc<dyn Backend>);
+
+impl Backend for Shared {
+    fn run<'a>(
+        &'a self,
+        req: &'a TurnRequest,
+        events: &'a EventSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
+        self.0.run(req, events, cancel)
+    }
+
+    fn runs_external_programs(&self) -> bool {
+        self.0.runs_external_programs()
+    }
+
+    fn wants_context_header(&self) -> bool {
+        self.0.wants_context_header()
+    }
+
+    fn wants_history(&self) -> bool {
+        self.0.wants_history()
+    }
 }
 
 /// The system prompt folded into the prompt, for CLIs without a flag for

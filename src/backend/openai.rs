@@ -9,41 +9,84 @@
 //! object with an `error` key is an error. Source:
 //! ../../shared/PROTOCOLS.md and the OpenAI API reference captures.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
+use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{self, client};
-use super::{Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage};
-use crate::agent::Definition;
+use super::http::{self, HttpKeys, client};
+use super::{
+    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
+    Usage,
+};
+use crate::agent::keys;
+use crate::note::FieldError;
 
+/// `openai` in the registry.
+pub const KIND: Kind = Kind {
+    name: "openai",
+    needs_model: true,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+/// The keys only `openai` reads.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// `max_tokens`, `base_url` (default `https://api.openai.com/v1`),
+    /// `api_key_env` (default: `OPENAI_API_KEY` if set, else no key).
+    pub http: HttpKeys,
+    /// `temperature` (finite, not negative).
+    pub temperature: Option<f64>,
+}
+
+impl Config {
+    pub fn read(meta: &Mapping) -> Result<Config, FieldError> {
+        let http = HttpKeys::read(meta)?;
+        let temperature = match keys::text(meta, "temperature")? {
+            None => None,
+            Some(v) => match v.parse::<f64>() {
+                Ok(t) if t.is_finite() && t >= 0.0 => Some(t),
+                Ok(_) => {
+                    return Err(FieldError::new(
+                        "temperature",
+                        format!("{v:?} is not a number of 0 or more"),
+                    ));
+                }
+                Err(_) => {
+                    return Err(FieldError::new(
+                        "temperature",
+                        format!("{v:?} is not a number"),
+                    ));
+                }
+            },
+        };
+        Ok(Config { http, temperature })
+    }
+}
+
+fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+    let c = Config::read(s.meta)?;
+    Ok(Arc::new(OpenAi {
+        base_url: c.http.base_url_or("https://api.openai.com/v1"),
+        model: s.required_model("openai")?,
+        config: c,
+    }))
+}
+
+#[derive(Debug)]
 pub struct OpenAi {
+    /// `base_url` or the default, without a trailing `/`.
     base_url: String,
     model: String,
-    api_key_env: Option<String>,
-    max_tokens: Option<u64>,
-    temperature: Option<f64>,
+    config: Config,
 }
 
 impl OpenAi {
-    pub fn new(def: &Definition) -> Result<Self, TurnError> {
-        let model = def.model.clone().ok_or_else(|| {
-            TurnError::Failed(format!(
-                "{}.md: field `model` is required for the openai backend",
-                def.path
-            ))
-        })?;
-        Ok(OpenAi {
-            base_url: def
-                .base_url
-                .as_deref()
-                .unwrap_or("https://api.openai.com/v1")
-                .trim_end_matches('/')
-                .to_string(),
-            model,
-            api_key_env: def.api_key_env.clone(),
-            max_tokens: def.max_tokens,
-            temperature: def.temperature,
-        })
+    /// The keys it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     fn body(&self, req: &TurnRequest) -> Value {
@@ -63,10 +106,10 @@ impl OpenAi {
             "stream_options": {"include_usage": true},
         });
         if let Some(o) = body.as_object_mut() {
-            if let Some(m) = self.max_tokens {
+            if let Some(m) = self.config.http.max_tokens {
                 o.insert("max_tokens".into(), json!(m));
             }
-            if let Some(t) = self.temperature {
+            if let Some(t) = self.config.temperature {
                 o.insert("temperature".into(), json!(t));
             }
         }
@@ -83,7 +126,10 @@ impl Backend for OpenAi {
     ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
         Box::pin(async move {
             let deadline = req.deadline;
-            let key = http::api_key(self.api_key_env.as_deref(), Some("OPENAI_API_KEY"))?;
+            let key = http::api_key(
+                self.config.http.api_key_env.as_deref(),
+                Some("OPENAI_API_KEY"),
+            )?;
             let mut rb = client()
                 .post(format!("{}/chat/completions", self.base_url))
                 .json(&self.body(req));
