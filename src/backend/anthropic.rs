@@ -41,20 +41,33 @@ fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
     Ok(Arc::new(Anthropic {
         base_url: c.base_url_or("https://api.anthropic.com"),
         model: s.required_model("anthropic")?,
-        api_key_env: c.api_key_env.unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
+        api_key_env: c
+            .api_key_env
+            .clone()
+            .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
         max_tokens: c.max_tokens.unwrap_or(8192),
+        config: c,
     }))
 }
 
 #[derive(Debug)]
 pub struct Anthropic {
+    /// `base_url` or the default, without a trailing `/`.
     base_url: String,
     model: String,
+    /// `api_key_env` or `ANTHROPIC_API_KEY`.
     api_key_env: String,
+    /// `max_tokens` or 8192.
     max_tokens: u64,
+    config: Config,
 }
 
 impl Anthropic {
+    /// The keys it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     fn body(&self, req: &TurnRequest) -> Value {
         let mut messages = Vec::new();
         for ex in &req.history {
@@ -213,5 +226,53 @@ impl Backend for Anthropic {
 
     fn wants_history(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::testing::{definition, error, meta};
+
+    #[test]
+    fn keys_and_defaults() {
+        let d = definition("backend: anthropic\nmodel: claude-x\n").unwrap();
+        let a = d.runner.downcast_ref::<Anthropic>().unwrap();
+        assert_eq!(a.config(), &Config::default());
+        assert_eq!(
+            (a.base_url.as_str(), a.api_key_env.as_str(), a.max_tokens),
+            ("https://api.anthropic.com", "ANTHROPIC_API_KEY", 8192)
+        );
+        let d = definition(
+            "backend: anthropic\nmodel: claude-x\nbase_url: https://proxy/\napi_key_env: MY_KEY\nmax_tokens: 256\n",
+        )
+        .unwrap();
+        let a = d.runner.downcast_ref::<Anthropic>().unwrap();
+        assert_eq!(
+            (a.base_url.as_str(), a.api_key_env.as_str(), a.max_tokens),
+            ("https://proxy", "MY_KEY", 256)
+        );
+        assert_eq!(a.model, "claude-x");
+        assert_eq!(a.config().max_tokens, Some(256));
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        assert_eq!(
+            error(Config::read(&meta("max_tokens: lots"))),
+            ("max_tokens".into(), "\"lots\" is not a whole number".into())
+        );
+        assert_eq!(
+            error(Config::read(&meta("base_url: [http://x]"))).0,
+            "base_url"
+        );
+        let e = definition("backend: anthropic\n").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            (
+                "model",
+                "the anthropic backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
+            )
+        );
     }
 }

@@ -380,3 +380,70 @@ impl Backend for Claude {
         })
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+    use crate::backend::testing::{definition, error, meta};
+
+    fn claude(front: &str) -> Arc<dyn Backend> {
+        definition(&format!("backend: claude\n{front}"))
+            .unwrap()
+            .runner
+    }
+
+    #[test]
+    fn program_and_args() {
+        let b = claude("");
+        let c = b.downcast_ref::<Claude>().unwrap();
+        assert_eq!(c.config(), &Config::default());
+        assert_eq!(c.config().program_or("claude"), "claude");
+        let b = claude(
+            "program: /opt/claude\nargs: [--a, 1, true]\nmodel: opus\nsystem_prompt_mode: replace\n",
+        );
+        let c = b.downcast_ref::<Claude>().unwrap();
+        assert_eq!(c.config().program.as_deref(), Some("/opt/claude"));
+        assert_eq!(c.config().args, ["--a", "1", "true"]);
+        assert_eq!(c.model.as_deref(), Some("opus"));
+        assert_eq!(c.mode, SystemPromptMode::Replace);
+        assert_eq!(
+            Config::read(&meta("args: --a  --b\nprogram: \"  \"")).unwrap(),
+            Config {
+                program: None,
+                args: vec!["--a".into(), "--b".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let read = |y: &str| error(Config::read(&meta(y)));
+        assert_eq!(
+            read("program: [claude]"),
+            (
+                "program".into(),
+                "expected a single value, got a list".into()
+            )
+        );
+        assert_eq!(
+            read("args: {a: 1}"),
+            (
+                "args".into(),
+                "expected a list like [--verbose] or text, got a mapping".into()
+            )
+        );
+        assert_eq!(
+            read("args: [--x, [nested]]"),
+            (
+                "args".into(),
+                "item 2 is a list; each item must be a single value".into()
+            )
+        );
+        // Through the definition too, naming its file.
+        let e = definition("backend: claude\nargs: {a: 1}\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Agents/helper.md: field `args`: expected a list like [--verbose] or text, got a mapping"
+        );
+    }
+}

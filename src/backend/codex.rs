@@ -251,3 +251,38 @@ impl Backend for Codex {
         })
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+    use crate::backend::testing::{definition, error, meta};
+
+    #[test]
+    fn program_and_args() {
+        let d = definition("backend: codex\nmodel: m1\n").unwrap();
+        let c = d.runner.downcast_ref::<Codex>().unwrap();
+        assert_eq!(c.config().program_or("codex"), "codex");
+        assert_eq!(c.model.as_deref(), Some("m1"));
+        let d = definition("backend: codex\nprogram: ./bin/codex\nargs: -x  -y\n").unwrap();
+        let c = d.runner.downcast_ref::<Codex>().unwrap();
+        assert_eq!(c.config().program_or("codex"), "./bin/codex");
+        assert_eq!(c.config().args, ["-x", "-y"]);
+        assert_eq!(c.model, None);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        assert_eq!(
+            error(Config::read(&meta("program: {a: 1}"))),
+            (
+                "program".into(),
+                "expected a single value, got a mapping".into()
+            )
+        );
+        let e = definition("backend: codex\nargs: [[x]]\n").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("args", "item 1 is a list; each item must be a single value")
+        );
+    }
+}

@@ -164,3 +164,117 @@ impl Backend for CommandBackend {
         self.header
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::testing::{definition, error, meta};
+
+    fn backend(front: &str) -> (Vec<String>, bool) {
+        let d = definition(&format!("backend: command\n{front}")).unwrap();
+        let c = d.runner.downcast_ref::<CommandBackend>().unwrap();
+        (c.argv().to_vec(), c.context_header())
+    }
+
+    #[test]
+    fn command_forms() {
+        assert_eq!(
+            backend("command: [python3, x.py, 3]\n").0,
+            ["python3", "x.py", "3"]
+        );
+        assert_eq!(
+            backend("command: tr a-z A-Z\n").0,
+            ["sh", "-c", "tr a-z A-Z"]
+        );
+        assert_eq!(
+            Config::read(&meta("command: [a, true, 1.5]"))
+                .unwrap()
+                .command,
+            Some(vec!["a".into(), "true".into(), "1.5".into()])
+        );
+        assert_eq!(
+            Config::read(&meta("command: \"  \"")).unwrap().command,
+            None
+        );
+        assert_eq!(Config::read(&meta("{}")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn context_header() {
+        assert!(!backend("command: cat\n").1);
+        assert!(backend("command: cat\ncontext_header: yes\n").1);
+        assert!(backend("command: cat\ncontext_header: true\n").1);
+        assert!(!backend("command: cat\ncontext_header: Off\n").1);
+        let d = definition("backend: command\ncommand: cat\ncontext_header: on\n").unwrap();
+        assert!(d.runner.wants_context_header());
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let read = |y: &str| error(Config::read(&meta(y)));
+        let hint = "a list like [python3, script.py] or a shell string";
+        assert_eq!(
+            read("command: {a: 1}"),
+            ("command".into(), format!("expected {hint}, got a mapping"))
+        );
+        assert_eq!(
+            read("command: [python3, [x]]"),
+            (
+                "command".into(),
+                "item 2 is a list; each item must be a single value".into()
+            )
+        );
+        assert_eq!(
+            read("command: [python3, {a: 1}]"),
+            (
+                "command".into(),
+                "item 2 is a mapping; each item must be a single value".into()
+            )
+        );
+        for empty in ["command: []", "command: [\" \", x]"] {
+            assert_eq!(
+                read(empty),
+                (
+                    "command".into(),
+                    format!("the program (first item) is missing; give {hint}")
+                ),
+                "{empty}"
+            );
+        }
+        assert_eq!(
+            read("context_header: {a: 1}"),
+            (
+                "context_header".into(),
+                "expected true or false, got a mapping".into()
+            )
+        );
+        assert_eq!(
+            read("context_header: maybe"),
+            (
+                "context_header".into(),
+                "expected true or false, got \"maybe\"".into()
+            )
+        );
+    }
+
+    /// The backend needs `command`; other backends leave it optional.
+    #[test]
+    fn command_is_required_by_its_backend() {
+        for front in ["backend: command\n", "backend: command\ncommand: \"  \"\n"] {
+            let e = definition(front).unwrap_err();
+            assert_eq!(e.field, "command", "{front}");
+            assert_eq!(
+                e.reason,
+                "the command backend needs `command`: a list like [python3, script.py] or a shell string"
+            );
+        }
+        assert!(definition("backend: claude\n").is_ok());
+        // A wrong `command` is an error for any backend.
+        assert_eq!(
+            definition("backend: claude\ncommand: []\n")
+                .unwrap_err()
+                .field,
+            "command"
+        );
+    }
+}

@@ -67,3 +67,19 @@ impl Backend for Echo {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::testing::{definition, meta};
+
+    #[test]
+    fn echo_reads_no_keys() {
+        // Other backends' keys are theirs to check; echo reads nothing.
+        assert_eq!(Config::read(&meta("program: [x]\nfoo: {a: 1}")), Ok(Config));
+        let d = definition("").unwrap();
+        assert_eq!(d.backend, "echo");
+        assert!(d.runner.downcast_ref::<Echo>().is_some());
+        assert!(!d.runner.wants_context_header() && !d.runner.runs_external_programs());
+    }
+}

@@ -498,9 +498,106 @@ pub fn tail(s: &str, n: usize) -> &str {
     command::tail(s, n)
 }
 
+/// Helpers for the backends' configuration tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use serde_yaml::Mapping;
+
+    use crate::agent::{Definition, DefinitionError, parse_definition};
+    use crate::note::{FieldError, Note};
+
+    /// Front-matter from YAML.
+    pub fn meta(yaml: &str) -> Mapping {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    /// A definition `Agents/helper` with this front-matter.
+    pub fn definition(front: &str) -> Result<Definition, DefinitionError> {
+        parse_definition(
+            "Agents/helper",
+            &Note::parse(&format!("---\n{front}---\nYou help.\n")).unwrap(),
+        )
+    }
+
+    /// The error a `Config::read` gives, as (field, reason).
+    pub fn error<T: std::fmt::Debug>(r: Result<T, FieldError>) -> (String, String) {
+        let e = r.unwrap_err();
+        (e.field, e.reason)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_registry_is_well_formed() {
+        let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+        assert_eq!(
+            names,
+            [
+                "echo",
+                "command",
+                "claude",
+                "codex",
+                "gemini",
+                "openai",
+                "anthropic"
+            ]
+        );
+        for k in KINDS {
+            assert_eq!(k.name, k.name.to_ascii_lowercase());
+            assert_eq!(kind(k.name).map(|f| f.name), Some(k.name));
+            assert_eq!(k.needs_model, matches!(k.name, "openai" | "anthropic"));
+            (k.check)(&Mapping::new()).unwrap();
+        }
+        assert!(kind("gpt").is_none());
+        assert!(kind("Echo").is_none(), "names are matched lower case");
+    }
+
+    /// Every backend's keys are checked whatever backend the definition
+    /// names; `model` only for the backends that need it; then the named
+    /// backend is built (and only its own requirements count).
+    #[test]
+    fn configure_checks_every_backend_then_builds_one() {
+        fn settings<'a>(meta: &'a Mapping, model: Option<&'a str>) -> Settings<'a> {
+            Settings {
+                meta,
+                model,
+                system_prompt_mode: SystemPromptMode::Append,
+            }
+        }
+        let echo = kind("echo").unwrap();
+        let openai = kind("openai").unwrap();
+        let field = |r: Result<Arc<dyn Backend>, FieldError>| r.unwrap_err().field;
+        for (yaml, key) in [
+            ("temperature: warm", "temperature"),
+            ("command: {a: 1}", "command"),
+            ("args: {a: 1}", "args"),
+            ("max_tokens: 0", "max_tokens"),
+            ("context_header: maybe", "context_header"),
+        ] {
+            let m = testing::meta(yaml);
+            assert_eq!(field(configure(echo, &settings(&m, None))), key, "{yaml}");
+        }
+        let empty = Mapping::new();
+        let e = configure(openai, &settings(&empty, None)).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            (
+                "model",
+                "the openai backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
+            )
+        );
+        assert!(configure(openai, &settings(&empty, Some("m"))).is_ok());
+        // `command` is required by the command backend only.
+        assert!(configure(echo, &settings(&empty, None)).is_ok());
+        let command = kind("command").unwrap();
+        assert_eq!(
+            field(configure(command, &settings(&empty, None))),
+            "command"
+        );
+    }
 
     #[test]
     fn transient_texts() {

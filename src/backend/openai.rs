@@ -223,3 +223,93 @@ impl Backend for OpenAi {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::testing::{definition, error, meta};
+
+    #[test]
+    fn keys_are_typed() {
+        let d = definition(
+            "backend: openai\nmodel: m\nbase_url: http://127.0.0.1:1/v1/\napi_key_env: MY_KEY\nmax_tokens: 10\ntemperature: 0.2\n",
+        )
+        .unwrap();
+        let o = d.runner.downcast_ref::<OpenAi>().unwrap();
+        let c = o.config();
+        assert_eq!(c.http.base_url.as_deref(), Some("http://127.0.0.1:1/v1/"));
+        assert_eq!(o.base_url, "http://127.0.0.1:1/v1");
+        assert_eq!(c.http.api_key_env.as_deref(), Some("MY_KEY"));
+        assert_eq!(c.http.max_tokens, Some(10));
+        assert_eq!(c.temperature, Some(0.2));
+        assert_eq!(o.model, "m");
+        let d = definition("backend: openai\nmodel: m\n").unwrap();
+        let o = d.runner.downcast_ref::<OpenAi>().unwrap();
+        assert_eq!(o.config(), &Config::default());
+        assert_eq!(o.base_url, "https://api.openai.com/v1");
+        assert!(d.runner.wants_history());
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let read = |y: &str| error(Config::read(&meta(y)));
+        let pair = |f: &str, r: &str| (f.to_string(), r.to_string());
+        assert_eq!(
+            read("max_tokens: 0"),
+            pair("max_tokens", "must be at least 1")
+        );
+        assert_eq!(
+            read("max_tokens: 1e3"),
+            pair("max_tokens", "\"1000.0\" is not a whole number")
+        );
+        assert_eq!(
+            read("max_tokens: -1"),
+            pair("max_tokens", "\"-1\" is not a whole number")
+        );
+        assert_eq!(
+            read("max_tokens: [10]"),
+            pair("max_tokens", "expected a single value, got a list")
+        );
+        for t in ["nan", ".nan", "inf", ".inf", "-1", "1e400"] {
+            assert_eq!(read(&format!("temperature: {t}")).0, "temperature", "{t}");
+        }
+        assert_eq!(
+            read("temperature: -1"),
+            pair("temperature", "\"-1\" is not a number of 0 or more")
+        );
+        assert_eq!(
+            read("temperature: warm"),
+            pair("temperature", "\"warm\" is not a number")
+        );
+        assert_eq!(
+            read("base_url: localhost:11434"),
+            pair(
+                "base_url",
+                "\"localhost:11434\" is not an http:// or https:// address"
+            )
+        );
+        assert_eq!(
+            read("api_key_env: MY=KEY"),
+            pair(
+                "api_key_env",
+                "\"MY=KEY\" is not an environment variable name (letters, digits and `_`, like OPENAI_API_KEY)"
+            )
+        );
+        assert_eq!(read("api_key_env: 1KEY").0, "api_key_env");
+        assert_eq!(
+            Config::read(&meta("api_key_env: \"\"")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn model_is_required() {
+        for front in ["backend: openai\n", "backend: openai\nmodel: \" \"\n"] {
+            let e = definition(front).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "Agents/helper.md: field `model`: the openai backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
+            );
+        }
+    }
+}
