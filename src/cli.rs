@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::agent::check_name;
 pub use crate::message::{Reply, SendOptions, inbound_text, new_message_path, reply_of};
-use crate::note::{Note, NoteKind};
+use crate::note::{Note, NoteKind, ThreadNote};
 use crate::queue::Index;
 use crate::vault::{Vault, VaultError};
 
@@ -108,7 +108,7 @@ fn load_index_as(vault: &Vault, recovering: bool) -> (Index, Vec<Finding>) {
             // A binary `.md` or one over the size limit cannot be an agent
             // note: the index records it as `serve` does (a warning).
             Err(err) => {
-                ix.unreadable(&e.path, e.fingerprint, &err.reason());
+                ix.unreadable(&e.path, e.version, &err.reason());
             }
         }
     }
@@ -169,30 +169,21 @@ pub fn status(vault_dir: &Path) -> Result<StatusReport, CliError> {
     let mut agents = Vec::new();
     for def in ix.agents() {
         let (mut last, mut last_status, mut turns) = (None::<String>, None, 0u64);
-        let dir = vault.root().join("Threads").join(&def.name);
-        if let Ok(rd) = std::fs::read_dir(&dir) {
-            for ent in rd.flatten() {
-                let name = ent.file_name().to_string_lossy().into_owned();
-                let Some(stem) = name.strip_suffix(".md") else {
-                    continue;
-                };
-                let Ok((text, _)) = vault.read(&format!("Threads/{}/{stem}", def.name)) else {
-                    continue;
-                };
-                let Ok(n) = Note::parse(&text) else { continue };
-                if n.kind() != NoteKind::Thread {
-                    continue;
-                }
-                turns += n
-                    .str("turn_count")
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(0);
-                if let Some(t) = n.str("last_turn_at")
-                    && last.as_ref().is_none_or(|l| t > *l)
-                {
-                    last = Some(t);
-                    last_status = n.str("status");
-                }
+        for entry in vault.list_under(&format!("Threads/{}", def.name)).entries {
+            let Ok((text, _)) = vault.read(&entry.path) else {
+                continue;
+            };
+            let Ok(n) = Note::parse(&text) else { continue };
+            if n.kind() != NoteKind::Thread {
+                continue;
+            }
+            let t = ThreadNote::of(&n.meta);
+            turns = turns.saturating_add(t.turn_count);
+            if let Some(at) = t.last_turn_at
+                && last.as_ref().is_none_or(|l| at > *l)
+            {
+                last = Some(at);
+                last_status = t.status;
             }
         }
         agents.push(AgentStatus {

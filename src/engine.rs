@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::AgentEvent;
 use crate::queue::{Index, written_by_vaultrunner};
 use crate::turn::{self, Outcome, TurnEnv};
-use crate::vault::{Fingerprint, Vault, VaultError};
+use crate::vault::{Vault, VaultError, Version};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -296,9 +296,9 @@ impl Engine {
             listing
                 .entries
                 .iter()
-                .filter(|e| st.index.fingerprint(&e.path) != Some(e.fingerprint))
+                .filter(|e| st.index.version(&e.path) != Some(e.version))
                 .cloned()
-                .partition(|e| defer_after_ns.is_some_and(|c| e.fingerprint.mtime_ns > c))
+                .partition(|e| defer_after_ns.is_some_and(|c| e.version.modified_ns > c))
         };
         let read = read_parallel(&self.vault, &todo);
         let mut all = crate::queue::Change::default();
@@ -317,7 +317,7 @@ impl Engine {
                     }
                     // Deleted since the listing: gone.
                     Err(e) if e.is_not_found() => {
-                        if st.index.fingerprint(path).is_some() {
+                        if st.index.version(path).is_some() {
                             all.merge(st.index.remove(path));
                             report.removed += 1;
                         }
@@ -332,7 +332,7 @@ impl Engine {
                         report.failed.push(path.clone());
                     }
                     Err(e) => {
-                        all.merge(st.index.unreadable(path, entry.fingerprint, &e.reason()));
+                        all.merge(st.index.unreadable(path, entry.version, &e.reason()));
                     }
                 }
             }
@@ -370,14 +370,14 @@ impl Engine {
     }
 
     /// A note may have changed on disk (watcher event). Reads it if its
-    /// fingerprint differs from the last one seen or written — so our own
+    /// version differs from the last one seen or written — so our own
     /// writes never trigger anything. Returns `false` when the read failed
     /// for a reason that may pass (the index keeps what it knew): the
     /// caller reads it again after [`Engine::read_retry_delay`].
     pub fn note_changed(&self, path: &str) -> bool {
         let (known, recovering) = {
             let mut st = self.lock();
-            (st.index.fingerprint(path), st.recover_later.remove(path))
+            (st.index.version(path), st.recover_later.remove(path))
         };
         let fp = match self.vault.stat(path) {
             None => {
@@ -447,7 +447,7 @@ impl Engine {
     /// Writes a note durably (atomic, fsynced) and indexes it at once, so
     /// a message written by a trigger is queued without waiting for the
     /// watcher. Blocking: call from a blocking context.
-    pub fn write_note(&self, path: &str, text: &str) -> Result<Fingerprint, VaultError> {
+    pub fn write_note(&self, path: &str, text: &str) -> Result<Version, VaultError> {
         let fp = self.vault.write(path, text)?;
         let ch = self.lock().index.update(path, text, fp, false);
         self.changed(&ch);
@@ -490,7 +490,7 @@ impl Engine {
 
     /// Indexes notes a turn wrote, as soon as they are durable: a callback
     /// is a new message to queue, a stamped inbound joins its thread's
-    /// history, and the fingerprints make the watcher's events for them
+    /// history, and the versions make the watcher's events for them
     /// no-ops.
     pub fn index_written(&self, written: turn::Written) {
         let mut all = crate::queue::Change::default();
@@ -503,7 +503,7 @@ impl Engine {
         self.changed(&all);
     }
 
-    /// Reads a note afresh, whatever its fingerprint says.
+    /// Reads a note afresh, whatever its version says.
     fn reindex(&self, path: &str) {
         let ch = match self.vault.read(path) {
             Ok((text, fp)) => self.lock().index.update(path, &text, fp, false),
@@ -526,13 +526,13 @@ impl Engine {
         let Ok(n) = crate::note::Note::parse(&text) else {
             return false;
         };
-        written_by_vaultrunner(n.str("sender").as_deref())
+        written_by_vaultrunner(crate::note::InboundMessage::of(&n).sender.as_deref())
     }
 
     /// Is the note on disk exactly what the index last saw or wrote (same
     /// size and modification time)? Then an event for it needs no read.
     pub fn unchanged(&self, path: &str) -> bool {
-        let known = self.lock().index.fingerprint(path);
+        let known = self.lock().index.version(path);
         known.is_some() && self.vault.stat(path) == known
     }
 
@@ -986,8 +986,8 @@ fn read_failed(st: &mut State, path: &str, e: &VaultError) {
     }
 }
 
-/// A note's text and fingerprint, or why it could not be read.
-type ReadResult = Result<(String, Fingerprint), VaultError>;
+/// A note's text and version, or why it could not be read.
+type ReadResult = Result<(String, Version), VaultError>;
 
 /// Reads notes on a few threads (the 100,000-note vault must load fast).
 fn read_parallel<'e>(

@@ -1,8 +1,9 @@
 //! Messages that vaultrunner writes (from `send`, HTTP, webhooks, cron)
 //! and the replies it looks up for them.
 
-use crate::note::{FmValue, Note, TAG_INBOUND, TAG_MESSAGE, render_new};
-use crate::queue::Status;
+use crate::note::{
+    FmValue, InboundMessage, Note, OutboundMessage, TAG_INBOUND, TAG_MESSAGE, render_new,
+};
 use crate::turn::{now_rfc3339, reply_path};
 use crate::vault::Vault;
 
@@ -66,15 +67,14 @@ pub struct Reply {
 pub fn reply_of(vault: &Vault, inbound: &str) -> Option<Reply> {
     let (text, _) = vault.read(inbound).ok()?;
     let n = Note::parse(&text).ok()?;
-    let st = Status::parse(n.str("status").as_deref());
-    if !matches!(st, Status::Handled | Status::Error) {
+    if !InboundMessage::of(&n).status.is_done() {
         return None;
     }
     let rp = reply_path(inbound);
     let (rtext, _) = vault.read(&rp).ok()?;
     let r = Note::parse(&rtext).ok()?;
     Some(Reply {
-        status: r.str("status").unwrap_or_else(|| "ok".into()),
+        status: OutboundMessage::of(&r).status,
         text: r.body.trim_end().to_string(),
         path: rp,
     })
@@ -84,21 +84,9 @@ pub fn reply_of(vault: &Vault, inbound: &str) -> Option<Reply> {
 /// (`session` for CLI backends; `reset_at` for backends that rebuild the
 /// conversation from the thread's notes: older ones are left out).
 pub fn reset_threads(vault: &Vault, agent: &str) -> Result<Vec<String>, crate::vault::VaultError> {
-    let dir = vault.root().join("Threads").join(agent);
     let mut changed = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Ok(changed);
-    };
-    let mut names: Vec<String> = rd
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    for name in names {
-        let Some(stem) = name.strip_suffix(".md") else {
-            continue;
-        };
-        let path = format!("Threads/{agent}/{stem}");
+    for entry in vault.list_under(&format!("Threads/{agent}")).entries {
+        let path = entry.path;
         let Ok((text, _)) = vault.read(&path) else {
             continue;
         };

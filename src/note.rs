@@ -8,6 +8,12 @@
 
 use serde_yaml::{Mapping, Value};
 
+mod kinds;
+pub use kinds::{
+    InboundMessage, MESSAGE_KEYS, OutboundMessage, ROUTING_KEYS, Status, ThreadNote, count_of,
+    number_of, parse_ts,
+};
+
 /// The tag kinds of SPEC §2.
 pub const TAG_DEFINITION: &str = "agent/definition";
 pub const TAG_MESSAGE: &str = "agent/message";

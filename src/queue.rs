@@ -1,7 +1,7 @@
 //! The index of what matters for routing, and the per-agent FIFO queues.
 //!
 //! The notes on disk are the truth; this is a cache of them that a scan can
-//! rebuild at any time. It keeps a fingerprint of every note (to tell real
+//! rebuild at any time. It keeps the version of every note (to tell real
 //! changes from our own writes and from no-op events), the definitions, the
 //! eligible inbound messages ordered per agent, and the problems found.
 //! No I/O here: callers hand in note text.
@@ -11,40 +11,15 @@ use std::sync::Arc;
 
 use crate::agent::{Definition, DefinitionError, parse_definition, valid_name};
 use crate::job::{Job, parse_job};
-use crate::note::{Note, NoteKind, has_conflict_markers};
-use crate::vault::Fingerprint;
-
-/// The processing state of an inbound note (`status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    Draft,
-    Working,
-    Handled,
-    Error,
-    /// Anything else: left alone and reported.
-    Unknown,
-}
-
-impl Status {
-    pub fn parse(s: Option<&str>) -> Status {
-        match s.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
-            None | Some("") | Some("pending") => Status::Pending,
-            Some("draft") => Status::Draft,
-            Some("working") => Status::Working,
-            Some("handled") => Status::Handled,
-            Some("error") => Status::Error,
-            Some(_) => Status::Unknown,
-        }
-    }
-}
+use crate::note::{InboundMessage, Note, NoteKind, Status, has_conflict_markers};
+use crate::vault::Version;
 
 /// Order within one agent: `ts`, else modification time (ms), then path.
 pub type OrderKey = (i64, String);
 
-/// The routing facts of an inbound message.
+/// What the index keeps of an inbound message: its routing facts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboundMessage {
+pub struct MessageEntry {
     pub path: String,
     /// `agent`, else `channel`; `None` when neither is set.
     pub agent: Option<String>,
@@ -65,35 +40,11 @@ pub fn written_by_vaultrunner(sender: Option<&str>) -> bool {
     }
 }
 
-/// Parses an ISO-8601 / RFC 3339 timestamp (or a bare date) to epoch ms.
-pub fn parse_ts(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Some(t.timestamp_millis());
-    }
-    for fmt in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-    ] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(t.and_utc().timestamp_millis());
-        }
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return d
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc().timestamp_millis());
-    }
-    None
-}
-
 /// What the index holds about one relevant note.
 #[derive(Debug, Clone)]
 enum Indexed {
     Definition,
-    Inbound(InboundMessage),
+    Inbound(MessageEntry),
     /// Not routable; the reason is in `problems`.
     Problem,
 }
@@ -132,7 +83,7 @@ impl Change {
 /// The in-memory index of a vault.
 #[derive(Debug, Default)]
 pub struct Index {
-    fingerprints: HashMap<String, Fingerprint>,
+    versions: HashMap<String, Version>,
     notes: HashMap<String, Indexed>,
     /// Definition notes by path (first by path wins per name).
     definitions: BTreeMap<String, Result<Arc<Definition>, DefinitionError>>,
@@ -178,28 +129,28 @@ impl Index {
         Self::default()
     }
 
-    /// The fingerprint last seen (or written) for a note.
-    pub fn fingerprint(&self, path: &str) -> Option<Fingerprint> {
-        self.fingerprints.get(path).copied()
+    /// The version last seen (or written) of a note.
+    pub fn version(&self, path: &str) -> Option<Version> {
+        self.versions.get(path).copied()
     }
 
     /// Number of notes known.
     pub fn len(&self) -> usize {
-        self.fingerprints.len()
+        self.versions.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.fingerprints.is_empty()
+        self.versions.is_empty()
     }
 
     /// Every known note path (for finding deletions after a rescan).
     pub fn paths(&self) -> impl Iterator<Item = &String> {
-        self.fingerprints.keys()
+        self.versions.keys()
     }
 
     /// Forgets a note that is gone from disk.
     pub fn remove(&mut self, path: &str) -> Change {
-        self.fingerprints.remove(path);
+        self.versions.remove(path);
         self.unindex(path)
     }
 
@@ -230,11 +181,11 @@ impl Index {
 
     /// Records a note that cannot be read for a reason that lasts until the
     /// note changes (a binary file, a note over the size limit): it is not
-    /// read again while its fingerprint stays, and `check` and the log say
+    /// read again while its version stays, and `check` and the log say
     /// why, once.
-    pub fn unreadable(&mut self, path: &str, fp: Fingerprint, reason: &str) -> Change {
+    pub fn unreadable(&mut self, path: &str, fp: Version, reason: &str) -> Change {
         let before = self.problems.get(path).cloned();
-        self.fingerprints.insert(path.to_string(), fp);
+        self.versions.insert(path.to_string(), fp);
         let mut change = self.unindex(path);
         self.problem(path, &format!("cannot be read: {reason} (ignored)"), false);
         change.problems.extend(self.new_problem(path, before));
@@ -252,7 +203,7 @@ impl Index {
     /// Indexes a note's current text. `recovering` is true only during the
     /// start-up scan, when `working` messages are leftovers of a crash and
     /// are queued again.
-    pub fn update(&mut self, path: &str, text: &str, fp: Fingerprint, recovering: bool) -> Change {
+    pub fn update(&mut self, path: &str, text: &str, fp: Version, recovering: bool) -> Change {
         let before = self.problems.get(path).cloned();
         let mut change = self.update_quiet(path, text, fp, recovering);
         if let Some(p) = self.new_problem(path, before)
@@ -264,14 +215,8 @@ impl Index {
     }
 
     /// [`Index::update`] without the comparison of problems.
-    fn update_quiet(
-        &mut self,
-        path: &str,
-        text: &str,
-        fp: Fingerprint,
-        recovering: bool,
-    ) -> Change {
-        self.fingerprints.insert(path.to_string(), fp);
+    fn update_quiet(&mut self, path: &str, text: &str, fp: Version, recovering: bool) -> Change {
+        self.versions.insert(path.to_string(), fp);
         let mut change = self.unindex(path);
         if !may_be_relevant(text) {
             return change;
@@ -314,7 +259,8 @@ impl Index {
                 change.definitions_changed = true;
             }
             NoteKind::Inbound => {
-                let mut msg = inbound_of(path, &note, fp);
+                let inbound = InboundMessage::of(&note);
+                let mut msg = entry_of(path, &inbound, fp);
                 // A message left `working` by a crash was the head of its
                 // agent's queue (one turn at a time per agent); our own
                 // claim stamp changed its file time, so without a `ts` it
@@ -340,19 +286,19 @@ impl Index {
                     self.notes.insert(path.to_string(), Indexed::Inbound(msg));
                     return change;
                 }
-                if let Some(e) = ROUTING_KEYS.iter().find_map(|k| note.text(k).err()) {
+                if let Some(e) = &inbound.unroutable {
                     self.problem(path, &format!("{e}; the message is left alone"), true);
                     self.notes.insert(path.to_string(), Indexed::Inbound(msg));
                     return change;
                 }
-                if let Some(e) = wrong_typed_key(&note) {
+                if let Some(e) = &inbound.invalid {
                     self.problem(
                         path,
                         &format!("{e}; the message is answered with an error"),
                         true,
                     );
-                } else if let Some(ts) = note.str("ts")
-                    && parse_ts(&ts).is_none()
+                } else if let Some(ts) = &inbound.ts
+                    && inbound.ts_ms.is_none()
                 {
                     self.problem(
                         path,
@@ -363,9 +309,8 @@ impl Index {
                     );
                 }
                 if msg.status == Status::Handled
-                    && let Some(t) = note.str("thread")
+                    && let Some(t) = inbound.thread
                 {
-                    let t = crate::note::unlink(&t).to_string();
                     self.threads
                         .entry(t.clone())
                         .or_default()
@@ -604,7 +549,7 @@ impl Index {
     }
 
     /// The inbound facts of an indexed message.
-    pub fn inbound(&self, path: &str) -> Option<&InboundMessage> {
+    pub fn inbound(&self, path: &str) -> Option<&MessageEntry> {
         match self.notes.get(path) {
             Some(Indexed::Inbound(m)) => Some(m),
             _ => None,
@@ -624,26 +569,6 @@ impl Index {
     }
 }
 
-/// The keys that say whom a message is for and where it stands: one of
-/// them holding a list or a mapping leaves the message alone (reported).
-pub const ROUTING_KEYS: &[&str] = &["agent", "channel", "status"];
-
-/// The other keys of a message that a turn reads: one of them holding a
-/// list or a mapping answers the message with an error naming it.
-pub const MESSAGE_KEYS: &[&str] = &[
-    "sender",
-    "ts",
-    "subject",
-    "reply_to",
-    "correlation_id",
-    "delegation_depth",
-];
-
-/// The first of a message's [`MESSAGE_KEYS`] that holds a list or a mapping.
-pub fn wrong_typed_key(note: &Note) -> Option<crate::note::FieldError> {
-    MESSAGE_KEYS.iter().find_map(|k| note.text(k).err())
-}
-
 /// Why a message at `path` can never be answered where it is: its own path
 /// or its reply's has characters (or a length) that vaultrunner refuses to
 /// write, so it could be neither stamped nor replied to.
@@ -656,26 +581,16 @@ fn check_paths(path: &str) -> Option<String> {
     ))
 }
 
-/// Reads the routing facts of an inbound note.
-pub fn inbound_of(path: &str, note: &Note, fp: Fingerprint) -> InboundMessage {
-    let agent = note
-        .str("agent")
-        .or_else(|| note.str("channel"))
-        .map(|a| a.trim().to_string())
-        .filter(|a| !a.is_empty());
-    let ts = note.str("ts").and_then(|t| parse_ts(&t));
-    let mtime_ms = (fp.mtime_ns / 1_000_000) as i64;
-    // A status that is a list or a mapping is not "absent" (pending).
-    let status = match note.text("status") {
-        Ok(s) => Status::parse(s.as_deref()),
-        Err(_) => Status::Unknown,
-    };
-    InboundMessage {
+/// What the index keeps of an inbound note at `path`: its routing facts,
+/// ordered by `ts`, else the note's modification time (ms), then path.
+fn entry_of(path: &str, m: &InboundMessage, fp: Version) -> MessageEntry {
+    let mtime_ms = (fp.modified_ns / 1_000_000) as i64;
+    MessageEntry {
         path: path.to_string(),
-        agent,
-        status,
-        sender: note.str("sender"),
-        order: (ts.unwrap_or(mtime_ms), path.to_string()),
+        agent: m.agent.clone(),
+        status: m.status,
+        sender: m.sender.clone(),
+        order: (m.ts_ms.unwrap_or(mtime_ms), path.to_string()),
     }
 }
 
@@ -683,10 +598,10 @@ pub fn inbound_of(path: &str, note: &Note, fp: Fingerprint) -> InboundMessage {
 mod tests {
     use super::*;
 
-    fn fp(ms: i128) -> Fingerprint {
-        Fingerprint {
-            len: 1,
-            mtime_ns: ms * 1_000_000,
+    fn fp(ms: i128) -> Version {
+        Version {
+            tag: 1,
+            modified_ns: ms * 1_000_000,
         }
     }
 

@@ -189,24 +189,29 @@ fn walk_dir_ok(name: &str) -> bool {
     !name.starts_with('.')
 }
 
-/// A file found by a scan: vault-relative note path and a cheap fingerprint.
+/// A note found by a listing: its vault-relative path and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Vault-relative path without `.md`.
     pub path: String,
-    pub fingerprint: Fingerprint,
+    pub version: Version,
 }
 
-/// What tells whether a file changed since we last looked.
+/// What tells whether a note changed since it was last seen: opaque but
+/// for `modified_ns`, the time the note was last changed (ns since the
+/// epoch), which orders messages without `ts` and decides the settle
+/// window. A folder's notes have their size as `tag`; a remote vault's
+/// have a hash of what the server holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Fingerprint {
-    pub len: u64,
-    pub mtime_ns: i128,
+pub struct Version {
+    pub tag: u64,
+    pub modified_ns: i128,
 }
 
-impl Fingerprint {
+impl Version {
+    /// A file's version: its size and modification time.
     pub fn of(meta: &fs::Metadata) -> Self {
-        let mtime_ns = meta
+        let modified_ns = meta
             .modified()
             .ok()
             .map(|t| match t.duration_since(SystemTime::UNIX_EPOCH) {
@@ -214,9 +219,9 @@ impl Fingerprint {
                 Err(e) => -(e.duration().as_nanos() as i128),
             })
             .unwrap_or(0);
-        Fingerprint {
-            len: meta.len(),
-            mtime_ns,
+        Version {
+            tag: meta.len(),
+            modified_ns,
         }
     }
 }
@@ -294,7 +299,7 @@ struct Staged {
     dir: PathBuf,
     /// The note path (for injected faults).
     path: String,
-    fingerprint: Fingerprint,
+    version: Version,
     /// The version the rename replaces, held open (`O_PATH`) so that
     /// freeing it happens when the reaper closes it, not inside the rename.
     old: Option<File>,
@@ -354,8 +359,8 @@ fn reaper() -> Option<&'static std::sync::mpsc::SyncSender<Vec<File>>> {
 /// A write batch that failed part-way.
 #[derive(Debug)]
 pub struct PartialWrite {
-    /// The fingerprints of the batch's first notes, which are in place.
-    pub landed: Vec<Fingerprint>,
+    /// The versions of the batch's first notes, which are in place.
+    pub landed: Vec<Version>,
     pub error: VaultError,
 }
 
@@ -449,7 +454,7 @@ impl Vault {
                 file,
                 dir,
                 path: w.path.clone(),
-                fingerprint: Fingerprint::of(&meta),
+                version: Version::of(&meta),
             });
         }
         Ok(staged)
@@ -589,7 +594,7 @@ impl Vault {
                 if let Some(path) = rel.strip_suffix(".md") {
                     out.entries.push(Entry {
                         path: path.to_string(),
-                        fingerprint: Fingerprint::of(&meta),
+                        version: Version::of(&meta),
                     });
                 }
             }
@@ -599,14 +604,14 @@ impl Vault {
     }
 
     /// Stats a note (no symlink following: a symlink is not a note).
-    pub fn stat(&self, path: &str) -> Option<Fingerprint> {
+    pub fn stat(&self, path: &str) -> Option<Version> {
         let meta = fs::symlink_metadata(self.abs(path)).ok()?;
-        meta.is_file().then(|| Fingerprint::of(&meta))
+        meta.is_file().then(|| Version::of(&meta))
     }
 
     /// Reads a note as text. Invalid UTF-8 (a binary file named `.md`) is an
     /// error naming the file.
-    pub fn read(&self, path: &str) -> Result<(String, Fingerprint), VaultError> {
+    pub fn read(&self, path: &str) -> Result<(String, Version), VaultError> {
         use std::io::Read as _;
         let abs = self.abs(path);
         self.fault(&abs, |f| f.read(path))?;
@@ -661,7 +666,7 @@ impl Vault {
             }
         }
         bytes.truncate(n);
-        let fp = Fingerprint::of(&meta);
+        let fp = Version::of(&meta);
         match String::from_utf8(bytes) {
             Ok(s) => Ok((s, fp)),
             Err(_) => Err(io_err(
@@ -702,13 +707,13 @@ impl Vault {
         Ok(dir.to_path_buf())
     }
 
-    /// Writes one note atomically and durably; returns its fingerprint.
-    pub fn write(&self, path: &str, content: &str) -> Result<Fingerprint, VaultError> {
+    /// Writes one note atomically and durably; returns its version.
+    pub fn write(&self, path: &str, content: &str) -> Result<Version, VaultError> {
         let fps = self.write_batch(&[NoteWrite {
             path: path.to_string(),
             content: content.to_string(),
         }])?;
-        // One write in, one fingerprint out.
+        // One write in, one version out.
         Ok(fps.first().copied().unwrap_or_default())
     }
 
@@ -721,7 +726,7 @@ impl Vault {
     ///
     /// Batching is the point: one flush of N files costs about one journal
     /// commit instead of N.
-    pub fn write_batch(&self, writes: &[NoteWrite]) -> Result<Vec<Fingerprint>, VaultError> {
+    pub fn write_batch(&self, writes: &[NoteWrite]) -> Result<Vec<Version>, VaultError> {
         self.write_planned(writes, Plan::DURABLE)
     }
 
@@ -731,7 +736,7 @@ impl Vault {
         &self,
         writes: &[NoteWrite],
         plan: Plan,
-    ) -> Result<Vec<Fingerprint>, VaultError> {
+    ) -> Result<Vec<Version>, VaultError> {
         self.write_in_order(writes, plan).map_err(|p| p.error)
     }
 
@@ -743,7 +748,7 @@ impl Vault {
         &self,
         writes: &[NoteWrite],
         plan: Plan,
-    ) -> Result<Vec<Fingerprint>, PartialWrite> {
+    ) -> Result<Vec<Version>, PartialWrite> {
         let none = |error| PartialWrite {
             landed: Vec::new(),
             error,
@@ -849,13 +854,10 @@ impl Vault {
     }
 
     /// Renames a batch's flushed temp files into place, in order, stopping
-    /// at the first failure; returns the fingerprints of those renamed, the
+    /// at the first failure; returns the versions of those renamed, the
     /// directories to flush, and the failure. The versions they replace go
     /// to the reaper.
-    fn rename_all(
-        &self,
-        staged: Vec<Staged>,
-    ) -> (Vec<Fingerprint>, Vec<PathBuf>, Option<VaultError>) {
+    fn rename_all(&self, staged: Vec<Staged>) -> (Vec<Version>, Vec<PathBuf>, Option<VaultError>) {
         let mut fps = Vec::with_capacity(staged.len());
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut replaced = Vec::with_capacity(staged.len());
@@ -869,7 +871,7 @@ impl Vault {
                 failed = Some(io_err(&s.file, e.error));
                 break;
             }
-            fps.push(s.fingerprint);
+            fps.push(s.version);
             replaced.extend(s.old);
             if !dirs.contains(&s.dir) {
                 dirs.push(s.dir);
@@ -1213,10 +1215,10 @@ mod tests {
                                 },
                             ])
                             .unwrap();
-                        // Each caller gets its own files' fingerprints back.
+                        // Each caller gets its own files' versions back.
                         assert_eq!(fps.len(), 2);
-                        assert_eq!(fps[0].len, format!("a {t} {i}").len() as u64);
-                        assert_eq!(fps[1].len, format!("bb {t} {i}").len() as u64);
+                        assert_eq!(fps[0].tag, format!("a {t} {i}").len() as u64);
+                        assert_eq!(fps[1].tag, format!("bb {t} {i}").len() as u64);
                     }
                 });
             }
@@ -1261,7 +1263,7 @@ mod tests {
                         assert_eq!(fps.len(), 3);
                         for (k, w) in writes.iter().enumerate() {
                             assert_eq!(v.read(&w.path).unwrap().0, w.content);
-                            assert_eq!(fps[k].len, w.content.len() as u64);
+                            assert_eq!(fps[k].tag, w.content.len() as u64);
                         }
                     }
                 });

@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use vaultrunner::queue::Index;
-use vaultrunner::vault::Fingerprint;
+use vaultrunner::vault::Version;
 use vaultrunner_fuzz::Picker;
 
 const PATHS: &[&str] = &[
@@ -55,9 +55,9 @@ fuzz_target!(|data: &[u8]| {
     let mut notes = Vec::new();
     for (i, part) in text.split('\0').take(4).enumerate() {
         let path = *p.pick(PATHS);
-        let fp = Fingerprint {
-            len: part.len() as u64,
-            mtime_ns: 1_700_000_000_000_000_000 + i as i128,
+        let fp = Version {
+            tag: part.len() as u64,
+            modified_ns: 1_700_000_000_000_000_000 + i as i128,
         };
         let recovering = p.below(2) == 0;
         ix.update(path, part, fp, recovering);

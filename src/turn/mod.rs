@@ -4,27 +4,44 @@
 //! 2. upsert the thread note `status: working`;
 //!    (1 and 2 are one durable write batch)
 //! 3. run the backend;
-//! 4. thread end record; 5. the outbound note; 7. stamp the inbound
-//!    `handled|error` (4, 5, 7 are one durable write batch, renamed in that
-//!    order, so a crash leaves a prefix: the inbound is never `handled`
-//!    without its reply on disk).
+//! 4. thread end record; 5. the outbound note; 6. the `reply_to`
+//!    callback; 7. stamp the inbound `handled|error` (4 to 7 are one durable
+//!    write batch, renamed in that order with a barrier before the stamp,
+//!    so the inbound is never `handled` without its reply on disk).
 //!
-//! Step 6 (the `reply_to` callback) comes with delegation.
+//! This file is the pipeline (the I/O and its order); the pure parts are
+//! beside it: `paths` (where the thread is), `render` (the notes a turn
+//! writes), `request` (what the backend is given), `history` (the
+//! conversation rebuilt from the vault).
+
+mod history;
+mod paths;
+mod render;
+mod request;
+
+pub use crate::note::{derived_path, fnv1a, reply_path};
+pub use history::{DEFAULT_HISTORY_BUDGET, load_history};
+pub use paths::thread_path;
+pub use render::{
+    CallbackTo, callback_for, callback_write, delegation_section, failure_body, now_rfc3339,
+};
+pub use request::vaultrunner_bin;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Definition, Mode, valid_name};
-use crate::backend::{
-    self, AgentEvent, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
+use crate::agent::Definition;
+use crate::backend::{self, AgentEvent, EventSink, TurnError, TurnEvent, TurnOutput, Usage};
+use crate::note::{
+    FmValue, InboundMessage, Note, NoteKind, Status, ThreadNote, edit_front_matter, link,
 };
-use crate::note::{FmValue, Note, NoteKind, TAG_THREAD, edit_front_matter, link, render_new, slug};
-use crate::queue::Status;
-use crate::vault::{Fingerprint, NoteWrite, Plan, Vault, VaultError};
+use crate::vault::{NoteWrite, Plan, Vault, VaultError, Version};
+
+use render::{new_thread, outbound_text, thread_fields};
+use request::build_request;
 
 /// A batch that ends with the inbound's stamp: everything before it (the
 /// thread record, the reply, the callback) is durable before the inbound
@@ -47,67 +64,9 @@ const CLAIM: Plan = Plan {
 
 /// Attempts after which a message is given up (a 4th start is refused).
 pub const MAX_ATTEMPTS: u64 = 3;
+
 /// Inbound notes at this delegation depth or deeper are not run.
 pub const MAX_DELEGATION_DEPTH: u64 = 8;
-
-/// Now as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
-}
-
-pub use crate::note::{derived_path, fnv1a, reply_path};
-
-/// The thread note of a message (SPEC §2, Thread).
-pub fn thread_path(def: &Definition, subject: Option<&str>, inbound: &str) -> String {
-    let name = &def.name;
-    if let Some(subject) = subject.map(str::trim).filter(|s| !s.is_empty()) {
-        let s = slug(subject);
-        let s = if s.is_empty() {
-            format!("{:08x}", fnv1a(subject) as u32)
-        } else {
-            s
-        };
-        return format!("Threads/{name}/{name}--{s}");
-    }
-    match def.mode {
-        Mode::SingleThreaded => format!("Threads/{name}/{name}"),
-        Mode::MultiThreaded => {
-            let stem = inbound.rsplit('/').next().unwrap_or(inbound);
-            let s = slug(stem);
-            let s: String = s.chars().take(60).collect();
-            let h = fnv1a(inbound) as u32;
-            if s.is_empty() {
-                format!("Threads/{name}/{h:08x}")
-            } else {
-                format!("Threads/{name}/{s}-{h:08x}")
-            }
-        }
-    }
-}
-
-fn int_of(meta: &Mapping, key: &str) -> Option<u64> {
-    match meta.get(key)? {
-        // Whole, non-negative numbers only (`2.0` counts as 2; `-1` and
-        // `1.5` are not counts).
-        serde_yaml::Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| *f >= 0.0 && f.fract() == 0.0)
-                .map(|f| f as u64)
-        }),
-        serde_yaml::Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn float_of(meta: &Mapping, key: &str) -> f64 {
-    match meta.get(key) {
-        Some(serde_yaml::Value::Number(n)) => n.as_f64().unwrap_or(0.0),
-        Some(serde_yaml::Value::String(s)) => s.trim().parse().unwrap_or(0.0),
-        _ => 0.0,
-    }
-}
 
 /// What became of a message handed to [`run`].
 #[derive(Debug)]
@@ -189,48 +148,11 @@ pub async fn record(env: &TurnEnv, pending: Box<Unrecorded>) -> Result<Outcome, 
     })
 }
 
-/// Notes written by a turn, with their fingerprints (for the index).
+/// Notes written by a turn, with their versions (for the index).
 /// Each with its content, so the engine can index what the turn wrote (a
 /// callback is a new message to queue; a stamped inbound joins its thread's
 /// history) without reading it back.
-pub type Written = Vec<(String, Fingerprint, String)>;
-
-/// The running vaultrunner binary, for `$VAULTRUNNER_BIN send …` in turns.
-pub fn vaultrunner_bin() -> String {
-    // Looked up once (a `readlink` of /proc/self/exe per turn otherwise).
-    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        std::env::current_exe()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "vaultrunner".into())
-    })
-    .clone()
-}
-
-/// The section the claude backend's system prompt gains (unless the
-/// definition says `delegation_prompt: false`): how to hand work to
-/// another agent through the vault. Documented in docs/delegation.md.
-pub fn delegation_section(me: &str, agents: &[String]) -> String {
-    let others: Vec<&str> = agents
-        .iter()
-        .map(String::as_str)
-        .filter(|a| *a != me)
-        .collect();
-    let list = if others.is_empty() {
-        "(no other agents are defined right now)".to_string()
-    } else {
-        others.join(", ")
-    };
-    format!(
-        "## Delegating to other agents\n\
-         You are the agent `{me}` in a vault run by vaultrunner. To hand a task to another agent, run:\n\
-         \n    \"$VAULTRUNNER_BIN\" send \"$VAULTRUNNER_VAULT\" <agent> \"<task>\" --reply-to {me} --correlation-id <id>\n\n\
-         Agents here: {list}. The task becomes a note and runs in that agent's queue; you do not wait for it. \
-         When it is answered you get a new message with `callback: \"true\"`, its `correlation_id`, \
-         `source_status` (ok or error) and a link to the reply note (read it from the vault). \
-         Give each task its own correlation id. Delegation chains stop at depth {MAX_DELEGATION_DEPTH}."
-    )
-}
+pub type Written = Vec<(String, Version, String)>;
 
 /// Looks up the answered messages of a thread.
 pub type HistoryFn = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
@@ -262,75 +184,21 @@ pub type WrittenFn = Box<dyn Fn(Written) + Send + Sync>;
 /// Takes an agent's next message for a pipelined turn (see [`TurnEnv::next`]).
 pub type NextFn = Box<dyn Fn() -> Option<(String, Arc<Definition>)> + Send + Sync>;
 
-/// Default `history_budget`: characters of earlier exchanges sent to
-/// backends that rebuild the conversation from the vault.
-pub const DEFAULT_HISTORY_BUDGET: usize = 200_000;
-
-/// Rebuilds a thread's earlier exchanges from its notes: answered inbound
-/// messages and their `ok` replies, newest first until the budget is
-/// spent, returned oldest first. Messages answered before the thread's
-/// `reset_at` are left out.
-pub fn load_history(
-    vault: &Vault,
-    paths: &[String],
-    current: &str,
-    reset_at: Option<&str>,
-    budget: usize,
-) -> Vec<backend::Exchange> {
-    let mut out = Vec::new();
-    let mut used = 0usize;
-    for p in paths.iter().rev() {
-        if p == current {
-            continue;
-        }
-        let Ok((text, _)) = vault.read(p) else {
-            continue;
-        };
-        let Ok(n) = Note::parse(&text) else { continue };
-        if Status::parse(n.str("status").as_deref()) != Status::Handled {
-            continue;
-        }
-        if let (Some(r), Some(h)) = (reset_at, n.str("handled_at"))
-            && h.as_str() <= r
-        {
-            continue;
-        }
-        let rp = n
-            .str("reply")
-            .map(|r| crate::note::unlink(&r).to_string())
-            .unwrap_or_else(|| reply_path(p));
-        let Ok((rtext, _)) = vault.read(&rp) else {
-            continue;
-        };
-        let Ok(rn) = Note::parse(&rtext) else {
-            continue;
-        };
-        if rn.str("status").as_deref() == Some("error") {
-            continue;
-        }
-        let user = n.body.trim().to_string();
-        let assistant = rn.body.trim().to_string();
-        used += user.len() + assistant.len();
-        if used > budget {
-            break;
-        }
-        out.push(backend::Exchange { user, assistant });
-    }
-    out.reverse();
-    out
-}
-
-/// The fields of an inbound message a turn uses.
+/// A message a turn runs: its text (to stamp), its note (the body is the
+/// message) and its keys.
 struct Inbound {
     text: String,
     note: Note,
+    msg: InboundMessage,
+    /// `agent` (or `channel`), present: a message without one is not run.
     agent: String,
+    /// Starts so far: counted only while the message is `working` (a
+    /// message someone set back to `pending` — a deliberate re-run —
+    /// starts counting afresh), so it bounds crash loops.
     attempts: u64,
     /// The delegation depth, or why the message is answered with an error
     /// without running (a key of the wrong type, a depth that is no number).
     depth: Result<u64, String>,
-    subject: Option<String>,
-    sender: Option<String>,
 }
 
 fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, VaultError> {
@@ -348,149 +216,35 @@ fn read_inbound(vault: &Vault, path: &str) -> Result<Result<Inbound, String>, Va
     if note.kind() != NoteKind::Inbound {
         return Ok(Err("no longer an inbound message".into()));
     }
-    let status = Status::parse(note.str("status").as_deref());
-    if !matches!(status, Status::Pending | Status::Working) {
-        return Ok(Err(format!("status is now {:?}", status)));
+    let msg = InboundMessage::of(&note);
+    if !matches!(msg.status, Status::Pending | Status::Working) {
+        return Ok(Err(format!("status is now {:?}", msg.status)));
     }
-    let Some(agent) = note
-        .str("agent")
-        .or_else(|| note.str("channel"))
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-    else {
+    let Some(agent) = msg.agent.clone() else {
         return Ok(Err("no `agent`".into()));
     };
-    // `attempts` bounds crash loops: it counts starts of a message that
-    // is still `working`. A message someone set back to `pending` (a
-    // deliberate re-run) starts counting afresh.
-    let attempts = if status == Status::Working {
-        int_of(&note.meta, "attempts").unwrap_or(0)
+    let attempts = if msg.status == Status::Working {
+        msg.attempts
     } else {
         0
     };
-    let depth = match (
-        crate::queue::wrong_typed_key(&note),
-        note.meta.get("delegation_depth"),
-    ) {
-        (Some(e), _) => Err(e.to_string()),
-        (None, None | Some(serde_yaml::Value::Null)) => Ok(0),
-        (None, Some(_)) => int_of(&note.meta, "delegation_depth")
-            .ok_or_else(|| "field `delegation_depth` is not a whole number".to_string()),
-    };
+    let depth = msg.runnable_depth();
     Ok(Ok(Inbound {
-        subject: note.str("subject"),
-        sender: note.str("sender"),
         text,
         note,
+        msg,
         agent,
         attempts,
         depth,
     }))
 }
 
-fn zip_written(writes: &[NoteWrite], fps: Vec<Fingerprint>) -> Written {
+fn zip_written(writes: &[NoteWrite], fps: Vec<Version>) -> Written {
     writes
         .iter()
         .zip(fps)
         .map(|(w, fp)| (w.path.clone(), fp, w.content.clone()))
         .collect()
-}
-
-/// The outbound note's text.
-fn outbound_text(agent: &str, inbound: &str, thread: Option<&str>, ok: bool, body: &str) -> String {
-    let mut fields: Vec<(&str, FmValue)> = vec![
-        ("agent", agent.into()),
-        ("direction", "outbound".into()),
-        ("sender", agent.into()),
-        ("ts", now_rfc3339().into()),
-        ("in_reply_to", link(inbound).into()),
-    ];
-    if let Some(t) = thread {
-        fields.push(("thread", link(t).into()));
-    }
-    fields.push(("status", if ok { "ok" } else { "error" }.into()));
-    render_new(&["agent/message", "agent/message/outbound"], &fields, body)
-}
-
-/// Step 6: a callback owed to the `reply_to` agent of a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallbackTo {
-    pub agent: String,
-    pub correlation_id: Option<String>,
-    /// The callback's own depth: the message's + 1.
-    pub depth: u64,
-}
-
-/// The callback a message is owed, if any: it has a valid `reply_to`, and
-/// neither it nor the callback would be at or past the depth limit.
-pub fn callback_for(note: &Note, depth: u64) -> Option<CallbackTo> {
-    let to = note
-        .str("reply_to")
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())?;
-    if !valid_name(&to) {
-        tracing::warn!("reply_to {to:?} is not a valid agent name; no callback");
-        return None;
-    }
-    if depth + 1 >= MAX_DELEGATION_DEPTH {
-        return None;
-    }
-    Some(CallbackTo {
-        agent: to,
-        correlation_id: note.str("correlation_id").filter(|s| !s.trim().is_empty()),
-        depth: depth + 1,
-    })
-}
-
-/// The callback note: a new inbound message to the `reply_to` agent at a
-/// path derived from the message's (`<stem>.callback`), so a re-run
-/// rewrites it. It never carries `reply_to`; its body is a notification
-/// with links, not the reply copied.
-pub fn callback_write(
-    cb: &CallbackTo,
-    message: &str,
-    source_agent: &str,
-    ok: bool,
-    thread: Option<&str>,
-    reply: &str,
-) -> NoteWrite {
-    let status = if ok { "ok" } else { "error" };
-    let mut fields: Vec<(&str, FmValue)> = vec![
-        ("agent", cb.agent.as_str().into()),
-        ("sender", format!("callback:{source_agent}").into()),
-        ("ts", now_rfc3339().into()),
-        ("callback", "true".into()),
-        ("source_status", status.into()),
-        ("source_agent", source_agent.into()),
-    ];
-    if let Some(t) = thread {
-        fields.push(("source_thread", link(t).into()));
-    }
-    fields.push(("source_message", link(reply).into()));
-    if let Some(c) = &cb.correlation_id {
-        fields.push(("correlation_id", c.as_str().into()));
-    }
-    fields.push(("delegation_depth", cb.depth.into()));
-    let mut body = format!(
-        "{source_agent} finished the task you sent ({status}): {}\n",
-        link(reply)
-    );
-    if let Some(t) = thread {
-        body.push_str(&format!("\nThread: {}\n", link(t)));
-    }
-    body.push_str(&format!("\nTask: {}\n", link(message)));
-    if let Some(c) = &cb.correlation_id {
-        body.push_str(&format!("\nCorrelation id: `{c}`\n"));
-    }
-    NoteWrite {
-        path: derived_path(message, "callback"),
-        content: render_new(&["agent/message", "agent/message/inbound"], &fields, &body),
-    }
-}
-
-/// The body of a failure reply: short and human-readable.
-pub fn failure_body(reason: &str) -> String {
-    format!("**vaultrunner: this message could not be answered.**\n\n{reason}\n")
 }
 
 /// Ends an inbound as `error` without running a turn (invalid agent name,
@@ -510,7 +264,7 @@ fn fail_without_turn(
     if let Some(t) = thread
         && let Ok((ttext, _)) = vault.read(t)
         && let Ok(tn) = Note::parse(&ttext)
-        && tn.str("status").as_deref() == Some("working")
+        && ThreadNote::of(&tn.meta).status.as_deref() == Some("working")
         && let Ok((edited, _)) = edit_front_matter(
             &ttext,
             &[
@@ -571,7 +325,8 @@ struct Prepared {
     inbound: Inbound,
     depth: u64,
     thread: String,
-    thread_meta: Mapping,
+    /// The thread note's keys as they were before the claim.
+    thread_note: ThreadNote,
     thread_body: String,
 }
 
@@ -654,7 +409,7 @@ async fn prepare(
             .depth
             .as_ref()
             .ok()
-            .and_then(|d| callback_for(&inbound.note, *d));
+            .and_then(|d| callback_for(&inbound.msg, *d));
         return fail(None, reason, inbound, cb).await;
     }
     let Some(def) = def else {
@@ -671,18 +426,18 @@ async fn prepare(
         // No callback follows a message at the limit.
         return fail(None, reason, inbound, None).await;
     }
-    let thread = thread_path(&def, inbound.subject.as_deref(), path);
+    let thread = thread_path(&def, inbound.msg.subject.as_deref(), path);
     if inbound.attempts >= MAX_ATTEMPTS {
         let reason = format!(
             "gave up after {} attempts: each one was interrupted before it finished (crash or kill); send the message again to retry",
             inbound.attempts
         );
-        let cb = callback_for(&inbound.note, depth);
+        let cb = callback_for(&inbound.msg, depth);
         return fail(Some(thread), reason, inbound, cb).await;
     }
 
     // Steps 1 + 2: claim the message durably before running anything.
-    let (thread_meta, thread_body, written) =
+    let (thread_note, thread_body, written) =
         start_batch(env, &def, path, &thread, &inbound).await?;
     (env.on_written)(written);
     Ok(Ok(Prepared {
@@ -690,7 +445,7 @@ async fn prepare(
         inbound,
         depth,
         thread,
-        thread_meta,
+        thread_note,
         thread_body,
     }))
 }
@@ -706,14 +461,12 @@ async fn run_prepared(
         inbound,
         depth,
         thread,
-        thread_meta,
+        thread_note,
         thread_body,
     } = prepared;
     // Step 3: run the backend.
-    let resume = match (def.mode, inbound.subject.is_some()) {
-        (Mode::SingleThreaded, _) | (_, true) => {
-            crate::note::get_str(&thread_meta, "session").filter(|s| !s.trim().is_empty())
-        }
+    let resume = match (def.mode, inbound.msg.subject.is_some()) {
+        (crate::agent::Mode::SingleThreaded, _) | (_, true) => thread_note.session.clone(),
         _ => None,
     };
     let events = EventSink::new(env.events.clone(), &def.name, &thread, path);
@@ -724,7 +477,7 @@ async fn run_prepared(
                 &def,
                 path,
                 &thread,
-                &inbound,
+                (&inbound.note.body, inbound.msg.sender.as_deref()),
                 &thread_body,
                 resume,
                 depth,
@@ -734,8 +487,7 @@ async fn run_prepared(
                 // The vault is the session store: earlier exchanges of this
                 // thread (since its `reset_at`), oldest first.
                 let paths = (env.history)(&thread);
-                let reset_at =
-                    crate::note::get_str(&thread_meta, "reset_at").filter(|s| !s.trim().is_empty());
+                let reset_at = thread_note.reset_at.clone();
                 let budget = def.history_budget.unwrap_or(DEFAULT_HISTORY_BUDGET);
                 let vault = env.vault.clone();
                 let current = path.to_string();
@@ -772,7 +524,7 @@ async fn run_prepared(
     if matches!(result, Err(TurnError::Cancelled)) {
         // Shutdown: hand the message back as it was, so the next start runs
         // it without counting this cut-short attempt.
-        let before = crate::note::get_str(&thread_meta, "status");
+        let before = thread_note.status.clone();
         let w = match release(env, path, inbound.attempts, &thread, before).await {
             Ok(w) => w,
             Err(e) => return (Err(e), None),
@@ -792,7 +544,7 @@ async fn run_prepared(
             message: e.to_string(),
         }),
     }
-    let callback = callback_for(&inbound.note, depth);
+    let callback = callback_for(&inbound.msg, depth);
     // The agent's next message, if the engine lets it keep its slot: its
     // claim goes into this turn's end batch.
     let next = if env.cancel.is_cancelled() {
@@ -838,90 +590,6 @@ fn join_err(e: tokio::task::JoinError) -> VaultError {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_request(
-    env: &TurnEnv,
-    def: &Arc<Definition>,
-    path: &str,
-    thread: &str,
-    inbound: &Inbound,
-    thread_body: &str,
-    session: Option<String>,
-    depth: u64,
-    header: bool,
-) -> TurnRequest {
-    let root = env.vault.root();
-    let message = inbound.note.body.trim().to_string();
-    let prompt = if header {
-        format!(
-            "[vaultrunner] time: {} · agent: {} · thread: {} · from: {}\n\n{}",
-            now_rfc3339(),
-            def.name,
-            thread,
-            inbound.sender.as_deref().unwrap_or("user"),
-            message
-        )
-    } else {
-        message.clone()
-    };
-    let mut system_prompt = def.system_prompt.clone();
-    let mut add = |part: &str| {
-        if !part.is_empty() {
-            if !system_prompt.is_empty() {
-                system_prompt.push_str("\n\n");
-            }
-            system_prompt.push_str(part);
-        }
-    };
-    add(thread_body.trim());
-    if def.backend == "claude" && def.delegation_prompt {
-        add(&delegation_section(&def.name, &env.agents));
-    }
-    let workspace = match def
-        .workspace
-        .as_deref()
-        .map(str::trim)
-        .filter(|w| !w.is_empty())
-    {
-        None => root.to_path_buf(),
-        Some(w) if w.starts_with("~/") => std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(&w[2..]))
-            .unwrap_or_else(|| root.join(w)),
-        Some(w) => root.join(w),
-    };
-    let env_vars = vec![
-        ("VAULTRUNNER_VAULT".to_string(), root.display().to_string()),
-        ("VAULTRUNNER_AGENT".to_string(), def.name.clone()),
-        ("VAULTRUNNER_THREAD".to_string(), thread.to_string()),
-        (
-            "VAULTRUNNER_SESSION".to_string(),
-            session.clone().unwrap_or_default(),
-        ),
-        (
-            "VAULTRUNNER_MESSAGE".to_string(),
-            env.vault.abs(path).display().to_string(),
-        ),
-        (
-            "VAULTRUNNER_DELEGATION_DEPTH".to_string(),
-            depth.to_string(),
-        ),
-        ("VAULTRUNNER_BIN".to_string(), vaultrunner_bin()),
-    ];
-    TurnRequest {
-        definition: def.clone(),
-        prompt,
-        message,
-        system_prompt,
-        session,
-        workspace,
-        env: env_vars,
-        timeout: def.timeout,
-        deadline: crate::time::after(def.timeout),
-        stall: def.stall_timeout,
-        history: Vec::new(),
-    }
-}
-
 /// Steps 1 and 2 in one durable batch. Returns the thread's metadata and
 /// body as they were, and what was written.
 async fn start_batch(
@@ -930,7 +598,7 @@ async fn start_batch(
     path: &str,
     thread: &str,
     inbound: &Inbound,
-) -> Result<(Mapping, String, Written), VaultError> {
+) -> Result<(ThreadNote, String, Written), VaultError> {
     let vault = env.vault.clone();
     let def = def.clone();
     let path = path.to_string();
@@ -961,7 +629,7 @@ fn claim_writes(
     inbound_text: &str,
     attempts: u64,
     base: Option<&str>,
-) -> Result<(NoteWrite, NoteWrite, Mapping, String), VaultError> {
+) -> Result<(NoteWrite, NoteWrite, ThreadNote, String), VaultError> {
     let (stamped, _) = edit_front_matter(
         inbound_text,
         &[
@@ -987,16 +655,20 @@ fn claim_writes(
                 let edited = edit_front_matter(&t, &edits)
                     .map(|(s, _)| s)
                     .unwrap_or_else(|_| new_thread(def));
-                (edited, n.meta, n.body)
+                (edited, ThreadNote::of(&n.meta), n.body)
             }
             // A thread note whose YAML the user broke: start it again
             // rather than wedging the agent; its body is kept.
             Err(_) => {
                 let body = crate::note::split(&t).body.to_string();
-                (format!("{}{}", new_thread(def), body), Mapping::new(), body)
+                (
+                    format!("{}{}", new_thread(def), body),
+                    ThreadNote::default(),
+                    body,
+                )
             }
         },
-        None => (new_thread(def), Mapping::new(), String::new()),
+        None => (new_thread(def), ThreadNote::default(), String::new()),
     };
     Ok((
         NoteWrite {
@@ -1010,30 +682,6 @@ fn claim_writes(
         meta,
         body,
     ))
-}
-
-fn thread_fields(def: &Definition, status: &str) -> Vec<(&'static str, FmValue)> {
-    vec![
-        ("agent", def.name.as_str().into()),
-        ("mode", def.mode.as_str().into()),
-        ("definition", link(&def.path).into()),
-        ("backend", def.backend.as_str().into()),
-        (
-            "model",
-            def.model
-                .clone()
-                .map(FmValue::Str)
-                .unwrap_or(FmValue::Remove),
-        ),
-        ("status", status.into()),
-    ]
-}
-
-fn new_thread(def: &Definition) -> String {
-    let mut fields = thread_fields(def, "working");
-    fields.push(("started_at", now_rfc3339().into()));
-    fields.push(("turn_count", 0i64.into()));
-    render_new(&[TAG_THREAD], &fields, "")
 }
 
 /// Puts a cut-short message back to `pending` with its attempts as before.
@@ -1124,21 +772,21 @@ fn write_end(
         && let Ok((ttext, _)) = vault.read(&p.thread)
         && let Ok(tn) = Note::parse(&ttext)
     {
-        let turns = int_of(&tn.meta, "turn_count").unwrap_or(0) + 1;
+        let t = ThreadNote::of(&tn.meta);
         let mut edits: Vec<(&str, FmValue)> = vec![
             ("status", if ok { "ok" } else { "error" }.into()),
             ("last_turn_at", p.now.clone().into()),
-            ("turn_count", turns.into()),
+            ("turn_count", t.turn_count.saturating_add(1).into()),
         ];
         if let Ok(out) = &p.result {
             if let Some(s) = &out.session {
                 edits.push(("session", s.clone().into()));
             }
             let u: Usage = out.usage;
-            if u != Usage::default() || tn.meta.contains_key("input_tokens") {
-                let inp = int_of(&tn.meta, "input_tokens").unwrap_or(0) + u.input_tokens;
-                let outp = int_of(&tn.meta, "output_tokens").unwrap_or(0) + u.output_tokens;
-                let cost = float_of(&tn.meta, "total_cost_usd") + u.total_cost_usd;
+            if u != Usage::default() || t.has_usage {
+                let inp = t.input_tokens.saturating_add(u.input_tokens);
+                let outp = t.output_tokens.saturating_add(u.output_tokens);
+                let cost = t.total_cost_usd + u.total_cost_usd;
                 edits.push(("input_tokens", inp.into()));
                 edits.push(("output_tokens", outp.into()));
                 edits.push(("total_cost_usd", FmValue::Float((cost * 1e6).round() / 1e6)));
@@ -1261,7 +909,7 @@ fn claim_next(
     {
         return None;
     }
-    let nthread = thread_path(&ndef, inbound.subject.as_deref(), &npath);
+    let nthread = thread_path(&ndef, inbound.msg.subject.as_deref(), &npath);
     // The same thread: edit the end record this batch writes.
     let same = writes
         .iter()
@@ -1291,7 +939,7 @@ fn claim_next(
             inbound,
             depth,
             thread: nthread,
-            thread_meta: meta,
+            thread_note: meta,
             thread_body: body,
         },
     })
@@ -1300,6 +948,7 @@ fn claim_next(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::Mode;
 
     fn def(mode: Mode) -> Definition {
         let n = Note::parse("---\ntags: [agent/definition]\n---\n").unwrap();
@@ -1333,6 +982,7 @@ mod tests {
     /// A pipelined turn: the next message's claim is written in the end
     /// batch of the turn before it (one thread write), and the next turn
     /// runs from that claim without claiming again.
+
     #[tokio::test]
     async fn the_next_message_is_claimed_in_the_end_batch() {
         let dir = tempfile::tempdir().unwrap();
@@ -1394,96 +1044,5 @@ mod tests {
         assert_eq!(get("Threads/bot/bot", "status").as_deref(), Some("ok"));
         assert_eq!(get("Threads/bot/bot", "turn_count").as_deref(), Some("2"));
         assert!(vault.read("Inbox/m2.reply").unwrap().0.contains("m2 text"));
-    }
-
-    #[test]
-    fn reply_paths_are_derived_from_the_inbound_path() {
-        assert_eq!(reply_path("Inbox/hello"), "Inbox/hello.reply");
-        assert_eq!(reply_path("hello"), "hello.reply");
-        let long = format!("Inbox/{}", "x".repeat(300));
-        let r = reply_path(&long);
-        assert!(r.len() < 200 && r.ends_with(".reply"));
-        assert_eq!(r, reply_path(&long));
-        assert_ne!(r, reply_path(&format!("Inbox/{}y", "x".repeat(300))));
-    }
-
-    #[test]
-    fn callbacks_follow_the_depth_rule() {
-        let n = |extra: &str| {
-            Note::parse(&format!(
-                "---\ntags: [agent/message/inbound]\nagent: w\n{extra}---\ntask\n"
-            ))
-            .unwrap()
-        };
-        assert_eq!(callback_for(&n(""), 0), None);
-        let cb = callback_for(&n("reply_to: boss\ncorrelation_id: t-1\n"), 1).unwrap();
-        assert_eq!(
-            cb,
-            CallbackTo {
-                agent: "boss".into(),
-                correlation_id: Some("t-1".into()),
-                depth: 2
-            }
-        );
-        assert!(callback_for(&n("reply_to: boss\n"), 6).is_some());
-        assert_eq!(callback_for(&n("reply_to: boss\n"), 7), None);
-        assert_eq!(callback_for(&n("reply_to: ../x\n"), 0), None);
-        let w = callback_write(
-            &cb,
-            "Inbox/w/task",
-            "w",
-            true,
-            Some("Threads/w/w"),
-            "Inbox/w/task.reply",
-        );
-        assert_eq!(w.path, "Inbox/w/task.callback");
-        let note = Note::parse(&w.content).unwrap();
-        assert_eq!(note.kind(), NoteKind::Inbound);
-        assert_eq!(note.str("agent").as_deref(), Some("boss"));
-        assert_eq!(note.str("callback").as_deref(), Some("true"));
-        assert!(matches!(
-            note.meta.get("callback"),
-            Some(serde_yaml::Value::String(_))
-        ));
-        assert_eq!(note.str("source_status").as_deref(), Some("ok"));
-        assert_eq!(
-            note.str("source_message").as_deref(),
-            Some("[[Inbox/w/task.reply]]")
-        );
-        assert_eq!(note.str("correlation_id").as_deref(), Some("t-1"));
-        assert_eq!(note.str("delegation_depth").as_deref(), Some("2"));
-        assert_eq!(note.str("sender").as_deref(), Some("callback:w"));
-        assert!(note.str("reply_to").is_none());
-        assert!(note.body.contains("[[Inbox/w/task.reply]]"));
-    }
-
-    #[test]
-    fn delegation_section_names_the_others() {
-        let s = delegation_section("boss", &["boss".into(), "a".into(), "b".into()]);
-        assert!(s.contains("Agents here: a, b."), "{s}");
-        assert!(s.contains("--reply-to boss"));
-        assert!(s.contains("$VAULTRUNNER_BIN"));
-    }
-
-    #[test]
-    fn thread_paths() {
-        let s = def(Mode::SingleThreaded);
-        assert_eq!(thread_path(&s, None, "Inbox/a"), "Threads/bot/bot");
-        assert_eq!(
-            thread_path(&s, Some("Weekly Report!"), "Inbox/a"),
-            "Threads/bot/bot--weekly-report"
-        );
-        assert_eq!(
-            thread_path(&s, Some("../../etc"), "Inbox/a"),
-            "Threads/bot/bot--etc"
-        );
-        let m = def(Mode::MultiThreaded);
-        let a = thread_path(&m, None, "Inbox/Hello There");
-        assert!(a.starts_with("Threads/bot/hello-there-"), "{a}");
-        assert_eq!(a, thread_path(&m, None, "Inbox/Hello There"));
-        assert_ne!(a, thread_path(&m, None, "Other/Hello There"));
-        for p in [a, thread_path(&s, Some("!!!"), "x")] {
-            crate::vault::check_rel_path(&p).unwrap();
-        }
     }
 }
