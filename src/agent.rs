@@ -2,21 +2,21 @@
 //!
 //! The keys every definition has (name, backend, mode, model, timeouts, …)
 //! are read here; each backend's own keys are read by its file under
-//! `src/backend/`, found through the registry ([`crate::backend::KINDS`]).
-//! [`keys`] has the readers both use.
+//! `src/backend/`. This module sits below the backends and names none of
+//! them: it defines what a backend registers ([`Kind`]: its name, its
+//! checks, how it is built) and what the definition keeps of the built one
+//! ([`Runner`]), and [`parse_definition`] is handed the list of kinds by
+//! its caller (the registry is `KINDS` in `src/backend/mod.rs`). [`keys`]
+//! has the readers both use.
 
-use std::sync::{Arc, LazyLock};
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_yaml::Mapping;
 
-use crate::backend::{self, Backend};
 use crate::note::{FieldError, Note, get_str};
-
-/// Backends a definition can name (SPEC §4): the names in the registry,
-/// [`crate::backend::KINDS`], in its order.
-pub static BACKENDS: LazyLock<Vec<&'static str>> =
-    LazyLock::new(|| backend::KINDS.iter().map(|k| k.name).collect());
 
 /// Default turn timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -53,7 +53,8 @@ pub struct Definition {
     pub name: String,
     /// The definition note's path.
     pub path: String,
-    /// The backend's name, as in [`crate::backend::KINDS`].
+    /// The backend's name: the [`Kind::name`] of one of the kinds the
+    /// definition was read with.
     pub backend: String,
     pub mode: Mode,
     pub model: Option<String>,
@@ -78,11 +79,85 @@ pub struct Definition {
     pub delegation_prompt: bool,
     /// The backend, built from its own keys when the definition was read
     /// (`command`, `program`, `base_url`, …: see its file under
-    /// `src/backend/`). [`crate::backend::for_definition`] hands it out;
-    /// `runner.downcast_ref::<T>()` reaches its configuration.
-    pub runner: Arc<dyn Backend>,
+    /// `src/backend/`); the backend layer takes it out for each turn.
+    pub runner: Runner,
     /// All front-matter, as written.
     pub meta: Mapping,
+}
+
+/// A backend a definition can name, as its file registers it: its name,
+/// what it needs, how its own keys are checked and how it is built. The
+/// list of them is the caller's (the backends' registry, a layer above),
+/// passed to [`parse_definition`]; plain data and function pointers, so
+/// this module needs no backend type.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// The `backend:` value (lower case).
+    pub name: &'static str,
+    /// Does a definition naming this backend need `model`?
+    pub needs_model: bool,
+    /// Reads and checks this backend's own keys, all of them optional.
+    /// Run on every definition, whatever backend it names, so a wrong
+    /// value is an error naming its field even where it is not used.
+    pub check: fn(&Mapping) -> Result<(), FieldError>,
+    /// The ready-to-run backend of a definition that names this one, from
+    /// its keys and the definition's [`Settings`]; a key it needs that is
+    /// missing is an error naming the field.
+    pub build: fn(&Settings<'_>) -> Result<Runner, FieldError>,
+}
+
+/// What a backend is built from: the definition's front-matter, for its
+/// own keys, and the keys of every definition it uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    pub meta: &'a Mapping,
+    /// `model`, trimmed, `None` when absent or blank.
+    pub model: Option<&'a str>,
+    pub system_prompt_mode: SystemPromptMode,
+}
+
+impl Settings<'_> {
+    /// `model`, which the `backend` named needs: an error naming the field
+    /// when it is missing.
+    pub fn required_model(&self, backend: &str) -> Result<String, FieldError> {
+        self.model.map(str::to_string).ok_or_else(|| {
+            FieldError::new(
+                "model",
+                format!(
+                    "the {backend} backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
+                ),
+            )
+        })
+    }
+}
+
+/// The backend a definition names, built from its keys when the definition
+/// was read ([`Kind::build`]) and shared by its turns. Opaque here: the
+/// backend layer puts its value in ([`Runner::new`]) and takes it out
+/// ([`Runner::get`]) as its own type.
+#[derive(Clone)]
+pub struct Runner(Arc<dyn Opaque>);
+
+/// What a [`Runner`] can hold: anything that can be shown and shared.
+trait Opaque: Any + Debug + Send + Sync {}
+impl<T: Any + Debug + Send + Sync> Opaque for T {}
+
+impl Runner {
+    pub fn new<T: Any + Debug + Send + Sync>(value: T) -> Runner {
+        Runner(Arc::new(value))
+    }
+
+    /// The value, when it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        let any: &dyn Any = &*self.0;
+        any.downcast_ref()
+    }
+}
+
+impl Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A definition that failed validation: the agent is disabled with this
@@ -259,13 +334,19 @@ pub mod keys {
     }
 }
 
-/// Reads a definition from a parsed note at `path`. Every key is checked
-/// for its type (a list where text belongs is an error, never a silent
+/// Reads a definition from a parsed note at `path`, with `kinds` the
+/// backends it may name (the backends' registry). Every key is checked for
+/// its type (a list where text belongs is an error, never a silent
 /// default) and its value: first the keys of every definition, then every
-/// backend's own keys (a wrong value is an error even for a backend that
-/// would not use it), then the named backend is built from its keys. The
-/// first problem is returned, naming its field.
-pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, DefinitionError> {
+/// kind's own keys in `kinds` order (a wrong value is an error even for a
+/// backend that would not use it), then `model` when the named backend
+/// needs it, then the named backend is built from its keys. The first
+/// problem is returned, naming its field.
+pub fn parse_definition(
+    path: &str,
+    note: &Note,
+    kinds: &[Kind],
+) -> Result<Definition, DefinitionError> {
     let err = |field: &str, reason: String| DefinitionError {
         path: path.to_string(),
         field: field.to_string(),
@@ -307,13 +388,11 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
     let backend = text("backend")?
         .unwrap_or_else(|| "echo".to_string())
         .to_ascii_lowercase();
-    let kind = backend::kind(&backend).ok_or_else(|| {
+    let kind = kinds.iter().find(|k| k.name == backend).ok_or_else(|| {
+        let names: Vec<&str> = kinds.iter().map(|k| k.name).collect();
         err(
             "backend",
-            format!(
-                "unknown backend {backend:?} (one of: {})",
-                BACKENDS.join(", ")
-            ),
+            format!("unknown backend {backend:?} (one of: {})", names.join(", ")),
         )
     })?;
     let mode = match text("mode")?.as_deref() {
@@ -353,15 +432,18 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
             usize::try_from(n).map_err(|_| err("history_budget", format!("{n} is too large")))?,
         ),
     };
-    let runner = backend::configure(
-        kind,
-        &backend::Settings {
-            meta: &note.meta,
-            model: model.as_deref(),
-            system_prompt_mode,
-        },
-    )
-    .map_err(field_err)?;
+    for k in kinds {
+        (k.check)(&note.meta).map_err(field_err)?;
+    }
+    let settings = Settings {
+        meta: &note.meta,
+        model: model.as_deref(),
+        system_prompt_mode,
+    };
+    if kind.needs_model {
+        settings.required_model(kind.name).map_err(field_err)?;
+    }
+    let runner = (kind.build)(&settings).map_err(field_err)?;
     Ok(Definition {
         name,
         path: path.to_string(),
@@ -401,12 +483,52 @@ impl Definition {
     }
 }
 
+/// A registry for the tests of this layer and the ones below the backends
+/// (`queue`), which cannot use the real one.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Kind, Runner, keys};
+    use crate::note::FieldError;
+
+    /// What the `strict` kind builds.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Level(pub u64);
+
+    /// `echo`, which reads no keys; `strict`, whose key `level` must be a
+    /// whole number and is needed to build it; `modelled`, which needs
+    /// `model`.
+    pub const KINDS: &[Kind] = &[
+        Kind {
+            name: "echo",
+            needs_model: false,
+            check: |_| Ok(()),
+            build: |_| Ok(Runner::new("echo")),
+        },
+        Kind {
+            name: "strict",
+            needs_model: false,
+            check: |meta| keys::whole(meta, "level").map(drop),
+            build: |s| match keys::whole(s.meta, "level")? {
+                Some(n) => Ok(Runner::new(Level(n))),
+                None => Err(FieldError::new("level", "the strict backend needs `level`")),
+            },
+        },
+        Kind {
+            name: "modelled",
+            needs_model: true,
+            check: |_| Ok(()),
+            build: |s| Ok(Runner::new(s.model.map(str::to_string))),
+        },
+    ];
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{KINDS, Level};
     use super::*;
 
     fn def(text: &str) -> Result<Definition, DefinitionError> {
-        parse_definition("Agents/helper", &Note::parse(text).unwrap())
+        parse_definition("Agents/helper", &Note::parse(text).unwrap(), KINDS)
     }
 
     #[test]
@@ -436,8 +558,8 @@ mod tests {
             "enabled"
         );
         assert_eq!(
-            def("---\nbackend: command\n---\n").unwrap_err().field,
-            "command"
+            def("---\nbackend: strict\n---\n").unwrap_err().field,
+            "level"
         );
         assert_eq!(
             def("---\nsystemPromptMode: sideways\n---\n")
@@ -452,11 +574,12 @@ mod tests {
         let field = |t: &str| def(t).unwrap_err().field;
         assert_eq!(field("---\nretry_base: soon\n---\n"), "retry_base");
         assert_eq!(field("---\nhistory_budget: lots\n---\n"), "history_budget");
-        assert_eq!(field("---\nmax_tokens: -1\n---\n"), "max_tokens");
-        assert_eq!(field("---\ntemperature: warm\n---\n"), "temperature");
+        assert_eq!(field("---\nlevel: -1\n---\n"), "level");
         assert_eq!(field("---\nstall_timeout: never\n---\n"), "stall_timeout");
         assert_eq!(field("---\nmodel: [a, b]\n---\n"), "model");
-        let d = def("---\nretry_base: 50ms\nhistory_budget: 1000\nmax_tokens: 10\ntemperature: 0.2\nstall_timeout: 2m\n---\n").unwrap();
+        let d =
+            def("---\nretry_base: 50ms\nhistory_budget: 1000\nlevel: 10\nstall_timeout: 2m\n---\n")
+                .unwrap();
         assert_eq!(d.stall_timeout, Duration::from_secs(120));
     }
 
@@ -532,25 +655,16 @@ mod tests {
             ("stall_timeout", "[1m]"),
             ("retry_base", "{a: 1}"),
             ("enabled", "[true]"),
-            ("context_header", "{a: 1}"),
             ("delegation_prompt", "[false]"),
-            ("max_tokens", "[10]"),
             ("history_budget", "{a: 1}"),
-            ("temperature", "[0.2]"),
-            ("base_url", "[http://x]"),
-            ("api_key_env", "{a: 1}"),
-            ("program", "[claude]"),
-            ("args", "{a: 1}"),
-            ("args", "[--x, [nested]]"),
-            ("command", "{a: 1}"),
-            ("command", "[python3, {a: 1}]"),
+            ("level", "[10]"),
         ];
         for (key, value) in cases {
-            // A claude agent, unless `backend` itself is the key under test.
-            let backend = if key == "backend" {
-                ""
-            } else {
-                "backend: claude\n"
+            // A strict agent, unless `backend` itself is the key under test.
+            let backend = match key {
+                "backend" => "",
+                "level" => "backend: strict\n",
+                _ => "backend: strict\nlevel: 1\n",
             };
             let e = def(&format!("---\n{backend}{key}: {value}\n---\n")).unwrap_err();
             assert_eq!(e.field, key, "{key}: {value}: {e}");
@@ -561,17 +675,12 @@ mod tests {
         }
         let e = def("---\nbackend: [claude]\n---\n").unwrap_err();
         assert_eq!(e.reason, "expected a single value, got a list");
-        let e = def("---\ncommand: [python3, [x]]\nbackend: command\n---\n").unwrap_err();
-        assert_eq!(
-            e.reason,
-            "item 2 is a list; each item must be a single value"
-        );
     }
 
     #[test]
     fn common_keys_are_typed() {
         let d = def(
-            "---\nbackend: openai\nmodel: m\nhistory_budget: 1000\nretry_base: 50ms\ndelegation_prompt: off\n---\n",
+            "---\nbackend: modelled\nmodel: m\nhistory_budget: 1000\nretry_base: 50ms\ndelegation_prompt: off\n---\n",
         )
         .unwrap();
         assert_eq!(d.history_budget, Some(1000));
@@ -587,63 +696,79 @@ mod tests {
             field("---\nhistory_budget: \"99999999999999999999\"\n---\n"),
             "history_budget"
         );
+        assert_eq!(field("---\nlevel: x\nbackend: nope\n---\n"), "backend");
         assert_eq!(
-            field("---\napi_key_env: \"\"\nbackend: nope\n---\n"),
-            "backend"
+            field("---\nbackend: modelled\nmodel: \" \"\n---\n"),
+            "model"
         );
-        assert_eq!(field("---\nbackend: openai\nmodel: \" \"\n---\n"), "model");
     }
 
     /// The backend is built when the definition is read, from the keys its
-    /// file reads, and handed out as it is.
+    /// kind reads, and kept as it was built.
     #[test]
     fn the_definition_keeps_its_backend() {
-        let d = def("---\nbackend: command\ncommand: [tr, a-z, A-Z]\n---\n").unwrap();
-        let c = d
-            .runner
-            .downcast_ref::<crate::backend::command::CommandBackend>()
-            .unwrap();
-        assert_eq!(c.argv(), ["tr", "a-z", "A-Z"]);
-        assert!(backend::for_definition(&d).is_ok());
-        for (name, model) in [("echo", ""), ("claude", ""), ("openai", "model: m\n")] {
-            let d = def(&format!("---\nbackend: {name}\n{model}---\n")).unwrap();
-            assert_eq!(d.backend, name);
-            assert!(
-                format!("{:?}", d.runner)
-                    .to_ascii_lowercase()
-                    .starts_with(name),
-                "{name}: {:?}",
-                d.runner
-            );
-        }
+        let d = def("---\nbackend: strict\nlevel: 3\n---\n").unwrap();
+        assert_eq!(d.backend, "strict");
+        assert_eq!(d.runner.get::<Level>(), Some(&Level(3)));
+        assert_eq!(d.runner.get::<&str>(), None);
+        assert_eq!(format!("{:?}", d.runner), "Level(3)");
+        let d = def("---\nbackend: modelled\nmodel: m\n---\n").unwrap();
+        assert_eq!(d.runner.get::<Option<String>>(), Some(&Some("m".into())));
+        let d = def("---\n---\n").unwrap();
+        assert_eq!(d.runner.get::<&str>(), Some(&"echo"));
     }
 
-    /// The unknown-backend error lists the registry, so a backend added to
-    /// `backend::KINDS` is named without another list to keep.
+    /// Every kind's keys are checked whatever backend the definition names,
+    /// in the order of the list; `model` only for a kind that needs it;
+    /// then the named kind is built (and only its own requirements count).
     #[test]
-    fn unknown_backend_names_every_registered_backend() {
+    fn every_kind_checks_its_keys_and_the_named_one_is_built() {
+        let e = def("---\nlevel: lots\n---\n").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("level", "\"lots\" is not a whole number")
+        );
+        let e = def("---\nbackend: modelled\nlevel: [1]\n---\n").unwrap_err();
+        assert_eq!(e.field, "level", "the keys before `model`: {e}");
+        let e = def("---\nbackend: modelled\n---\n").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            (
+                "model",
+                "the modelled backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
+            )
+        );
+        assert!(def("---\n---\n").is_ok(), "`level` is strict's need only");
+        let e = def("---\nbackend: strict\n---\n").unwrap_err();
+        assert_eq!(e.reason, "the strict backend needs `level`");
+        // A check that fails stops the definition before anything is built,
+        // whichever kind it belongs to.
+        let kinds = [
+            KINDS[0],
+            Kind {
+                name: "picky",
+                needs_model: false,
+                check: |_| Err(FieldError::new("picky", "never")),
+                build: |_| Ok(Runner::new(())),
+            },
+        ];
+        let note = Note::parse("---\n---\n").unwrap();
+        let e = parse_definition("Agents/helper", &note, &kinds).unwrap_err();
+        assert_eq!((e.field.as_str(), e.reason.as_str()), ("picky", "never"));
+    }
+
+    /// The unknown-backend error lists the kinds it was given, so a backend
+    /// added to the registry is named without another list to keep.
+    #[test]
+    fn unknown_backend_names_every_kind_given() {
         let e = def("---\nbackend: gpt\n---\n").unwrap_err();
         assert_eq!(e.field, "backend");
-        assert!(
-            e.reason.starts_with("unknown backend \"gpt\" (one of: "),
-            "{e}"
-        );
-        for k in backend::KINDS {
-            assert!(e.reason.contains(k.name), "{}: {e}", k.name);
-            assert!(BACKENDS.contains(&k.name));
-            assert!(
-                def(&format!(
-                    "---\nbackend: {}\nmodel: m\ncommand: x\n---\n",
-                    k.name
-                ))
-                .is_ok()
-            );
-        }
         assert_eq!(
             e.reason,
-            "unknown backend \"gpt\" (one of: echo, command, claude, codex, gemini, openai, anthropic)"
+            "unknown backend \"gpt\" (one of: echo, strict, modelled)"
         );
-        assert_eq!(BACKENDS.len(), backend::KINDS.len());
+        let e = def("---\nbackend: Strict\nlevel: 1\n---\n").unwrap();
+        assert_eq!(e.backend, "strict", "names are matched lower case");
     }
 
     #[test]
@@ -668,7 +793,8 @@ mod tests {
         assert!(check_name(&"x".repeat(64)).is_ok());
         // The definition's error says the same, and points at the file name
         // when the name came from it.
-        let e = parse_definition("Agents/con", &Note::parse("---\n---\n").unwrap()).unwrap_err();
+        let e =
+            parse_definition("Agents/con", &Note::parse("---\n---\n").unwrap(), KINDS).unwrap_err();
         assert_eq!(e.field, "name");
         assert!(
             e.reason.contains("Windows reserves it") && e.reason.contains("set `name:`"),

@@ -9,15 +9,13 @@
 //! anywhere; an `error` event can arrive mid-stream on an HTTP 200.
 //! Source: ../../shared/PROTOCOLS.md and Anthropic's streaming docs.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::http::{self, HttpKeys, client};
 use super::{
-    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
-    Usage,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    TurnRequest, Usage,
 };
 use crate::note::FieldError;
 
@@ -36,9 +34,9 @@ pub const KIND: Kind = Kind {
 /// (default `ANTHROPIC_API_KEY`).
 pub type Config = HttpKeys;
 
-fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
     let c = Config::read(s.meta)?;
-    Ok(Arc::new(Anthropic {
+    Ok(super::runner(Anthropic {
         base_url: c.base_url_or("https://api.anthropic.com"),
         model: s.required_model("anthropic")?,
         api_key_env: c
@@ -232,12 +230,12 @@ impl Backend for Anthropic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::testing::{definition, error, meta};
+    use crate::backend::testing::{backend_of, definition, error, meta};
 
     #[test]
     fn keys_and_defaults() {
         let d = definition("backend: anthropic\nmodel: claude-x\n").unwrap();
-        let a = d.runner.downcast_ref::<Anthropic>().unwrap();
+        let a = backend_of(&d).downcast_ref::<Anthropic>().unwrap();
         assert_eq!(a.config(), &Config::default());
         assert_eq!(
             (a.base_url.as_str(), a.api_key_env.as_str(), a.max_tokens),
@@ -247,7 +245,7 @@ mod tests {
             "backend: anthropic\nmodel: claude-x\nbase_url: https://proxy/\napi_key_env: MY_KEY\nmax_tokens: 256\n",
         )
         .unwrap();
-        let a = d.runner.downcast_ref::<Anthropic>().unwrap();
+        let a = backend_of(&d).downcast_ref::<Anthropic>().unwrap();
         assert_eq!(
             (a.base_url.as_str(), a.api_key_env.as_str(), a.max_tokens),
             ("https://proxy", "MY_KEY", 256)

@@ -12,15 +12,13 @@
 //! Shapes: ../../shared/PROTOCOLS.md, from public captures of Claude Code
 //! 2.1.x stream-json output.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::process;
 use super::{
-    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
-    Usage, is_transient_text, tail,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    TurnRequest, Usage, is_transient_text, tail,
 };
 use crate::agent::SystemPromptMode;
 use crate::note::FieldError;
@@ -54,9 +52,9 @@ pub const KIND: Kind = Kind {
 /// `args`.
 pub type Config = process::CliKeys;
 
-fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
     let c = Config::read(s.meta)?;
-    Ok(Arc::new(Claude {
+    Ok(super::runner(Claude {
         config: c,
         model: s.model.map(str::to_string),
         mode: s.system_prompt_mode,
@@ -383,13 +381,14 @@ impl Backend for Claude {
 
 #[cfg(test)]
 mod config_tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::backend::testing::{definition, error, meta};
 
     fn claude(front: &str) -> Arc<dyn Backend> {
-        definition(&format!("backend: claude\n{front}"))
-            .unwrap()
-            .runner
+        let d = definition(&format!("backend: claude\n{front}")).unwrap();
+        crate::backend::built(&d).unwrap().clone()
     }
 
     #[test]

@@ -1,14 +1,12 @@
 //! `command`: runs `command: [argv…]`, the prompt on stdin, the reply on
 //! stdout. A non-zero exit fails the turn with the tail of stderr.
 
-use std::sync::Arc;
-
 use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
-    process,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    TurnRequest, process,
 };
 use crate::agent::keys::{self, ListOrText};
 use crate::note::FieldError;
@@ -58,7 +56,7 @@ impl Config {
     }
 }
 
-fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
     let c = Config::read(s.meta)?;
     let argv = c.command.ok_or_else(|| {
         FieldError::new(
@@ -66,7 +64,7 @@ fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
             format!("the command backend needs `command`: {COMMAND_HINT}"),
         )
     })?;
-    Ok(Arc::new(CommandBackend {
+    Ok(super::runner(CommandBackend {
         argv,
         header: c.context_header,
     }))
@@ -168,11 +166,11 @@ impl Backend for CommandBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::testing::{definition, error, meta};
+    use crate::backend::testing::{backend_of, definition, error, meta};
 
     fn backend(front: &str) -> (Vec<String>, bool) {
         let d = definition(&format!("backend: command\n{front}")).unwrap();
-        let c = d.runner.downcast_ref::<CommandBackend>().unwrap();
+        let c = backend_of(&d).downcast_ref::<CommandBackend>().unwrap();
         (c.argv().to_vec(), c.context_header())
     }
 
@@ -206,7 +204,7 @@ mod tests {
         assert!(backend("command: cat\ncontext_header: true\n").1);
         assert!(!backend("command: cat\ncontext_header: Off\n").1);
         let d = definition("backend: command\ncommand: cat\ncontext_header: on\n").unwrap();
-        assert!(d.runner.wants_context_header());
+        assert!(backend_of(&d).wants_context_header());
     }
 
     #[test]

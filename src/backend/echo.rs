@@ -3,13 +3,12 @@
 //! The smallest backend, and the shape of every other: the keys it reads
 //! ([`Config`], none here), its [`KIND`] in `super::KINDS`, the backend.
 
-use std::sync::Arc;
-
 use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    TurnRequest,
 };
 use crate::note::FieldError;
 
@@ -31,9 +30,9 @@ impl Config {
     }
 }
 
-fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
     let Config = Config::read(s.meta)?;
-    Ok(Arc::new(Echo))
+    Ok(super::runner(Echo))
 }
 
 #[derive(Debug)]
@@ -71,7 +70,7 @@ impl Backend for Echo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::testing::{definition, meta};
+    use crate::backend::testing::{backend_of, definition, meta};
 
     #[test]
     fn echo_reads_no_keys() {
@@ -79,7 +78,7 @@ mod tests {
         assert_eq!(Config::read(&meta("program: [x]\nfoo: {a: 1}")), Ok(Config));
         let d = definition("").unwrap();
         assert_eq!(d.backend, "echo");
-        assert!(d.runner.downcast_ref::<Echo>().is_some());
-        assert!(!d.runner.wants_context_header() && !d.runner.runs_external_programs());
+        assert!(backend_of(&d).downcast_ref::<Echo>().is_some());
+        assert!(!backend_of(&d).wants_context_header() && !backend_of(&d).runs_external_programs());
     }
 }

@@ -8,15 +8,13 @@
 //! Shapes: ../../shared/PROTOCOLS.md, from public captures of Gemini CLI
 //! stream-json output.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::process;
 use super::{
-    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
-    Usage, is_transient_text, tail, with_system_prompt,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    TurnRequest, Usage, is_transient_text, tail, with_system_prompt,
 };
 use crate::note::FieldError;
 
@@ -45,9 +43,9 @@ pub const KIND: Kind = Kind {
 /// `args`.
 pub type Config = process::CliKeys;
 
-fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
     let c = Config::read(s.meta)?;
-    Ok(Arc::new(Gemini {
+    Ok(super::runner(Gemini {
         config: c,
         model: s.model.map(str::to_string),
     }))
@@ -245,16 +243,16 @@ impl Backend for Gemini {
 #[cfg(test)]
 mod config_tests {
     use super::*;
-    use crate::backend::testing::{definition, error, meta};
+    use crate::backend::testing::{backend_of, definition, error, meta};
 
     #[test]
     fn program_and_args() {
         let d = definition("backend: gemini\nmodel: m1\n").unwrap();
-        let c = d.runner.downcast_ref::<Gemini>().unwrap();
+        let c = backend_of(&d).downcast_ref::<Gemini>().unwrap();
         assert_eq!(c.config().program_or("gemini"), "gemini");
         assert_eq!(c.model.as_deref(), Some("m1"));
         let d = definition("backend: gemini\nprogram: ./bin/gemini\nargs: -x  -y\n").unwrap();
-        let c = d.runner.downcast_ref::<Gemini>().unwrap();
+        let c = backend_of(&d).downcast_ref::<Gemini>().unwrap();
         assert_eq!(c.config().program_or("gemini"), "./bin/gemini");
         assert_eq!(c.config().args, ["-x", "-y"]);
         assert_eq!(c.model, None);

@@ -10,8 +10,12 @@
 //! Each backend's file also owns its configuration: the keys only it reads
 //! (`command`, `program`, `base_url`, …), read and checked into a typed
 //! value, and a [`Kind`] that names the backend and builds it from those
-//! keys. [`KINDS`] is the one list of backends: `agent::parse_definition`
-//! asks it, and the definition keeps the backend it built.
+//! keys. [`KINDS`] is the one list of backends. [`Kind`] and [`Settings`]
+//! are defined in `agent` (re-exported here), the layer below that reads
+//! definitions: whoever reads one (the engine's index, `check`) passes
+//! [`KINDS`] to `agent::parse_definition`, which checks every kind's keys
+//! and keeps the backend it built ([`runner`]); [`for_definition`] takes it
+//! out for a turn.
 
 use std::any::Any;
 use std::fmt::Debug;
@@ -22,11 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Definition, SystemPromptMode};
-use crate::note::FieldError;
+use crate::agent::Definition;
+pub use crate::agent::{Kind, Runner, Settings};
 
 pub mod anthropic;
 pub mod claude;
@@ -52,66 +55,16 @@ pub const KINDS: &[Kind] = &[
     anthropic::KIND,
 ];
 
-/// A backend a definition can name: its name, what it needs, and how its
-/// own keys are read. Each backend's file has one, as `KIND`.
-#[derive(Debug, Clone, Copy)]
-pub struct Kind {
-    /// The `backend:` value (lower case).
-    pub name: &'static str,
-    /// Does a definition naming this backend need `model`?
-    pub needs_model: bool,
-    /// Reads and checks this backend's own keys, all of them optional.
-    /// Run on every definition, whatever backend it names, so a wrong
-    /// value is an error naming its field even where it is not used.
-    pub check: fn(&Mapping) -> Result<(), FieldError>,
-    /// The ready-to-run backend of a definition that names this one, from
-    /// its keys (and the definition's [`Settings`]); a key it needs that is
-    /// missing is an error naming the field.
-    pub build: fn(&Settings<'_>) -> Result<Arc<dyn Backend>, FieldError>,
+/// What a [`Kind::build`] returns: the backend, as its definition keeps it.
+pub fn runner(backend: impl Backend) -> Runner {
+    let shared: Arc<dyn Backend> = Arc::new(backend);
+    Runner::new(shared)
 }
 
-/// What a backend is built from: the definition's front-matter, for its
-/// own keys, and the keys of every definition it uses.
-#[derive(Debug, Clone, Copy)]
-pub struct Settings<'a> {
-    pub meta: &'a Mapping,
-    /// `model`, trimmed, `None` when absent or blank.
-    pub model: Option<&'a str>,
-    pub system_prompt_mode: SystemPromptMode,
-}
-
-impl Settings<'_> {
-    /// `model`, which the `backend` named needs: an error naming the field
-    /// when it is missing.
-    pub fn required_model(&self, backend: &str) -> Result<String, FieldError> {
-        self.model.map(str::to_string).ok_or_else(|| {
-            FieldError::new(
-                "model",
-                format!(
-                    "the {backend} backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
-                ),
-            )
-        })
-    }
-}
-
-/// The registered backend named `name` (lower case).
-pub fn kind(name: &str) -> Option<&'static Kind> {
-    KINDS.iter().find(|k| k.name == name)
-}
-
-/// The backend of a definition naming `kind`: every registered backend's
-/// keys are checked first (in [`KINDS`] order), then `model` when `kind`
-/// needs it, then `kind` is built from its keys. The first problem is the
-/// error.
-pub fn configure(kind: &Kind, settings: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
-    for k in KINDS {
-        (k.check)(settings.meta)?;
-    }
-    if kind.needs_model {
-        settings.required_model(kind.name)?;
-    }
-    (kind.build)(settings)
+/// The backend a definition keeps, when it was read with [`KINDS`] (only
+/// a definition read with another registry, in a test, has none).
+pub fn built(def: &Definition) -> Option<&Arc<dyn Backend>> {
+    def.runner.get::<Arc<dyn Backend>>()
 }
 
 /// Everything a backend needs to run one turn.
@@ -442,7 +395,7 @@ pub trait Backend: Any + Debug + Send + Sync {
 
 impl dyn Backend {
     /// The backend as its own type, to read its configuration
-    /// (`def.runner.downcast_ref::<command::CommandBackend>()`).
+    /// (`built(&def)?.downcast_ref::<command::CommandBackend>()`).
     pub fn downcast_ref<T: Backend>(&self) -> Option<&T> {
         let any: &dyn Any = self;
         any.downcast_ref()
@@ -450,10 +403,16 @@ impl dyn Backend {
 }
 
 /// The backend a definition names, built when the definition was read
-/// (`Definition::runner`): nothing is read again here, and it does not
-/// fail (the `Result` is the turn's to match on).
+/// (`Definition::runner`): nothing is read again here. It fails only for a
+/// definition read with a registry other than [`KINDS`].
 pub fn for_definition(def: &Definition) -> Result<Box<dyn Backend>, TurnError> {
-    Ok(Box::new(Shared(def.runner.clone())))
+    match built(def) {
+        Some(b) => Ok(Box::new(Shared(b.clone()))),
+        None => Err(TurnError::Failed(format!(
+            "the {} backend of {}.md was not built by this program's backends ({:?})",
+            def.backend, def.path, def.runner
+        ))),
+    }
 }
 
 /// A definition's backend, shared by its turns.
@@ -503,6 +462,7 @@ pub fn tail(s: &str, n: usize) -> &str {
 pub(crate) mod testing {
     use serde_yaml::Mapping;
 
+    use super::{Backend, KINDS, built};
     use crate::agent::{Definition, DefinitionError, parse_definition};
     use crate::note::{FieldError, Note};
 
@@ -516,7 +476,13 @@ pub(crate) mod testing {
         parse_definition(
             "Agents/helper",
             &Note::parse(&format!("---\n{front}---\nYou help.\n")).unwrap(),
+            KINDS,
         )
+    }
+
+    /// The backend a definition read with [`KINDS`] keeps.
+    pub fn backend_of(d: &Definition) -> &dyn Backend {
+        built(d).unwrap().as_ref()
     }
 
     /// The error a `Config::read` gives, as (field, reason).
@@ -528,6 +494,8 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use serde_yaml::Mapping;
+
     use super::*;
 
     #[test]
@@ -545,31 +513,24 @@ mod tests {
                 "anthropic"
             ]
         );
-        for k in KINDS {
+        for (i, k) in KINDS.iter().enumerate() {
             assert_eq!(k.name, k.name.to_ascii_lowercase());
-            assert_eq!(kind(k.name).map(|f| f.name), Some(k.name));
+            assert!(
+                KINDS.iter().skip(i + 1).all(|o| o.name != k.name),
+                "{} is registered twice",
+                k.name
+            );
             assert_eq!(k.needs_model, matches!(k.name, "openai" | "anthropic"));
             (k.check)(&Mapping::new()).unwrap();
         }
-        assert!(kind("gpt").is_none());
-        assert!(kind("Echo").is_none(), "names are matched lower case");
     }
 
     /// Every backend's keys are checked whatever backend the definition
     /// names; `model` only for the backends that need it; then the named
     /// backend is built (and only its own requirements count).
     #[test]
-    fn configure_checks_every_backend_then_builds_one() {
-        fn settings<'a>(meta: &'a Mapping, model: Option<&'a str>) -> Settings<'a> {
-            Settings {
-                meta,
-                model,
-                system_prompt_mode: SystemPromptMode::Append,
-            }
-        }
-        let echo = kind("echo").unwrap();
-        let openai = kind("openai").unwrap();
-        let field = |r: Result<Arc<dyn Backend>, FieldError>| r.unwrap_err().field;
+    fn every_backend_checks_its_keys_then_one_is_built() {
+        let field = |front: &str| testing::definition(front).unwrap_err().field;
         for (yaml, key) in [
             ("temperature: warm", "temperature"),
             ("command: {a: 1}", "command"),
@@ -577,11 +538,9 @@ mod tests {
             ("max_tokens: 0", "max_tokens"),
             ("context_header: maybe", "context_header"),
         ] {
-            let m = testing::meta(yaml);
-            assert_eq!(field(configure(echo, &settings(&m, None))), key, "{yaml}");
+            assert_eq!(field(&format!("{yaml}\n")), key, "{yaml}");
         }
-        let empty = Mapping::new();
-        let e = configure(openai, &settings(&empty, None)).unwrap_err();
+        let e = testing::definition("backend: openai\n").unwrap_err();
         assert_eq!(
             (e.field.as_str(), e.reason.as_str()),
             (
@@ -589,14 +548,97 @@ mod tests {
                 "the openai backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
             )
         );
-        assert!(configure(openai, &settings(&empty, Some("m"))).is_ok());
+        assert!(testing::definition("backend: openai\nmodel: m\n").is_ok());
         // `command` is required by the command backend only.
-        assert!(configure(echo, &settings(&empty, None)).is_ok());
-        let command = kind("command").unwrap();
+        assert!(testing::definition("").is_ok());
+        assert_eq!(field("backend: command\n"), "command");
+    }
+
+    /// A backend's key of the wrong type is an error naming it, on a
+    /// definition of another backend too (here `claude`).
+    #[test]
+    fn wrong_typed_backend_keys_are_errors() {
+        for (key, value) in [
+            ("context_header", "{a: 1}"),
+            ("max_tokens", "[10]"),
+            ("temperature", "[0.2]"),
+            ("base_url", "[http://x]"),
+            ("api_key_env", "{a: 1}"),
+            ("program", "[claude]"),
+            ("args", "{a: 1}"),
+            ("args", "[--x, [nested]]"),
+            ("command", "{a: 1}"),
+            ("command", "[python3, {a: 1}]"),
+        ] {
+            let e = testing::definition(&format!("backend: claude\n{key}: {value}\n")).unwrap_err();
+            assert_eq!(e.field, key, "{key}: {value}: {e}");
+            assert!(
+                e.to_string().starts_with("Agents/helper.md: field `"),
+                "{e}"
+            );
+        }
+        let e = testing::definition("command: [python3, [x]]\nbackend: command\n").unwrap_err();
         assert_eq!(
-            field(configure(command, &settings(&empty, None))),
-            "command"
+            e.reason,
+            "item 2 is a list; each item must be a single value"
         );
+    }
+
+    /// The backend is built when the definition is read, from the keys its
+    /// file reads, and handed out as it is.
+    #[test]
+    fn the_definition_keeps_its_backend() {
+        let d = testing::definition("backend: command\ncommand: [tr, a-z, A-Z]\n").unwrap();
+        let c = testing::backend_of(&d)
+            .downcast_ref::<command::CommandBackend>()
+            .unwrap();
+        assert_eq!(c.argv(), ["tr", "a-z", "A-Z"]);
+        assert!(for_definition(&d).is_ok());
+        for (name, model) in [("echo", ""), ("claude", ""), ("openai", "model: m\n")] {
+            let d = testing::definition(&format!("backend: {name}\n{model}")).unwrap();
+            assert_eq!(d.backend, name);
+            let shown = format!("{:?}", d.runner);
+            assert!(
+                shown.to_ascii_lowercase().starts_with(name),
+                "{name}: {shown}"
+            );
+        }
+    }
+
+    /// A definition read with another registry has no backend a turn can
+    /// run: the turn fails with a reason instead of running something else.
+    #[test]
+    fn a_definition_of_another_registry_is_not_run() {
+        let kinds = [Kind {
+            name: "echo",
+            needs_model: false,
+            check: |_| Ok(()),
+            build: |_| Ok(Runner::new("not a backend")),
+        }];
+        let note = crate::note::Note::parse("---\n---\n").unwrap();
+        let d = crate::agent::parse_definition("Agents/x", &note, &kinds).unwrap();
+        assert!(built(&d).is_none());
+        let Err(e) = for_definition(&d) else {
+            panic!("ran a backend it was not given")
+        };
+        assert!(e.to_string().contains("Agents/x.md"), "{e}");
+    }
+
+    /// The unknown-backend error lists the registry, so a backend added to
+    /// [`KINDS`] is named without another list to keep.
+    #[test]
+    fn unknown_backend_names_every_registered_backend() {
+        let e = testing::definition("backend: gpt\n").unwrap_err();
+        assert_eq!(e.field, "backend");
+        assert_eq!(
+            e.reason,
+            "unknown backend \"gpt\" (one of: echo, command, claude, codex, gemini, openai, anthropic)"
+        );
+        for k in KINDS {
+            assert!(e.reason.contains(k.name), "{}: {e}", k.name);
+            let d = testing::definition(&format!("backend: {}\nmodel: m\ncommand: x\n", k.name));
+            assert_eq!(d.map(|d| d.backend).as_deref(), Ok(k.name));
+        }
     }
 
     #[test]

@@ -9,16 +9,14 @@
 //! object with an `error` key is an error. Source:
 //! ../../shared/PROTOCOLS.md and the OpenAI API reference captures.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
 use super::http::{self, HttpKeys, client};
 use super::{
-    Backend, BoxFuture, EventSink, Kind, Settings, TurnError, TurnEvent, TurnOutput, TurnRequest,
-    Usage,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    TurnRequest, Usage,
 };
 use crate::agent::keys;
 use crate::note::FieldError;
@@ -66,9 +64,9 @@ impl Config {
     }
 }
 
-fn build(s: &Settings<'_>) -> Result<Arc<dyn Backend>, FieldError> {
+fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
     let c = Config::read(s.meta)?;
-    Ok(Arc::new(OpenAi {
+    Ok(super::runner(OpenAi {
         base_url: c.http.base_url_or("https://api.openai.com/v1"),
         model: s.required_model("openai")?,
         config: c,
@@ -227,7 +225,7 @@ impl Backend for OpenAi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::testing::{definition, error, meta};
+    use crate::backend::testing::{backend_of, definition, error, meta};
 
     #[test]
     fn keys_are_typed() {
@@ -235,7 +233,7 @@ mod tests {
             "backend: openai\nmodel: m\nbase_url: http://127.0.0.1:1/v1/\napi_key_env: MY_KEY\nmax_tokens: 10\ntemperature: 0.2\n",
         )
         .unwrap();
-        let o = d.runner.downcast_ref::<OpenAi>().unwrap();
+        let o = backend_of(&d).downcast_ref::<OpenAi>().unwrap();
         let c = o.config();
         assert_eq!(c.http.base_url.as_deref(), Some("http://127.0.0.1:1/v1/"));
         assert_eq!(o.base_url, "http://127.0.0.1:1/v1");
@@ -244,10 +242,10 @@ mod tests {
         assert_eq!(c.temperature, Some(0.2));
         assert_eq!(o.model, "m");
         let d = definition("backend: openai\nmodel: m\n").unwrap();
-        let o = d.runner.downcast_ref::<OpenAi>().unwrap();
+        let o = backend_of(&d).downcast_ref::<OpenAi>().unwrap();
         assert_eq!(o.config(), &Config::default());
         assert_eq!(o.base_url, "https://api.openai.com/v1");
-        assert!(d.runner.wants_history());
+        assert!(backend_of(&d).wants_history());
     }
 
     #[test]
