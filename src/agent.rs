@@ -1,21 +1,22 @@
 //! Agent definitions (`agent/definition` notes), parsed and validated.
+//!
+//! The keys every definition has (name, backend, mode, model, timeouts, …)
+//! are read here; each backend's own keys are read by its file under
+//! `src/backend/`. This module sits below the backends and names none of
+//! them: it defines what a backend registers ([`Kind`]: its name, its
+//! checks, how it is built) and what the definition keeps of the built one
+//! ([`Runner`]), and [`parse_definition`] is handed the list of kinds by
+//! its caller (the registry is `KINDS` in `src/backend/mod.rs`). [`keys`]
+//! has the readers both use.
 
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde_yaml::{Mapping, Value};
+use serde_yaml::Mapping;
 
-use crate::note::{Note, get_str};
-
-/// Backends a definition can name (SPEC §4).
-pub const BACKENDS: &[&str] = &[
-    "echo",
-    "command",
-    "claude",
-    "codex",
-    "gemini",
-    "openai",
-    "anthropic",
-];
+use crate::note::{FieldError, Note, get_str};
 
 /// Default turn timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -44,13 +45,16 @@ pub enum SystemPromptMode {
 }
 
 /// A valid agent definition: every key it has was checked for its type
-/// and value when the note was read (SPEC §5a), so the backends read the
-/// typed fields below rather than the raw front-matter.
+/// and value when the note was read (SPEC §5a). The keys of every
+/// definition are the typed fields below; the backend's own keys were read
+/// by the backend into `runner`, ready to run.
 #[derive(Debug, Clone)]
 pub struct Definition {
     pub name: String,
     /// The definition note's path.
     pub path: String,
+    /// The backend's name: the [`Kind::name`] of one of the kinds the
+    /// definition was read with.
     pub backend: String,
     pub mode: Mode,
     pub model: Option<String>,
@@ -67,32 +71,93 @@ pub struct Definition {
     /// `retry_base`: the first back-off of transient-failure retries
     /// (`None`: the retry policy's default).
     pub retry_base: Option<Duration>,
-    /// `command` as argv: a list as given, a string run through `sh -c`.
-    /// Always `Some` for the `command` backend.
-    pub command: Option<Vec<String>>,
-    /// `context_header` (default false): the `command` backend puts the
-    /// run-context header before the message.
-    pub context_header: bool,
-    /// `program`: the executable of a CLI backend, instead of its default.
-    pub program: Option<String>,
-    /// `args`: extra arguments of a CLI backend.
-    pub args: Vec<String>,
-    /// `base_url` of an HTTP backend (`http://` or `https://`).
-    pub base_url: Option<String>,
-    /// `api_key_env`: the environment variable holding the API key.
-    pub api_key_env: Option<String>,
-    /// `max_tokens` (at least 1).
-    pub max_tokens: Option<u64>,
-    /// `temperature` (finite, not negative).
-    pub temperature: Option<f64>,
     /// `history_budget`: characters of earlier exchanges sent to an HTTP
     /// backend.
     pub history_budget: Option<usize>,
     /// `delegation_prompt` (default true): the `claude` backend's system
     /// prompt gets the section on delegating to other agents.
     pub delegation_prompt: bool,
+    /// The backend, built from its own keys when the definition was read
+    /// (`command`, `program`, `base_url`, …: see its file under
+    /// `src/backend/`); the backend layer takes it out for each turn.
+    pub runner: Runner,
     /// All front-matter, as written.
     pub meta: Mapping,
+}
+
+/// A backend a definition can name, as its file registers it: its name,
+/// what it needs, how its own keys are checked and how it is built. The
+/// list of them is the caller's (the backends' registry, a layer above),
+/// passed to [`parse_definition`]; plain data and function pointers, so
+/// this module needs no backend type.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// The `backend:` value (lower case).
+    pub name: &'static str,
+    /// Does a definition naming this backend need `model`?
+    pub needs_model: bool,
+    /// Reads and checks this backend's own keys, all of them optional.
+    /// Run on every definition, whatever backend it names, so a wrong
+    /// value is an error naming its field even where it is not used.
+    pub check: fn(&Mapping) -> Result<(), FieldError>,
+    /// The ready-to-run backend of a definition that names this one, from
+    /// its keys and the definition's [`Settings`]; a key it needs that is
+    /// missing is an error naming the field.
+    pub build: fn(&Settings<'_>) -> Result<Runner, FieldError>,
+}
+
+/// What a backend is built from: the definition's front-matter, for its
+/// own keys, and the keys of every definition it uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    pub meta: &'a Mapping,
+    /// `model`, trimmed, `None` when absent or blank.
+    pub model: Option<&'a str>,
+    pub system_prompt_mode: SystemPromptMode,
+}
+
+impl Settings<'_> {
+    /// `model`, which the `backend` named needs: an error naming the field
+    /// when it is missing.
+    pub fn required_model(&self, backend: &str) -> Result<String, FieldError> {
+        self.model.map(str::to_string).ok_or_else(|| {
+            FieldError::new(
+                "model",
+                format!(
+                    "the {backend} backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
+                ),
+            )
+        })
+    }
+}
+
+/// The backend a definition names, built from its keys when the definition
+/// was read ([`Kind::build`]) and shared by its turns. Opaque here: the
+/// backend layer puts its value in ([`Runner::new`]) and takes it out
+/// ([`Runner::get`]) as its own type.
+#[derive(Clone)]
+pub struct Runner(Arc<dyn Opaque>);
+
+/// What a [`Runner`] can hold: anything that can be shown and shared.
+trait Opaque: Any + Debug + Send + Sync {}
+impl<T: Any + Debug + Send + Sync> Opaque for T {}
+
+impl Runner {
+    pub fn new<T: Any + Debug + Send + Sync>(value: T) -> Runner {
+        Runner(Arc::new(value))
+    }
+
+    /// The value, when it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        let any: &dyn Any = &*self.0;
+        any.downcast_ref()
+    }
+}
+
+impl Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A definition that failed validation: the agent is disabled with this
@@ -107,7 +172,6 @@ pub struct DefinitionError {
 
 /// The longest agent name.
 pub const MAX_NAME_LEN: usize = 64;
-
 /// Why `name` is not a valid agent name, or `Ok`: `^[A-Za-z0-9_-]+$`, at
 /// most 64 characters, and not a name Windows refuses for a file (`con`,
 /// `aux`, …), since an agent's name becomes a folder and a file name under
@@ -162,89 +226,134 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     crate::time::parse_duration(s).ok()
 }
 
-fn bool_of(meta: &Mapping, key: &str) -> Result<Option<bool>, String> {
-    match meta.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" => Ok(Some(true)),
-            "false" | "no" | "off" => Ok(Some(false)),
-            _ => Err(format!("expected true or false, got {s:?}")),
-        },
-        Some(other) => Err(format!(
-            "expected true or false, got {}",
-            crate::note::value_kind(other)
-        )),
+/// Readers of front-matter keys, for the keys of every definition (here)
+/// and for each backend's own (`src/backend/*`): each returns the value,
+/// `None` when the key is absent, or a [`FieldError`] naming the key and
+/// saying what was expected.
+pub mod keys {
+    use serde_yaml::{Mapping, Value};
+
+    use crate::note::{FieldError, get_text, value_kind};
+
+    /// A key as text, trimmed: absent, null or blank is `None`; a list or
+    /// a mapping is an error naming the key.
+    pub fn text(meta: &Mapping, key: &str) -> Result<Option<String>, FieldError> {
+        Ok(get_text(meta, key)?
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()))
+    }
+
+    /// A yes/no key: `true`/`false`, or the text `true`, `yes`, `on`,
+    /// `false`, `no`, `off` (any case).
+    pub fn flag(meta: &Mapping, key: &str) -> Result<Option<bool>, FieldError> {
+        bool_of(meta, key).map_err(|r| FieldError::new(key, r))
+    }
+
+    pub(super) fn bool_of(meta: &Mapping, key: &str) -> Result<Option<bool>, String> {
+        match meta.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" => Ok(Some(true)),
+                "false" | "no" | "off" => Ok(Some(false)),
+                _ => Err(format!("expected true or false, got {s:?}")),
+            },
+            Some(other) => Err(format!("expected true or false, got {}", value_kind(other))),
+        }
+    }
+
+    /// A whole number of 0 or more.
+    pub fn whole(meta: &Mapping, key: &str) -> Result<Option<u64>, FieldError> {
+        match text(meta, key)? {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| FieldError::new(key, format!("{v:?} is not a whole number"))),
+        }
+    }
+
+    /// A key that is a list of single values or one text (`command`,
+    /// `args`).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+
+    /// Reads a [`ListOrText`] key; `None` when absent or empty. A list item
+    /// or the value itself of the wrong type is an error saying what was
+    /// expected (`hint`).
+    pub fn list_or_text(
+        meta: &Mapping,
+        key: &str,
+        hint: &str,
+    ) -> Result<Option<ListOrText>, FieldError> {
+        let reason = match meta.get(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Sequence(seq)) => match seq
+                .iter()
+                .enumerate()
+                .map(|(i, v)| list_item(i, v))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(items) => return Ok(Some(ListOrText::List(items))),
+                Err(reason) => reason,
+            },
+            Some(v) => match scalar(v) {
+                Some(s) => return Ok(Some(ListOrText::Text(s))),
+                None => format!("expected {hint}, got {}", value_kind(v)),
+            },
+        };
+        Err(FieldError::new(key, reason))
+    }
+
+    /// An item of a `command` or `args` list as text: a list or a mapping
+    /// inside is an error (1-based item number in the reason).
+    fn list_item(i: usize, v: &Value) -> Result<String, String> {
+        scalar(v).ok_or_else(|| {
+            format!(
+                "item {} is {}; each item must be a single value",
+                i.saturating_add(1),
+                value_kind(v)
+            )
+        })
+    }
+
+    fn scalar(v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Tagged(t) => match &t.value {
+                Value::String(s) => Some(s.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 }
 
-/// An item of a `command` or `args` list as text: a list or a mapping
-/// inside is an error (1-based item number in the reason).
-fn list_item(i: usize, v: &Value) -> Result<String, String> {
-    get_scalar(v).ok_or_else(|| {
-        format!(
-            "item {} is {}; each item must be a single value",
-            i.saturating_add(1),
-            crate::note::value_kind(v)
-        )
-    })
-}
-
-/// A key that is a list of single values or one text (`command`, `args`).
-enum ListOrText {
-    List(Vec<String>),
-    Text(String),
-}
-
-/// Reads a [`ListOrText`] key; `None` when absent or empty. A list item
-/// or the value itself of the wrong type is an error saying what was
-/// expected (`hint`).
-fn list_or_text(meta: &Mapping, key: &str, hint: &str) -> Result<Option<ListOrText>, String> {
-    match meta.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Sequence(seq)) => seq
-            .iter()
-            .enumerate()
-            .map(|(i, v)| list_item(i, v))
-            .collect::<Result<Vec<_>, _>>()
-            .map(|items| Some(ListOrText::List(items))),
-        Some(v) => match get_scalar(v) {
-            Some(s) => Ok(Some(ListOrText::Text(s))),
-            None => Err(format!(
-                "expected {hint}, got {}",
-                crate::note::value_kind(v)
-            )),
-        },
-    }
-}
-
-/// Is this a usable environment variable name (`OPENAI_API_KEY`)?
-fn env_name_ok(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Reads a definition from a parsed note at `path`. Every key is checked
-/// for its type (a list where text belongs is an error, never a silent
-/// default) and its value; the first problem is returned, naming its field.
-pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, DefinitionError> {
+/// Reads a definition from a parsed note at `path`, with `kinds` the
+/// backends it may name (the backends' registry). Every key is checked for
+/// its type (a list where text belongs is an error, never a silent
+/// default) and its value: first the keys of every definition, then every
+/// kind's own keys in `kinds` order (a wrong value is an error even for a
+/// backend that would not use it), then `model` when the named backend
+/// needs it, then the named backend is built from its keys. The first
+/// problem is returned, naming its field.
+pub fn parse_definition(
+    path: &str,
+    note: &Note,
+    kinds: &[Kind],
+) -> Result<Definition, DefinitionError> {
     let err = |field: &str, reason: String| DefinitionError {
         path: path.to_string(),
         field: field.to_string(),
         reason,
     };
-    // A key as text: absent or null is `None`, so is blank text; a list
-    // or a mapping is an error naming the key.
-    let text = |key: &str| -> Result<Option<String>, DefinitionError> {
-        Ok(note
-            .text(key)
-            .map_err(|e| err(&e.field, e.reason))?
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty()))
-    };
+    let field_err = |e: FieldError| err(&e.field, e.reason);
+    let text = |key: &str| keys::text(&note.meta, key).map_err(field_err);
     let duration = |key: &str, allow_zero: bool| -> Result<Option<Duration>, DefinitionError> {
         match text(key)? {
             None => Ok(None),
@@ -259,13 +368,13 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
         }
     };
     let flag = |key: &str, default: bool| -> Result<bool, DefinitionError> {
-        Ok(bool_of(&note.meta, key)
-            .map_err(|r| err(key, r))?
+        Ok(keys::flag(&note.meta, key)
+            .map_err(field_err)?
             .unwrap_or(default))
     };
 
     let stem = path.rsplit('/').next().unwrap_or(path);
-    let name = match note.text("name").map_err(|e| err(&e.field, e.reason))? {
+    let name = match note.text("name").map_err(field_err)? {
         Some(n) => {
             check_name(&n).map_err(|r| err("name", r))?;
             n
@@ -279,15 +388,13 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
     let backend = text("backend")?
         .unwrap_or_else(|| "echo".to_string())
         .to_ascii_lowercase();
-    if !BACKENDS.contains(&backend.as_str()) {
-        return Err(err(
+    let kind = kinds.iter().find(|k| k.name == backend).ok_or_else(|| {
+        let names: Vec<&str> = kinds.iter().map(|k| k.name).collect();
+        err(
             "backend",
-            format!(
-                "unknown backend {backend:?} (one of: {})",
-                BACKENDS.join(", ")
-            ),
-        ));
-    }
+            format!("unknown backend {backend:?} (one of: {})", names.join(", ")),
+        )
+    })?;
     let mode = match text("mode")?.as_deref() {
         None | Some("single-threaded") | Some("single") => Mode::SingleThreaded,
         Some("multi-threaded") | Some("multi") => Mode::MultiThreaded,
@@ -300,7 +407,7 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
     };
     let spm = note
         .text_any(&["system_prompt_mode", "systemPromptMode"])
-        .map_err(|e| err(&e.field, e.reason))?
+        .map_err(field_err)?
         .map(|s| s.trim().to_ascii_lowercase());
     let system_prompt_mode = match spm.as_deref() {
         None | Some("") | Some("append") => SystemPromptMode::Append,
@@ -318,98 +425,25 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
     let stall_timeout = duration("stall_timeout", false)?.unwrap_or(DEFAULT_STALL_TIMEOUT);
     let retry_base = duration("retry_base", true)?;
     let enabled = flag("enabled", true)?;
-    let context_header = flag("context_header", false)?;
     let delegation_prompt = flag("delegation_prompt", true)?;
-
-    let whole = |key: &str| -> Result<Option<u64>, DefinitionError> {
-        match text(key)? {
-            None => Ok(None),
-            Some(v) => v
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| err(key, format!("{v:?} is not a whole number"))),
-        }
-    };
-    let max_tokens = whole("max_tokens")?;
-    if max_tokens == Some(0) {
-        return Err(err("max_tokens", "must be at least 1".into()));
-    }
-    let history_budget = match whole("history_budget")? {
+    let history_budget = match keys::whole(&note.meta, "history_budget").map_err(field_err)? {
         None => None,
         Some(n) => Some(
             usize::try_from(n).map_err(|_| err("history_budget", format!("{n} is too large")))?,
         ),
     };
-    let temperature = match text("temperature")? {
-        None => None,
-        Some(v) => match v.parse::<f64>() {
-            Ok(t) if t.is_finite() && t >= 0.0 => Some(t),
-            Ok(_) => {
-                return Err(err(
-                    "temperature",
-                    format!("{v:?} is not a number of 0 or more"),
-                ));
-            }
-            Err(_) => return Err(err("temperature", format!("{v:?} is not a number"))),
-        },
+    for k in kinds {
+        (k.check)(&note.meta).map_err(field_err)?;
+    }
+    let settings = Settings {
+        meta: &note.meta,
+        model: model.as_deref(),
+        system_prompt_mode,
     };
-    let base_url = text("base_url")?;
-    if let Some(u) = &base_url {
-        let l = u.to_ascii_lowercase();
-        if !(l.starts_with("http://") || l.starts_with("https://")) {
-            return Err(err(
-                "base_url",
-                format!("{u:?} is not an http:// or https:// address"),
-            ));
-        }
+    if kind.needs_model {
+        settings.required_model(kind.name).map_err(field_err)?;
     }
-    let api_key_env = text("api_key_env")?;
-    if let Some(k) = &api_key_env
-        && !env_name_ok(k)
-    {
-        return Err(err(
-            "api_key_env",
-            format!(
-                "{k:?} is not an environment variable name (letters, digits and `_`, like OPENAI_API_KEY)"
-            ),
-        ));
-    }
-    let program = text("program")?;
-    let args = match list_or_text(&note.meta, "args", "a list like [--verbose] or text")
-        .map_err(|r| err("args", r))?
-    {
-        None => Vec::new(),
-        Some(ListOrText::List(items)) => items,
-        Some(ListOrText::Text(s)) => s.split_whitespace().map(str::to_string).collect(),
-    };
-    let command_hint = "a list like [python3, script.py] or a shell string";
-    let command =
-        match list_or_text(&note.meta, "command", command_hint).map_err(|r| err("command", r))? {
-            None => None,
-            Some(ListOrText::List(argv)) => {
-                if argv.first().is_none_or(|p| p.trim().is_empty()) {
-                    return Err(err(
-                        "command",
-                        format!("the program (first item) is missing; give {command_hint}"),
-                    ));
-                }
-                Some(argv)
-            }
-            Some(ListOrText::Text(s)) if s.trim().is_empty() => None,
-            Some(ListOrText::Text(s)) => Some(vec!["sh".into(), "-c".into(), s]),
-        };
-    if backend == "command" && command.is_none() {
-        return Err(err(
-            "command",
-            format!("the command backend needs `command`: {command_hint}"),
-        ));
-    }
-    if matches!(backend.as_str(), "openai" | "anthropic") && model.is_none() {
-        return Err(err(
-            "model",
-            format!("the {backend} backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"),
-        ));
-    }
+    let runner = (kind.build)(&settings).map_err(field_err)?;
     Ok(Definition {
         name,
         path: path.to_string(),
@@ -423,61 +457,78 @@ pub fn parse_definition(path: &str, note: &Note) -> Result<Definition, Definitio
         enabled,
         system_prompt: note.body.trim().to_string(),
         retry_base,
-        command,
-        context_header,
-        program,
-        args,
-        base_url,
-        api_key_env,
-        max_tokens,
-        temperature,
         history_budget,
         delegation_prompt,
+        runner,
         meta: note.meta.clone(),
     })
 }
 
-fn get_scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Tagged(t) => match &t.value {
-            Value::String(s) => Some(s.clone()),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 impl Definition {
-    /// The `command` of a command agent as argv: a list as given, a string
-    /// run through `sh -c`.
-    pub fn command_argv(&self) -> Option<Vec<String>> {
-        self.command.clone()
-    }
-
     /// A boolean key with a default, read from the raw front-matter. The
-    /// keys vaultrunner knows are validated fields (`context_header`,
-    /// `delegation_prompt`, `enabled`): prefer those.
+    /// keys vaultrunner knows are validated fields (`delegation_prompt`,
+    /// `enabled`) or the backend's configuration: prefer those.
     pub fn flag(&self, key: &str, default: bool) -> bool {
-        bool_of(&self.meta, key).ok().flatten().unwrap_or(default)
+        keys::bool_of(&self.meta, key)
+            .ok()
+            .flatten()
+            .unwrap_or(default)
     }
 
     /// A string key, read from the raw front-matter. The keys vaultrunner
-    /// knows are validated fields (`retry_base`, `history_budget`, …):
-    /// prefer those.
+    /// knows are validated fields (`retry_base`, `history_budget`, …) or
+    /// the backend's configuration: prefer those.
     pub fn str(&self, key: &str) -> Option<String> {
         get_str(&self.meta, key)
     }
 }
 
+/// A registry for the tests of this layer and the ones below the backends
+/// (`queue`), which cannot use the real one.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Kind, Runner, keys};
+    use crate::note::FieldError;
+
+    /// What the `strict` kind builds.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Level(pub u64);
+
+    /// `echo`, which reads no keys; `strict`, whose key `level` must be a
+    /// whole number and is needed to build it; `modelled`, which needs
+    /// `model`.
+    pub const KINDS: &[Kind] = &[
+        Kind {
+            name: "echo",
+            needs_model: false,
+            check: |_| Ok(()),
+            build: |_| Ok(Runner::new("echo")),
+        },
+        Kind {
+            name: "strict",
+            needs_model: false,
+            check: |meta| keys::whole(meta, "level").map(drop),
+            build: |s| match keys::whole(s.meta, "level")? {
+                Some(n) => Ok(Runner::new(Level(n))),
+                None => Err(FieldError::new("level", "the strict backend needs `level`")),
+            },
+        },
+        Kind {
+            name: "modelled",
+            needs_model: true,
+            check: |_| Ok(()),
+            build: |s| Ok(Runner::new(s.model.map(str::to_string))),
+        },
+    ];
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{KINDS, Level};
     use super::*;
 
     fn def(text: &str) -> Result<Definition, DefinitionError> {
-        parse_definition("Agents/helper", &Note::parse(text).unwrap())
+        parse_definition("Agents/helper", &Note::parse(text).unwrap(), KINDS)
     }
 
     #[test]
@@ -507,8 +558,8 @@ mod tests {
             "enabled"
         );
         assert_eq!(
-            def("---\nbackend: command\n---\n").unwrap_err().field,
-            "command"
+            def("---\nbackend: strict\n---\n").unwrap_err().field,
+            "level"
         );
         assert_eq!(
             def("---\nsystemPromptMode: sideways\n---\n")
@@ -523,11 +574,12 @@ mod tests {
         let field = |t: &str| def(t).unwrap_err().field;
         assert_eq!(field("---\nretry_base: soon\n---\n"), "retry_base");
         assert_eq!(field("---\nhistory_budget: lots\n---\n"), "history_budget");
-        assert_eq!(field("---\nmax_tokens: -1\n---\n"), "max_tokens");
-        assert_eq!(field("---\ntemperature: warm\n---\n"), "temperature");
+        assert_eq!(field("---\nlevel: -1\n---\n"), "level");
         assert_eq!(field("---\nstall_timeout: never\n---\n"), "stall_timeout");
         assert_eq!(field("---\nmodel: [a, b]\n---\n"), "model");
-        let d = def("---\nretry_base: 50ms\nhistory_budget: 1000\nmax_tokens: 10\ntemperature: 0.2\nstall_timeout: 2m\n---\n").unwrap();
+        let d =
+            def("---\nretry_base: 50ms\nhistory_budget: 1000\nlevel: 10\nstall_timeout: 2m\n---\n")
+                .unwrap();
         assert_eq!(d.stall_timeout, Duration::from_secs(120));
     }
 
@@ -550,14 +602,6 @@ mod tests {
         ] {
             assert!(!valid_name(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn command_forms() {
-        let d = def("---\nbackend: command\ncommand: [python3, x.py, 3]\n---\n").unwrap();
-        assert_eq!(d.command_argv().unwrap(), vec!["python3", "x.py", "3"]);
-        let d = def("---\nbackend: command\ncommand: tr a-z A-Z\n---\n").unwrap();
-        assert_eq!(d.command_argv().unwrap(), vec!["sh", "-c", "tr a-z A-Z"]);
     }
 
     #[test]
@@ -611,25 +655,16 @@ mod tests {
             ("stall_timeout", "[1m]"),
             ("retry_base", "{a: 1}"),
             ("enabled", "[true]"),
-            ("context_header", "{a: 1}"),
             ("delegation_prompt", "[false]"),
-            ("max_tokens", "[10]"),
             ("history_budget", "{a: 1}"),
-            ("temperature", "[0.2]"),
-            ("base_url", "[http://x]"),
-            ("api_key_env", "{a: 1}"),
-            ("program", "[claude]"),
-            ("args", "{a: 1}"),
-            ("args", "[--x, [nested]]"),
-            ("command", "{a: 1}"),
-            ("command", "[python3, {a: 1}]"),
+            ("level", "[10]"),
         ];
         for (key, value) in cases {
-            // A claude agent, unless `backend` itself is the key under test.
-            let backend = if key == "backend" {
-                ""
-            } else {
-                "backend: claude\n"
+            // A strict agent, unless `backend` itself is the key under test.
+            let backend = match key {
+                "backend" => "",
+                "level" => "backend: strict\n",
+                _ => "backend: strict\nlevel: 1\n",
             };
             let e = def(&format!("---\n{backend}{key}: {value}\n---\n")).unwrap_err();
             assert_eq!(e.field, key, "{key}: {value}: {e}");
@@ -640,64 +675,100 @@ mod tests {
         }
         let e = def("---\nbackend: [claude]\n---\n").unwrap_err();
         assert_eq!(e.reason, "expected a single value, got a list");
-        let e = def("---\ncommand: [python3, [x]]\nbackend: command\n---\n").unwrap_err();
-        assert_eq!(
-            e.reason,
-            "item 2 is a list; each item must be a single value"
-        );
     }
 
     #[test]
-    fn backend_keys_are_typed() {
+    fn common_keys_are_typed() {
         let d = def(
-            "---\nbackend: openai\nmodel: m\nbase_url: http://127.0.0.1:1/v1\napi_key_env: MY_KEY\nmax_tokens: 10\ntemperature: 0.2\nhistory_budget: 1000\nretry_base: 50ms\nprogram: x\nargs: [--a, 1, true]\ncontext_header: yes\ndelegation_prompt: off\n---\n",
+            "---\nbackend: modelled\nmodel: m\nhistory_budget: 1000\nretry_base: 50ms\ndelegation_prompt: off\n---\n",
         )
         .unwrap();
-        assert_eq!(d.base_url.as_deref(), Some("http://127.0.0.1:1/v1"));
-        assert_eq!(d.api_key_env.as_deref(), Some("MY_KEY"));
-        assert_eq!(d.max_tokens, Some(10));
-        assert_eq!(d.temperature, Some(0.2));
         assert_eq!(d.history_budget, Some(1000));
         assert_eq!(d.retry_base, Some(Duration::from_millis(50)));
-        assert_eq!(d.program.as_deref(), Some("x"));
-        assert_eq!(d.args, vec!["--a", "1", "true"]);
-        assert!(d.context_header);
         assert!(!d.delegation_prompt);
-        let d = def("---\nargs: --a  --b\n---\n").unwrap();
-        assert_eq!(d.args, vec!["--a", "--b"]);
+        assert_eq!(d.model.as_deref(), Some("m"));
         let d = def("---\n---\n").unwrap();
-        assert!(d.args.is_empty() && !d.context_header && d.delegation_prompt);
-        assert_eq!((d.max_tokens, d.retry_base, d.command), (None, None, None));
+        assert!(d.delegation_prompt);
+        assert_eq!((d.history_budget, d.retry_base), (None, None));
 
         let field = |t: &str| def(t).unwrap_err().field;
-        assert_eq!(field("---\nmax_tokens: 0\n---\n"), "max_tokens");
-        assert_eq!(field("---\nmax_tokens: 1e3\n---\n"), "max_tokens");
         assert_eq!(
             field("---\nhistory_budget: \"99999999999999999999\"\n---\n"),
             "history_budget"
         );
-        for t in ["nan", "inf", "-1", "1e400"] {
-            assert_eq!(
-                field(&format!("---\ntemperature: {t}\n---\n")),
-                "temperature",
-                "{t}"
-            );
-        }
-        assert_eq!(field("---\nbase_url: localhost:11434\n---\n"), "base_url");
-        assert_eq!(field("---\napi_key_env: MY=KEY\n---\n"), "api_key_env");
+        assert_eq!(field("---\nlevel: x\nbackend: nope\n---\n"), "backend");
         assert_eq!(
-            field("---\napi_key_env: \"\"\nbackend: nope\n---\n"),
-            "backend"
+            field("---\nbackend: modelled\nmodel: \" \"\n---\n"),
+            "model"
         );
+    }
+
+    /// The backend is built when the definition is read, from the keys its
+    /// kind reads, and kept as it was built.
+    #[test]
+    fn the_definition_keeps_its_backend() {
+        let d = def("---\nbackend: strict\nlevel: 3\n---\n").unwrap();
+        assert_eq!(d.backend, "strict");
+        assert_eq!(d.runner.get::<Level>(), Some(&Level(3)));
+        assert_eq!(d.runner.get::<&str>(), None);
+        assert_eq!(format!("{:?}", d.runner), "Level(3)");
+        let d = def("---\nbackend: modelled\nmodel: m\n---\n").unwrap();
+        assert_eq!(d.runner.get::<Option<String>>(), Some(&Some("m".into())));
+        let d = def("---\n---\n").unwrap();
+        assert_eq!(d.runner.get::<&str>(), Some(&"echo"));
+    }
+
+    /// Every kind's keys are checked whatever backend the definition names,
+    /// in the order of the list; `model` only for a kind that needs it;
+    /// then the named kind is built (and only its own requirements count).
+    #[test]
+    fn every_kind_checks_its_keys_and_the_named_one_is_built() {
+        let e = def("---\nlevel: lots\n---\n").unwrap_err();
         assert_eq!(
-            field("---\nbackend: command\ncommand: []\n---\n"),
-            "command"
+            (e.field.as_str(), e.reason.as_str()),
+            ("level", "\"lots\" is not a whole number")
         );
+        let e = def("---\nbackend: modelled\nlevel: [1]\n---\n").unwrap_err();
+        assert_eq!(e.field, "level", "the keys before `model`: {e}");
+        let e = def("---\nbackend: modelled\n---\n").unwrap_err();
         assert_eq!(
-            field("---\nbackend: command\ncommand: \"  \"\n---\n"),
-            "command"
+            (e.field.as_str(), e.reason.as_str()),
+            (
+                "model",
+                "the modelled backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
+            )
         );
-        assert_eq!(field("---\nbackend: openai\nmodel: \" \"\n---\n"), "model");
+        assert!(def("---\n---\n").is_ok(), "`level` is strict's need only");
+        let e = def("---\nbackend: strict\n---\n").unwrap_err();
+        assert_eq!(e.reason, "the strict backend needs `level`");
+        // A check that fails stops the definition before anything is built,
+        // whichever kind it belongs to.
+        let kinds = [
+            KINDS[0],
+            Kind {
+                name: "picky",
+                needs_model: false,
+                check: |_| Err(FieldError::new("picky", "never")),
+                build: |_| Ok(Runner::new(())),
+            },
+        ];
+        let note = Note::parse("---\n---\n").unwrap();
+        let e = parse_definition("Agents/helper", &note, &kinds).unwrap_err();
+        assert_eq!((e.field.as_str(), e.reason.as_str()), ("picky", "never"));
+    }
+
+    /// The unknown-backend error lists the kinds it was given, so a backend
+    /// added to the registry is named without another list to keep.
+    #[test]
+    fn unknown_backend_names_every_kind_given() {
+        let e = def("---\nbackend: gpt\n---\n").unwrap_err();
+        assert_eq!(e.field, "backend");
+        assert_eq!(
+            e.reason,
+            "unknown backend \"gpt\" (one of: echo, strict, modelled)"
+        );
+        let e = def("---\nbackend: Strict\nlevel: 1\n---\n").unwrap();
+        assert_eq!(e.backend, "strict", "names are matched lower case");
     }
 
     #[test]
@@ -722,7 +793,8 @@ mod tests {
         assert!(check_name(&"x".repeat(64)).is_ok());
         // The definition's error says the same, and points at the file name
         // when the name came from it.
-        let e = parse_definition("Agents/con", &Note::parse("---\n---\n").unwrap()).unwrap_err();
+        let e =
+            parse_definition("Agents/con", &Note::parse("---\n---\n").unwrap(), KINDS).unwrap_err();
         assert_eq!(e.field, "name");
         assert!(
             e.reason.contains("Windows reserves it") && e.reason.contains("set `name:`"),

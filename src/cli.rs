@@ -81,7 +81,7 @@ pub fn load_index(vault: &dyn Vault) -> (Index, Vec<Finding>) {
 
 /// [`load_index`], with `working` messages counted as queued or not.
 fn load_index_as(vault: &dyn Vault, recovering: bool) -> (Index, Vec<Finding>) {
-    let mut ix = Index::new();
+    let mut ix = Index::new(crate::backend::KINDS);
     let mut findings = Vec::new();
     let listing = vault.list();
     for s in listing.skipped {
@@ -272,7 +272,7 @@ pub fn send(
 /// Reads the definitions under `Agents/` (a cheap, advisory check for
 /// `send`: definitions elsewhere in the vault are not looked at).
 fn load_definitions(vault: &dyn Vault) -> (Index, ()) {
-    let mut ix = Index::new();
+    let mut ix = Index::new(crate::backend::KINDS);
     for e in vault.list_under("Agents").entries {
         if let Ok((text, fp)) = vault.read(&e.path) {
             ix.update(&e.path, &text, fp, false);

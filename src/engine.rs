@@ -213,7 +213,7 @@ impl Engine {
             unread: Mutex::new(Vec::new()),
             vault,
             state: Mutex::new(State {
-                index: Index::new(),
+                index: Index::new(crate::backend::KINDS),
                 running: HashSet::new(),
                 cursor: 0,
                 recover_later: Default::default(),

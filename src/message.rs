@@ -5,7 +5,7 @@ use crate::note::{
     FmValue, InboundMessage, Note, OutboundMessage, TAG_INBOUND, TAG_MESSAGE, render_new,
 };
 use crate::turn::{now_rfc3339, reply_path};
-use crate::vault::{NoteWrite, Vault};
+use crate::vault::{NoteWrite, Vault, VaultError};
 
 /// What `send` writes.
 #[derive(Debug, Clone, Default)]
@@ -90,19 +90,34 @@ pub fn reset_threads(
     let mut changed = Vec::new();
     for entry in vault.list_under(&format!("Threads/{agent}")).entries {
         let path = entry.path;
-        let Ok((text, version)) = vault.read(&path) else {
-            continue;
-        };
-        let Ok(n) = Note::parse(&text) else { continue };
-        if n.kind() != crate::note::NoteKind::Thread {
-            continue;
-        }
-        if let Ok((edited, _)) = crate::note::edit_front_matter(
-            &text,
-            &[("session", "".into()), ("reset_at", now_rfc3339().into())],
-        ) {
-            vault.write_batch(&[NoteWrite::update(&path, edited, version)])?;
-            changed.push(path);
+        // A turn may be writing the thread right now: its write wins the
+        // race, and the reset is made again on what it wrote.
+        let mut tries = 0;
+        loop {
+            let Ok((text, version)) = vault.read(&path) else {
+                break;
+            };
+            let Ok(n) = Note::parse(&text) else { break };
+            if n.kind() != crate::note::NoteKind::Thread {
+                break;
+            }
+            let Ok((edited, _)) = crate::note::edit_front_matter(
+                &text,
+                &[("session", "".into()), ("reset_at", now_rfc3339().into())],
+            ) else {
+                break;
+            };
+            match vault.write_batch(&[NoteWrite::update(&path, edited, version)]) {
+                Ok(_) => {
+                    changed.push(path);
+                    break;
+                }
+                Err(VaultError::Changed { .. }) if tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5 * tries));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(changed)

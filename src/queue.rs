@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::agent::{Definition, DefinitionError, parse_definition, valid_name};
+use crate::agent::{Definition, DefinitionError, Kind, parse_definition, valid_name};
 use crate::job::{Job, parse_job};
 use crate::note::{InboundMessage, Note, NoteKind, Status, has_conflict_markers};
 use crate::vault::Version;
@@ -81,8 +81,11 @@ impl Change {
 }
 
 /// The in-memory index of a vault.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Index {
+    /// The backends a definition may name (the backends' registry, given
+    /// by whoever builds the index: this layer is below the backends).
+    kinds: &'static [Kind],
     versions: HashMap<String, Version>,
     notes: HashMap<String, Indexed>,
     /// Definition notes by path (first by path wins per name).
@@ -125,8 +128,25 @@ pub fn may_be_relevant(text: &str) -> bool {
 }
 
 impl Index {
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty index whose definitions may name the backends in `kinds`
+    /// (`backend::KINDS`).
+    pub fn new(kinds: &'static [Kind]) -> Self {
+        Index {
+            kinds,
+            versions: HashMap::new(),
+            notes: HashMap::new(),
+            definitions: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            queued_at: HashMap::new(),
+            problems: BTreeMap::new(),
+            in_flight: BTreeSet::new(),
+            threads: HashMap::new(),
+            thread_of: HashMap::new(),
+            jobs: BTreeMap::new(),
+            default_tz: None,
+            jobs_version: 0,
+        }
     }
 
     /// The version last seen (or written) of a note.
@@ -239,7 +259,7 @@ impl Index {
         };
         match note.kind() {
             NoteKind::Definition => {
-                let def = parse_definition(path, &note).map(Arc::new);
+                let def = parse_definition(path, &note, self.kinds).map(Arc::new);
                 if let Err(e) = &def {
                     self.problems.insert(
                         path.to_string(),
@@ -597,6 +617,7 @@ fn entry_of(path: &str, m: &InboundMessage, fp: Version) -> MessageEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::testing::KINDS;
 
     fn fp(ms: i128) -> Version {
         Version {
@@ -613,7 +634,7 @@ mod tests {
 
     #[test]
     fn order_is_ts_then_mtime_then_path() {
-        let mut ix = Index::new();
+        let mut ix = Index::new(KINDS);
         ix.update("Agents/a", DEF, fp(0), false);
         ix.update("m/3", &msg("a", ""), fp(5_000), false);
         ix.update(
@@ -637,7 +658,7 @@ mod tests {
 
     #[test]
     fn statuses_and_recovery() {
-        let mut ix = Index::new();
+        let mut ix = Index::new(KINDS);
         ix.update("Agents/a", DEF, fp(0), false);
         ix.update(
             "m/draft",
@@ -689,7 +710,7 @@ mod tests {
 
     #[test]
     fn a_recovered_message_keeps_its_place_at_the_front() {
-        let mut ix = Index::new();
+        let mut ix = Index::new(KINDS);
         ix.update("Agents/a", DEF, fp(0), true);
         ix.update("m/older", &msg("a", ""), fp(10), true);
         // Crashed mid-turn: its claim stamp gave it the newest file time.
@@ -705,7 +726,7 @@ mod tests {
 
     #[test]
     fn in_flight_is_not_requeued_by_an_edit() {
-        let mut ix = Index::new();
+        let mut ix = Index::new(KINDS);
         ix.update("Agents/a", DEF, fp(0), false);
         ix.update("m/1", &msg("a", ""), fp(1), false);
         assert_eq!(ix.pop("a").as_deref(), Some("m/1"));
@@ -718,7 +739,7 @@ mod tests {
 
     #[test]
     fn definitions_duplicates_broken_and_deleted() {
-        let mut ix = Index::new();
+        let mut ix = Index::new(KINDS);
         ix.update(
             "Agents/b",
             "---\ntags: [agent/definition]\nname: x\n---\n",
@@ -751,7 +772,7 @@ mod tests {
 
     #[test]
     fn waiting_for_missing_or_disabled_agent() {
-        let mut ix = Index::new();
+        let mut ix = Index::new(KINDS);
         ix.update("m/1", &msg("ghost", ""), fp(1), false);
         ix.update(
             "Agents/off",
@@ -768,7 +789,7 @@ mod tests {
 
     #[test]
     fn irrelevant_and_broken_notes() {
-        let mut ix = Index::new();
+        let mut ix = Index::new(KINDS);
         let ch = ix.update(
             "plain",
             "---\ntitle: [broken\n---\njust a note",

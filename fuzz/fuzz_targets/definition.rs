@@ -8,7 +8,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vaultrunner::agent::{self, BACKENDS};
+use vaultrunner::agent;
+use vaultrunner::backend::{self, KINDS, command::CommandBackend};
 use vaultrunner::note::Note;
 use vaultrunner_fuzz::Picker;
 
@@ -27,16 +28,20 @@ fuzz_target!(|data: &[u8]| {
         "Agents/con",
         "Agents/ünï",
     ]);
-    match agent::parse_definition(path, &note) {
+    match agent::parse_definition(path, &note, KINDS) {
         Ok(d) => {
             assert!(agent::valid_name(&d.name), "{:?}", d.name);
-            assert!(BACKENDS.contains(&d.backend.as_str()), "{:?}", d.backend);
+            assert!(KINDS.iter().any(|k| k.name == d.backend), "{:?}", d.backend);
+            let built = backend::built(&d);
+            assert!(built.is_some(), "no backend built: {:?}", d.runner);
             assert!(!d.timeout.is_zero());
             assert!(!d.stall_timeout.is_zero());
             assert_eq!(d.system_prompt, note.body.trim());
             assert_eq!(d.path, path);
             if d.backend == "command" {
-                let argv = d.command_argv();
+                let argv = built
+                    .and_then(|b| b.downcast_ref::<CommandBackend>())
+                    .map(|c| c.argv());
                 assert!(
                     argv.is_some_and(|a| !a.is_empty()),
                     "command agent without argv"

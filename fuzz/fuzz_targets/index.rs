@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut p = Picker::new(data);
-    let mut ix = Index::new();
+    let mut ix = Index::new(vaultrunner::backend::KINDS);
     ix.set_default_tz(chrono_tz::Tz::Europe__Berlin);
     let mut notes = Vec::new();
     for (i, part) in text.split('\0').take(4).enumerate() {

@@ -12,41 +12,58 @@
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::http::{self, client};
-use super::{Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage};
-use crate::agent::Definition;
+use super::http::{self, HttpKeys, client};
+use super::{
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    TurnRequest, Usage,
+};
+use crate::note::FieldError;
 
 pub const API_VERSION: &str = "2023-06-01";
 
+/// `anthropic` in the registry.
+pub const KIND: Kind = Kind {
+    name: "anthropic",
+    needs_model: true,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+/// The keys only the HTTP backends read: `max_tokens` (default 8192),
+/// `base_url` (default `https://api.anthropic.com`), `api_key_env`
+/// (default `ANTHROPIC_API_KEY`).
+pub type Config = HttpKeys;
+
+fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
+    let c = Config::read(s.meta)?;
+    Ok(super::runner(Anthropic {
+        base_url: c.base_url_or("https://api.anthropic.com"),
+        model: s.required_model("anthropic")?,
+        api_key_env: c
+            .api_key_env
+            .clone()
+            .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
+        max_tokens: c.max_tokens.unwrap_or(8192),
+        config: c,
+    }))
+}
+
+#[derive(Debug)]
 pub struct Anthropic {
+    /// `base_url` or the default, without a trailing `/`.
     base_url: String,
     model: String,
+    /// `api_key_env` or `ANTHROPIC_API_KEY`.
     api_key_env: String,
+    /// `max_tokens` or 8192.
     max_tokens: u64,
+    config: Config,
 }
 
 impl Anthropic {
-    pub fn new(def: &Definition) -> Result<Self, TurnError> {
-        let model = def.model.clone().ok_or_else(|| {
-            TurnError::Failed(format!(
-                "{}.md: field `model` is required for the anthropic backend",
-                def.path
-            ))
-        })?;
-        Ok(Anthropic {
-            base_url: def
-                .base_url
-                .as_deref()
-                .unwrap_or("https://api.anthropic.com")
-                .trim_end_matches('/')
-                .to_string(),
-            model,
-            api_key_env: def
-                .api_key_env
-                .clone()
-                .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
-            max_tokens: def.max_tokens.unwrap_or(8192),
-        })
+    /// The keys it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     fn body(&self, req: &TurnRequest) -> Value {
@@ -207,5 +224,53 @@ impl Backend for Anthropic {
 
     fn wants_history(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::testing::{backend_of, definition, error, meta};
+
+    #[test]
+    fn keys_and_defaults() {
+        let d = definition("backend: anthropic\nmodel: claude-x\n").unwrap();
+        let a = backend_of(&d).downcast_ref::<Anthropic>().unwrap();
+        assert_eq!(a.config(), &Config::default());
+        assert_eq!(
+            (a.base_url.as_str(), a.api_key_env.as_str(), a.max_tokens),
+            ("https://api.anthropic.com", "ANTHROPIC_API_KEY", 8192)
+        );
+        let d = definition(
+            "backend: anthropic\nmodel: claude-x\nbase_url: https://proxy/\napi_key_env: MY_KEY\nmax_tokens: 256\n",
+        )
+        .unwrap();
+        let a = backend_of(&d).downcast_ref::<Anthropic>().unwrap();
+        assert_eq!(
+            (a.base_url.as_str(), a.api_key_env.as_str(), a.max_tokens),
+            ("https://proxy", "MY_KEY", 256)
+        );
+        assert_eq!(a.model, "claude-x");
+        assert_eq!(a.config().max_tokens, Some(256));
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        assert_eq!(
+            error(Config::read(&meta("max_tokens: lots"))),
+            ("max_tokens".into(), "\"lots\" is not a whole number".into())
+        );
+        assert_eq!(
+            error(Config::read(&meta("base_url: [http://x]"))).0,
+            "base_url"
+        );
+        let e = definition("backend: anthropic\n").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            (
+                "model",
+                "the anthropic backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
+            )
+        );
     }
 }

@@ -17,30 +17,48 @@ use tokio_util::sync::CancellationToken;
 
 use super::process;
 use super::{
-    Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
-    extra_args, is_transient_text, program, tail,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    TurnRequest, Usage, is_transient_text, tail,
 };
-use crate::agent::{Definition, SystemPromptMode};
+use crate::agent::SystemPromptMode;
+use crate::note::FieldError;
 
 /// System prompts longer than this go through a file, not argv.
 const ARGV_PROMPT_LIMIT: usize = 100_000;
 
+#[derive(Debug)]
 pub struct Claude {
-    program: String,
+    config: Config,
     model: Option<String>,
     mode: SystemPromptMode,
-    extra: Vec<String>,
 }
 
 impl Claude {
-    pub fn new(def: &Definition) -> Self {
-        Claude {
-            program: program(def, "claude"),
-            model: def.model.clone(),
-            mode: def.system_prompt_mode,
-            extra: extra_args(def),
-        }
+    /// The keys it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
+}
+
+/// `claude` in the registry.
+pub const KIND: Kind = Kind {
+    name: "claude",
+    needs_model: false,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+/// The keys only the CLI backends read: `program` (default `claude`) and
+/// `args`.
+pub type Config = process::CliKeys;
+
+fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
+    let c = Config::read(s.meta)?;
+    Ok(super::runner(Claude {
+        config: c,
+        model: s.model.map(str::to_string),
+        mode: s.system_prompt_mode,
+    }))
 }
 
 /// What the stream said, line by line.
@@ -262,7 +280,7 @@ impl Claude {
         prompt_file: Option<&str>,
     ) -> Vec<String> {
         let mut a = vec![
-            self.program.clone(),
+            self.config.program_or("claude"),
             "-p".into(),
             "--output-format".into(),
             "stream-json".into(),
@@ -286,7 +304,7 @@ impl Claude {
             a.push(flag.into());
             a.push(prompt_file.map_or_else(|| sp.to_string(), str::to_string));
         }
-        a.extend(self.extra.iter().cloned());
+        a.extend(self.config.args.iter().cloned());
         a
     }
 }
@@ -358,5 +376,73 @@ impl Backend for Claude {
             )
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::testing::{definition, error, meta};
+
+    fn claude(front: &str) -> Arc<dyn Backend> {
+        let d = definition(&format!("backend: claude\n{front}")).unwrap();
+        crate::backend::built(&d).unwrap().clone()
+    }
+
+    #[test]
+    fn program_and_args() {
+        let b = claude("");
+        let c = b.downcast_ref::<Claude>().unwrap();
+        assert_eq!(c.config(), &Config::default());
+        assert_eq!(c.config().program_or("claude"), "claude");
+        let b = claude(
+            "program: /opt/claude\nargs: [--a, 1, true]\nmodel: opus\nsystem_prompt_mode: replace\n",
+        );
+        let c = b.downcast_ref::<Claude>().unwrap();
+        assert_eq!(c.config().program.as_deref(), Some("/opt/claude"));
+        assert_eq!(c.config().args, ["--a", "1", "true"]);
+        assert_eq!(c.model.as_deref(), Some("opus"));
+        assert_eq!(c.mode, SystemPromptMode::Replace);
+        assert_eq!(
+            Config::read(&meta("args: --a  --b\nprogram: \"  \"")).unwrap(),
+            Config {
+                program: None,
+                args: vec!["--a".into(), "--b".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let read = |y: &str| error(Config::read(&meta(y)));
+        assert_eq!(
+            read("program: [claude]"),
+            (
+                "program".into(),
+                "expected a single value, got a list".into()
+            )
+        );
+        assert_eq!(
+            read("args: {a: 1}"),
+            (
+                "args".into(),
+                "expected a list like [--verbose] or text, got a mapping".into()
+            )
+        );
+        assert_eq!(
+            read("args: [--x, [nested]]"),
+            (
+                "args".into(),
+                "item 2 is a list; each item must be a single value".into()
+            )
+        );
+        // Through the definition too, naming its file.
+        let e = definition("backend: claude\nargs: {a: 1}\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Agents/helper.md: field `args`: expected a list like [--verbose] or text, got a mapping"
+        );
     }
 }

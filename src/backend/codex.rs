@@ -14,25 +14,42 @@ use tokio_util::sync::CancellationToken;
 
 use super::process;
 use super::{
-    Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
-    extra_args, is_transient_text, program, tail, with_system_prompt,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    TurnRequest, Usage, is_transient_text, tail, with_system_prompt,
 };
-use crate::agent::Definition;
+use crate::note::FieldError;
 
+#[derive(Debug)]
 pub struct Codex {
-    program: String,
+    config: Config,
     model: Option<String>,
-    extra: Vec<String>,
 }
 
 impl Codex {
-    pub fn new(def: &Definition) -> Self {
-        Codex {
-            program: program(def, "codex"),
-            model: def.model.clone(),
-            extra: extra_args(def),
-        }
+    /// The keys it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
+}
+
+/// `codex` in the registry.
+pub const KIND: Kind = Kind {
+    name: "codex",
+    needs_model: false,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+/// The keys only the CLI backends read: `program` (default `codex`) and
+/// `args`.
+pub type Config = process::CliKeys;
+
+fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
+    let c = Config::read(s.meta)?;
+    Ok(super::runner(Codex {
+        config: c,
+        model: s.model.map(str::to_string),
+    }))
 }
 
 #[derive(Debug, Default)]
@@ -213,7 +230,7 @@ impl Backend for Codex {
             // Codex reads stdin even with a prompt on argv: it gets a closed one.
             process::run_cli::<CodexStream>(req, events, cancel, None, &[], |resume| {
                 let mut argv = vec![
-                    self.program.clone(),
+                    self.config.program_or("codex"),
                     "exec".into(),
                     "--json".into(),
                     "--skip-git-repo-check".into(),
@@ -221,7 +238,7 @@ impl Backend for Codex {
                 if let Some(m) = &self.model {
                     argv.extend(["--model".into(), m.clone()]);
                 }
-                argv.extend(self.extra.iter().cloned());
+                argv.extend(self.config.args.iter().cloned());
                 if let Some(id) = resume {
                     argv.extend(["resume".into(), id.to_string()]);
                 }
@@ -230,5 +247,40 @@ impl Backend for Codex {
             })
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+    use crate::backend::testing::{backend_of, definition, error, meta};
+
+    #[test]
+    fn program_and_args() {
+        let d = definition("backend: codex\nmodel: m1\n").unwrap();
+        let c = backend_of(&d).downcast_ref::<Codex>().unwrap();
+        assert_eq!(c.config().program_or("codex"), "codex");
+        assert_eq!(c.model.as_deref(), Some("m1"));
+        let d = definition("backend: codex\nprogram: ./bin/codex\nargs: -x  -y\n").unwrap();
+        let c = backend_of(&d).downcast_ref::<Codex>().unwrap();
+        assert_eq!(c.config().program_or("codex"), "./bin/codex");
+        assert_eq!(c.config().args, ["-x", "-y"]);
+        assert_eq!(c.model, None);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        assert_eq!(
+            error(Config::read(&meta("program: {a: 1}"))),
+            (
+                "program".into(),
+                "expected a single value, got a mapping".into()
+            )
+        );
+        let e = definition("backend: codex\nargs: [[x]]\n").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("args", "item 1 is a list; each item must be a single value")
+        );
     }
 }

@@ -13,25 +13,42 @@ use tokio_util::sync::CancellationToken;
 
 use super::process;
 use super::{
-    Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage,
-    extra_args, is_transient_text, program, tail, with_system_prompt,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    TurnRequest, Usage, is_transient_text, tail, with_system_prompt,
 };
-use crate::agent::Definition;
+use crate::note::FieldError;
 
+#[derive(Debug)]
 pub struct Gemini {
-    program: String,
+    config: Config,
     model: Option<String>,
-    extra: Vec<String>,
 }
 
 impl Gemini {
-    pub fn new(def: &Definition) -> Self {
-        Gemini {
-            program: program(def, "gemini"),
-            model: def.model.clone(),
-            extra: extra_args(def),
-        }
+    /// The keys it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
+}
+
+/// `gemini` in the registry.
+pub const KIND: Kind = Kind {
+    name: "gemini",
+    needs_model: false,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+/// The keys only the CLI backends read: `program` (default `gemini`) and
+/// `args`.
+pub type Config = process::CliKeys;
+
+fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
+    let c = Config::read(s.meta)?;
+    Ok(super::runner(Gemini {
+        config: c,
+        model: s.model.map(str::to_string),
+    }))
 }
 
 #[derive(Debug, Default)]
@@ -204,7 +221,7 @@ impl Backend for Gemini {
             let prompt = with_system_prompt(&req.system_prompt, &req.prompt);
             process::run_cli::<GeminiStream>(req, events, cancel, None, &[], |resume| {
                 let mut argv = vec![
-                    self.program.clone(),
+                    self.config.program_or("gemini"),
                     "--output-format".into(),
                     "stream-json".into(),
                 ];
@@ -214,11 +231,46 @@ impl Backend for Gemini {
                 if let Some(id) = resume {
                     argv.extend(["--resume".into(), id.to_string()]);
                 }
-                argv.extend(self.extra.iter().cloned());
+                argv.extend(self.config.args.iter().cloned());
                 argv.extend(["-p".into(), prompt.clone()]);
                 argv
             })
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+    use crate::backend::testing::{backend_of, definition, error, meta};
+
+    #[test]
+    fn program_and_args() {
+        let d = definition("backend: gemini\nmodel: m1\n").unwrap();
+        let c = backend_of(&d).downcast_ref::<Gemini>().unwrap();
+        assert_eq!(c.config().program_or("gemini"), "gemini");
+        assert_eq!(c.model.as_deref(), Some("m1"));
+        let d = definition("backend: gemini\nprogram: ./bin/gemini\nargs: -x  -y\n").unwrap();
+        let c = backend_of(&d).downcast_ref::<Gemini>().unwrap();
+        assert_eq!(c.config().program_or("gemini"), "./bin/gemini");
+        assert_eq!(c.config().args, ["-x", "-y"]);
+        assert_eq!(c.model, None);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        assert_eq!(
+            error(Config::read(&meta("program: {a: 1}"))),
+            (
+                "program".into(),
+                "expected a single value, got a mapping".into()
+            )
+        );
+        let e = definition("backend: gemini\nargs: [[x]]\n").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("args", "item 1 is a list; each item must be a single value")
+        );
     }
 }

@@ -5,10 +5,78 @@ use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
+use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
 use super::TurnError;
 use super::sse::{Frame, Parser};
+use crate::agent::keys;
+use crate::note::FieldError;
+
+/// `max_tokens`, `base_url` and `api_key_env`: the keys the HTTP backends
+/// (`openai`, `anthropic`) read, each into its own `Config`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpKeys {
+    /// `max_tokens` (at least 1).
+    pub max_tokens: Option<u64>,
+    /// `base_url` (`http://` or `https://`).
+    pub base_url: Option<String>,
+    /// `api_key_env`: the environment variable holding the API key.
+    pub api_key_env: Option<String>,
+}
+
+impl HttpKeys {
+    pub fn read(meta: &Mapping) -> Result<HttpKeys, FieldError> {
+        let max_tokens = keys::whole(meta, "max_tokens")?;
+        if max_tokens == Some(0) {
+            return Err(FieldError::new("max_tokens", "must be at least 1"));
+        }
+        let base_url = keys::text(meta, "base_url")?;
+        if let Some(u) = &base_url {
+            let l = u.to_ascii_lowercase();
+            if !(l.starts_with("http://") || l.starts_with("https://")) {
+                return Err(FieldError::new(
+                    "base_url",
+                    format!("{u:?} is not an http:// or https:// address"),
+                ));
+            }
+        }
+        let api_key_env = keys::text(meta, "api_key_env")?;
+        if let Some(k) = &api_key_env
+            && !env_name_ok(k)
+        {
+            return Err(FieldError::new(
+                "api_key_env",
+                format!(
+                    "{k:?} is not an environment variable name (letters, digits and `_`, like OPENAI_API_KEY)"
+                ),
+            ));
+        }
+        Ok(HttpKeys {
+            max_tokens,
+            base_url,
+            api_key_env,
+        })
+    }
+
+    /// `base_url` without a trailing `/`, else `default`.
+    pub fn base_url_or(&self, default: &str) -> String {
+        self.base_url
+            .as_deref()
+            .unwrap_or(default)
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
+
+/// Is this a usable environment variable name (`OPENAI_API_KEY`)?
+fn env_name_ok(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
 
 /// One client for the process: connection pooling across turns.
 pub fn client() -> reqwest::Client {

@@ -6,7 +6,19 @@
 //! backend ends every turn the same way. Backends honour the request's
 //! deadline and the cancellation token (shutdown), killing whatever they
 //! started.
+//!
+//! Each backend's file also owns its configuration: the keys only it reads
+//! (`command`, `program`, `base_url`, …), read and checked into a typed
+//! value, and a [`Kind`] that names the backend and builds it from those
+//! keys. [`KINDS`] is the one list of backends. [`Kind`] and [`Settings`]
+//! are defined in `agent` (re-exported here), the layer below that reads
+//! definitions: whoever reads one (the engine's index, `check`) passes
+//! [`KINDS`] to `agent::parse_definition`, which checks every kind's keys
+//! and keeps the backend it built ([`runner`]); [`for_definition`] takes it
+//! out for a turn.
 
+use std::any::Any;
+use std::fmt::Debug;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -17,6 +29,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Definition;
+pub use crate::agent::{Kind, Runner, Settings};
 
 pub mod anthropic;
 pub mod claude;
@@ -28,6 +41,31 @@ pub mod http;
 pub mod openai;
 pub mod process;
 pub mod sse;
+
+/// Every backend a definition can name, in the order `check` lists them.
+/// Adding a backend: its file (with its `KIND`), its `pub mod` line above,
+/// and its line here.
+pub const KINDS: &[Kind] = &[
+    echo::KIND,
+    command::KIND,
+    claude::KIND,
+    codex::KIND,
+    gemini::KIND,
+    openai::KIND,
+    anthropic::KIND,
+];
+
+/// What a [`Kind::build`] returns: the backend, as its definition keeps it.
+pub fn runner(backend: impl Backend) -> Runner {
+    let shared: Arc<dyn Backend> = Arc::new(backend);
+    Runner::new(shared)
+}
+
+/// The backend a definition keeps, when it was read with [`KINDS`] (only
+/// a definition read with another registry, in a test, has none).
+pub fn built(def: &Definition) -> Option<&Arc<dyn Backend>> {
+    def.runner.get::<Arc<dyn Backend>>()
+}
 
 /// Everything a backend needs to run one turn.
 #[derive(Debug, Clone)]
@@ -327,8 +365,9 @@ impl EventSink {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The one backend trait.
-pub trait Backend: Send + Sync {
+/// The one backend trait. A backend is built once, when its definition is
+/// read (see [`Kind`]), and runs every turn of that definition.
+pub trait Backend: Any + Debug + Send + Sync {
     fn run<'a>(
         &'a self,
         req: &'a TurnRequest,
@@ -354,32 +393,53 @@ pub trait Backend: Send + Sync {
     }
 }
 
-/// The backend a definition names.
-pub fn for_definition(def: &Definition) -> Result<Box<dyn Backend>, TurnError> {
-    match def.backend.as_str() {
-        "echo" => Ok(Box::new(echo::Echo)),
-        "command" => Ok(Box::new(command::CommandBackend::new(def)?)),
-        "claude" => Ok(Box::new(claude::Claude::new(def))),
-        "codex" => Ok(Box::new(codex::Codex::new(def))),
-        "gemini" => Ok(Box::new(gemini::Gemini::new(def))),
-        "openai" => Ok(Box::new(openai::OpenAi::new(def)?)),
-        "anthropic" => Ok(Box::new(anthropic::Anthropic::new(def)?)),
-        other => Err(TurnError::Failed(format!("unknown backend {other:?}"))),
+impl dyn Backend {
+    /// The backend as its own type, to read its configuration
+    /// (`built(&def)?.downcast_ref::<command::CommandBackend>()`).
+    pub fn downcast_ref<T: Backend>(&self) -> Option<&T> {
+        let any: &dyn Any = self;
+        any.downcast_ref()
     }
 }
 
-/// Extra arguments from a definition's `args` (validated when the
-/// definition was read).
-pub fn extra_args(def: &Definition) -> Vec<String> {
-    def.args.clone()
+/// The backend a definition names, built when the definition was read
+/// (`Definition::runner`): nothing is read again here. It fails only for a
+/// definition read with a registry other than [`KINDS`].
+pub fn for_definition(def: &Definition) -> Result<Box<dyn Backend>, TurnError> {
+    match built(def) {
+        Some(b) => Ok(Box::new(Shared(b.clone()))),
+        None => Err(TurnError::Failed(format!(
+            "the {} backend of {}.md was not built by this program's backends ({:?})",
+            def.backend, def.path, def.runner
+        ))),
+    }
 }
 
-/// The program to run: the definition's `program`, else the default name.
-pub fn program(def: &Definition, default: &str) -> String {
-    def.program
-        .clone()
-        .filter(|p| !p.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
+/// A definition's backend, shared by its turns.
+#[derive(Debug)]
+struct Shared(Arc<dyn Backend>);
+
+impl Backend for Shared {
+    fn run<'a>(
+        &'a self,
+        req: &'a TurnRequest,
+        events: &'a EventSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
+        self.0.run(req, events, cancel)
+    }
+
+    fn runs_external_programs(&self) -> bool {
+        self.0.runs_external_programs()
+    }
+
+    fn wants_context_header(&self) -> bool {
+        self.0.wants_context_header()
+    }
+
+    fn wants_history(&self) -> bool {
+        self.0.wants_history()
+    }
 }
 
 /// The system prompt folded into the prompt, for CLIs without a flag for
@@ -397,9 +457,189 @@ pub fn tail(s: &str, n: usize) -> &str {
     command::tail(s, n)
 }
 
+/// Helpers for the backends' configuration tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use serde_yaml::Mapping;
+
+    use super::{Backend, KINDS, built};
+    use crate::agent::{Definition, DefinitionError, parse_definition};
+    use crate::note::{FieldError, Note};
+
+    /// Front-matter from YAML.
+    pub fn meta(yaml: &str) -> Mapping {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    /// A definition `Agents/helper` with this front-matter.
+    pub fn definition(front: &str) -> Result<Definition, DefinitionError> {
+        parse_definition(
+            "Agents/helper",
+            &Note::parse(&format!("---\n{front}---\nYou help.\n")).unwrap(),
+            KINDS,
+        )
+    }
+
+    /// The backend a definition read with [`KINDS`] keeps.
+    pub fn backend_of(d: &Definition) -> &dyn Backend {
+        built(d).unwrap().as_ref()
+    }
+
+    /// The error a `Config::read` gives, as (field, reason).
+    pub fn error<T: std::fmt::Debug>(r: Result<T, FieldError>) -> (String, String) {
+        let e = r.unwrap_err();
+        (e.field, e.reason)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_yaml::Mapping;
+
     use super::*;
+
+    #[test]
+    fn the_registry_is_well_formed() {
+        let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+        assert_eq!(
+            names,
+            [
+                "echo",
+                "command",
+                "claude",
+                "codex",
+                "gemini",
+                "openai",
+                "anthropic"
+            ]
+        );
+        for (i, k) in KINDS.iter().enumerate() {
+            assert_eq!(k.name, k.name.to_ascii_lowercase());
+            assert!(
+                KINDS.iter().skip(i + 1).all(|o| o.name != k.name),
+                "{} is registered twice",
+                k.name
+            );
+            assert_eq!(k.needs_model, matches!(k.name, "openai" | "anthropic"));
+            (k.check)(&Mapping::new()).unwrap();
+        }
+    }
+
+    /// Every backend's keys are checked whatever backend the definition
+    /// names; `model` only for the backends that need it; then the named
+    /// backend is built (and only its own requirements count).
+    #[test]
+    fn every_backend_checks_its_keys_then_one_is_built() {
+        let field = |front: &str| testing::definition(front).unwrap_err().field;
+        for (yaml, key) in [
+            ("temperature: warm", "temperature"),
+            ("command: {a: 1}", "command"),
+            ("args: {a: 1}", "args"),
+            ("max_tokens: 0", "max_tokens"),
+            ("context_header: maybe", "context_header"),
+        ] {
+            assert_eq!(field(&format!("{yaml}\n")), key, "{yaml}");
+        }
+        let e = testing::definition("backend: openai\n").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            (
+                "model",
+                "the openai backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
+            )
+        );
+        assert!(testing::definition("backend: openai\nmodel: m\n").is_ok());
+        // `command` is required by the command backend only.
+        assert!(testing::definition("").is_ok());
+        assert_eq!(field("backend: command\n"), "command");
+    }
+
+    /// A backend's key of the wrong type is an error naming it, on a
+    /// definition of another backend too (here `claude`).
+    #[test]
+    fn wrong_typed_backend_keys_are_errors() {
+        for (key, value) in [
+            ("context_header", "{a: 1}"),
+            ("max_tokens", "[10]"),
+            ("temperature", "[0.2]"),
+            ("base_url", "[http://x]"),
+            ("api_key_env", "{a: 1}"),
+            ("program", "[claude]"),
+            ("args", "{a: 1}"),
+            ("args", "[--x, [nested]]"),
+            ("command", "{a: 1}"),
+            ("command", "[python3, {a: 1}]"),
+        ] {
+            let e = testing::definition(&format!("backend: claude\n{key}: {value}\n")).unwrap_err();
+            assert_eq!(e.field, key, "{key}: {value}: {e}");
+            assert!(
+                e.to_string().starts_with("Agents/helper.md: field `"),
+                "{e}"
+            );
+        }
+        let e = testing::definition("command: [python3, [x]]\nbackend: command\n").unwrap_err();
+        assert_eq!(
+            e.reason,
+            "item 2 is a list; each item must be a single value"
+        );
+    }
+
+    /// The backend is built when the definition is read, from the keys its
+    /// file reads, and handed out as it is.
+    #[test]
+    fn the_definition_keeps_its_backend() {
+        let d = testing::definition("backend: command\ncommand: [tr, a-z, A-Z]\n").unwrap();
+        let c = testing::backend_of(&d)
+            .downcast_ref::<command::CommandBackend>()
+            .unwrap();
+        assert_eq!(c.argv(), ["tr", "a-z", "A-Z"]);
+        assert!(for_definition(&d).is_ok());
+        for (name, model) in [("echo", ""), ("claude", ""), ("openai", "model: m\n")] {
+            let d = testing::definition(&format!("backend: {name}\n{model}")).unwrap();
+            assert_eq!(d.backend, name);
+            let shown = format!("{:?}", d.runner);
+            assert!(
+                shown.to_ascii_lowercase().starts_with(name),
+                "{name}: {shown}"
+            );
+        }
+    }
+
+    /// A definition read with another registry has no backend a turn can
+    /// run: the turn fails with a reason instead of running something else.
+    #[test]
+    fn a_definition_of_another_registry_is_not_run() {
+        let kinds = [Kind {
+            name: "echo",
+            needs_model: false,
+            check: |_| Ok(()),
+            build: |_| Ok(Runner::new("not a backend")),
+        }];
+        let note = crate::note::Note::parse("---\n---\n").unwrap();
+        let d = crate::agent::parse_definition("Agents/x", &note, &kinds).unwrap();
+        assert!(built(&d).is_none());
+        let Err(e) = for_definition(&d) else {
+            panic!("ran a backend it was not given")
+        };
+        assert!(e.to_string().contains("Agents/x.md"), "{e}");
+    }
+
+    /// The unknown-backend error lists the registry, so a backend added to
+    /// [`KINDS`] is named without another list to keep.
+    #[test]
+    fn unknown_backend_names_every_registered_backend() {
+        let e = testing::definition("backend: gpt\n").unwrap_err();
+        assert_eq!(e.field, "backend");
+        assert_eq!(
+            e.reason,
+            "unknown backend \"gpt\" (one of: echo, command, claude, codex, gemini, openai, anthropic)"
+        );
+        for k in KINDS {
+            assert!(e.reason.contains(k.name), "{}: {e}", k.name);
+            let d = testing::definition(&format!("backend: {}\nmodel: m\ncommand: x\n", k.name));
+            assert_eq!(d.map(|d| d.backend).as_deref(), Ok(k.name));
+        }
+    }
 
     #[test]
     fn transient_texts() {

@@ -10,40 +10,81 @@
 //! ../../shared/PROTOCOLS.md and the OpenAI API reference captures.
 
 use serde_json::{Value, json};
+use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{self, client};
-use super::{Backend, BoxFuture, EventSink, TurnError, TurnEvent, TurnOutput, TurnRequest, Usage};
-use crate::agent::Definition;
+use super::http::{self, HttpKeys, client};
+use super::{
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    TurnRequest, Usage,
+};
+use crate::agent::keys;
+use crate::note::FieldError;
 
+/// `openai` in the registry.
+pub const KIND: Kind = Kind {
+    name: "openai",
+    needs_model: true,
+    check: |meta| Config::read(meta).map(drop),
+    build,
+};
+
+/// The keys only `openai` reads.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// `max_tokens`, `base_url` (default `https://api.openai.com/v1`),
+    /// `api_key_env` (default: `OPENAI_API_KEY` if set, else no key).
+    pub http: HttpKeys,
+    /// `temperature` (finite, not negative).
+    pub temperature: Option<f64>,
+}
+
+impl Config {
+    pub fn read(meta: &Mapping) -> Result<Config, FieldError> {
+        let http = HttpKeys::read(meta)?;
+        let temperature = match keys::text(meta, "temperature")? {
+            None => None,
+            Some(v) => match v.parse::<f64>() {
+                Ok(t) if t.is_finite() && t >= 0.0 => Some(t),
+                Ok(_) => {
+                    return Err(FieldError::new(
+                        "temperature",
+                        format!("{v:?} is not a number of 0 or more"),
+                    ));
+                }
+                Err(_) => {
+                    return Err(FieldError::new(
+                        "temperature",
+                        format!("{v:?} is not a number"),
+                    ));
+                }
+            },
+        };
+        Ok(Config { http, temperature })
+    }
+}
+
+fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
+    let c = Config::read(s.meta)?;
+    Ok(super::runner(OpenAi {
+        base_url: c.http.base_url_or("https://api.openai.com/v1"),
+        model: s.required_model("openai")?,
+        config: c,
+    }))
+}
+
+#[derive(Debug)]
 pub struct OpenAi {
+    /// `base_url` or the default, without a trailing `/`.
     base_url: String,
     model: String,
-    api_key_env: Option<String>,
-    max_tokens: Option<u64>,
-    temperature: Option<f64>,
+    config: Config,
 }
 
 impl OpenAi {
-    pub fn new(def: &Definition) -> Result<Self, TurnError> {
-        let model = def.model.clone().ok_or_else(|| {
-            TurnError::Failed(format!(
-                "{}.md: field `model` is required for the openai backend",
-                def.path
-            ))
-        })?;
-        Ok(OpenAi {
-            base_url: def
-                .base_url
-                .as_deref()
-                .unwrap_or("https://api.openai.com/v1")
-                .trim_end_matches('/')
-                .to_string(),
-            model,
-            api_key_env: def.api_key_env.clone(),
-            max_tokens: def.max_tokens,
-            temperature: def.temperature,
-        })
+    /// The keys it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     fn body(&self, req: &TurnRequest) -> Value {
@@ -63,10 +104,10 @@ impl OpenAi {
             "stream_options": {"include_usage": true},
         });
         if let Some(o) = body.as_object_mut() {
-            if let Some(m) = self.max_tokens {
+            if let Some(m) = self.config.http.max_tokens {
                 o.insert("max_tokens".into(), json!(m));
             }
-            if let Some(t) = self.temperature {
+            if let Some(t) = self.config.temperature {
                 o.insert("temperature".into(), json!(t));
             }
         }
@@ -83,7 +124,10 @@ impl Backend for OpenAi {
     ) -> BoxFuture<'a, Result<TurnOutput, TurnError>> {
         Box::pin(async move {
             let deadline = req.deadline;
-            let key = http::api_key(self.api_key_env.as_deref(), Some("OPENAI_API_KEY"))?;
+            let key = http::api_key(
+                self.config.http.api_key_env.as_deref(),
+                Some("OPENAI_API_KEY"),
+            )?;
             let mut rb = client()
                 .post(format!("{}/chat/completions", self.base_url))
                 .json(&self.body(req));
@@ -175,5 +219,95 @@ impl Backend for OpenAi {
 
     fn wants_history(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::testing::{backend_of, definition, error, meta};
+
+    #[test]
+    fn keys_are_typed() {
+        let d = definition(
+            "backend: openai\nmodel: m\nbase_url: http://127.0.0.1:1/v1/\napi_key_env: MY_KEY\nmax_tokens: 10\ntemperature: 0.2\n",
+        )
+        .unwrap();
+        let o = backend_of(&d).downcast_ref::<OpenAi>().unwrap();
+        let c = o.config();
+        assert_eq!(c.http.base_url.as_deref(), Some("http://127.0.0.1:1/v1/"));
+        assert_eq!(o.base_url, "http://127.0.0.1:1/v1");
+        assert_eq!(c.http.api_key_env.as_deref(), Some("MY_KEY"));
+        assert_eq!(c.http.max_tokens, Some(10));
+        assert_eq!(c.temperature, Some(0.2));
+        assert_eq!(o.model, "m");
+        let d = definition("backend: openai\nmodel: m\n").unwrap();
+        let o = backend_of(&d).downcast_ref::<OpenAi>().unwrap();
+        assert_eq!(o.config(), &Config::default());
+        assert_eq!(o.base_url, "https://api.openai.com/v1");
+        assert!(backend_of(&d).wants_history());
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let read = |y: &str| error(Config::read(&meta(y)));
+        let pair = |f: &str, r: &str| (f.to_string(), r.to_string());
+        assert_eq!(
+            read("max_tokens: 0"),
+            pair("max_tokens", "must be at least 1")
+        );
+        assert_eq!(
+            read("max_tokens: 1e3"),
+            pair("max_tokens", "\"1000.0\" is not a whole number")
+        );
+        assert_eq!(
+            read("max_tokens: -1"),
+            pair("max_tokens", "\"-1\" is not a whole number")
+        );
+        assert_eq!(
+            read("max_tokens: [10]"),
+            pair("max_tokens", "expected a single value, got a list")
+        );
+        for t in ["nan", ".nan", "inf", ".inf", "-1", "1e400"] {
+            assert_eq!(read(&format!("temperature: {t}")).0, "temperature", "{t}");
+        }
+        assert_eq!(
+            read("temperature: -1"),
+            pair("temperature", "\"-1\" is not a number of 0 or more")
+        );
+        assert_eq!(
+            read("temperature: warm"),
+            pair("temperature", "\"warm\" is not a number")
+        );
+        assert_eq!(
+            read("base_url: localhost:11434"),
+            pair(
+                "base_url",
+                "\"localhost:11434\" is not an http:// or https:// address"
+            )
+        );
+        assert_eq!(
+            read("api_key_env: MY=KEY"),
+            pair(
+                "api_key_env",
+                "\"MY=KEY\" is not an environment variable name (letters, digits and `_`, like OPENAI_API_KEY)"
+            )
+        );
+        assert_eq!(read("api_key_env: 1KEY").0, "api_key_env");
+        assert_eq!(
+            Config::read(&meta("api_key_env: \"\"")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn model_is_required() {
+        for front in ["backend: openai\n", "backend: openai\nmodel: \" \"\n"] {
+            let e = definition(front).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "Agents/helper.md: field `model`: the openai backend needs `model` (e.g. gpt-4o-mini, claude-sonnet-4-5)"
+            );
+        }
     }
 }

@@ -9,7 +9,38 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use serde_yaml::Mapping;
+
 use super::TurnError;
+use crate::agent::keys::{self, ListOrText};
+use crate::note::FieldError;
+
+/// `program` and `args`: the keys the CLI backends (`claude`, `codex`,
+/// `gemini`) read, each into its own `Config`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CliKeys {
+    /// `program`: the executable instead of the backend's default.
+    pub program: Option<String>,
+    /// `args`: extra arguments, a list as given or a text split at spaces.
+    pub args: Vec<String>,
+}
+
+impl CliKeys {
+    pub fn read(meta: &Mapping) -> Result<CliKeys, FieldError> {
+        let program = keys::text(meta, "program")?;
+        let args = match keys::list_or_text(meta, "args", "a list like [--verbose] or text")? {
+            None => Vec::new(),
+            Some(ListOrText::List(items)) => items,
+            Some(ListOrText::Text(s)) => s.split_whitespace().map(str::to_string).collect(),
+        };
+        Ok(CliKeys { program, args })
+    }
+
+    /// The program to run: `program`, else `default`.
+    pub fn program_or(&self, default: &str) -> String {
+        self.program.clone().unwrap_or_else(|| default.to_string())
+    }
+}
 
 /// How long a process group gets between TERM and KILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);

@@ -40,7 +40,8 @@ mod tests {
 
     fn def(mode: Mode) -> Definition {
         let n = Note::parse("---\ntags: [agent/definition]\n---\n").unwrap();
-        let mut d = crate::agent::parse_definition("Agents/bot", &n).unwrap();
+        let mut d =
+            crate::agent::parse_definition("Agents/bot", &n, crate::backend::KINDS).unwrap();
         d.mode = mode;
         d
     }
