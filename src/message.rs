@@ -93,10 +93,7 @@ pub fn reset_threads(
         // A turn may be writing the thread right now: its write wins the
         // race, and the reset is made again on what it wrote.
         let mut tries = 0;
-        loop {
-            let Ok((text, version)) = vault.read(&path) else {
-                break;
-            };
+        while let Ok((text, version)) = vault.read(&path) {
             let Ok(n) = Note::parse(&text) else { break };
             if n.kind() != crate::note::NoteKind::Thread {
                 break;
