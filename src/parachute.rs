@@ -63,7 +63,8 @@ impl BaseUrl {
     pub fn parse(text: &str) -> Result<BaseUrl, String> {
         let text = text.trim();
         let shown = without_userinfo(text);
-        let bad = |why: &str| format!("{shown:?} is not a Parachute Vault address: {why} ({SHAPE})");
+        let bad =
+            |why: &str| format!("{shown:?} is not a Parachute Vault address: {why} ({SHAPE})");
         let url = Url::parse(text).map_err(|e| bad(&format!("it is not a URL ({e})")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(bad("it must start with http:// or https://"));
@@ -79,14 +80,19 @@ impl BaseUrl {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(bad("it must not have a query (?…) or a fragment (#…)"));
         }
-        let mut segments: Vec<&str> = url.path_segments().map(Iterator::collect).unwrap_or_default();
+        let mut segments: Vec<&str> = url
+            .path_segments()
+            .map(Iterator::collect)
+            .unwrap_or_default();
         while segments.last() == Some(&"") {
             segments.pop();
         }
         let name = match segments.as_slice() {
             ["vault", name] => *name,
             s if s.contains(&"api") => {
-                return Err(bad("give the vault's base, without /api or anything after it"));
+                return Err(bad(
+                    "give the vault's base, without /api or anything after it",
+                ));
             }
             ["vault"] => return Err(bad("the vault's name is missing after /vault/")),
             [] => return Err(bad("the path /vault/<name> is missing")),
@@ -308,13 +314,21 @@ impl Note {
     /// note when its id is known.
     pub fn from_json(v: &Value, max_bytes: u64) -> Result<Note, String> {
         let Some(obj) = v.as_object() else {
-            return Err(format!("a note is not a JSON object (it is {})", kind_of(v)));
+            return Err(format!(
+                "a note is not a JSON object (it is {})",
+                kind_of(v)
+            ));
         };
         let id = match obj.get("id") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::String(_)) => return Err("a note has an empty `id`".into()),
             None | Some(Value::Null) => return Err("a note without an `id`".into()),
-            Some(other) => return Err(format!("a note's `id` is not a text (it is {})", kind_of(other))),
+            Some(other) => {
+                return Err(format!(
+                    "a note's `id` is not a text (it is {})",
+                    kind_of(other)
+                ));
+            }
         };
         let bad = |field: &str, why: String| format!("note {id}: `{field}` {why}");
         let text = |keys: &[&str]| -> Result<Option<String>, String> {
@@ -323,7 +337,10 @@ impl Note {
                     None | Some(Value::Null) => continue,
                     Some(Value::String(s)) => return Ok(Some(s.clone())),
                     Some(other) => {
-                        return Err(bad(key, format!("is not a text (it is {})", kind_of(other))));
+                        return Err(bad(
+                            key,
+                            format!("is not a text (it is {})", kind_of(other)),
+                        ));
                     }
                 }
             }
@@ -333,14 +350,21 @@ impl Note {
         let created_at = text(&["createdAt", "created_at"])?;
         let updated_at = match text(&["updatedAt", "updated_at"])? {
             Some(u) => u,
-            None => created_at
-                .clone()
-                .ok_or_else(|| format!("note {id} has neither `updatedAt` nor `createdAt`: no version to update it by"))?,
+            None => created_at.clone().ok_or_else(|| {
+                format!(
+                    "note {id} has neither `updatedAt` nor `createdAt`: no version to update it by"
+                )
+            })?,
         };
         let metadata = match obj.get("metadata") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(m)) => m.clone(),
-            Some(other) => return Err(bad("metadata", format!("is not an object (it is {})", kind_of(other)))),
+            Some(other) => {
+                return Err(bad(
+                    "metadata",
+                    format!("is not an object (it is {})", kind_of(other)),
+                ));
+            }
         };
         let tags = match obj.get("tags") {
             None | Some(Value::Null) => Vec::new(),
@@ -349,12 +373,22 @@ impl Note {
                 for t in items {
                     match t {
                         Value::String(s) => tags.push(s.clone()),
-                        other => return Err(bad("tags", format!("holds {}, not a text", kind_of(other)))),
+                        other => {
+                            return Err(bad(
+                                "tags",
+                                format!("holds {}, not a text", kind_of(other)),
+                            ));
+                        }
                     }
                 }
                 tags
             }
-            Some(other) => return Err(bad("tags", format!("is not a list (it is {})", kind_of(other)))),
+            Some(other) => {
+                return Err(bad(
+                    "tags",
+                    format!("is not a list (it is {})", kind_of(other)),
+                ));
+            }
         };
         let reported_size = match obj.get("byteSize").or_else(|| obj.get("byte_size")) {
             None | Some(Value::Null) => None,
@@ -362,7 +396,12 @@ impl Note {
                 n.as_u64()
                     .ok_or_else(|| bad("byteSize", format!("is not a size ({n})")))?,
             ),
-            Some(other) => return Err(bad("byteSize", format!("is not a number (it is {})", kind_of(other)))),
+            Some(other) => {
+                return Err(bad(
+                    "byteSize",
+                    format!("is not a number (it is {})", kind_of(other)),
+                ));
+            }
         };
         let content = match obj.get("content") {
             Some(Value::String(s)) => {
@@ -378,7 +417,12 @@ impl Note {
                 Some(size) if size > max_bytes => Content::TooLarge { byte_size: size },
                 size => Content::Omitted { byte_size: size },
             },
-            Some(other) => return Err(bad("content", format!("is not a text (it is {})", kind_of(other)))),
+            Some(other) => {
+                return Err(bad(
+                    "content",
+                    format!("is not a text (it is {})", kind_of(other)),
+                ));
+            }
         };
         Ok(Note {
             id,
@@ -550,13 +594,21 @@ pub enum ErrorKind {
     },
     /// Any other refusal (`400`, `413`, `422`, …): the same request will
     /// fail again.
-    Rejected { status: u16, reason: String },
+    Rejected {
+        status: u16,
+        reason: String,
+    },
     /// An answer that is not what the API returns.
     Protocol(String),
     /// A note over the size limit (content not loaded, or not written).
-    TooLarge { byte_size: Option<u64>, limit: u64 },
+    TooLarge {
+        byte_size: Option<u64>,
+        limit: u64,
+    },
     /// A listing with more notes than the bound.
-    TooMany { bound: usize },
+    TooMany {
+        bound: usize,
+    },
     /// A request the client refuses to send (a tag with a comma, a path
     /// that is empty after normalisation, …).
     Invalid(String),
@@ -649,12 +701,17 @@ impl fmt::Display for ErrorKind {
 pub struct Error {
     base: String,
     request: String,
-    kind: ErrorKind,
+    /// Boxed: an `Error` travels in every `Result` of the client.
+    kind: Box<ErrorKind>,
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Parachute Vault {}: {}: {}", self.base, self.request, self.kind)
+        write!(
+            f,
+            "Parachute Vault {}: {}: {}",
+            self.base, self.request, self.kind
+        )
     }
 }
 
@@ -666,7 +723,7 @@ impl Error {
     }
 
     pub fn into_kind(self) -> ErrorKind {
-        self.kind
+        *self.kind
     }
 
     /// What was asked (`update note id …`), for messages.
@@ -676,15 +733,15 @@ impl Error {
 
     /// Could the same request succeed later (the vault down or overloaded)?
     pub fn is_transient(&self) -> bool {
-        matches!(self.kind, ErrorKind::Unavailable { .. })
+        matches!(*self.kind, ErrorKind::Unavailable { .. })
     }
 
     pub fn is_not_found(&self) -> bool {
-        matches!(self.kind, ErrorKind::NotFound)
+        matches!(*self.kind, ErrorKind::NotFound)
     }
 
     pub fn conflict(&self) -> Option<&Conflict> {
-        match &self.kind {
+        match &*self.kind {
             ErrorKind::Conflict(c) => Some(c),
             _ => None,
         }
@@ -692,7 +749,7 @@ impl Error {
 
     /// How long the server asked to wait (`retry-after`), if it did.
     pub fn retry_after(&self) -> Option<Duration> {
-        match &self.kind {
+        match &*self.kind {
             ErrorKind::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
@@ -775,7 +832,7 @@ impl Client {
         let fail = |why: String| Error {
             base: base.to_string(),
             request: "set up the client".into(),
-            kind: ErrorKind::Invalid(why),
+            kind: Box::new(ErrorKind::Invalid(why)),
         };
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| fail(format!("{TOKEN_ENV} cannot go in an HTTP header")))?;
@@ -810,7 +867,7 @@ impl Client {
         Error {
             base: self.inner.base.to_string(),
             request: request.to_string(),
-            kind,
+            kind: Box::new(kind),
         }
     }
 
@@ -835,7 +892,13 @@ impl Client {
 
     /// Sends one request and reads its answer within `limit` bytes (error
     /// answers within [`MAX_ERROR_BODY`]).
-    async fn send(&self, method: Method, url: Url, body: Option<&Value>, limit: usize) -> Result<Answer, Failure> {
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        limit: usize,
+    ) -> Result<Answer, Failure> {
         let mut rb = self
             .inner
             .http
@@ -844,7 +907,10 @@ impl Client {
         if let Some(b) = body {
             rb = rb.json(b);
         }
-        let mut resp = rb.send().await.map_err(|e| Failure::Error(self.transport(&e)))?;
+        let mut resp = rb
+            .send()
+            .await
+            .map_err(|e| Failure::Error(self.transport(&e)))?;
         let status = resp.status();
         let content_type = resp
             .headers()
@@ -876,7 +942,11 @@ impl Client {
                 Err(Failure::Error(k)) => return Err(Failure::Error(k)),
                 Err(Failure::TooLarge(_)) => Vec::new(),
             };
-            return Err(Failure::Error(self.status_error(status, &body, retry_after)));
+            return Err(Failure::Error(self.status_error(
+                status,
+                &body,
+                retry_after,
+            )));
         }
         let body = match read_bounded(&mut resp, limit, false).await {
             Ok(b) => b,
@@ -914,7 +984,11 @@ impl Client {
             while let Some(next) = cause.source() {
                 cause = next;
             }
-            let what = if e.is_connect() { "cannot connect" } else { "connection error" };
+            let what = if e.is_connect() {
+                "cannot connect"
+            } else {
+                "connection error"
+            };
             format!("{what}: {}", self.quote(&cause.to_string()))
         };
         ErrorKind::Unavailable {
@@ -925,7 +999,12 @@ impl Client {
     }
 
     /// A non-2xx answer as an error kind.
-    fn status_error(&self, status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> ErrorKind {
+    fn status_error(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        retry_after: Option<Duration>,
+    ) -> ErrorKind {
         let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let field = |k: &str| v.get(k).and_then(Value::as_str).map(|s| self.quote(s));
         let error_type = field("error_type");
@@ -934,7 +1013,10 @@ impl Client {
             .unwrap_or_else(|| {
                 let text = self.quote(&String::from_utf8_lossy(body));
                 if text.trim().is_empty() {
-                    status.canonical_reason().unwrap_or("no reason given").to_string()
+                    status
+                        .canonical_reason()
+                        .unwrap_or("no reason given")
+                        .to_string()
                 } else {
                     text
                 }
@@ -948,27 +1030,39 @@ impl Client {
                 granted_scopes: v
                     .get("granted_scopes")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(|s| self.quote(s)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(|s| self.quote(s))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             },
             404 if field("error").as_deref() == Some("Vault not found") => ErrorKind::NoSuchVault,
             404 => ErrorKind::NotFound,
-            409 if error_type.as_deref() == Some("path_conflict") => ErrorKind::Conflict(Conflict::Path {
-                path: field("path").unwrap_or_default(),
-            }),
-            409 if error_type.as_deref() == Some("conflict") => ErrorKind::Conflict(Conflict::Stale {
-                current_updated_at: field("current_updated_at"),
-                your_updated_at: field("your_updated_at")
-                    .or_else(|| field("expected_updated_at"))
-                    .unwrap_or_default(),
-            }),
+            409 if error_type.as_deref() == Some("path_conflict") => {
+                ErrorKind::Conflict(Conflict::Path {
+                    path: field("path").unwrap_or_default(),
+                })
+            }
+            409 if error_type.as_deref() == Some("conflict") => {
+                ErrorKind::Conflict(Conflict::Stale {
+                    current_updated_at: field("current_updated_at"),
+                    your_updated_at: field("your_updated_at")
+                        .or_else(|| field("expected_updated_at"))
+                        .unwrap_or_default(),
+                })
+            }
             428 => ErrorKind::VersionNotSent,
             408 | 429 | 500..=599 => ErrorKind::Unavailable {
                 status: Some(code),
                 reason,
                 retry_after,
             },
-            _ => ErrorKind::Rejected { status: code, reason },
+            _ => ErrorKind::Rejected {
+                status: code,
+                reason,
+            },
         }
     }
 
@@ -976,7 +1070,8 @@ impl Client {
     /// from a proxy) is a protocol error that says what it was.
     fn json_of(&self, answer: &Answer) -> Result<Value, ErrorKind> {
         serde_json::from_slice(&answer.body).map_err(|e| {
-            let start = String::from_utf8_lossy(answer.body.get(..80).unwrap_or(&answer.body)).into_owned();
+            let start =
+                String::from_utf8_lossy(answer.body.get(..80).unwrap_or(&answer.body)).into_owned();
             ErrorKind::Protocol(format!(
                 "a {} answer that is not JSON ({e}; content-type {:?}, it starts {:?})",
                 answer.status.as_u16(),
@@ -987,7 +1082,13 @@ impl Client {
     }
 
     /// One request whose 2xx answer is JSON.
-    async fn call(&self, request: &str, method: Method, url: Url, body: Option<&Value>) -> Result<Value, Error> {
+    async fn call(
+        &self,
+        request: &str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Value, Error> {
         let limit = self.inner.config.max_body_bytes;
         match self.send(method, url, body, limit).await {
             Ok(answer) => self.json_of(&answer).map_err(|k| self.error(request, k)),
@@ -1011,7 +1112,9 @@ impl Client {
     /// (the health check needs a valid token).
     pub async fn health(&self) -> Result<Health, Error> {
         let request = "health check";
-        let v = self.call(request, Method::GET, self.inner.base.api(&["health"]), None).await?;
+        let v = self
+            .call(request, Method::GET, self.inner.base.api(&["health"]), None)
+            .await?;
         let status = v.get("status").and_then(Value::as_str);
         let vault = v.get("vault").and_then(Value::as_str);
         match (status, vault) {
@@ -1062,10 +1165,14 @@ impl Client {
                 notes.retain(|n| n.path.as_deref() == Some(path.as_str()));
                 match notes.len() {
                     0 => Err(self.error(&request, ErrorKind::NotFound)),
-                    1 => notes.pop().ok_or_else(|| self.error(&request, ErrorKind::NotFound)),
+                    1 => notes
+                        .pop()
+                        .ok_or_else(|| self.error(&request, ErrorKind::NotFound)),
                     n => Err(self.error(
                         &request,
-                        ErrorKind::Protocol(format!("{n} notes have the path {path:?}, which is unique")),
+                        ErrorKind::Protocol(format!(
+                            "{n} notes have the path {path:?}, which is unique"
+                        )),
                     )),
                 }
             }
@@ -1090,7 +1197,12 @@ impl Client {
 
     async fn get_one(&self, request: &str, segment: &str) -> Result<Note, Error> {
         let v = self
-            .call(request, Method::GET, self.inner.base.api(&["notes", segment]), None)
+            .call(
+                request,
+                Method::GET,
+                self.inner.base.api(&["notes", segment]),
+                None,
+            )
             .await?;
         let note = self.note_of(request, &v)?;
         if let Content::TooLarge { byte_size } = note.content {
@@ -1115,24 +1227,35 @@ impl Client {
                 Some(other) => {
                     return Err(self.error(
                         request,
-                        ErrorKind::Protocol(format!("`notes` is not a list (it is {})", kind_of(other))),
+                        ErrorKind::Protocol(format!(
+                            "`notes` is not a list (it is {})",
+                            kind_of(other)
+                        )),
                     ));
                 }
                 None => {
                     return Err(self.error(
                         request,
-                        ErrorKind::Protocol("an object without `notes`, not a list of notes".into()),
+                        ErrorKind::Protocol(
+                            "an object without `notes`, not a list of notes".into(),
+                        ),
                     ));
                 }
             },
             other => {
                 return Err(self.error(
                     request,
-                    ErrorKind::Protocol(format!("a listing is {}, not a list of notes", kind_of(other))),
+                    ErrorKind::Protocol(format!(
+                        "a listing is {}, not a list of notes",
+                        kind_of(other)
+                    )),
                 ));
             }
         };
-        items.iter().map(|item| self.note_of(request, item)).collect()
+        items
+            .iter()
+            .map(|item| self.note_of(request, item))
+            .collect()
     }
 
     /// Lists the notes a query selects, page by page (offset paging in
@@ -1171,7 +1294,10 @@ impl Client {
                 }
                 new += 1;
                 let within = match &query.path_prefix {
-                    Some(prefix) => note.path.as_deref().is_some_and(|p| p.starts_with(prefix.as_str())),
+                    Some(prefix) => note
+                        .path
+                        .as_deref()
+                        .is_some_and(|p| p.starts_with(prefix.as_str())),
                     None => true,
                 };
                 if within {
@@ -1227,7 +1353,13 @@ impl Client {
     /// One page. A page with content over the body bound is read again
     /// without content, and its notes one by one (a note over the note
     /// limit is not fetched at all).
-    async fn page(&self, request: &str, query: &Query, offset: u64, page_size: u32) -> Result<Vec<Note>, Error> {
+    async fn page(
+        &self,
+        request: &str,
+        query: &Query,
+        offset: u64,
+        page_size: u32,
+    ) -> Result<Vec<Note>, Error> {
         let limit = self.inner.config.max_body_bytes;
         let url = self.page_url(query, offset, page_size, query.include_content);
         match self.send(Method::GET, url, None, limit).await {
@@ -1259,7 +1391,7 @@ impl Client {
             match self.get_one(request, &entry.id).await {
                 Ok(note) => notes.push(note),
                 Err(e) if e.is_not_found() => {} // deleted meanwhile
-                Err(e) => match e.kind {
+                Err(e) => match *e.kind {
                     ErrorKind::TooLarge { byte_size, .. } => notes.push(Note {
                         content: Content::TooLarge {
                             byte_size: byte_size.unwrap_or(self.inner.config.max_note_bytes),
@@ -1287,7 +1419,9 @@ impl Client {
         if path.is_none() && note.content.trim().is_empty() {
             return Err(self.error(
                 &request,
-                ErrorKind::Invalid("a note needs a path or some content (the server refuses an empty note)".into()),
+                ErrorKind::Invalid(
+                    "a note needs a path or some content (the server refuses an empty note)".into(),
+                ),
             ));
         }
         self.check_size(&request, &note.content)?;
@@ -1353,13 +1487,21 @@ impl Client {
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
         let request = format!("delete note id {id}");
         let v = self
-            .call(&request, Method::DELETE, self.inner.base.api(&["notes", id]), None)
+            .call(
+                &request,
+                Method::DELETE,
+                self.inner.base.api(&["notes", id]),
+                None,
+            )
             .await?;
         match v.get("deleted") {
             Some(Value::Bool(true)) => Ok(()),
             _ => Err(self.error(
                 &request,
-                ErrorKind::Protocol(format!("not `deleted: true`: {}", self.quote(&v.to_string()))),
+                ErrorKind::Protocol(format!(
+                    "not `deleted: true`: {}",
+                    self.quote(&v.to_string())
+                )),
             )),
         }
     }
@@ -1378,9 +1520,16 @@ impl Client {
         Ok(())
     }
 
-    fn check_tags<'t>(&self, request: &str, mut tags: impl Iterator<Item = &'t String>) -> Result<(), Error> {
+    fn check_tags<'t>(
+        &self,
+        request: &str,
+        mut tags: impl Iterator<Item = &'t String>,
+    ) -> Result<(), Error> {
         match tags.find(|t| t.trim().is_empty()) {
-            Some(t) => Err(self.error(request, ErrorKind::Invalid(format!("the tag {t:?} is empty")))),
+            Some(t) => Err(self.error(
+                request,
+                ErrorKind::Invalid(format!("the tag {t:?} is empty")),
+            )),
             None => Ok(()),
         }
     }
@@ -1388,7 +1537,11 @@ impl Client {
 
 /// Reads a body of at most `limit` bytes; with `truncate`, a longer one is
 /// cut at the limit instead of refused.
-async fn read_bounded(resp: &mut reqwest::Response, limit: usize, truncate: bool) -> Result<Vec<u8>, Failure> {
+async fn read_bounded(
+    resp: &mut reqwest::Response,
+    limit: usize,
+    truncate: bool,
+) -> Result<Vec<u8>, Failure> {
     let declared = resp.content_length();
     if !truncate && declared.is_some_and(|n| n > limit as u64) {
         return Err(Failure::TooLarge(declared));
@@ -1517,8 +1670,15 @@ mod tests {
         assert_eq!(n.text(), Some("hi"));
         assert_eq!(n.metadata.get("n"), Some(&json!(3)));
         assert_eq!(n.version().as_str(), "2026-01-01T00:00:01.000Z");
-        let n = Note::from_json(&json!({"id":"b","created_at":"c","updated_at":"u","content":"x"}), 10).unwrap();
-        assert_eq!((n.created_at.as_deref(), n.updated_at.as_str()), (Some("c"), "u"));
+        let n = Note::from_json(
+            &json!({"id":"b","created_at":"c","updated_at":"u","content":"x"}),
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            (n.created_at.as_deref(), n.updated_at.as_str()),
+            (Some("c"), "u")
+        );
         assert!(n.path.is_none() && n.metadata.is_empty() && n.tags.is_empty());
         // No updatedAt: createdAt is the version (as the server does).
         let n = Note::from_json(&json!({"id":"c","createdAt":"c1"}), 10).unwrap();
@@ -1528,7 +1688,11 @@ mod tests {
         assert_eq!(n.content, Content::Omitted { byte_size: Some(4) });
         let n = Note::from_json(&json!({"id":"d","createdAt":"c","byteSize":11}), 10).unwrap();
         assert_eq!(n.content, Content::TooLarge { byte_size: 11 });
-        let n = Note::from_json(&json!({"id":"e","createdAt":"c","content":"12345678901"}), 10).unwrap();
+        let n = Note::from_json(
+            &json!({"id":"e","createdAt":"c","content":"12345678901"}),
+            10,
+        )
+        .unwrap();
         assert_eq!(n.content, Content::TooLarge { byte_size: 11 });
         assert_eq!(n.text(), None);
     }
@@ -1538,16 +1702,43 @@ mod tests {
         for (v, says) in [
             (json!([1]), "not a JSON object (it is a list)"),
             (json!({"content":"x","createdAt":"c"}), "without an `id`"),
-            (json!({"id":7,"createdAt":"c"}), "`id` is not a text (it is a number)"),
+            (
+                json!({"id":7,"createdAt":"c"}),
+                "`id` is not a text (it is a number)",
+            ),
             (json!({"id":"","createdAt":"c"}), "empty `id`"),
-            (json!({"id":"a"}), "note a has neither `updatedAt` nor `createdAt`"),
-            (json!({"id":"a","createdAt":"c","metadata":[1]}), "note a: `metadata` is not an object (it is a list)"),
-            (json!({"id":"a","createdAt":"c","tags":"t"}), "note a: `tags` is not a list"),
-            (json!({"id":"a","createdAt":"c","tags":["t",3]}), "note a: `tags` holds a number"),
-            (json!({"id":"a","createdAt":"c","content":{}}), "note a: `content` is not a text"),
-            (json!({"id":"a","createdAt":5}), "note a: `createdAt` is not a text"),
-            (json!({"id":"a","createdAt":"c","path":1}), "note a: `path` is not a text"),
-            (json!({"id":"a","createdAt":"c","byteSize":-1}), "note a: `byteSize` is not a size"),
+            (
+                json!({"id":"a"}),
+                "note a has neither `updatedAt` nor `createdAt`",
+            ),
+            (
+                json!({"id":"a","createdAt":"c","metadata":[1]}),
+                "note a: `metadata` is not an object (it is a list)",
+            ),
+            (
+                json!({"id":"a","createdAt":"c","tags":"t"}),
+                "note a: `tags` is not a list",
+            ),
+            (
+                json!({"id":"a","createdAt":"c","tags":["t",3]}),
+                "note a: `tags` holds a number",
+            ),
+            (
+                json!({"id":"a","createdAt":"c","content":{}}),
+                "note a: `content` is not a text",
+            ),
+            (
+                json!({"id":"a","createdAt":5}),
+                "note a: `createdAt` is not a text",
+            ),
+            (
+                json!({"id":"a","createdAt":"c","path":1}),
+                "note a: `path` is not a text",
+            ),
+            (
+                json!({"id":"a","createdAt":"c","byteSize":-1}),
+                "note a: `byteSize` is not a size",
+            ),
         ] {
             let e = Note::from_json(&v, 10).unwrap_err();
             assert!(e.contains(says), "{v}: {e}");
@@ -1560,7 +1751,7 @@ mod tests {
             Error {
                 base: "http://h/vault/x".into(),
                 request: "update note id 1".into(),
-                kind,
+                kind: Box::new(kind),
             }
             .to_string()
         };
@@ -1570,18 +1761,30 @@ mod tests {
             required_scope: None,
             granted_scopes: vec![],
         });
-        assert!(s.starts_with("Parachute Vault http://h/vault/x: update note id 1: "), "{s}");
-        assert!(s.contains(TOKEN_ENV) && s.contains("Invalid API key"), "{s}");
+        assert!(
+            s.starts_with("Parachute Vault http://h/vault/x: update note id 1: "),
+            "{s}"
+        );
+        assert!(
+            s.contains(TOKEN_ENV) && s.contains("Invalid API key"),
+            "{s}"
+        );
         let s = e(ErrorKind::Unauthorized {
             status: 403,
             reason: "r".into(),
             required_scope: Some("vault:write".into()),
             granted_scopes: vec!["vault:read".into()],
         });
-        assert!(s.contains("lacks the scope vault:write") && s.contains("it has vault:read"), "{s}");
+        assert!(
+            s.contains("lacks the scope vault:write") && s.contains("it has vault:read"),
+            "{s}"
+        );
         assert!(s.contains(TOKEN_ENV), "{s}");
         let s = e(ErrorKind::VersionNotSent);
-        assert!(s.contains("428") && s.contains("if_updated_at") && s.contains("bug"), "{s}");
+        assert!(
+            s.contains("428") && s.contains("if_updated_at") && s.contains("bug"),
+            "{s}"
+        );
         let s = e(ErrorKind::TooLarge {
             byte_size: Some(9 * 1024 * 1024),
             limit: MAX_NOTE_BYTES,
