@@ -1698,6 +1698,84 @@ mod tests {
     }
 
     #[test]
+    fn odd_metadata_and_shapes_are_read_as_sent() {
+        let v = json!({"id":"a","createdAt":"c","updatedAt":"u","path":"",
+                       "metadata":{"n":3,"f":-1.5,"b":false,"z":null,"l":[1,"x"],"o":{"k":{}}}});
+        let n = Note::from_json(&v, 10).unwrap();
+        assert_eq!(Value::Object(n.metadata.clone()), v["metadata"]);
+        assert_eq!(n.path, None, "an empty path is no path");
+        assert_eq!(n.name(), "id a");
+        let n = Note::from_json(
+            &json!({"id":"a","createdAt":"c","metadata":null,"tags":null,"content":null}),
+            10,
+        )
+        .unwrap();
+        assert!(n.metadata.is_empty() && n.tags.is_empty());
+        assert_eq!(n.text(), Some(""));
+        // camelCase wins over snake_case when both are there.
+        let n = Note::from_json(
+            &json!({"id":"a","updatedAt":"camel","updated_at":"snake"}),
+            10,
+        )
+        .unwrap();
+        assert_eq!(n.updated_at, "camel");
+        for v in [json!(null), json!("note"), json!(3), json!(true)] {
+            assert!(
+                Note::from_json(&v, 10)
+                    .unwrap_err()
+                    .contains("not a JSON object"),
+                "{v}"
+            );
+        }
+        // Huge content: kept as a size, the text dropped.
+        let big = "é".repeat(600_000);
+        let n =
+            Note::from_json(&json!({"id":"h","createdAt":"c","content":big}), 1_000_000).unwrap();
+        assert_eq!(
+            n.content,
+            Content::TooLarge {
+                byte_size: 1_200_000
+            }
+        );
+        assert_eq!(n.text(), None);
+    }
+
+    #[test]
+    fn server_text_quoted_in_errors_is_scrubbed_of_the_token() {
+        let c = Client::new(
+            BaseUrl::parse("http://h/vault/x").unwrap(),
+            Token::new("pvt_secret_123").unwrap(),
+            Config::default(),
+        )
+        .unwrap();
+        let body = br#"{"error":"Unauthorized","message":"bad key pvt_secret_123\u0007"}"#;
+        for status in [401, 403, 500, 400] {
+            let k = c.status_error(StatusCode::from_u16(status).unwrap(), body, None);
+            let e = c.error("list notes", k);
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("secret"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        let k = c.status_error(StatusCode::FORBIDDEN, br#"{"error_type":"insufficient_scope","required_scope":"vault:write","granted_scopes":["vault:read"]}"#, None);
+        let s = c.error("create note", k).to_string();
+        assert!(
+            s.contains(TOKEN_ENV) && s.contains("lacks the scope vault:write"),
+            "{s}"
+        );
+        let k = c.status_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            b"<html>down</html>",
+            Some(Duration::from_secs(7)),
+        );
+        let e = c.error("health check", k);
+        assert!(
+            e.is_transient() && e.retry_after() == Some(Duration::from_secs(7)),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("<html>down</html>"), "{e}");
+    }
+
+    #[test]
     fn nonsense_notes_are_refused_with_what_is_wrong() {
         for (v, says) in [
             (json!([1]), "not a JSON object (it is a list)"),
