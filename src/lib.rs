@@ -15,6 +15,7 @@ pub mod engine;
 pub mod job;
 pub mod message;
 pub mod note;
+pub mod parachute;
 pub mod queue;
 pub mod server;
 mod simple_yaml;

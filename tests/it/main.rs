@@ -28,6 +28,8 @@ mod http;
 mod http_guard;
 mod jobs;
 mod notes;
+mod parachute;
+mod parachute_fake;
 mod props;
 mod robust;
 mod serve;
