@@ -77,18 +77,24 @@ enum Command {
         /// (http(s)://HOST/vault/NAME; token in VAULTRUNNER_VAULT_TOKEN).
         vault: String,
         /// Quiet time (ms) before a note someone else wrote is read (at
-        /// most a year).
-        #[arg(long, value_name = "MS", default_value_t = 2000,
+        /// most a year; default 2000 for a folder, 0 for a remote vault,
+        /// whose notes arrive whole).
+        #[arg(long, value_name = "MS",
               value_parser = clap::value_parser!(u64).range(0..=MAX_MILLIS))]
-        settle_ms: u64,
+        settle_ms: Option<u64>,
         /// How many agents run at once (1 to 1024).
         #[arg(long, value_name = "N", default_value_t = 4, value_parser = jobs_parser())]
         jobs: usize,
         /// Seconds between safety-net full rescans of the vault (1 up to a
-        /// year).
-        #[arg(long, value_name = "SECS", default_value_t = 300,
+        /// year; default 300 for a folder, 60 for a remote vault).
+        #[arg(long, value_name = "SECS",
               value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
-        rescan_secs: u64,
+        rescan_secs: Option<u64>,
+        /// Milliseconds between polls of a remote vault for changes (50 up
+        /// to a year; default 2000).
+        #[arg(long, value_name = "MS",
+              value_parser = clap::value_parser!(u64).range(50..=MAX_MILLIS))]
+        poll_ms: Option<u64>,
         /// HTTP address (`none` for no HTTP). Beyond loopback it needs
         /// VAULTRUNNER_TOKEN.
         #[arg(long, value_name = "ADDR")]
@@ -341,6 +347,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             settle_ms,
             jobs,
             rescan_secs,
+            poll_ms,
             listen,
         } => {
             let cancel = CancellationToken::new();
@@ -348,8 +355,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let opts = ServeOptions {
                 config: Config { jobs },
                 watch: WatchOptions {
-                    settle: Duration::from_millis(settle_ms),
-                    rescan: Duration::from_secs(rescan_secs),
+                    settle: settle_ms.map(Duration::from_millis),
+                    rescan: rescan_secs.map(Duration::from_secs),
+                    poll: poll_ms.map(Duration::from_millis),
                 },
                 listen: match listen.as_deref() {
                     None => Listen::Default,

@@ -718,6 +718,20 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl Error {
+    /// The error of a request that could not be sent because the caller's
+    /// runtime is stopping (transient: a later run sends it).
+    pub fn stopped() -> Error {
+        Error {
+            base: String::new(),
+            request: "a request".into(),
+            kind: Box::new(ErrorKind::Unavailable {
+                status: None,
+                reason: "vaultrunner is stopping".into(),
+                retry_after: None,
+            }),
+        }
+    }
+
     pub fn kind(&self) -> &ErrorKind {
         &self.kind
     }

@@ -80,8 +80,14 @@ pub struct ProcessReport {
 }
 
 /// Opens a vault and takes its lock, cleaning up a crashed run's temp files.
-fn open_locked(location: &str) -> Result<(Arc<dyn Vault>, crate::vault::VaultLock), VaultError> {
-    let opts = crate::vault::OpenOptions { group_commit: true };
+fn open_locked(
+    location: &str,
+    poll: Option<Duration>,
+) -> Result<(Arc<dyn Vault>, crate::vault::VaultLock), VaultError> {
+    let opts = crate::vault::OpenOptions {
+        group_commit: true,
+        poll,
+    };
     let vault = crate::vault::open(location, &opts)?;
     let lock = vault.lock()?;
     let n = vault.recover();
@@ -97,7 +103,7 @@ pub async fn process(
     config: Config,
     cancel: CancellationToken,
 ) -> Result<ProcessReport, VaultError> {
-    let (vault, _lock) = open_locked(location)?;
+    let (vault, _lock) = open_locked(location, None)?;
     let engine = Engine::new(vault, config);
     engine.process(cancel.clone()).await;
     let interrupted = cancel.is_cancelled().then(|| {
@@ -127,16 +133,16 @@ pub async fn serve(
     opts: ServeOptions,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
-    let (vault, _lock) = open_locked(location)?;
+    let (vault, _lock) = open_locked(location, opts.watch.poll)?;
     let listener = bind(&opts).await?;
     let engine = Engine::new(vault, opts.config.clone());
     // A note still being typed as we start waits for the settle window too.
-    let report = engine.scan_startup(opts.watch.settle);
+    let settle = opts.watch.settle.unwrap_or_else(|| engine.vault().settle());
+    let report = engine.scan_startup(settle);
     tracing::info!(
-        "serving {} ({} notes); settle {:?}",
+        "serving {} ({} notes); settle {settle:?}",
         engine.vault().location(),
         report.notes,
-        opts.watch.settle
     );
     let http_task = listener.map(|l| {
         let addr = l.local_addr().ok();

@@ -19,22 +19,16 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::Engine;
 use crate::vault::{Change, VaultError};
 
-/// Watcher settings.
-#[derive(Debug, Clone)]
+/// Watcher settings; `None` is the vault's own default
+/// ([`crate::vault::Vault::settle`], [`crate::vault::Vault::rescan_every`]).
+#[derive(Debug, Clone, Default)]
 pub struct WatchOptions {
     /// Quiet time before an externally written note is read.
-    pub settle: Duration,
+    pub settle: Option<Duration>,
     /// Interval of the safety-net full scan.
-    pub rescan: Duration,
-}
-
-impl Default for WatchOptions {
-    fn default() -> Self {
-        WatchOptions {
-            settle: Duration::from_secs(2),
-            rescan: Duration::from_secs(300),
-        }
-    }
+    pub rescan: Option<Duration>,
+    /// The change poll of a remote vault.
+    pub poll: Option<Duration>,
 }
 
 /// Reads a changed note now, or once it has been quiet for the settle
@@ -84,13 +78,15 @@ pub async fn run(
     opts: WatchOptions,
     cancel: CancellationToken,
 ) -> Result<(), VaultError> {
+    let settle = opts.settle.unwrap_or_else(|| engine.vault().settle());
+    let rescan_every = opts.rescan.unwrap_or_else(|| engine.vault().rescan_every());
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
     let _feed = engine.vault().watch(tx)?;
     let mut pending: HashMap<String, Instant> = HashMap::new();
     // Catch anything written between the start-up scan and the feed.
-    scan(&engine, opts.settle, &mut pending);
+    scan(&engine, settle, &mut pending);
 
-    let mut next_rescan = crate::time::after(opts.rescan);
+    let mut next_rescan = crate::time::after(rescan_every);
     loop {
         let next_due = pending.values().min().copied();
         let wake_at = next_due.map_or(next_rescan, |d| d.min(next_rescan));
@@ -106,13 +102,13 @@ pub async fn run(
                 }
                 for change in batch {
                     match change {
-                        Change::Note(path) => route(&engine, opts.settle, &mut pending, path),
+                        Change::Note(path) => route(&engine, settle, &mut pending, path),
                         Change::Rescan(why) => rescan = Some(why),
                     }
                 }
                 if let Some(why) = rescan {
                     tracing::debug!("scanning the vault: {why}");
-                    scan(&engine, opts.settle, &mut pending);
+                    scan(&engine, settle, &mut pending);
                 }
                 continue;
             }
@@ -128,8 +124,8 @@ pub async fn run(
             read(&engine, &mut pending, p);
         }
         if now >= next_rescan {
-            scan(&engine, opts.settle, &mut pending);
-            next_rescan = crate::time::later(now, opts.rescan);
+            scan(&engine, settle, &mut pending);
+            next_rescan = crate::time::later(now, rescan_every);
         }
     }
     Ok(())

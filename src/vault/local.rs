@@ -575,42 +575,15 @@ impl Vault for LocalVault {
     /// Is the vault's lock held by another process right now? (A probe:
     /// it takes and drops the lock if it is free.)
     fn is_locked(&self) -> bool {
-        let path = self.root.join(".vaultrunner").join("lock");
-        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
-            return false;
-        };
-        matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
+        file_is_locked(&self.root.join(".vaultrunner").join("lock"))
     }
 
     /// Takes the single-instance lock of this vault. Held until the returned
     /// guard is dropped (or the process dies: the OS releases it).
     fn lock(&self) -> Result<VaultLock, VaultError> {
-        let dir = self.root.join(".vaultrunner");
-        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-        let path = dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
-        // A few quick tries: `status` probes the lock for a moment, and a
-        // start that collides with that probe must not fail.
-        for attempt in 0..5 {
-            match file.try_lock() {
-                Ok(()) => return Ok(VaultLock::new(file)),
-                Err(fs::TryLockError::WouldBlock) if attempt < 4 => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(fs::TryLockError::WouldBlock) => return Err(locked(&path)),
-                Err(fs::TryLockError::Error(e)) => return Err(io_err(&path, e)),
-            }
-        }
-        Err(locked(&path))
+        Ok(VaultLock::new(lock_file(&self.root.join(".vaultrunner"))?))
     }
 
-    /// Removes temp files an earlier crash left behind.
     fn location(&self) -> String {
         self.root.display().to_string()
     }
@@ -641,6 +614,7 @@ impl Vault for LocalVault {
         super::watcher::start(self.clone(), sink)
     }
 
+    /// Removes temp files an earlier crash left behind.
     fn recover(&self) -> usize {
         let mut n = 0;
         let mut stack = vec![self.root.clone()];
@@ -663,6 +637,42 @@ impl Vault for LocalVault {
         }
         n
     }
+}
+
+/// Is the lock file at `path` held by another process right now? (A
+/// probe: it takes and drops the lock if it is free.)
+pub(super) fn file_is_locked(path: &Path) -> bool {
+    let Ok(file) = OpenOptions::new().read(true).write(true).open(path) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
+}
+
+/// Takes the lock file `lock` in `dir` (created): held while the file is
+/// open, released by the OS when the process dies.
+pub(super) fn lock_file(dir: &Path) -> Result<File, VaultError> {
+    fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    // A few quick tries: `status` probes the lock for a moment, and a
+    // start that collides with that probe must not fail.
+    for attempt in 0..5 {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if attempt < 4 => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(locked(&path)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path, e)),
+        }
+    }
+    Err(locked(&path))
 }
 
 fn locked(path: &Path) -> VaultError {

@@ -19,9 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod local;
+pub mod remote;
 mod watcher;
 
 pub use local::{Flusher, LocalVault};
+pub use remote::{RemoteOptions, RemoteVault};
 
 /// The storage seam. Every method is blocking (call it from a blocking
 /// thread, as the turns and the engine do); implementations are shared
@@ -166,6 +168,8 @@ impl fmt::Debug for VaultLock {
 pub struct OpenOptions {
     /// Group commit of concurrent write batches (a folder; `serve`).
     pub group_commit: bool,
+    /// The change poll of a remote vault (`--poll-ms`; default 2 s).
+    pub poll: Option<Duration>,
 }
 
 /// Does `location` name a remote vault (an `http://` or `https://` URL)?
@@ -174,8 +178,17 @@ pub fn is_remote(location: &str) -> bool {
     l.starts_with("http://") || l.starts_with("https://")
 }
 
-/// Opens the vault a user named: a folder.
+/// Opens the vault a user named: a folder, or (an `http(s)://` URL) a
+/// Parachute Vault server, with the token from `VAULTRUNNER_VAULT_TOKEN`.
 pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn Vault>, VaultError> {
+    if is_remote(location) {
+        let ropts = RemoteOptions {
+            token: std::env::var(remote::TOKEN_ENV).ok(),
+            poll: opts.poll.unwrap_or(RemoteOptions::default().poll),
+            state_dir: None,
+        };
+        return Ok(Arc::new(RemoteVault::open(location.trim(), &ropts)?));
+    }
     let mut v = LocalVault::open(Path::new(location))?;
     if opts.group_commit {
         v = v.with_group_commit();

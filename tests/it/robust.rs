@@ -361,8 +361,9 @@ async fn a_note_whose_read_fails_is_read_again_on_its_own() {
     let served = {
         let (e, c) = (engine.clone(), cancel.clone());
         let opts = WatchOptions {
-            settle: Duration::ZERO,
-            rescan: Duration::from_secs(3600),
+            settle: Some(Duration::ZERO),
+            rescan: Some(Duration::from_secs(3600)),
+            poll: None,
         };
         tokio::spawn(async move { vaultrunner::server::serve_engine(e, opts, c).await })
     };

@@ -1,0 +1,878 @@
+//! A remote vault: a Parachute Vault server over its HTTP API (SPEC §6),
+//! through the typed client in [`crate::parachute`].
+//!
+//! - **Notes.** A note's path is the server note's `path` (or `_id/<id>`
+//!   when it has none); its text is rendered from the note
+//!   ([`mapping::text_of`]): front-matter from `metadata` and `tags`, body
+//!   from `content`; a write is taken apart again ([`mapping::parts_of`]).
+//! - **Versions.** A [`Version`] is made from `updatedAt` (its hash and its
+//!   time); the `updatedAt` itself, which a compare-and-set sends back as
+//!   `if_updated_at`, is kept per path in `known`.
+//! - **Writes.** An update is a `PATCH` with `if_updated_at` (a `409` is
+//!   [`VaultError::Changed`]: the other edit is kept); a write over
+//!   whatever is there creates (`POST`) and, on `409 path_conflict` (a
+//!   re-run), updates that note. A batch is written request by request in
+//!   its order, so a failure leaves a prefix in place.
+//! - **Changes.** A poll of the notes vaultrunner reads (definitions,
+//!   inbound messages, jobs), without their content, every `poll`; a full
+//!   scan every minute is the safety net ([`Vault::rescan_every`]). The
+//!   trigger webhook (in the HTTP server) wakes the engine at once.
+//! - **The lease.** `_vaultrunner/lease` stands in for the file lock:
+//!   renewed by compare-and-set every 10 s, it expires 30 s after the last
+//!   renewal; a clean stop releases it; the lease id kept in the state
+//!   folder lets the same runner take it back at once after a crash.
+//! - **Failures.** A server that is down or answers `5xx` is transient
+//!   (the engine retries; [`Vault::health`] says `vault unreachable`); a
+//!   refused token is not, and its error names `VAULTRUNNER_VAULT_TOKEN`.
+//!   The token is never in a note, a log line or an error.
+//!
+//! Every method blocks its caller; the requests run on a small runtime of
+//! the vault's own, so a call from any thread (a blocking task, a runtime
+//! worker, a plain thread) cannot deadlock.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Base, Change, ChangeSink, Entry, Listing, NoteWrite, PartialWrite, Plan, Skipped, Vault,
+    VaultError, VaultLock, Version, Watching, check_rel_path,
+};
+use crate::parachute::{self, Client, Conflict, ErrorKind, NewNote, NoteRef, Patch, Query};
+
+pub mod mapping;
+
+/// The environment variable with the token.
+pub const TOKEN_ENV: &str = parachute::TOKEN_ENV;
+
+/// The path of the lease note.
+pub const LEASE_PATH: &str = "_vaultrunner/lease";
+
+/// How long a lease lasts after its last renewal.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// How often a held lease is renewed.
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+
+/// The tags of the notes the poll watches (with and without `#`: the
+/// Parachute Agent writes bare tags, people type `#`).
+const POLLED_TAGS: &[&str] = &[
+    "agent/definition",
+    "agent/message/inbound",
+    "agent/job",
+    "#agent/definition",
+    "#agent/message/inbound",
+    "#agent/job",
+];
+
+/// The longest pause between polls while the server is unreachable.
+const MAX_POLL_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How a remote vault is opened.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// The token (from `VAULTRUNNER_VAULT_TOKEN`).
+    pub token: Option<String>,
+    /// The interval of the change poll.
+    pub poll: Duration,
+    /// Where vaultrunner keeps its state for this vault; `None`: under
+    /// `$VAULTRUNNER_STATE_DIR`, `$XDG_STATE_HOME` or `~/.local/state`.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            token: None,
+            poll: Duration::from_secs(2),
+            state_dir: None,
+        }
+    }
+}
+
+/// What the vault last saw of a note: what an update needs.
+#[derive(Debug, Clone)]
+struct Known {
+    id: String,
+    updated_at: String,
+    version: Version,
+    tags: Vec<String>,
+    meta_keys: Vec<String>,
+}
+
+/// The runtime the requests run on. Shut down in the background when the
+/// vault goes, so dropping a vault inside another runtime is fine.
+struct Bridge(Option<tokio::runtime::Runtime>);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+struct Inner {
+    client: Client,
+    bridge: Bridge,
+    location: String,
+    state_dir: PathBuf,
+    poll: Duration,
+    known: Mutex<HashMap<String, Known>>,
+    /// Why the server could not be reached, while it cannot.
+    down: Mutex<Option<String>>,
+}
+
+/// A Parachute Vault server as a [`Vault`]. Clones share everything.
+#[derive(Clone)]
+pub struct RemoteVault {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RemoteVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteVault")
+            .field("location", &self.inner.location)
+            .finish()
+    }
+}
+
+/// A client error as a vault error: transient or not, the token never in
+/// it (the client scrubs it), `note` named when known.
+fn vault_err(note: Option<&str>, e: parachute::Error) -> VaultError {
+    let transient = e.is_transient();
+    match e.kind() {
+        ErrorKind::Unauthorized { .. } => VaultError::Unauthorized(e.to_string()),
+        _ => VaultError::Remote {
+            what: match note {
+                Some(n) => format!("{n}.md: {e}"),
+                None => e.to_string(),
+            },
+            transient,
+        },
+    }
+}
+
+fn not_found(path: &str) -> VaultError {
+    VaultError::Remote {
+        what: format!("{path}.md: no such note in the vault"),
+        transient: false,
+    }
+}
+
+/// The vault path of a server note (`_id/<id>` without a path), or why it
+/// is passed over.
+fn path_of(note: &parachute::Note) -> Result<String, String> {
+    match note.path.as_deref() {
+        None | Some("") => Ok(format!("_id/{}", note.id)),
+        Some(p) => match check_rel_path(p) {
+            Ok(()) => Ok(p.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
+/// A server version as a [`Version`]: a hash of `updatedAt` and its time.
+fn version_of(updated_at: &str) -> Version {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    updated_at.hash(&mut h);
+    let modified_ns = chrono::DateTime::parse_from_rfc3339(updated_at)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .map_or(0, i128::from);
+    Version {
+        tag: h.finish(),
+        modified_ns,
+    }
+}
+
+fn known_of(note: &parachute::Note) -> Known {
+    Known {
+        id: note.id.clone(),
+        updated_at: note.updated_at.clone(),
+        version: version_of(&note.updated_at),
+        tags: note.tags.clone(),
+        meta_keys: note.metadata.keys().cloned().collect(),
+    }
+}
+
+/// The state folder of vaultrunner for a vault at `base`.
+fn default_state_dir(base: &parachute::BaseUrl) -> PathBuf {
+    let root = std::env::var_os("VAULTRUNNER_STATE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_STATE_HOME").map(|d| PathBuf::from(d).join("vaultrunner")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/vaultrunner"))
+        })
+        .unwrap_or_else(|| std::env::temp_dir().join("vaultrunner"));
+    let name: String = base
+        .as_str()
+        .split_once("://")
+        .map_or(base.as_str(), |(_, rest)| rest)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    root.join(name)
+}
+
+impl RemoteVault {
+    /// Opens the vault at `location` (`http(s)://HOST/vault/NAME`). A
+    /// missing or refused token is an error naming `VAULTRUNNER_VAULT_TOKEN`;
+    /// a server that cannot be reached now is not (it is tried again).
+    pub fn open(location: &str, opts: &RemoteOptions) -> Result<RemoteVault, VaultError> {
+        let bad = |what: String| VaultError::Remote {
+            what,
+            transient: false,
+        };
+        let base = parachute::BaseUrl::parse(location).map_err(bad)?;
+        let token = match opts.token.as_deref().map(str::trim) {
+            Some(t) if !t.is_empty() => parachute::Token::new(t).map_err(bad)?,
+            _ => {
+                return Err(VaultError::Unauthorized(format!(
+                    "{location} is a remote vault: set {TOKEN_ENV} to a token of it (with the vault:read and vault:write scopes)"
+                )));
+            }
+        };
+        let client = Client::new(base.clone(), token, parachute::Config::default())
+            .map_err(|e| vault_err(None, e))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("vaultrunner-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| bad(format!("the HTTP runtime could not start: {e}")))?;
+        let state_dir = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| default_state_dir(&base));
+        let v = RemoteVault {
+            inner: Arc::new(Inner {
+                client,
+                bridge: Bridge(Some(rt)),
+                location: base.as_str().to_string(),
+                state_dir,
+                poll: opts.poll.max(Duration::from_millis(50)),
+                known: Mutex::new(HashMap::new()),
+                down: Mutex::new(None),
+            }),
+        };
+        let c = v.inner.client.clone();
+        match v.call(async move { c.health().await }) {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {
+                tracing::warn!("{e}; vaultrunner keeps trying");
+            }
+            Err(e) => return Err(vault_err(None, e)),
+        }
+        Ok(v)
+    }
+
+    /// Runs a request on the vault's runtime and waits for it; notes
+    /// whether the server could be reached.
+    fn call<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, parachute::Error>> + Send + 'static,
+    ) -> Result<T, parachute::Error> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let Some(rt) = self.inner.bridge.0.as_ref() else {
+            return Err(parachute::Error::stopped());
+        };
+        rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        let r = rx.recv().unwrap_or_else(|_| Err(parachute::Error::stopped()));
+        self.note_health(&r);
+        r
+    }
+
+    fn note_health<T>(&self, r: &Result<T, parachute::Error>) {
+        let mut down = self.inner.down.lock().unwrap_or_else(|p| p.into_inner());
+        match r {
+            Err(e) if e.is_transient() => {
+                if down.is_none() {
+                    tracing::warn!("vault unreachable: {e}");
+                }
+                *down = Some(e.to_string());
+            }
+            _ => {
+                if down.take().is_some() {
+                    tracing::info!("the vault is reachable again");
+                }
+            }
+        }
+    }
+
+    fn remember(&self, path: &str, note: &parachute::Note) -> Version {
+        let k = known_of(note);
+        let v = k.version;
+        if let Ok(mut known) = self.inner.known.lock() {
+            known.insert(path.to_string(), k);
+        }
+        v
+    }
+
+    fn forget(&self, path: &str) {
+        if let Ok(mut known) = self.inner.known.lock() {
+            known.remove(path);
+        }
+    }
+
+    fn cached(&self, path: &str) -> Option<Known> {
+        self.inner.known.lock().ok()?.get(path).cloned()
+    }
+
+    /// Reads the server note at a vault path (by id for `_id/<id>`).
+    fn fetch(&self, path: &str) -> Result<parachute::Note, parachute::Error> {
+        let c = self.inner.client.clone();
+        let p = path.to_string();
+        self.call(async move {
+            match p.strip_prefix("_id/") {
+                Some(id) if !id.contains('/') => c.get(NoteRef::Id(id)).await,
+                _ => c.get(NoteRef::Path(&p)).await,
+            }
+        })
+    }
+
+    /// The server's view of the note at `path` when it is at `version`
+    /// (from what the vault last saw, or read again).
+    fn known_at(&self, path: &str, version: Version) -> Result<Known, VaultError> {
+        if let Some(k) = self.cached(path)
+            && k.version == version
+        {
+            return Ok(k);
+        }
+        match self.fetch(path) {
+            Ok(n) => {
+                self.remember(path, &n);
+                let k = known_of(&n);
+                if k.version == version {
+                    Ok(k)
+                } else {
+                    Err(VaultError::Changed {
+                        path: path.to_string(),
+                    })
+                }
+            }
+            Err(e) if e.is_not_found() => {
+                self.forget(path);
+                Err(VaultError::Changed {
+                    path: path.to_string(),
+                })
+            }
+            Err(e) => Err(vault_err(Some(path), e)),
+        }
+    }
+
+    /// Updates the note `k` (as read) to `content`: a compare-and-set.
+    fn update(&self, path: &str, k: &Known, content: &str) -> Result<Version, VaultError> {
+        let parts = mapping::parts_of(content).map_err(|why| VaultError::Remote {
+            what: format!("{path}.md: {why}"),
+            transient: false,
+        })?;
+        let mut metadata = parts.metadata;
+        for key in &k.meta_keys {
+            if !metadata.contains_key(key) {
+                metadata.insert(key.clone(), Value::Null);
+            }
+        }
+        let want: HashSet<&str> = parts.tags.iter().map(String::as_str).collect();
+        let have: HashSet<&str> = k.tags.iter().map(String::as_str).collect();
+        let patch = Patch {
+            content: Some(parts.content),
+            metadata,
+            add_tags: parts
+                .tags
+                .iter()
+                .filter(|t| !have.contains(t.as_str()))
+                .cloned()
+                .collect(),
+            remove_tags: k
+                .tags
+                .iter()
+                .filter(|t| !want.contains(t.as_str()))
+                .cloned()
+                .collect(),
+        };
+        let c = self.inner.client.clone();
+        let id = k.id.clone();
+        let version = parachute::Version::new(k.updated_at.clone());
+        match self.call(async move { c.update(&id, &version, &patch).await }) {
+            Ok(n) => Ok(self.remember(path, &n)),
+            Err(e) if matches!(e.conflict(), Some(Conflict::Stale { .. })) || e.is_not_found() => {
+                self.forget(path);
+                Err(VaultError::Changed {
+                    path: path.to_string(),
+                })
+            }
+            Err(e) => Err(vault_err(Some(path), e)),
+        }
+    }
+
+    /// Creates the note at `path`; `Ok(None)` when a note has that path.
+    fn create(&self, path: &str, content: &str) -> Result<Option<Version>, VaultError> {
+        if path.starts_with("_id/") && !path.trim_start_matches("_id/").contains('/') {
+            // A name of a note without a path: never a path to create.
+            return Ok(None);
+        }
+        let parts = mapping::parts_of(content).map_err(|why| VaultError::Remote {
+            what: format!("{path}.md: {why}"),
+            transient: false,
+        })?;
+        let new = NewNote {
+            path: Some(path.to_string()),
+            content: parts.content,
+            metadata: parts.metadata,
+            tags: parts.tags,
+        };
+        let c = self.inner.client.clone();
+        match self.call(async move { c.create(&new).await }) {
+            Ok(n) => Ok(Some(self.remember(path, &n))),
+            Err(e) if matches!(e.conflict(), Some(Conflict::Path { .. })) => Ok(None),
+            Err(e) => Err(vault_err(Some(path), e)),
+        }
+    }
+
+    /// Writes `content` over whatever is at `path`: a create, or (a re-run
+    /// found the note there) an update of it as it is now.
+    fn put(&self, path: &str, content: &str) -> Result<Version, VaultError> {
+        for _ in 0..5 {
+            if let Some(v) = self.create(path, content)? {
+                return Ok(v);
+            }
+            let n = match self.fetch(path) {
+                Ok(n) => n,
+                // Deleted between the two: create it again.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(vault_err(Some(path), e)),
+            };
+            self.remember(path, &n);
+            match self.update(path, &known_of(&n), content) {
+                Err(VaultError::Changed { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(VaultError::Changed {
+            path: path.to_string(),
+        })
+    }
+
+    fn write_one(&self, w: &NoteWrite) -> Result<Version, VaultError> {
+        check_rel_path(&w.path)?;
+        match w.base {
+            Base::Any => self.put(&w.path, &w.content),
+            Base::Read(version) => {
+                let k = self.known_at(&w.path, version)?;
+                self.update(&w.path, &k, &w.content)
+            }
+        }
+    }
+
+    fn list_query(&self, query: Query) -> Result<Vec<parachute::Note>, parachute::Error> {
+        let c = self.inner.client.clone();
+        self.call(async move { c.list(&query).await })
+    }
+
+    fn listing(&self, query: Query, prefix: &str) -> Listing {
+        let mut out = Listing::default();
+        let notes = match self.list_query(query) {
+            Ok(n) => n,
+            Err(e) => {
+                out.skipped.push(Skipped {
+                    rel: prefix.to_string(),
+                    reason: format!("cannot list the vault: {}", vault_err(None, e)),
+                });
+                out.incomplete.push(prefix.to_string());
+                return out;
+            }
+        };
+        for n in notes {
+            match path_of(&n) {
+                Ok(path) => {
+                    let version = self.remember(&path, &n);
+                    if let parachute::Content::TooLarge { byte_size } = n.content {
+                        out.skipped.push(Skipped {
+                            rel: format!("{path}.md"),
+                            reason: format!(
+                                "note is {byte_size} bytes, over the {} byte limit (ignored)",
+                                super::MAX_NOTE_BYTES
+                            ),
+                        });
+                        continue;
+                    }
+                    out.entries.push(Entry { path, version });
+                }
+                Err(why) => out.skipped.push(Skipped {
+                    rel: n.name(),
+                    reason: format!("a path vaultrunner refuses ({why}); ignored"),
+                }),
+            }
+        }
+        out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// The lease note's metadata as it stands.
+    fn lease_state(&self) -> Result<Option<parachute::Note>, VaultError> {
+        match self.fetch(LEASE_PATH) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(vault_err(Some(LEASE_PATH), e)),
+        }
+    }
+
+    /// This runner's lease id (kept in the state folder across crashes).
+    fn lease_id(&self) -> Result<String, VaultError> {
+        let dir = self.state_dir()?;
+        let file = dir.join("lease-id");
+        if let Ok(id) = std::fs::read_to_string(&file)
+            && !id.trim().is_empty()
+        {
+            return Ok(id.trim().to_string());
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        std::fs::write(&file, &id).map_err(|e| super::io_err(&file, e))?;
+        Ok(id)
+    }
+}
+
+/// The lease's text: who holds it, until when.
+fn lease_text(lease_id: &str, holder: &str, until: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "---\nlease_id: {lease_id}\nholder: {holder:?}\nexpires_at: {}\n---\nThis note is vaultrunner's lease on this vault: while it is current, a second runner refuses to start. Do not edit it.\n",
+        until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+}
+
+fn meta_text(n: &parachute::Note, key: &str) -> Option<String> {
+    match n.metadata.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// When a lease taken or renewed now expires.
+fn lease_until() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    chrono::Duration::from_std(LEASE_TTL)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(now)
+}
+
+/// Is a lease note current (not expired)?
+fn lease_current(n: &parachute::Note) -> bool {
+    meta_text(n, "expires_at")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .is_some_and(|t| t > chrono::Utc::now())
+}
+
+/// Who this process is, for the lease.
+fn holder() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "this machine".into());
+    format!("vaultrunner pid {} on {host}", std::process::id())
+}
+
+/// Held while this runner has the lease; renews it, and releases it when
+/// dropped.
+struct Lease {
+    vault: RemoteVault,
+    lease_id: String,
+    stop: CancellationToken,
+    /// The state folder's file lock, released after the lease.
+    _local: std::fs::File,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        // Released at once: expired now.
+        if let Ok(Some(n)) = self.vault.lease_state()
+            && meta_text(&n, "lease_id").as_deref() == Some(self.lease_id.as_str())
+        {
+            let k = known_of(&n);
+            let text = lease_text(&self.lease_id, &holder(), chrono::Utc::now());
+            if let Err(e) = self.vault.update(LEASE_PATH, &k, &text) {
+                tracing::warn!("the lease could not be released ({e}); it expires by itself");
+            }
+        }
+    }
+}
+
+/// Renews the lease until `stop`.
+fn renew(vault: RemoteVault, lease_id: String, stop: CancellationToken) {
+    let Some(rt) = vault.inner.bridge.0.as_ref() else {
+        return;
+    };
+    let v = vault.clone();
+    rt.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(LEASE_RENEW) => {}
+            }
+            let (v2, id) = (v.clone(), lease_id.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                let n = v2.lease_state()?.ok_or_else(|| not_found(LEASE_PATH))?;
+                if meta_text(&n, "lease_id").as_deref() != Some(id.as_str()) {
+                    return Err(VaultError::Locked {
+                        holder: meta_text(&n, "holder").unwrap_or_else(|| "another runner".into()),
+                    });
+                }
+                let until = lease_until();
+                v2.update(LEASE_PATH, &known_of(&n), &lease_text(&id, &holder(), until))
+            })
+            .await;
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(VaultError::Locked { holder })) => {
+                    tracing::error!("the lease on this vault was taken by {holder}: two runners may be running on it");
+                }
+                Ok(Err(e)) => tracing::warn!("the lease could not be renewed: {e}"),
+                Err(e) => tracing::warn!("the lease could not be renewed: {e}"),
+            }
+        }
+    });
+}
+
+impl Vault for RemoteVault {
+    fn location(&self) -> String {
+        self.inner.location.clone()
+    }
+
+    fn note_location(&self, path: &str) -> String {
+        path.to_string()
+    }
+
+    fn state_dir(&self) -> Result<PathBuf, VaultError> {
+        let dir = &self.inner.state_dir;
+        std::fs::create_dir_all(dir).map_err(|e| super::io_err(dir, e))?;
+        Ok(dir.clone())
+    }
+
+    fn workspace(&self, agent: &str) -> PathBuf {
+        let dir = self.inner.state_dir.join("agents").join(agent);
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
+    fn list(&self) -> Listing {
+        self.listing(Query::default(), "")
+    }
+
+    fn list_under(&self, prefix: &str) -> Listing {
+        if check_rel_path(prefix).is_err() {
+            return Listing::default();
+        }
+        self.listing(Query::default().under(&format!("{prefix}/")), prefix)
+    }
+
+    fn stat(&self, path: &str) -> Option<Version> {
+        match self.fetch(path) {
+            Ok(n) => Some(self.remember(path, &n)),
+            Err(_) => None,
+        }
+    }
+
+    fn read(&self, path: &str) -> Result<(String, Version), VaultError> {
+        let n = match self.fetch(path) {
+            Ok(n) => n,
+            Err(e) if e.is_not_found() => {
+                self.forget(path);
+                return Err(not_found(path));
+            }
+            Err(e) => return Err(vault_err(Some(path), e)),
+        };
+        let version = self.remember(path, &n);
+        match &n.content {
+            parachute::Content::Text(body) => Ok((mapping::text_of(&n, body), version)),
+            parachute::Content::TooLarge { byte_size } => Err(VaultError::Remote {
+                what: format!(
+                    "{path}.md: note is {byte_size} bytes, over the {} byte limit",
+                    super::MAX_NOTE_BYTES
+                ),
+                transient: false,
+            }),
+            parachute::Content::Omitted { .. } => Ok((mapping::text_of(&n, ""), version)),
+        }
+    }
+
+    fn write_in_order(
+        &self,
+        writes: &[NoteWrite],
+        _plan: Plan,
+    ) -> Result<Vec<Version>, PartialWrite> {
+        let mut landed = Vec::with_capacity(writes.len());
+        for w in writes {
+            match self.write_one(w) {
+                Ok(v) => landed.push(v),
+                Err(error) => return Err(PartialWrite { landed, error }),
+            }
+        }
+        Ok(landed)
+    }
+
+    fn create_new(&self, path: &str, content: &str) -> Result<bool, VaultError> {
+        check_rel_path(path)?;
+        Ok(self.create(path, content)?.is_some())
+    }
+
+    fn lock(&self) -> Result<VaultLock, VaultError> {
+        // A second runner on this machine with the same state folder (and
+        // so the same lease id) is stopped by the folder's file lock; one
+        // elsewhere by the lease.
+        let local = super::local::lock_file(&self.state_dir()?).map_err(|e| match e {
+            VaultError::Locked { .. } => VaultError::Locked {
+                holder: format!(
+                    "another vaultrunner on this machine holds it, with the state folder {}",
+                    self.inner.state_dir.display()
+                ),
+            },
+            other => other,
+        })?;
+        let lease_id = self.lease_id()?;
+        let until = lease_until();
+        let text = lease_text(&lease_id, &holder(), until);
+        for _ in 0..5 {
+            let taken = match self.lease_state()? {
+                None => self.create(LEASE_PATH, &text)?.is_some(),
+                Some(n) => {
+                    let ours = meta_text(&n, "lease_id").as_deref() == Some(lease_id.as_str());
+                    if !ours && lease_current(&n) {
+                        let who = meta_text(&n, "holder").unwrap_or_else(|| "another runner".into());
+                        let until = meta_text(&n, "expires_at").unwrap_or_default();
+                        return Err(VaultError::Locked {
+                            holder: format!(
+                                "the lease note {LEASE_PATH} is held by {who} until {until}; it expires 30 s after its holder stops renewing it"
+                            ),
+                        });
+                    }
+                    match self.update(LEASE_PATH, &known_of(&n), &text) {
+                        Ok(_) => true,
+                        Err(VaultError::Changed { .. }) => false,
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            if taken {
+                let stop = CancellationToken::new();
+                renew(self.clone(), lease_id.clone(), stop.clone());
+                return Ok(VaultLock::new(Lease {
+                    vault: self.clone(),
+                    lease_id,
+                    stop,
+                    _local: local,
+                }));
+            }
+        }
+        Err(VaultError::Locked {
+            holder: format!("the lease note {LEASE_PATH} keeps changing under another runner"),
+        })
+    }
+
+    fn is_locked(&self) -> bool {
+        matches!(self.lease_state(), Ok(Some(n)) if lease_current(&n))
+    }
+
+    fn recover(&self) -> usize {
+        0
+    }
+
+    fn watch(&self, sink: ChangeSink) -> Result<Watching, VaultError> {
+        let Some(rt) = self.inner.bridge.0.as_ref() else {
+            return Err(VaultError::Remote {
+                what: "the vault is closed".into(),
+                transient: false,
+            });
+        };
+        let stop = CancellationToken::new();
+        let guard = stop.clone().drop_guard();
+        let v = self.clone();
+        rt.spawn(async move { poll(v, sink, stop).await });
+        Ok(Watching::new(guard))
+    }
+
+    fn rescan_every(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    fn settle(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match self
+            .inner
+            .down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(why) => Err(format!("vault unreachable: {why}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The change poll: the notes vaultrunner reads, without content, every
+/// `poll`; a note whose version differs from what the vault last saw (or
+/// that is gone) is reported. While the server cannot be reached the
+/// pause doubles up to [`MAX_POLL_BACKOFF`]; when it is back, a scan.
+async fn poll(v: RemoteVault, sink: ChangeSink, stop: CancellationToken) {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut pause = v.inner.poll;
+    let mut was_down = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = sink.closed() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let c = v.inner.client.clone();
+        let query = Query::tagged(POLLED_TAGS);
+        let r = c.list(&query).await;
+        v.note_health(&r);
+        let notes = match r {
+            Ok(n) => n,
+            Err(e) => {
+                if e.is_transient() {
+                    was_down = true;
+                    pause = pause.saturating_mul(2).min(MAX_POLL_BACKOFF);
+                } else {
+                    tracing::warn!("polling the vault: {e}");
+                    pause = MAX_POLL_BACKOFF;
+                }
+                continue;
+            }
+        };
+        pause = v.inner.poll;
+        if was_down {
+            was_down = false;
+            let _ = sink.send(Change::Rescan("the vault is reachable again".into()));
+        }
+        let mut now_seen = HashSet::with_capacity(notes.len());
+        for n in &notes {
+            let Ok(path) = path_of(n) else { continue };
+            let version = version_of(&n.updated_at);
+            let changed = v.cached(&path).is_none_or(|k| k.version != version);
+            if changed {
+                let _ = sink.send(Change::Note(path.clone()));
+            }
+            now_seen.insert(path);
+        }
+        for gone in seen.difference(&now_seen) {
+            let _ = sink.send(Change::Note(gone.clone()));
+        }
+        seen = now_seen;
+    }
+}
