@@ -154,6 +154,9 @@ pub struct AgentStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusReport {
     pub served: bool,
+    /// Why a remote vault could not be reached (what follows is then
+    /// incomplete).
+    pub unreachable: Option<String>,
     pub agents: Vec<AgentStatus>,
     /// (message, agent, why) for messages whose agent cannot run.
     pub waiting: Vec<(String, String, String)>,
@@ -200,6 +203,7 @@ pub fn status(location: &str) -> Result<StatusReport, CliError> {
     }
     Ok(StatusReport {
         served,
+        unreachable: vault.health().err(),
         agents,
         waiting: ix
             .waiting()

@@ -503,6 +503,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { vault } => {
             let s = cli::status(&vault)?;
+            if let Some(why) = &s.unreachable {
+                out!("vault {vault}: {why}; nothing is lost, a running vaultrunner keeps trying");
+                return Ok(ExitCode::from(1));
+            }
             out!(
                 "vault {}: {}",
                 vault,

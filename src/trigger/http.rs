@@ -73,6 +73,9 @@ pub struct HttpOptions {
     pub token: Option<String>,
     /// `VAULTRUNNER_WEBHOOK_SECRET`.
     pub webhook_secret: Option<String>,
+    /// `VAULTRUNNER_VAULT_WEBHOOK_SECRET`: the `?secret=` of a remote
+    /// vault's trigger webhook (`POST /api/vault/inbound`).
+    pub vault_webhook_secret: Option<String>,
     /// How long a client has to send a request's headers, counted from
     /// the connection's opening or the end of its previous response. It
     /// bounds slow headers and idle keep-alive connections alike (hyper
@@ -88,6 +91,7 @@ impl Default for HttpOptions {
         HttpOptions {
             token: None,
             webhook_secret: None,
+            vault_webhook_secret: None,
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
         }
@@ -110,6 +114,7 @@ impl HttpOptions {
         HttpOptions {
             token: get("VAULTRUNNER_TOKEN"),
             webhook_secret: get("VAULTRUNNER_WEBHOOK_SECRET"),
+            vault_webhook_secret: get("VAULTRUNNER_VAULT_WEBHOOK_SECRET"),
             header_timeout: timeout(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT),
             body_timeout: timeout(BODY_TIMEOUT_ENV, BODY_TIMEOUT),
         }
@@ -475,11 +480,14 @@ fn known_agent(state: &AppState, name: &str) -> Result<(), ApiError> {
 }
 
 async fn health(State(state): St, headers: HeaderMap) -> Response {
+    // A remote vault that cannot be reached: nothing is lost, turns wait.
+    let vault = state.engine.vault().health().err();
+    let status = if vault.is_some() { "degraded" } else { "ok" };
     // With a token, agent names are for those who hold it.
     if let Some(t) = &state.opts.token
         && !bearer_ok(&headers, t)
     {
-        return axum::Json(json!({"status": "ok"})).into_response();
+        return axum::Json(json!({"status": status})).into_response();
     }
     let agents: Vec<Value> = state
         .engine
@@ -487,7 +495,82 @@ async fn health(State(state): St, headers: HeaderMap) -> Response {
         .iter()
         .map(|a| json!({"name": a.definition.name, "state": a.state, "queued": a.queued}))
         .collect();
-    axum::Json(json!({"status": "ok", "agents": agents})).into_response()
+    let mut body = json!({"status": status, "agents": agents});
+    if let Some(why) = vault {
+        body["vault"] = json!(why);
+    }
+    axum::Json(body).into_response()
+}
+
+#[derive(Deserialize)]
+struct VaultHookQuery {
+    secret: Option<String>,
+}
+
+/// The trigger webhook of a remote vault (`POST /api/vault/inbound`): the
+/// vault says a note was created; it is read now, and a new message starts
+/// its turn at once. A wake-up only: the poll stays the source of truth
+/// (the vault never retries a delivery). Authenticated by `?secret=`
+/// (`VAULTRUNNER_VAULT_WEBHOOK_SECRET`) or the bearer token; the answer is
+/// `{"ok":true}` and nothing else (the vault would write more into the
+/// note).
+async fn vault_inbound(
+    State(state): St,
+    QueryOf(q): QueryOf<VaultHookQuery>,
+    req: Request,
+) -> Response {
+    let headers = req.headers().clone();
+    let bytes = match read_body(&state, req.into_body()).await {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let by_secret = match (&state.opts.vault_webhook_secret, &q.secret) {
+        (Some(want), Some(got)) => ct_eq(want.as_bytes(), got.as_bytes()),
+        _ => false,
+    };
+    let bearer = state
+        .opts
+        .token
+        .as_deref()
+        .is_some_and(|t| bearer_ok(&headers, t));
+    let open = state.opts.token.is_none() && state.opts.vault_webhook_secret.is_none();
+    if !(by_secret || bearer || open) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong credentials: put ?secret=<VAULTRUNNER_VAULT_WEBHOOK_SECRET> in the trigger's URL, or send Authorization: Bearer",
+        );
+    }
+    let path = match vault_hook_path(&bytes) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if crate::vault::check_rel_path(&path).is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("field `note.path`: {path:?} is not a note path vaultrunner reads"),
+        );
+    }
+    let engine = state.engine.clone();
+    let _ = tokio::task::spawn_blocking(move || engine.note_changed(&path)).await;
+    axum::Json(json!({"ok": true})).into_response()
+}
+
+/// The vault path of the note a trigger delivery names: `note.path`, or
+/// `_id/<id>` for a note without one.
+fn vault_hook_path(bytes: &[u8]) -> Result<String, String> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| format!("the body is not the vault's trigger JSON: {e}"))?;
+    let note = v
+        .get("note")
+        .and_then(Value::as_object)
+        .ok_or("field `note`: missing, or not an object")?;
+    match (note.get("path"), note.get("id")) {
+        (Some(Value::String(p)), _) if !p.trim().is_empty() => Ok(p.trim().to_string()),
+        (_, Some(Value::String(id))) if !id.is_empty() && !id.contains('/') => {
+            Ok(format!("_id/{id}"))
+        }
+        _ => Err("field `note`: neither a `path` nor an `id`".into()),
+    }
 }
 
 async fn list_agents(State(state): St, headers: HeaderMap) -> Response {
@@ -938,6 +1021,7 @@ pub fn router(
         .route("/api/agents/{name}/events", get(events))
         .route("/api/agents/{name}/events/ticket", post(events_ticket))
         .route("/hooks/{name}", post(webhook))
+        .route("/api/vault/inbound", post(vault_inbound))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

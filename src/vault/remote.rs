@@ -103,7 +103,7 @@ struct Known {
     updated_at: String,
     version: Version,
     tags: Vec<String>,
-    meta_keys: Vec<String>,
+    metadata: serde_json::Map<String, Value>,
 }
 
 /// The runtime the requests run on. Shut down in the background when the
@@ -198,7 +198,7 @@ fn known_of(note: &parachute::Note) -> Known {
         updated_at: note.updated_at.clone(),
         version: version_of(&note.updated_at),
         tags: note.tags.clone(),
-        meta_keys: note.metadata.keys().cloned().collect(),
+        metadata: note.metadata.clone(),
     }
 }
 
@@ -206,7 +206,9 @@ fn known_of(note: &parachute::Note) -> Known {
 fn default_state_dir(base: &parachute::BaseUrl) -> PathBuf {
     let root = std::env::var_os("VAULTRUNNER_STATE_DIR")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_STATE_HOME").map(|d| PathBuf::from(d).join("vaultrunner")))
+        .or_else(|| {
+            std::env::var_os("XDG_STATE_HOME").map(|d| PathBuf::from(d).join("vaultrunner"))
+        })
         .or_else(|| {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/vaultrunner"))
         })
@@ -216,7 +218,13 @@ fn default_state_dir(base: &parachute::BaseUrl) -> PathBuf {
         .split_once("://")
         .map_or(base.as_str(), |(_, rest)| rest)
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     root.join(name)
 }
@@ -286,7 +294,9 @@ impl RemoteVault {
         rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        let r = rx.recv().unwrap_or_else(|_| Err(parachute::Error::stopped()));
+        let r = rx
+            .recv()
+            .unwrap_or_else(|_| Err(parachute::Error::stopped()));
         self.note_health(&r);
         r
     }
@@ -375,9 +385,17 @@ impl RemoteVault {
             what: format!("{path}.md: {why}"),
             transient: false,
         })?;
-        let mut metadata = parts.metadata;
-        for key in &k.meta_keys {
-            if !metadata.contains_key(key) {
+        // Only what changed: the server merges metadata shallowly, and
+        // its own writes (trigger markers) do not move the version, so
+        // sending every key would put back what it removed.
+        let mut metadata = serde_json::Map::new();
+        for (key, value) in &parts.metadata {
+            if k.metadata.get(key) != Some(value) {
+                metadata.insert(key.clone(), value.clone());
+            }
+        }
+        for (key, old) in &k.metadata {
+            if !old.is_null() && key != "tags" && !parts.metadata.contains_key(key) {
                 metadata.insert(key.clone(), Value::Null);
             }
         }
@@ -749,7 +767,8 @@ impl Vault for RemoteVault {
                 Some(n) => {
                     let ours = meta_text(&n, "lease_id").as_deref() == Some(lease_id.as_str());
                     if !ours && lease_current(&n) {
-                        let who = meta_text(&n, "holder").unwrap_or_else(|| "another runner".into());
+                        let who =
+                            meta_text(&n, "holder").unwrap_or_else(|| "another runner".into());
                         let until = meta_text(&n, "expires_at").unwrap_or_default();
                         return Err(VaultError::Locked {
                             holder: format!(

@@ -96,11 +96,9 @@ fn json_of(v: &Yaml) -> Json {
         }
         Yaml::String(s) => Json::String(s.clone()),
         Yaml::Sequence(s) => Json::Array(s.iter().map(json_of).collect()),
-        Yaml::Mapping(m) => Json::Object(
-            m.iter()
-                .map(|(k, v)| (key_text(k), json_of(v)))
-                .collect(),
-        ),
+        Yaml::Mapping(m) => {
+            Json::Object(m.iter().map(|(k, v)| (key_text(k), json_of(v))).collect())
+        }
         Yaml::Tagged(t) => json_of(&t.value),
     }
 }
@@ -255,7 +253,10 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_the_body_and_the_values() {
-        let n = note(json!({"agent": "echo", "ts": "2026-12-01T07:06:49Z"}), &["agent/thread"]);
+        let n = note(
+            json!({"agent": "echo", "ts": "2026-12-01T07:06:49Z"}),
+            &["agent/thread"],
+        );
         let text = text_of(&n, "line 1\n---\nline 3\n");
         let p = parts_of(&text).unwrap();
         assert_eq!(p.content, "line 1\n---\nline 3\n");
