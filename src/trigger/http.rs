@@ -496,8 +496,8 @@ async fn health(State(state): St, headers: HeaderMap) -> Response {
         .map(|a| json!({"name": a.definition.name, "state": a.state, "queued": a.queued}))
         .collect();
     let mut body = json!({"status": status, "agents": agents});
-    if let Some(why) = vault {
-        body["vault"] = json!(why);
+    if let (Some(why), Some(o)) = (vault, body.as_object_mut()) {
+        o.insert("vault".into(), json!(why));
     }
     axum::Json(body).into_response()
 }
