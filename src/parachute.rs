@@ -869,6 +869,22 @@ impl Client {
         })
     }
 
+    /// The vault's MCP endpoint as a Claude Code `--mcp-config` document
+    /// (`<base>/mcp`, HTTP, the bearer token): it holds the token, so it
+    /// goes into a file only its user can read, never onto a command line.
+    pub fn mcp_config_json(&self) -> String {
+        json!({
+            "mcpServers": {
+                "parachute-vault": {
+                    "type": "http",
+                    "url": self.inner.base.mcp().as_str(),
+                    "headers": {"Authorization": format!("Bearer {}", self.inner.token.expose())},
+                }
+            }
+        })
+        .to_string()
+    }
+
     pub fn base(&self) -> &BaseUrl {
         &self.inner.base
     }

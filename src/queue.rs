@@ -604,13 +604,13 @@ fn check_paths(path: &str) -> Option<String> {
 /// What the index keeps of an inbound note at `path`: its routing facts,
 /// ordered by `ts`, else the note's modification time (ms), then path.
 fn entry_of(path: &str, m: &InboundMessage, fp: Version) -> MessageEntry {
-    let mtime_ms = (fp.modified_ns / 1_000_000) as i64;
+    let modified_ms = (fp.modified_ns / 1_000_000) as i64;
     MessageEntry {
         path: path.to_string(),
         agent: m.agent.clone(),
         status: m.status,
         sender: m.sender.clone(),
-        order: (m.ts_ms.unwrap_or(mtime_ms), path.to_string()),
+        order: (m.ts_ms.unwrap_or(modified_ms), path.to_string()),
     }
 }
 
@@ -633,7 +633,7 @@ mod tests {
     }
 
     #[test]
-    fn order_is_ts_then_mtime_then_path() {
+    fn order_is_ts_then_modified_then_path() {
         let mut ix = Index::new(KINDS);
         ix.update("Agents/a", DEF, fp(0), false);
         ix.update("m/3", &msg("a", ""), fp(5_000), false);
@@ -651,7 +651,7 @@ mod tests {
         );
         ix.update("m/0", &msg("a", ""), fp(5_000), false);
         let order: Vec<_> = std::iter::from_fn(|| ix.pop("a")).collect();
-        // mtime 5 s after the epoch sorts before the year-2000 `ts` values;
+        // modified 5 s after the epoch sorts before the year-2000 `ts` values;
         // equal times fall back to the path.
         assert_eq!(order, vec!["m/0", "m/3", "m/1", "m/2"]);
     }

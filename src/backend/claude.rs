@@ -48,9 +48,32 @@ pub const KIND: Kind = Kind {
     build,
 };
 
-/// The keys only the CLI backends read: `program` (default `claude`) and
-/// `args`.
-pub type Config = process::CliKeys;
+/// The keys `claude` reads: those of the CLI backends, `program` (default
+/// `claude`) and `args`, and `vault_mcp` (default true: a turn of a remote
+/// vault gets the vault's MCP endpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub cli: process::CliKeys,
+    pub vault_mcp: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cli: process::CliKeys::default(),
+            vault_mcp: true,
+        }
+    }
+}
+
+impl Config {
+    pub fn read(meta: &serde_yaml::Mapping) -> Result<Config, FieldError> {
+        Ok(Config {
+            cli: process::CliKeys::read(meta)?,
+            vault_mcp: crate::agent::keys::flag(meta, "vault_mcp")?.unwrap_or(true),
+        })
+    }
+}
 
 fn build(s: &Settings<'_>) -> Result<Runner, FieldError> {
     let c = Config::read(s.meta)?;
@@ -280,7 +303,7 @@ impl Claude {
         prompt_file: Option<&str>,
     ) -> Vec<String> {
         let mut a = vec![
-            self.config.program_or("claude"),
+            self.config.cli.program_or("claude"),
             "-p".into(),
             "--output-format".into(),
             "stream-json".into(),
@@ -304,7 +327,14 @@ impl Claude {
             a.push(flag.into());
             a.push(prompt_file.map_or_else(|| sp.to_string(), str::to_string));
         }
-        a.extend(self.config.args.iter().cloned());
+        // The vault's own MCP endpoint: a file only this user can read
+        // (it holds the token), never the token itself on the command line.
+        if self.config.vault_mcp
+            && let Some(file) = &req.mcp_config
+        {
+            a.extend(["--mcp-config".into(), file.display().to_string()]);
+        }
+        a.extend(self.config.cli.args.iter().cloned());
         a
     }
 }
@@ -396,21 +426,66 @@ mod config_tests {
         let b = claude("");
         let c = b.downcast_ref::<Claude>().unwrap();
         assert_eq!(c.config(), &Config::default());
-        assert_eq!(c.config().program_or("claude"), "claude");
+        assert_eq!(c.config().cli.program_or("claude"), "claude");
         let b = claude(
             "program: /opt/claude\nargs: [--a, 1, true]\nmodel: opus\nsystem_prompt_mode: replace\n",
         );
         let c = b.downcast_ref::<Claude>().unwrap();
-        assert_eq!(c.config().program.as_deref(), Some("/opt/claude"));
-        assert_eq!(c.config().args, ["--a", "1", "true"]);
+        assert_eq!(c.config().cli.program.as_deref(), Some("/opt/claude"));
+        assert_eq!(c.config().cli.args, ["--a", "1", "true"]);
         assert_eq!(c.model.as_deref(), Some("opus"));
         assert_eq!(c.mode, SystemPromptMode::Replace);
         assert_eq!(
             Config::read(&meta("args: --a  --b\nprogram: \"  \"")).unwrap(),
             Config {
-                program: None,
-                args: vec!["--a".into(), "--b".into()]
+                cli: process::CliKeys {
+                    program: None,
+                    args: vec!["--a".into(), "--b".into()]
+                },
+                vault_mcp: true,
             }
+        );
+    }
+
+    fn request(d: &Arc<crate::agent::Definition>, mcp: Option<&str>) -> TurnRequest {
+        TurnRequest {
+            definition: d.clone(),
+            prompt: "hi".into(),
+            message: "hi".into(),
+            system_prompt: String::new(),
+            session: None,
+            workspace: std::env::temp_dir(),
+            env: Vec::new(),
+            timeout: std::time::Duration::from_secs(1),
+            deadline: crate::time::after(std::time::Duration::from_secs(1)),
+            stall: std::time::Duration::from_secs(1),
+            history: Vec::new(),
+            mcp_config: mcp.map(std::path::PathBuf::from),
+        }
+    }
+
+    /// A turn of a remote vault gets `--mcp-config <file>` (the file holds
+    /// the token; the command line never does), unless `vault_mcp: false`.
+    #[test]
+    fn the_vaults_mcp_endpoint_goes_in_by_file_unless_turned_off() {
+        for (front, mcp, want) in [
+            ("", Some("/state/mcp.json"), true),
+            ("vault_mcp: false\n", Some("/state/mcp.json"), false),
+            ("", None, false),
+        ] {
+            let d = Arc::new(definition(&format!("backend: claude\n{front}")).unwrap());
+            let b = crate::backend::built(&d).unwrap().clone();
+            let c = b.downcast_ref::<Claude>().unwrap();
+            let argv = c.argv(&request(&d, mcp), &SessionArg::Create("s".into()), None);
+            let at = argv.iter().position(|a| a == "--mcp-config");
+            assert_eq!(at.is_some(), want, "{front:?} {mcp:?}: {argv:?}");
+            if let Some(i) = at {
+                assert_eq!(argv.get(i + 1).map(String::as_str), Some("/state/mcp.json"));
+            }
+        }
+        assert_eq!(
+            error(Config::read(&meta("vault_mcp: sometimes"))).0,
+            "vault_mcp"
         );
     }
 

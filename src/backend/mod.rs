@@ -92,6 +92,9 @@ pub struct TurnRequest {
     /// Earlier exchanges of this thread, oldest first (for backends that
     /// rebuild the conversation from the vault: `openai`, `anthropic`).
     pub history: Vec<Exchange>,
+    /// The vault's own MCP endpoint, as a `--mcp-config` file (a remote
+    /// vault; `claude` passes it unless `vault_mcp: false`).
+    pub mcp_config: Option<PathBuf>,
 }
 
 /// One earlier message and its reply.

@@ -27,7 +27,6 @@ pub use render::{
 };
 pub use request::vaultrunner_bin;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -581,10 +580,7 @@ const DELETED_MID_TURN: &str =
     "the message was deleted during its turn: its thread is closed, no reply is written";
 
 fn join_err(e: tokio::task::JoinError) -> VaultError {
-    VaultError::Io {
-        path: PathBuf::new(),
-        error: std::io::Error::other(e.to_string()),
-    }
+    VaultError::join(&e)
 }
 
 /// Steps 1 and 2 in one durable batch. Returns the thread's metadata and

@@ -103,5 +103,12 @@ pub(super) fn build_request(
         deadline: crate::time::after(def.timeout),
         stall: def.stall_timeout,
         history: Vec::new(),
+        mcp_config: match env.vault.mcp_config() {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!("{}: the vault's MCP endpoint is left out: {e}", def.name);
+                None
+            }
+        },
     }
 }

@@ -103,6 +103,13 @@ pub trait Vault: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// A file with the vault's own MCP endpoint for turns that can use one
+    /// (`claude --mcp-config`), readable only by this user; `None` when the
+    /// vault has none (a folder).
+    fn mcp_config(&self) -> Result<Option<PathBuf>, VaultError> {
+        Ok(None)
+    }
+
     /// Writes one note durably (over whatever is there); returns its
     /// version.
     fn write(&self, path: &str, content: &str) -> Result<Version, VaultError> {

@@ -829,6 +829,30 @@ impl Vault for RemoteVault {
         Duration::ZERO
     }
 
+    fn mcp_config(&self) -> Result<Option<PathBuf>, VaultError> {
+        let dir = self.state_dir()?;
+        let file = dir.join("mcp.json");
+        let text = self.inner.client.mcp_config_json();
+        if std::fs::read_to_string(&file).is_ok_and(|t| t == text) {
+            return Ok(Some(file));
+        }
+        // Written to a temp file created 0600, then renamed into place:
+        // the token is never readable by anyone else, not even for a moment.
+        let mut b = tempfile::Builder::new();
+        b.prefix(".mcp-").suffix(".tmp");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            b.permissions(std::fs::Permissions::from_mode(0o600));
+        }
+        let mut tmp = b.tempfile_in(&dir).map_err(|e| super::io_err(&dir, e))?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes())
+            .map_err(|e| super::io_err(&file, e))?;
+        tmp.persist(&file)
+            .map_err(|e| super::io_err(&file, e.error))?;
+        Ok(Some(file))
+    }
+
     fn health(&self) -> Result<(), String> {
         match self
             .inner
@@ -893,5 +917,67 @@ async fn poll(v: RemoteVault, sink: ChangeSink, stop: CancellationToken) {
             let _ = sink.send(Change::Note(gone.clone()));
         }
         seen = now_seen;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vault whose server is not there (open warns and goes on).
+    fn offline(state: &std::path::Path) -> RemoteVault {
+        RemoteVault::open(
+            "http://127.0.0.1:9/vault/x",
+            &RemoteOptions {
+                token: Some("pvt_secret_token".into()),
+                poll: Duration::from_secs(2),
+                state_dir: Some(state.to_path_buf()),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_mcp_config_is_a_file_only_its_user_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = offline(dir.path());
+        let file = v.mcp_config().unwrap().unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let json: Value = serde_json::from_str(&text).unwrap();
+        let server = &json["mcpServers"]["parachute-vault"];
+        assert_eq!(server["url"], "http://127.0.0.1:9/vault/x/mcp");
+        assert_eq!(
+            server["headers"]["Authorization"],
+            "Bearer pvt_secret_token"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        // The token is nowhere else: not in the vault's Debug, not in its
+        // health text.
+        assert!(!format!("{v:?}").contains("pvt_secret_token"));
+        let _ = v.list();
+        assert!(v.health().unwrap_err().contains("unreachable"));
+        assert!(!v.health().unwrap_err().contains("pvt_secret_token"));
+    }
+
+    #[test]
+    fn a_missing_token_names_the_variable() {
+        let e = RemoteVault::open("http://127.0.0.1:9/vault/x", &RemoteOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(TOKEN_ENV), "{e}");
+    }
+
+    #[test]
+    fn versions_come_from_updated_at() {
+        let a = version_of("2026-12-01T07:06:49.537Z");
+        let b = version_of("2026-12-01T07:06:49.538Z");
+        assert_ne!(a, b);
+        assert_eq!(a.modified_ns, 1_796_108_809_537_000_000);
+        assert_eq!(a, version_of("2026-12-01T07:06:49.537Z"));
     }
 }
