@@ -273,9 +273,8 @@ impl RemoteVault {
         let c = v.inner.client.clone();
         match v.call(async move { c.health().await }) {
             Ok(_) => {}
-            Err(e) if e.is_transient() => {
-                tracing::warn!("{e}; vaultrunner keeps trying");
-            }
+            // Logged by `call` ("vault unreachable"); tried again.
+            Err(e) if e.is_transient() => {}
             Err(e) => return Err(vault_err(None, e)),
         }
         Ok(v)
