@@ -34,7 +34,7 @@ for t in "${targets[@]}"; do
     cp -R "seeds/$t/." "$work/$t/corpus/"
     case "$t" in
         cron) dict=dict/cron.dict ;;
-        http_body) dict=dict/json.dict ;;
+        http_body|remote_note) dict=dict/json.dict ;;
         *) dict=dict/notes.dict ;;
     esac
     echo "== fuzz $t for ${secs}s"

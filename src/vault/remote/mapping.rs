@@ -148,10 +148,16 @@ pub fn text_of(note: &parachute::Note, body: &str) -> String {
             Yaml::Sequence(tags.into_iter().map(Yaml::String).collect()),
         );
     }
-    if m.is_empty() {
+    // A body that starts like front-matter gets a block of its own (empty
+    // if need be), so it is never read as the note's front-matter.
+    if m.is_empty() && !crate::note::split(body).has_front_matter {
         return body.to_string();
     }
-    let yaml = serde_yaml::to_string(&m).unwrap_or_default();
+    let yaml = if m.is_empty() {
+        "{}\n".to_string()
+    } else {
+        serde_yaml::to_string(&m).unwrap_or_default()
+    };
     format!("---\n{yaml}---\n{body}")
 }
 
@@ -262,6 +268,22 @@ mod tests {
         assert_eq!(p.content, "line 1\n---\nline 3\n");
         assert_eq!(p.metadata["ts"], json!("2026-12-01T07:06:49Z"));
         assert_eq!(p.tags, vec!["agent/thread"]);
+    }
+
+    #[test]
+    fn a_body_that_looks_like_front_matter_stays_the_body() {
+        let n = parachute::Note::from_json(
+            &json!({"id": "n2", "content": "---\nlooks: like\n---\nbody", "updatedAt": "x"}),
+            1 << 20,
+        )
+        .unwrap();
+        let text = text_of(&n, "---\nlooks: like\n---\nbody");
+        let parsed = crate::note::Note::parse(&text).unwrap();
+        assert!(parsed.meta.is_empty(), "{text}");
+        assert_eq!(
+            parts_of(&text).unwrap().content,
+            "---\nlooks: like\n---\nbody"
+        );
     }
 
     #[test]
