@@ -390,7 +390,11 @@ impl RemoteVault {
         // sending every key would put back what it removed.
         let mut metadata = serde_json::Map::new();
         for (key, value) in &parts.metadata {
-            if k.metadata.get(key) != Some(value) {
+            if !k
+                .metadata
+                .get(key)
+                .is_some_and(|old| mapping::unchanged(old, value))
+            {
                 metadata.insert(key.clone(), value.clone());
             }
         }
@@ -399,21 +403,24 @@ impl RemoteVault {
                 metadata.insert(key.clone(), Value::Null);
             }
         }
-        let want: HashSet<&str> = parts.tags.iter().map(String::as_str).collect();
-        let have: HashSet<&str> = k.tags.iter().map(String::as_str).collect();
+        // A tag the note has in the `#` form is the same tag: kept as the
+        // user wrote it.
+        let bare = |t: &str| t.strip_prefix('#').unwrap_or(t).to_string();
+        let want: HashSet<String> = parts.tags.iter().map(|t| bare(t)).collect();
+        let have: HashSet<String> = k.tags.iter().map(|t| bare(t)).collect();
         let patch = Patch {
             content: Some(parts.content),
             metadata,
             add_tags: parts
                 .tags
                 .iter()
-                .filter(|t| !have.contains(t.as_str()))
+                .filter(|t| !have.contains(&bare(t)))
                 .cloned()
                 .collect(),
             remove_tags: k
                 .tags
                 .iter()
-                .filter(|t| !want.contains(t.as_str()))
+                .filter(|t| !want.contains(&bare(t)))
                 .cloned()
                 .collect(),
         };

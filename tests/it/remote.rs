@@ -1380,6 +1380,14 @@ async fn parachute_agent_notes_interoperate(t: &Target) {
         json!(3),
         "{k}: a number it does not own is kept: {h}"
     );
+    assert_eq!(h["metadata"]["ratio"], json!(1.5), "{k}: {h}");
+    let mut ht = tags(&h);
+    ht.sort();
+    assert_eq!(
+        ht,
+        ["#agent/message", "#agent/message/inbound"],
+        "{k}: the user's tags are kept as written: {h}"
+    );
     let note = t.by_id(&id).await.unwrap();
     assert_eq!(
         meta(&note, "status").as_deref(),
