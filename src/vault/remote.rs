@@ -337,15 +337,22 @@ impl RemoteVault {
         self.inner.known.lock().ok()?.get(path).cloned()
     }
 
-    /// Reads the server note at a vault path (by id for `_id/<id>`).
+    /// Reads the server note at a vault path: for `_id/<id>` the note with
+    /// that id, else (a path derived from such a name, `_id/<id>.reply`)
+    /// the note at that path.
     fn fetch(&self, path: &str) -> Result<parachute::Note, parachute::Error> {
         let c = self.inner.client.clone();
         let p = path.to_string();
         self.call(async move {
-            match p.strip_prefix("_id/") {
-                Some(id) if !id.contains('/') => c.get(NoteRef::Id(id)).await,
-                _ => c.get(NoteRef::Path(&p)).await,
+            if let Some(id) = p.strip_prefix("_id/")
+                && !id.contains('/')
+            {
+                match c.get(NoteRef::Id(id)).await {
+                    Err(e) if e.is_not_found() => {}
+                    other => return other,
+                }
             }
+            c.get(NoteRef::Path(&p)).await
         })
     }
 
@@ -441,9 +448,18 @@ impl RemoteVault {
 
     /// Creates the note at `path`; `Ok(None)` when a note has that path.
     fn create(&self, path: &str, content: &str) -> Result<Option<Version>, VaultError> {
-        if path.starts_with("_id/") && !path.trim_start_matches("_id/").contains('/') {
-            // A name of a note without a path: never a path to create.
-            return Ok(None);
+        if let Some(id) = path.strip_prefix("_id/")
+            && !id.contains('/')
+        {
+            // The name of a note without a path is never a path to create;
+            // one derived from it (`_id/<id>.reply`) is.
+            let c = self.inner.client.clone();
+            let id = id.to_string();
+            match self.call(async move { c.get(NoteRef::Id(&id)).await }) {
+                Ok(_) => return Ok(None),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(vault_err(Some(path), e)),
+            }
         }
         let parts = mapping::parts_of(content).map_err(|why| VaultError::Remote {
             what: format!("{path}.md: {why}"),

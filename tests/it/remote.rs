@@ -1372,6 +1372,7 @@ async fn parachute_agent_notes_interoperate(t: &Target) {
     assert!(check.code().is_some(), "{k}: check did not crash: {check}");
 
     let out = t.vr("process", &[]);
+    eprintln!("{k}: process said: {out}");
     assert!(out.code().is_some(), "{k}: {out}");
     assert_round_trip(t, &hashed, &a, "tagged with hashes").await;
     let h = t.get(&hashed).await.unwrap();
