@@ -57,6 +57,10 @@ pub const LEASE_PATH: &str = "_vaultrunner/lease";
 /// How long a lease lasts after its last renewal.
 const LEASE_TTL: Duration = Duration::from_secs(30);
 
+/// How long taking the lease waits for a server that is down or answers
+/// `5xx` before it gives up.
+const LOCK_PATIENCE: Duration = Duration::from_secs(30);
+
 /// How often a held lease is renewed.
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 
@@ -580,6 +584,32 @@ impl RemoteVault {
         std::fs::write(&file, &id).map_err(|e| super::io_err(&file, e))?;
         Ok(id)
     }
+
+    /// One try at the lease: `true` when taken, `false` when it changed
+    /// under us (try again), an error naming the holder when another
+    /// runner's is current.
+    fn take_lease(&self, lease_id: &str, text: &str) -> Result<bool, VaultError> {
+        match self.lease_state()? {
+            None => Ok(self.create(LEASE_PATH, text)?.is_some()),
+            Some(n) => {
+                let ours = meta_text(&n, "lease_id").as_deref() == Some(lease_id);
+                if !ours && lease_current(&n) {
+                    let who = meta_text(&n, "holder").unwrap_or_else(|| "another runner".into());
+                    let until = meta_text(&n, "expires_at").unwrap_or_default();
+                    return Err(VaultError::Locked {
+                        holder: format!(
+                            "the lease note {LEASE_PATH} is held by {who} until {until}; it expires 30 s after its holder stops renewing it"
+                        ),
+                    });
+                }
+                match self.update(LEASE_PATH, &known_of(&n), text) {
+                    Ok(_) => Ok(true),
+                    Err(VaultError::Changed { .. }) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
 }
 
 /// The lease's text: who holds it, until when.
@@ -784,42 +814,39 @@ impl Vault for RemoteVault {
         let lease_id = self.lease_id()?;
         let until = lease_until();
         let text = lease_text(&lease_id, &holder(), until);
-        for _ in 0..5 {
-            let taken = match self.lease_state()? {
-                None => self.create(LEASE_PATH, &text)?.is_some(),
-                Some(n) => {
-                    let ours = meta_text(&n, "lease_id").as_deref() == Some(lease_id.as_str());
-                    if !ours && lease_current(&n) {
-                        let who =
-                            meta_text(&n, "holder").unwrap_or_else(|| "another runner".into());
-                        let until = meta_text(&n, "expires_at").unwrap_or_default();
-                        return Err(VaultError::Locked {
-                            holder: format!(
-                                "the lease note {LEASE_PATH} is held by {who} until {until}; it expires 30 s after its holder stops renewing it"
-                            ),
-                        });
-                    }
-                    match self.update(LEASE_PATH, &known_of(&n), &text) {
-                        Ok(_) => true,
-                        Err(VaultError::Changed { .. }) => false,
-                        Err(e) => return Err(e),
-                    }
+        // A server that is down or answers 5xx right now is tried again
+        // with backoff for LOCK_PATIENCE; then the error says why.
+        let deadline = crate::time::after(LOCK_PATIENCE);
+        let mut pause = Duration::from_millis(250);
+        let mut raced = 0;
+        loop {
+            match self.take_lease(&lease_id, &text) {
+                Ok(true) => {
+                    let stop = CancellationToken::new();
+                    renew(self.clone(), lease_id.clone(), stop.clone());
+                    return Ok(VaultLock::new(Lease {
+                        vault: self.clone(),
+                        lease_id,
+                        stop,
+                        _local: local,
+                    }));
                 }
-            };
-            if taken {
-                let stop = CancellationToken::new();
-                renew(self.clone(), lease_id.clone(), stop.clone());
-                return Ok(VaultLock::new(Lease {
-                    vault: self.clone(),
-                    lease_id,
-                    stop,
-                    _local: local,
-                }));
+                Ok(false) if raced < 4 => raced += 1,
+                Ok(false) => {
+                    return Err(VaultError::Locked {
+                        holder: format!(
+                            "the lease note {LEASE_PATH} keeps changing under another runner"
+                        ),
+                    });
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("taking the lease {LEASE_PATH}: {e}; trying again in {pause:?}");
+                    std::thread::sleep(pause);
+                    pause = pause.saturating_mul(2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
             }
         }
-        Err(VaultError::Locked {
-            holder: format!("the lease note {LEASE_PATH} keeps changing under another runner"),
-        })
     }
 
     fn is_locked(&self) -> bool {
