@@ -1058,6 +1058,20 @@ async fn sigkill_twice_mid_run_answers_each_once(t: &Target) {
         t.answered(m, Duration::from_secs(60)).await;
     }
     s.stop();
+    // The kills interrupted turns (a turn that ran again counted once more).
+    let mut interrupted = 0;
+    for m in &msgs {
+        let n = t.get(m).await.unwrap();
+        if meta(&n, "attempts").is_some_and(|a| a != "1") {
+            interrupted += 1;
+        }
+    }
+    assert!(
+        interrupted >= 1,
+        "{k}: no turn was interrupted\n{}",
+        t.logs_text()
+    );
+    eprintln!("{k}: {interrupted} message(s) ran again after a SIGKILL");
     let notes = t.mine(&[&a, &b]).await;
     t.assert_no_duplicates(&notes);
     // 2 definitions, 8 messages, 8 replies, 2 threads.
