@@ -57,6 +57,10 @@ pub const LEASE_PATH: &str = "_vaultrunner/lease";
 /// How long a lease lasts after its last renewal.
 const LEASE_TTL: Duration = Duration::from_secs(30);
 
+/// How long taking the lease waits for a server that is down or answers
+/// `5xx` before it gives up.
+const LOCK_PATIENCE: Duration = Duration::from_secs(30);
+
 /// How often a held lease is renewed.
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 
@@ -336,15 +340,22 @@ impl RemoteVault {
         self.inner.known.lock().ok()?.get(path).cloned()
     }
 
-    /// Reads the server note at a vault path (by id for `_id/<id>`).
+    /// Reads the server note at a vault path: for `_id/<id>` the note with
+    /// that id, else (a path derived from such a name, `_id/<id>.reply`)
+    /// the note at that path.
     fn fetch(&self, path: &str) -> Result<parachute::Note, parachute::Error> {
         let c = self.inner.client.clone();
         let p = path.to_string();
         self.call(async move {
-            match p.strip_prefix("_id/") {
-                Some(id) if !id.contains('/') => c.get(NoteRef::Id(id)).await,
-                _ => c.get(NoteRef::Path(&p)).await,
+            if let Some(id) = p.strip_prefix("_id/")
+                && !id.contains('/')
+            {
+                match c.get(NoteRef::Id(id)).await {
+                    Err(e) if e.is_not_found() => {}
+                    other => return other,
+                }
             }
+            c.get(NoteRef::Path(&p)).await
         })
     }
 
@@ -389,7 +400,11 @@ impl RemoteVault {
         // sending every key would put back what it removed.
         let mut metadata = serde_json::Map::new();
         for (key, value) in &parts.metadata {
-            if k.metadata.get(key) != Some(value) {
+            if !k
+                .metadata
+                .get(key)
+                .is_some_and(|old| mapping::unchanged(old, value))
+            {
                 metadata.insert(key.clone(), value.clone());
             }
         }
@@ -398,21 +413,24 @@ impl RemoteVault {
                 metadata.insert(key.clone(), Value::Null);
             }
         }
-        let want: HashSet<&str> = parts.tags.iter().map(String::as_str).collect();
-        let have: HashSet<&str> = k.tags.iter().map(String::as_str).collect();
+        // A tag the note has in the `#` form is the same tag: kept as the
+        // user wrote it.
+        let bare = |t: &str| t.strip_prefix('#').unwrap_or(t).to_string();
+        let want: HashSet<String> = parts.tags.iter().map(|t| bare(t)).collect();
+        let have: HashSet<String> = k.tags.iter().map(|t| bare(t)).collect();
         let patch = Patch {
             content: Some(parts.content),
             metadata,
             add_tags: parts
                 .tags
                 .iter()
-                .filter(|t| !have.contains(t.as_str()))
+                .filter(|t| !have.contains(&bare(t)))
                 .cloned()
                 .collect(),
             remove_tags: k
                 .tags
                 .iter()
-                .filter(|t| !want.contains(t.as_str()))
+                .filter(|t| !want.contains(&bare(t)))
                 .cloned()
                 .collect(),
         };
@@ -433,9 +451,18 @@ impl RemoteVault {
 
     /// Creates the note at `path`; `Ok(None)` when a note has that path.
     fn create(&self, path: &str, content: &str) -> Result<Option<Version>, VaultError> {
-        if path.starts_with("_id/") && !path.trim_start_matches("_id/").contains('/') {
-            // A name of a note without a path: never a path to create.
-            return Ok(None);
+        if let Some(id) = path.strip_prefix("_id/")
+            && !id.contains('/')
+        {
+            // The name of a note without a path is never a path to create;
+            // one derived from it (`_id/<id>.reply`) is.
+            let c = self.inner.client.clone();
+            let id = id.to_string();
+            match self.call(async move { c.get(NoteRef::Id(&id)).await }) {
+                Ok(_) => return Ok(None),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(vault_err(Some(path), e)),
+            }
         }
         let parts = mapping::parts_of(content).map_err(|why| VaultError::Remote {
             what: format!("{path}.md: {why}"),
@@ -555,6 +582,32 @@ impl RemoteVault {
         let id = uuid::Uuid::new_v4().to_string();
         std::fs::write(&file, &id).map_err(|e| super::io_err(&file, e))?;
         Ok(id)
+    }
+
+    /// One try at the lease: `true` when taken, `false` when it changed
+    /// under us (try again), an error naming the holder when another
+    /// runner's is current.
+    fn take_lease(&self, lease_id: &str, text: &str) -> Result<bool, VaultError> {
+        match self.lease_state()? {
+            None => Ok(self.create(LEASE_PATH, text)?.is_some()),
+            Some(n) => {
+                let ours = meta_text(&n, "lease_id").as_deref() == Some(lease_id);
+                if !ours && lease_current(&n) {
+                    let who = meta_text(&n, "holder").unwrap_or_else(|| "another runner".into());
+                    let until = meta_text(&n, "expires_at").unwrap_or_default();
+                    return Err(VaultError::Locked {
+                        holder: format!(
+                            "the lease note {LEASE_PATH} is held by {who} until {until}; it expires 30 s after its holder stops renewing it"
+                        ),
+                    });
+                }
+                match self.update(LEASE_PATH, &known_of(&n), text) {
+                    Ok(_) => Ok(true),
+                    Err(VaultError::Changed { .. }) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        }
     }
 }
 
@@ -760,42 +813,39 @@ impl Vault for RemoteVault {
         let lease_id = self.lease_id()?;
         let until = lease_until();
         let text = lease_text(&lease_id, &holder(), until);
-        for _ in 0..5 {
-            let taken = match self.lease_state()? {
-                None => self.create(LEASE_PATH, &text)?.is_some(),
-                Some(n) => {
-                    let ours = meta_text(&n, "lease_id").as_deref() == Some(lease_id.as_str());
-                    if !ours && lease_current(&n) {
-                        let who =
-                            meta_text(&n, "holder").unwrap_or_else(|| "another runner".into());
-                        let until = meta_text(&n, "expires_at").unwrap_or_default();
-                        return Err(VaultError::Locked {
-                            holder: format!(
-                                "the lease note {LEASE_PATH} is held by {who} until {until}; it expires 30 s after its holder stops renewing it"
-                            ),
-                        });
-                    }
-                    match self.update(LEASE_PATH, &known_of(&n), &text) {
-                        Ok(_) => true,
-                        Err(VaultError::Changed { .. }) => false,
-                        Err(e) => return Err(e),
-                    }
+        // A server that is down or answers 5xx right now is tried again
+        // with backoff for LOCK_PATIENCE; then the error says why.
+        let deadline = crate::time::after(LOCK_PATIENCE);
+        let mut pause = Duration::from_millis(250);
+        let mut raced = 0;
+        loop {
+            match self.take_lease(&lease_id, &text) {
+                Ok(true) => {
+                    let stop = CancellationToken::new();
+                    renew(self.clone(), lease_id.clone(), stop.clone());
+                    return Ok(VaultLock::new(Lease {
+                        vault: self.clone(),
+                        lease_id,
+                        stop,
+                        _local: local,
+                    }));
                 }
-            };
-            if taken {
-                let stop = CancellationToken::new();
-                renew(self.clone(), lease_id.clone(), stop.clone());
-                return Ok(VaultLock::new(Lease {
-                    vault: self.clone(),
-                    lease_id,
-                    stop,
-                    _local: local,
-                }));
+                Ok(false) if raced < 4 => raced += 1,
+                Ok(false) => {
+                    return Err(VaultError::Locked {
+                        holder: format!(
+                            "the lease note {LEASE_PATH} keeps changing under another runner"
+                        ),
+                    });
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("taking the lease {LEASE_PATH}: {e}; trying again in {pause:?}");
+                    std::thread::sleep(pause);
+                    pause = pause.saturating_mul(2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
             }
         }
-        Err(VaultError::Locked {
-            holder: format!("the lease note {LEASE_PATH} keeps changing under another runner"),
-        })
     }
 
     fn is_locked(&self) -> bool {

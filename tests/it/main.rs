@@ -31,6 +31,7 @@ mod notes;
 mod parachute;
 mod parachute_fake;
 mod props;
+mod remote;
 mod robust;
 mod serve;
 mod values;

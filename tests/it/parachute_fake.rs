@@ -423,6 +423,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/vault/{vault}/api/notes", any(notes))
         .route("/vault/{vault}/api/notes/{id}", any(note))
         .fallback(fallback)
+        // Notes over vaultrunner's 8 MiB limit can be written (the real
+        // server takes them), not axum's 2 MB default.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(shared)
 }
 

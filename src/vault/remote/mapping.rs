@@ -122,6 +122,20 @@ fn metadata_value(v: &Yaml) -> Json {
     }
 }
 
+/// Does writing back `old` (a value as the server has it) as it reads give
+/// `new`? Then the key is unchanged and is not sent: a number a user wrote
+/// (`priority: 3`) stays a number, and `"3"` stays `"3"`.
+pub fn unchanged(old: &Json, new: &Json) -> bool {
+    if old == new {
+        return true;
+    }
+    let read = match old {
+        Json::String(s) => yaml_of_scalar_text(s),
+        other => yaml_of(other),
+    };
+    metadata_value(&read) == *new
+}
+
 /// A note's text: front-matter from its metadata and tags, then `body`.
 pub fn text_of(note: &parachute::Note, body: &str) -> String {
     let mut m = Mapping::new();
@@ -255,6 +269,26 @@ mod tests {
         assert_eq!(p.tags, vec!["agent/message", "agent/message/inbound"]);
         assert_eq!(p.content, "body\n");
         assert!(!p.metadata.contains_key("tags"));
+    }
+
+    #[test]
+    fn a_value_read_and_written_back_as_it_was_is_unchanged() {
+        for (old, new) in [
+            (json!(3), json!("3")),
+            (json!("3"), json!("3")),
+            (json!(1.5), json!("1.5")),
+            (json!(true), json!("true")),
+            (json!(["a", 1]), json!(["a", 1])),
+        ] {
+            assert!(unchanged(&old, &new), "{old} → {new}");
+        }
+        for (old, new) in [
+            (json!(3), json!("4")),
+            (json!("x"), json!("y")),
+            (json!(1), json!(1.5)),
+        ] {
+            assert!(!unchanged(&old, &new), "{old} → {new}");
+        }
     }
 
     #[test]
