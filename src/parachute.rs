@@ -494,6 +494,9 @@ pub struct Query {
     /// wildcards, so the client filters its answer again).
     pub path_prefix: Option<String>,
     pub include_content: bool,
+    /// Only the newest notes (by `createdAt`), at most this many: one page
+    /// in descending order, newest first.
+    pub newest: Option<u32>,
 }
 
 impl Query {
@@ -1303,7 +1306,10 @@ impl Client {
                 ));
             }
         }
-        let page_size = self.inner.config.page_size.max(1);
+        let page_size = query
+            .newest
+            .unwrap_or(self.inner.config.page_size)
+            .clamp(1, self.inner.config.page_size.max(1));
         let limit = usize::try_from(page_size).unwrap_or(usize::MAX);
         let mut seen: HashSet<String> = HashSet::new();
         let mut out = Vec::new();
@@ -1342,7 +1348,7 @@ impl Client {
                     },
                 ));
             }
-            if n < limit {
+            if n < limit || query.newest.is_some() {
                 return Ok(out);
             }
             if new == 0 {
@@ -1373,7 +1379,14 @@ impl Client {
                 q.append_pair("path_prefix", p);
             }
             q.append_pair("include_content", if content { "true" } else { "false" });
-            q.append_pair("sort", "asc");
+            q.append_pair(
+                "sort",
+                if query.newest.is_some() {
+                    "desc"
+                } else {
+                    "asc"
+                },
+            );
             q.append_pair("limit", &page_size.to_string());
             q.append_pair("offset", &offset.to_string());
         }

@@ -108,7 +108,21 @@ struct Known {
     version: Version,
     tags: Vec<String>,
     metadata: serde_json::Map<String, Value>,
+    /// The note's text at this version, when its content was read.
+    text: Option<String>,
+    /// When the server last said the note is at this version.
+    seen: std::time::Instant,
 }
+
+/// How long what the server last said of a note stands in for asking
+/// again: a `stat` or a `read` within this time of a read, a listing or a
+/// write of the note is answered from it. Never a risk to a note: every
+/// update is a compare-and-set on the version, and a refused one forgets
+/// what was kept.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// Notes per poll: the newest tagged notes, one page.
+const POLL_PAGE: u32 = 500;
 
 /// The runtime the requests run on. Shut down in the background when the
 /// vault goes, so dropping a vault inside another runtime is fine.
@@ -129,6 +143,8 @@ struct Inner {
     state_dir: PathBuf,
     poll: Duration,
     known: Mutex<HashMap<String, Known>>,
+    /// A full listing was made (the first brings content).
+    listed: std::sync::atomic::AtomicBool,
     /// Why the server could not be reached, while it cannot.
     down: Mutex<Option<String>>,
 }
@@ -203,6 +219,11 @@ fn known_of(note: &parachute::Note) -> Known {
         version: version_of(&note.updated_at),
         tags: note.tags.clone(),
         metadata: note.metadata.clone(),
+        text: match &note.content {
+            parachute::Content::Text(body) => Some(mapping::text_of(note, body)),
+            _ => None,
+        },
+        seen: std::time::Instant::now(),
     }
 }
 
@@ -271,6 +292,7 @@ impl RemoteVault {
                 state_dir,
                 poll: opts.poll.max(Duration::from_millis(50)),
                 known: Mutex::new(HashMap::new()),
+                listed: std::sync::atomic::AtomicBool::new(false),
                 down: Mutex::new(None),
             }),
         };
@@ -322,12 +344,25 @@ impl RemoteVault {
     }
 
     fn remember(&self, path: &str, note: &parachute::Note) -> Version {
-        let k = known_of(note);
+        let mut k = known_of(note);
         let v = k.version;
         if let Ok(mut known) = self.inner.known.lock() {
+            // A listing without content confirms the text kept for the
+            // same version.
+            if k.text.is_none()
+                && let Some(old) = known.get_mut(path)
+                && old.version == v
+            {
+                k.text = old.text.take();
+            }
             known.insert(path.to_string(), k);
         }
         v
+    }
+
+    /// What the server said of the note within [`FRESH`].
+    fn fresh(&self, path: &str) -> Option<Known> {
+        self.cached(path).filter(|k| k.seen.elapsed() < FRESH)
     }
 
     fn forget(&self, path: &str) {
@@ -693,6 +728,15 @@ fn renew(vault: RemoteVault, lease_id: String, stop: CancellationToken) {
             }
             let (v2, id) = (v.clone(), lease_id.clone());
             let r = tokio::task::spawn_blocking(move || {
+                // A compare-and-set on the version of the last renewal;
+                // only when that is refused is the lease read again.
+                let text = lease_text(&id, &holder(), lease_until());
+                if let Some(k) = v2.cached(LEASE_PATH) {
+                    match v2.update(LEASE_PATH, &k, &text) {
+                        Err(VaultError::Changed { .. }) => {}
+                        other => return other,
+                    }
+                }
                 let n = v2.lease_state()?.ok_or_else(|| not_found(LEASE_PATH))?;
                 if meta_text(&n, "lease_id").as_deref() != Some(id.as_str()) {
                     return Err(VaultError::Locked {
@@ -737,7 +781,25 @@ impl Vault for RemoteVault {
     }
 
     fn list(&self) -> Listing {
-        self.listing(Query::default(), "")
+        // The first listing (start-up) brings every note's content, so the
+        // scan after it reads nothing one by one; later ones (the minute's
+        // rescan) only versions, and the scan reads what changed.
+        let first = !self
+            .inner
+            .listed
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        let query = if first {
+            Query::default().with_content()
+        } else {
+            Query::default()
+        };
+        let listing = self.listing(query, "");
+        if listing.entries.is_empty() && !listing.incomplete.is_empty() {
+            self.inner
+                .listed
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        listing
     }
 
     fn list_under(&self, prefix: &str) -> Listing {
@@ -748,6 +810,9 @@ impl Vault for RemoteVault {
     }
 
     fn stat(&self, path: &str) -> Option<Version> {
+        if let Some(k) = self.fresh(path) {
+            return Some(k.version);
+        }
         match self.fetch(path) {
             Ok(n) => Some(self.remember(path, &n)),
             Err(_) => None,
@@ -755,6 +820,14 @@ impl Vault for RemoteVault {
     }
 
     fn read(&self, path: &str) -> Result<(String, Version), VaultError> {
+        if let Some(Known {
+            text: Some(text),
+            version,
+            ..
+        }) = self.fresh(path)
+        {
+            return Ok((text, version));
+        }
         let n = match self.fetch(path) {
             Ok(n) => n,
             Err(e) if e.is_not_found() => {
@@ -917,11 +990,13 @@ impl Vault for RemoteVault {
 }
 
 /// The change poll: the notes vaultrunner reads, without content, every
-/// `poll`; a note whose version differs from what the vault last saw (or
-/// that is gone) is reported. While the server cannot be reached the
-/// pause doubles up to [`MAX_POLL_BACKOFF`]; when it is back, a scan.
+/// `poll`: the newest [`POLL_PAGE`] of them, one request however long
+/// the vault's history (new messages are new notes; an old note edited,
+/// deleted or re-tagged is found by the minute's full scan). A note whose
+/// version differs from what the vault last saw is reported. While the
+/// server cannot be reached the pause doubles up to [`MAX_POLL_BACKOFF`];
+/// when it is back, a scan.
 async fn poll(v: RemoteVault, sink: ChangeSink, stop: CancellationToken) {
-    let mut seen: HashSet<String> = HashSet::new();
     let mut pause = v.inner.poll;
     let mut was_down = false;
     loop {
@@ -931,7 +1006,8 @@ async fn poll(v: RemoteVault, sink: ChangeSink, stop: CancellationToken) {
             _ = tokio::time::sleep(pause) => {}
         }
         let c = v.inner.client.clone();
-        let query = Query::tagged(POLLED_TAGS);
+        let mut query = Query::tagged(POLLED_TAGS);
+        query.newest = Some(POLL_PAGE);
         let r = c.list(&query).await;
         v.note_health(&r);
         let notes = match r {
@@ -952,20 +1028,15 @@ async fn poll(v: RemoteVault, sink: ChangeSink, stop: CancellationToken) {
             was_down = false;
             let _ = sink.send(Change::Rescan("the vault is reachable again".into()));
         }
-        let mut now_seen = HashSet::with_capacity(notes.len());
         for n in &notes {
             let Ok(path) = path_of(n) else { continue };
             let version = version_of(&n.updated_at);
             let changed = v.cached(&path).is_none_or(|k| k.version != version);
+            v.remember(&path, n);
             if changed {
-                let _ = sink.send(Change::Note(path.clone()));
+                let _ = sink.send(Change::Note(path));
             }
-            now_seen.insert(path);
         }
-        for gone in seen.difference(&now_seen) {
-            let _ = sink.send(Change::Note(gone.clone()));
-        }
-        seen = now_seen;
     }
 }
 
