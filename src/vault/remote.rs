@@ -914,13 +914,14 @@ async fn poll(v: RemoteVault, sink: ChangeSink, stop: CancellationToken) {
         let notes = match r {
             Ok(n) => n,
             Err(e) => {
-                if e.is_transient() {
-                    was_down = true;
-                    pause = pause.saturating_mul(2).min(MAX_POLL_BACKOFF);
-                } else {
+                // An answer that is not the API's (a proxy's page) or a
+                // refusal backs off as a server that is down does, from
+                // the poll interval: one bad answer is not 30 s of deafness.
+                if !e.is_transient() && !was_down {
                     tracing::warn!("polling the vault: {e}");
-                    pause = MAX_POLL_BACKOFF;
                 }
+                was_down = true;
+                pause = pause.saturating_mul(2).min(MAX_POLL_BACKOFF);
                 continue;
             }
         };
