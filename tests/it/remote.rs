@@ -750,12 +750,14 @@ both!(
     a_read_only_token_names_the_scope,
     two_runners_refuse_then_hand_over,
     parachute_agent_notes_interoperate,
+    pending_again_subjects_and_callbacks,
 );
 
 fake_only!(
     the_server_going_away_loses_nothing,
     bad_server_answers_are_retried_or_named,
     an_oversized_note_is_named_and_others_run,
+    the_webhook_and_the_poll_together_run_each_once,
 );
 
 // ------------------------------------------------------------------ 1. round trip
@@ -1585,5 +1587,135 @@ async fn an_oversized_note_is_named_and_others_run(t: &Target) {
     let m2 = t.inbound("Inbox/small2", &a, "another").await;
     t.answered(&m2, Duration::from_secs(30)).await;
     s.stop();
+    t.assert_no_token(&[&a]).await;
+}
+
+// ------------------------------------------------------------------ more of §2, §3
+
+/// A person sets a handled message back to `pending`: it runs again, its
+/// reply rewritten in place (a create that meets `path_conflict`, then an
+/// update); a subject picks its thread; a `reply_to` writes the callback
+/// at `<stem>.callback`, which the other agent answers.
+async fn pending_again_subjects_and_callbacks(t: &Target) {
+    let k = t.kind;
+    let a = t.agent("echo");
+    let b = t.agent("boss");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    t.definition(&b, json!({"backend": "echo"})).await;
+    let m = t.inbound("Inbox/again", &a, "say it twice").await;
+    let sub = t.p("Inbox/subject");
+    t.create(
+        Some(&sub),
+        "about plans",
+        INBOUND,
+        json!({"agent": a, "subject": "Big Plans!"}),
+    )
+    .await;
+    let cb = t.p("Inbox/delegated");
+    t.create(
+        Some(&cb),
+        "work for the boss",
+        INBOUND,
+        json!({"agent": a, "reply_to": b, "correlation_id": "c-1"}),
+    )
+    .await;
+    t.vr("process", &[]).success();
+    let n = t.answered(&m, Duration::from_secs(5)).await;
+    let first_reply = t.get(&format!("{m}.reply")).await.unwrap();
+
+    let thread = format!("Threads/{a}/{a}--big-plans");
+    let s = t.answered(&sub, Duration::from_secs(5)).await;
+    assert_eq!(
+        meta(&s, "thread"),
+        Some(format!("[[{thread}]]")),
+        "{k}: {s}"
+    );
+    assert!(t.get(&thread).await.is_some(), "{k}: no {thread}");
+
+    let callback = format!("{cb}.callback");
+    let c = t.answered(&callback, Duration::from_secs(5)).await;
+    assert_eq!(meta(&c, "agent").as_deref(), Some(b.as_str()), "{k}: {c}");
+    assert_eq!(meta(&c, "callback").as_deref(), Some("true"), "{k}: {c}");
+    assert_eq!(meta(&c, "source_status").as_deref(), Some("ok"), "{k}: {c}");
+    assert_eq!(
+        meta(&c, "correlation_id").as_deref(),
+        Some("c-1"),
+        "{k}: {c}"
+    );
+    assert_eq!(
+        meta(&c, "delegation_depth").as_deref(),
+        Some("1"),
+        "{k}: {c}"
+    );
+    assert!(
+        tags(&c).contains(&"agent/message/inbound".to_string()),
+        "{k}: {c}"
+    );
+    assert_all_strings(k, &c, None);
+    assert!(t.get(&format!("{callback}.reply")).await.is_some());
+
+    // Set back to pending by a person: runs again, same reply path.
+    t.user_edit(
+        &m,
+        json!({"metadata": {"status": "pending"}, "content": "say it again"}),
+    )
+    .await;
+    t.vr("process", &[]).success();
+    let again = t
+        .until(&m, Duration::from_secs(5), "the second run", |x| {
+            meta(x, "status").as_deref() == Some("handled") && x["updatedAt"] != n["updatedAt"]
+        })
+        .await;
+    assert_eq!(
+        meta(&again, "attempts").as_deref(),
+        Some("1"),
+        "{k}: {again}"
+    );
+    let reply = t.get(&format!("{m}.reply")).await.unwrap();
+    assert_eq!(reply["id"], first_reply["id"], "{k}: the same reply note");
+    assert_eq!(
+        reply["content"].as_str().unwrap().trim(),
+        "echo: say it again",
+        "{k}: {reply}"
+    );
+    let notes = t.mine(&[&a, &b]).await;
+    t.assert_no_duplicates(&notes);
+    t.assert_no_token(&[&a, &b]).await;
+}
+
+/// The trigger and a fast poll both see every new message: each runs once.
+async fn the_webhook_and_the_poll_together_run_each_once(t: &Target) {
+    let fake = t.fake.as_ref().unwrap();
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    fake.with_trigger(&webhook_url(port), &["agent/message/inbound"]);
+    let mut s = t.serve(&["--listen", &listen, "--poll-ms", "50"]);
+    t.http_addr(&mut s, &t.state("main"));
+    let mut msgs = Vec::new();
+    for i in 0..10 {
+        msgs.push(
+            t.inbound(&format!("Inbox/race-{i}"), &a, &format!("race {i}"))
+                .await,
+        );
+    }
+    for m in &msgs {
+        let n = t.answered(m, Duration::from_secs(30)).await;
+        assert_eq!(meta(&n, "attempts").as_deref(), Some("1"), "{n}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.stop();
+    assert!(fake.trigger_deliveries() >= 10);
+    let notes = t.mine(&[&a]).await;
+    t.assert_no_duplicates(&notes);
+    // definition + 10 messages + 10 replies + 1 thread
+    assert_eq!(notes.len(), 22, "{notes:#?}");
+    let thread = t.get(&format!("Threads/{a}/{a}")).await.unwrap();
+    assert_eq!(
+        meta(&thread, "turn_count").as_deref(),
+        Some("10"),
+        "{thread}"
+    );
     t.assert_no_token(&[&a]).await;
 }
