@@ -751,6 +751,7 @@ both!(
     two_runners_refuse_then_hand_over,
     parachute_agent_notes_interoperate,
     pending_again_subjects_and_callbacks,
+    odd_paths_and_definition_changes,
 );
 
 fake_only!(
@@ -1717,5 +1718,85 @@ async fn the_webhook_and_the_poll_together_run_each_once(t: &Target) {
         Some("10"),
         "{thread}"
     );
+    t.assert_no_token(&[&a]).await;
+}
+
+/// Paths with spaces, non-ASCII letters and URL metacharacters (`%`, `?`,
+/// `#`, `_`, `+`, `&`) are read, answered and written at their derived
+/// paths; a definition changed while serving is used for the next message;
+/// a broken one is reported naming the note and field, and the others run.
+async fn odd_paths_and_definition_changes(t: &Target) {
+    let k = t.kind;
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let mut msgs = Vec::new();
+    for leaf in [
+        "Inbox/Hello World ü",
+        "Inbox/50% off?",
+        "Inbox/#hash & plus+",
+        "Inbox/under_score",
+        "Inbox/ünïcødé/深い",
+    ] {
+        msgs.push(t.inbound(leaf, &a, &format!("from {leaf}")).await);
+    }
+    let broken = t.agent("broken");
+    t.definition(&broken, json!({"backend": ["echo"]})).await;
+    let check = t.vr("check", &[]);
+    assert!(!check.status.success(), "{k}: {check}");
+    assert!(
+        check.all().contains(&format!("Agents/{broken}")),
+        "{k}: {check}"
+    );
+    assert!(check.all().contains("backend"), "{k}: {check}");
+    let mut s = t.serve(&[]);
+    for m in &msgs {
+        t.answered(m, Duration::from_secs(30)).await;
+    }
+    for (m, leaf) in msgs.iter().zip([
+        "Hello World ü",
+        "50% off?",
+        "#hash & plus+",
+        "under_score",
+        "深い",
+    ]) {
+        let reply = t.get(&format!("{m}.reply")).await.unwrap();
+        assert_eq!(
+            meta(&reply, "in_reply_to"),
+            Some(format!("[[{m}]]")),
+            "{k}: {reply}"
+        );
+        assert!(
+            reply["content"].as_str().unwrap().contains(leaf),
+            "{k}: {reply}"
+        );
+    }
+    // The definition becomes a command agent while serving.
+    let def = t.p(&format!("Agents/{a}"));
+    t.user_edit(
+        &def,
+        json!({"metadata": {"backend": "command", "command": "tr a-z A-Z"}}),
+    )
+    .await;
+    let mut answered_by_new = false;
+    for i in 0..20 {
+        let m = t
+            .inbound(&format!("Inbox/after-edit-{i}"), &a, "shout")
+            .await;
+        t.answered(&m, Duration::from_secs(30)).await;
+        let r = t.get(&format!("{m}.reply")).await.unwrap();
+        if r["content"].as_str().unwrap().trim() == "SHOUT" {
+            answered_by_new = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        answered_by_new,
+        "{k}: the changed definition was not used\n{}",
+        s.log_text()
+    );
+    assert!(s.still_running());
+    s.stop();
+    t.assert_no_duplicates(&t.mine(&[&a]).await);
     t.assert_no_token(&[&a]).await;
 }
