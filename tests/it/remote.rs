@@ -752,6 +752,7 @@ both!(
     parachute_agent_notes_interoperate,
     pending_again_subjects_and_callbacks,
     odd_paths_and_definition_changes,
+    a_job_catches_up_once,
 );
 
 fake_only!(
@@ -1798,5 +1799,55 @@ async fn odd_paths_and_definition_changes(t: &Target) {
     assert!(s.still_running());
     s.stop();
     t.assert_no_duplicates(&t.mine(&[&a]).await);
+    t.assert_no_token(&[&a]).await;
+}
+
+/// A job that missed its hourly runs fires once on start (catch-up), at
+/// the derived path under `Inbox/<agent>/`, is answered, and records
+/// `last_run_at`; a restart fires nothing more; `schedule --json` lists it.
+async fn a_job_catches_up_once(t: &Target) {
+    let k = t.kind;
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let three_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(3))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let job = t.p("Jobs/hourly");
+    t.create(
+        Some(&job),
+        "Good morning.",
+        &["agent/job"],
+        json!({"agent": a, "cron": "0 * * * *", "tz": "UTC", "last_run_at": three_hours_ago}),
+    )
+    .await;
+    let sched = t.vr("schedule", &["--json", "--count", "2"]).success();
+    let v: Value = serde_json::from_str(&sched.stdout).unwrap();
+    assert!(
+        v.as_array().unwrap().iter().any(|j| j["agent"] == json!(a)),
+        "{k}: {sched}"
+    );
+    let mut s = t.serve(&[]);
+    let fired = t
+        .until(&job, Duration::from_secs(30), "the catch-up fire", |n| {
+            meta(n, "last_run_at").is_some_and(|x| x != three_hours_ago)
+        })
+        .await;
+    assert_all_strings(k, &fired, Some(&["last_run_at", "last_status"]));
+    let inbox = t.list(&format!("Inbox/{a}/")).await;
+    let msgs: Vec<&Value> = inbox
+        .iter()
+        .filter(|n| tags(n).contains(&"agent/message/inbound".to_string()))
+        .collect();
+    assert_eq!(msgs.len(), 1, "{k}: one fire: {inbox:#?}");
+    let m = msgs[0]["path"].as_str().unwrap().to_string();
+    assert!(m.contains("job--"), "{k}: {m}");
+    t.answered(&m, Duration::from_secs(30)).await;
+    s.stop();
+    let mut s = t.serve(&[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.stop();
+    let inbox = t.list(&format!("Inbox/{a}/")).await;
+    // the fire and its reply, nothing more
+    assert_eq!(inbox.len(), 2, "{k}: {inbox:#?}");
     t.assert_no_token(&[&a]).await;
 }
