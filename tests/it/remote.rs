@@ -753,6 +753,7 @@ both!(
     pending_again_subjects_and_callbacks,
     odd_paths_and_definition_changes,
     a_job_catches_up_once,
+    a_crashed_runners_lease_expires_for_another,
 );
 
 fake_only!(
@@ -1849,5 +1850,49 @@ async fn a_job_catches_up_once(t: &Target) {
     let inbox = t.list(&format!("Inbox/{a}/")).await;
     // the fire and its reply, nothing more
     assert_eq!(inbox.len(), 2, "{k}: {inbox:#?}");
+    t.assert_no_token(&[&a]).await;
+}
+
+/// A runner killed with SIGKILL cannot release its lease: another runner
+/// (another state folder) is refused, naming the holder, until the lease
+/// expires 30 s after its last renewal, and then takes it and answers.
+async fn a_crashed_runners_lease_expires_for_another(t: &Target) {
+    let k = t.kind;
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let mut first = t.serve_in(&t.state("main"), &[]);
+    let pid = first.pid();
+    first.kill();
+    let killed = Instant::now();
+    let other = t.state("other");
+    let out = t.out(t.cmd_in(&["process", &t.base], &other)).failure();
+    assert!(
+        out.all().contains(&format!("pid {pid}")),
+        "{k}: names the holder: {out}"
+    );
+    let m = t
+        .inbound("Inbox/after-expiry", &a, "once the lease expired")
+        .await;
+    let mut second = loop {
+        let mut s = t.spawn_serve_in(&other, &[]);
+        if s.wait_exit(Duration::from_secs(3)).is_none() {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(45),
+            "{k}: the lease never expired: {}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let took = killed.elapsed();
+    assert!(
+        took > Duration::from_secs(15),
+        "{k}: taken too early: {took:?}"
+    );
+    eprintln!("{k}: the lease of a killed runner was taken by another after {took:?}");
+    second.started();
+    t.answered(&m, Duration::from_secs(30)).await;
+    second.stop();
     t.assert_no_token(&[&a]).await;
 }
