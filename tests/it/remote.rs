@@ -956,7 +956,9 @@ async fn a_users_edit_mid_turn_is_kept(t: &Target) {
     t.definition(&a, json!({"backend": "command", "command": "sleep 2; cat"}))
         .await;
     let m = t.inbound("Inbox/edited", &a, "the first words").await;
-    let mut s = t.serve(&[]);
+    // No poll to speak of: the runner does not hear of the edits; its end
+    // writes must read the notes again (and compare-and-set) to keep them.
+    let mut s = t.serve(&["--poll-ms", "600000", "--rescan-secs", "3600"]);
     t.until(&m, Duration::from_secs(30), "the turn to start", |n| {
         meta(n, "status").as_deref() == Some("working")
     })
