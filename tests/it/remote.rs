@@ -229,7 +229,8 @@ impl Target {
             );
         }
         // Replies to notes without a path.
-        for id in self.created.lock().unwrap().clone() {
+        let created = self.created.lock().unwrap().clone();
+        for id in created {
             if let Some(n) = self.get(&format!("_id/{id}.reply")).await {
                 ids.extend(n["id"].as_str().map(str::to_string));
             }
