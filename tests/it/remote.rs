@@ -800,6 +800,7 @@ both!(
     odd_paths_and_definition_changes,
     a_job_catches_up_once,
     a_crashed_runners_lease_expires_for_another,
+    a_message_deleted_mid_turn_stops_nothing,
 );
 
 fake_only!(
@@ -807,6 +808,7 @@ fake_only!(
     bad_server_answers_are_retried_or_named,
     an_oversized_note_is_named_and_others_run,
     the_webhook_and_the_poll_together_run_each_once,
+    down_longer_than_the_lease_then_back,
 );
 
 // ------------------------------------------------------------------ 1. round trip
@@ -1943,4 +1945,88 @@ async fn a_crashed_runners_lease_expires_for_another(t: &Target) {
     t.answered(&m, Duration::from_secs(30)).await;
     second.stop();
     t.assert_no_token(&[&a]).await;
+}
+
+/// The server gone for longer than the lease lasts: the runner keeps its
+/// lease when it is back (nobody else took it) and answers what is new.
+async fn down_longer_than_the_lease_then_back(t: &Target) {
+    let fake = t.fake.as_ref().unwrap();
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let mut s = t.serve(&[]);
+    let m0 = t.inbound("Inbox/before", &a, "before").await;
+    t.answered(&m0, Duration::from_secs(30)).await;
+    let lease = t.get("_vaultrunner/lease").await.unwrap();
+    fake.stop().await;
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    fake.restart().await;
+    let m1 = t.inbound("Inbox/after", &a, "after a long outage").await;
+    t.answered(&m1, Duration::from_secs(60)).await;
+    assert!(s.still_running(), "{}", s.log_text());
+    // Renewed by the same runner.
+    let started = Instant::now();
+    loop {
+        let now = t.get("_vaultrunner/lease").await.unwrap();
+        if now["updatedAt"] != lease["updatedAt"] {
+            assert_eq!(
+                now["metadata"]["lease_id"], lease["metadata"]["lease_id"],
+                "{now}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A second runner is still refused.
+    let out = t
+        .out(t.cmd_in(&["process", &t.base], &t.state("other")))
+        .failure();
+    assert!(out.all().contains("_vaultrunner/lease"), "{out}");
+    s.stop();
+    t.assert_no_duplicates(&t.mine(&[&a]).await);
+    t.assert_no_token(&[&a]).await;
+}
+
+/// A user deletes a message while its turn runs: the runner neither
+/// crashes nor loops, and the next messages are answered.
+async fn a_message_deleted_mid_turn_stops_nothing(t: &Target) {
+    let k = t.kind;
+    let slow = t.agent("slow");
+    t.definition(
+        &slow,
+        json!({"backend": "command", "command": "sleep 1; cat"}),
+    )
+    .await;
+    let mut s = t.serve(&[]);
+    let m = t.inbound("Inbox/deleted", &slow, "soon gone").await;
+    let n = t
+        .until(&m, Duration::from_secs(30), "the turn to start", |n| {
+            meta(n, "status").as_deref() == Some("working")
+        })
+        .await;
+    let (status, v) = t
+        .raw(
+            "DELETE",
+            &format!("{}/api/notes/{}", t.base, n["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let next = t.inbound("Inbox/next", &slow, "still heard").await;
+    t.answered(&next, Duration::from_secs(30)).await;
+    assert!(
+        t.get(&m).await.is_none(),
+        "{k}: the deleted message came back"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(s.still_running(), "{}", s.log_text());
+    let log = s.log_text();
+    s.stop();
+    assert!(log.lines().count() < 200, "{k}: a loop in the log:\n{log}");
+    eprintln!("{k}: deleted mid-turn:\n{log}");
+    t.assert_no_token(&[&slow]).await;
 }
