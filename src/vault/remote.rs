@@ -163,10 +163,14 @@ fn vault_err(note: Option<&str>, e: parachute::Error) -> VaultError {
     }
 }
 
+/// "The note is not there", as every vault says it
+/// ([`VaultError::is_not_found`]): the engine and the turn then drop the
+/// note (a message deleted mid-turn closes its thread and answers nobody)
+/// instead of retrying a write that can never land.
 fn not_found(path: &str) -> VaultError {
-    VaultError::Remote {
-        what: format!("{path}.md: no such note in the vault"),
-        transient: false,
+    VaultError::Io {
+        path: PathBuf::from(format!("{path}.md")),
+        error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such note in the vault"),
     }
 }
 
