@@ -2022,7 +2022,27 @@ async fn a_message_deleted_mid_turn_stops_nothing(t: &Target) {
         t.get(&m).await.is_none(),
         "{k}: the deleted message came back"
     );
+    // The definition deleted: the agent is gone, its next message waits.
+    let def = t.get(&t.p(&format!("Agents/{slow}"))).await.unwrap();
+    let (status, v) = t
+        .raw(
+            "DELETE",
+            &format!("{}/api/notes/{}", t.base, def["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waits = t.inbound("Inbox/waits", &slow, "nobody to answer").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let w = t.get(&waits).await.unwrap();
+    assert_eq!(
+        meta(&w, "status"),
+        None,
+        "{k}: run by a deleted agent: {w}\n{}",
+        s.log_text()
+    );
+    assert!(t.get(&format!("{waits}.reply")).await.is_none(), "{k}");
     assert!(s.still_running(), "{}", s.log_text());
     let log = s.log_text();
     s.stop();
