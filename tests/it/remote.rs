@@ -2001,7 +2001,21 @@ async fn a_message_deleted_mid_turn_stops_nothing(t: &Target) {
         json!({"backend": "command", "command": "sleep 1; cat"}),
     )
     .await;
+    let gone = t.agent("gone");
+    t.definition(&gone, json!({"backend": "echo"})).await;
     let mut s = t.serve(&[]);
+    // A definition deleted at once, before the first poll: gone too.
+    let def = t.get(&t.p(&format!("Agents/{gone}"))).await.unwrap();
+    let (status, v) = t
+        .raw(
+            "DELETE",
+            &format!("{}/api/notes/{}", t.base, def["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let unheard = t.inbound("Inbox/unheard", &gone, "nobody to answer").await;
     let m = t.inbound("Inbox/deleted", &slow, "soon gone").await;
     let n = t
         .until(&m, Duration::from_secs(30), "the turn to start", |n| {
@@ -2043,6 +2057,12 @@ async fn a_message_deleted_mid_turn_stops_nothing(t: &Target) {
         s.log_text()
     );
     assert!(t.get(&format!("{waits}.reply")).await.is_none(), "{k}");
+    let u = t.get(&unheard).await.unwrap();
+    assert_eq!(
+        meta(&u, "status"),
+        None,
+        "{k}: run by an agent deleted at start: {u}"
+    );
     assert!(s.still_running(), "{}", s.log_text());
     let log = s.log_text();
     s.stop();
