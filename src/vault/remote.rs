@@ -902,7 +902,25 @@ impl Vault for RemoteVault {
 /// that is gone) is reported. While the server cannot be reached the
 /// pause doubles up to [`MAX_POLL_BACKOFF`]; when it is back, a scan.
 async fn poll(v: RemoteVault, sink: ChangeSink, stop: CancellationToken) {
-    let mut seen: HashSet<String> = HashSet::new();
+    // What the scans before the first poll saw, of the kinds it lists: a
+    // note deleted before the first poll is reported gone too (not only
+    // by the full listing a minute later).
+    let mut seen: HashSet<String> = v
+        .inner
+        .known
+        .lock()
+        .map(|known| {
+            known
+                .iter()
+                .filter(|(_, k)| {
+                    k.tags
+                        .iter()
+                        .any(|t| POLLED_TAGS.iter().any(|p| p.eq_ignore_ascii_case(t)))
+                })
+                .map(|(path, _)| path.clone())
+                .collect()
+        })
+        .unwrap_or_default();
     let mut pause = v.inner.poll;
     let mut was_down = false;
     loop {
