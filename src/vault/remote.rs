@@ -179,10 +179,14 @@ fn vault_err(note: Option<&str>, e: parachute::Error) -> VaultError {
     }
 }
 
+/// "The note is not there", as every vault says it
+/// ([`VaultError::is_not_found`]): the engine and the turn then drop the
+/// note (a message deleted mid-turn closes its thread and answers nobody)
+/// instead of retrying a write that can never land.
 fn not_found(path: &str) -> VaultError {
-    VaultError::Remote {
-        what: format!("{path}.md: no such note in the vault"),
-        transient: false,
+    VaultError::Io {
+        path: PathBuf::from(format!("{path}.md")),
+        error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such note in the vault"),
     }
 }
 
@@ -997,6 +1001,25 @@ impl Vault for RemoteVault {
 /// server cannot be reached the pause doubles up to [`MAX_POLL_BACKOFF`];
 /// when it is back, a scan.
 async fn poll(v: RemoteVault, sink: ChangeSink, stop: CancellationToken) {
+    // What the scans before the first poll saw, of the kinds it lists: a
+    // note deleted before the first poll is reported gone too (not only
+    // by the full listing a minute later).
+    let mut seen: HashSet<String> = v
+        .inner
+        .known
+        .lock()
+        .map(|known| {
+            known
+                .iter()
+                .filter(|(_, k)| {
+                    k.tags
+                        .iter()
+                        .any(|t| POLLED_TAGS.iter().any(|p| p.eq_ignore_ascii_case(t)))
+                })
+                .map(|(path, _)| path.clone())
+                .collect()
+        })
+        .unwrap_or_default();
     let mut pause = v.inner.poll;
     let mut was_down = false;
     loop {
@@ -1013,13 +1036,14 @@ async fn poll(v: RemoteVault, sink: ChangeSink, stop: CancellationToken) {
         let notes = match r {
             Ok(n) => n,
             Err(e) => {
-                if e.is_transient() {
-                    was_down = true;
-                    pause = pause.saturating_mul(2).min(MAX_POLL_BACKOFF);
-                } else {
+                // An answer that is not the API's (a proxy's page) or a
+                // refusal backs off as a server that is down does, from
+                // the poll interval: one bad answer is not 30 s of deafness.
+                if !e.is_transient() && !was_down {
                     tracing::warn!("polling the vault: {e}");
-                    pause = MAX_POLL_BACKOFF;
                 }
+                was_down = true;
+                pause = pause.saturating_mul(2).min(MAX_POLL_BACKOFF);
                 continue;
             }
         };
@@ -1028,15 +1052,28 @@ async fn poll(v: RemoteVault, sink: ChangeSink, stop: CancellationToken) {
             was_down = false;
             let _ = sink.send(Change::Rescan("the vault is reachable again".into()));
         }
+        // A page that is not full holds every tagged note: one that was
+        // there and is missing now is gone (deleted, or untagged). A full
+        // page says nothing of older notes; the minute's scan does.
+        let whole = notes.len() < POLL_PAGE as usize;
+        let mut now_seen = HashSet::with_capacity(notes.len());
         for n in &notes {
             let Ok(path) = path_of(n) else { continue };
             let version = version_of(&n.updated_at);
             let changed = v.cached(&path).is_none_or(|k| k.version != version);
             v.remember(&path, n);
             if changed {
-                let _ = sink.send(Change::Note(path));
+                let _ = sink.send(Change::Note(path.clone()));
+            }
+            now_seen.insert(path);
+        }
+        if whole {
+            for gone in seen.difference(&now_seen) {
+                v.forget(gone);
+                let _ = sink.send(Change::Note(gone.clone()));
             }
         }
+        seen = now_seen;
     }
 }
 

@@ -73,6 +73,9 @@ struct Target {
     http: reqwest::Client,
     seen: Mutex<Vec<String>>,
     logs: Mutex<Vec<PathBuf>>,
+    /// Agents named and notes created (for the clean-up of a real run).
+    agents: Mutex<Vec<String>>,
+    created: Mutex<Vec<String>>,
     n: AtomicU32,
     // Dropped after every runner of the scenario is stopped (fields drop in
     // order, the scenario's `Serve`s are locals of the scenario).
@@ -97,6 +100,8 @@ impl Target {
                 .unwrap(),
             seen: Mutex::new(Vec::new()),
             logs: Mutex::new(Vec::new()),
+            agents: Mutex::new(Vec::new()),
+            created: Mutex::new(Vec::new()),
             n: AtomicU32::new(0),
             _server: None,
             _real: None,
@@ -199,7 +204,44 @@ impl Target {
 
     /// An agent name of this run (its threads are `Threads/<name>/…`).
     fn agent(&self, name: &str) -> String {
-        format!("{name}-{}", self.run)
+        let a = format!("{name}-{}", self.run);
+        self.agents.lock().unwrap().push(a.clone());
+        a
+    }
+
+    /// Deletes what this run wrote on a real server (after a scenario that
+    /// passed: a failed one leaves its notes to look at), so that later
+    /// scenarios' `check` and listings do not meet them.
+    async fn clean_up(&self) {
+        let agents = self.agents.lock().unwrap().clone();
+        let mut ids: Vec<String> = self.created.lock().unwrap().clone();
+        let mut prefixes = vec![self.p("")];
+        for a in &agents {
+            prefixes.push(format!("Threads/{a}/"));
+            prefixes.push(format!("Inbox/{a}/"));
+        }
+        for p in &prefixes {
+            ids.extend(
+                self.list(p)
+                    .await
+                    .iter()
+                    .filter_map(|n| n["id"].as_str().map(str::to_string)),
+            );
+        }
+        // Replies to notes without a path.
+        let created = self.created.lock().unwrap().clone();
+        for id in created {
+            if let Some(n) = self.get(&format!("_id/{id}.reply")).await {
+                ids.extend(n["id"].as_str().map(str::to_string));
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            let _ = self
+                .raw("DELETE", &format!("{}/api/notes/{id}", self.base), None)
+                .await;
+        }
     }
 
     /// A state folder of this run (`VAULTRUNNER_STATE_DIR`).
@@ -336,6 +378,9 @@ impl Target {
             .raw("POST", &format!("{}/api/notes", self.base), Some(body))
             .await;
         assert_eq!(status, 201, "{}: create {path:?}: {v}", self.kind);
+        if let Some(id) = v["id"].as_str() {
+            self.created.lock().unwrap().push(id.to_string());
+        }
         v
     }
 
@@ -372,20 +417,27 @@ impl Target {
             ],
         )
         .unwrap();
-        let r = self
-            .http
-            .get(url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_success(),
-            "{}: list {prefix}: {}",
-            self.kind,
-            r.status()
-        );
-        let v: Value = r.json().await.unwrap();
+        // The test's own reads ride out the failures a scenario injects.
+        let mut tries = 0;
+        let v: Value = loop {
+            let r = self
+                .http
+                .get(url.clone())
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            match r.json::<Value>().await {
+                Ok(v) if status.is_success() && v.is_array() => break v,
+                other if tries < 50 => {
+                    let _ = other;
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => panic!("{}: list {prefix}: {status} {other:?}", self.kind),
+            }
+        };
         v.as_array()
             .unwrap()
             .iter()
@@ -714,7 +766,8 @@ macro_rules! both {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn real() {
                 if let Some(t) = super::Target::real(concat!("remote::", stringify!($name))).await {
-                    super::$name(&t).await
+                    super::$name(&t).await;
+                    t.clean_up().await;
                 }
             }
         }
@@ -743,12 +796,19 @@ both!(
     a_read_only_token_names_the_scope,
     two_runners_refuse_then_hand_over,
     parachute_agent_notes_interoperate,
+    pending_again_subjects_and_callbacks,
+    odd_paths_and_definition_changes,
+    a_job_catches_up_once,
+    a_crashed_runners_lease_expires_for_another,
+    a_message_deleted_mid_turn_stops_nothing,
 );
 
 fake_only!(
     the_server_going_away_loses_nothing,
     bad_server_answers_are_retried_or_named,
     an_oversized_note_is_named_and_others_run,
+    the_webhook_and_the_poll_together_run_each_once,
+    down_longer_than_the_lease_then_back,
 );
 
 // ------------------------------------------------------------------ 1. round trip
@@ -781,6 +841,15 @@ async fn round_trip_with_serve_polling(t: &Target) {
     t.answered(&before, Duration::from_secs(30)).await;
     let after = t.inbound("Inbox/after", &a, "written while serving").await;
     t.answered(&after, Duration::from_secs(30)).await;
+    // `send --wait` writes through the API and prints the reply.
+    let sent = t
+        .vr("send", &[&a, "sent by the CLI", "--wait", "30"])
+        .success();
+    assert!(
+        sent.stdout.contains("echo: sent by the CLI"),
+        "{}: {sent}",
+        t.kind
+    );
     assert_eq!(
         s.stop().map(|st| st.success()),
         Some(true),
@@ -792,7 +861,7 @@ async fn round_trip_with_serve_polling(t: &Target) {
     let thread = t.get(&format!("Threads/{a}/{a}")).await.unwrap();
     assert_eq!(
         meta(&thread, "turn_count").as_deref(),
-        Some("2"),
+        Some("3"),
         "{thread}"
     );
     t.assert_no_duplicates(&t.mine(&[&a]).await);
@@ -935,7 +1004,9 @@ async fn a_users_edit_mid_turn_is_kept(t: &Target) {
     t.definition(&a, json!({"backend": "command", "command": "sleep 2; cat"}))
         .await;
     let m = t.inbound("Inbox/edited", &a, "the first words").await;
-    let mut s = t.serve(&[]);
+    // No poll to speak of: the runner does not hear of the edits; its end
+    // writes must read the notes again (and compare-and-set) to keep them.
+    let mut s = t.serve(&["--poll-ms", "600000", "--rescan-secs", "3600"]);
     t.until(&m, Duration::from_secs(30), "the turn to start", |n| {
         meta(n, "status").as_deref() == Some("working")
     })
@@ -1274,9 +1345,9 @@ async fn a_read_only_token_names_the_scope(t: &Target) {
                 t.kind
             );
         } else {
-            // Reading needs only vault:read.
+            // Reading needs only vault:read: never refused for its scope.
             assert!(
-                out.status.success() || out.all().contains(TOKEN_ENV),
+                !out.all().contains("vault:write") && !out.all().contains("insufficient"),
                 "{}: {args:?}: {out}",
                 t.kind
             );
@@ -1377,8 +1448,12 @@ async fn parachute_agent_notes_interoperate(t: &Target) {
         json!({"agent": a}),
     )
     .await;
+    let dotdot = t.p("a/../b");
+    t.create(Some(&dotdot), "climbing out", INBOUND, json!({"agent": a}))
+        .await;
     let check = t.vr("check", &[]);
     eprintln!("{k}: check said: {check}");
+    assert!(check.all().contains(&dotdot), "{k}: {check}");
     assert!(
         check.all().contains(".hidden"),
         "{k}: check names the refused path: {check}"
@@ -1426,6 +1501,12 @@ async fn parachute_agent_notes_interoperate(t: &Target) {
     assert_eq!(
         reply["content"].as_str().unwrap().trim(),
         "echo: a note without a path"
+    );
+    let dd = t.get(&dotdot).await.unwrap();
+    assert_eq!(
+        meta(&dd, "status"),
+        None,
+        "{k}: a refused path is never run: {dd}"
     );
     let hid = t.get(&hidden).await.unwrap();
     assert_eq!(
@@ -1484,9 +1565,49 @@ async fn bad_server_answers_are_retried_or_named(t: &Target) {
     fake.fail_next(0, 500);
     t.vr("process", &[]).success();
     t.answered(&m3, Duration::from_secs(5)).await;
-    let notes = t.mine(&[&a]).await;
+    // Under serve, while a turn runs: 500s, then HTML pages with a 200.
+    let slow = t.agent("slow");
+    t.definition(
+        &slow,
+        json!({"backend": "command", "command": "sleep 1; cat"}),
+    )
+    .await;
+    let mut s = t.serve(&[]);
+    for (i, status) in [500u16, 200].into_iter().enumerate() {
+        let m = t
+            .inbound(&format!("Inbox/mid-turn-{i}"), &slow, "mid-turn")
+            .await;
+        t.until(&m, Duration::from_secs(30), "the turn to start", |n| {
+            meta(n, "status").as_deref() == Some("working")
+        })
+        .await;
+        fake.fail_next(3, status);
+        // vaultrunner's requests meet them, not the test's.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        t.answered(&m, Duration::from_secs(60)).await;
+        let n = t.get(&m).await.unwrap();
+        assert_eq!(meta(&n, "status").as_deref(), Some("handled"), "{n}");
+    }
+    // One HTML page to a poll does not make the runner deaf for long: a
+    // message written after it is answered within seconds.
+    let before = fake.total_requests();
+    fake.fail_next(1, 200);
+    let started = Instant::now();
+    while fake.total_requests() == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = t.inbound("Inbox/after-a-bad-poll", &a, "heard").await;
+    t.answered(&m, Duration::from_secs(5)).await;
+    assert!(s.still_running(), "{}", s.log_text());
+    s.stop();
+    let notes = t.mine(&[&a, &slow]).await;
     t.assert_no_duplicates(&notes);
-    t.assert_no_token(&[&a]).await;
+    t.assert_no_token(&[&a, &slow]).await;
 }
 
 async fn an_oversized_note_is_named_and_others_run(t: &Target) {
@@ -1503,6 +1624,7 @@ async fn an_oversized_note_is_named_and_others_run(t: &Target) {
         out.all().contains(&big),
         "the oversized note is named: {out}"
     );
+    eprintln!("oversized: {out}");
     assert_round_trip(t, &m, &a, "a small one").await;
     let check = t.vr("check", &[]);
     assert!(check.all().contains(&big), "{check}");
@@ -1519,4 +1641,432 @@ async fn an_oversized_note_is_named_and_others_run(t: &Target) {
     t.answered(&m2, Duration::from_secs(30)).await;
     s.stop();
     t.assert_no_token(&[&a]).await;
+}
+
+// ------------------------------------------------------------------ more of §2, §3
+
+/// A person sets a handled message back to `pending`: it runs again, its
+/// reply rewritten in place (a create that meets `path_conflict`, then an
+/// update); a subject picks its thread; a `reply_to` writes the callback
+/// at `<stem>.callback`, which the other agent answers.
+async fn pending_again_subjects_and_callbacks(t: &Target) {
+    let k = t.kind;
+    let a = t.agent("echo");
+    let b = t.agent("boss");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    t.definition(&b, json!({"backend": "echo"})).await;
+    let m = t.inbound("Inbox/again", &a, "say it twice").await;
+    let sub = t.p("Inbox/subject");
+    t.create(
+        Some(&sub),
+        "about plans",
+        INBOUND,
+        json!({"agent": a, "subject": "Big Plans!"}),
+    )
+    .await;
+    let cb = t.p("Inbox/delegated");
+    t.create(
+        Some(&cb),
+        "work for the boss",
+        INBOUND,
+        json!({"agent": a, "reply_to": b, "correlation_id": "c-1"}),
+    )
+    .await;
+    t.vr("process", &[]).success();
+    let n = t.answered(&m, Duration::from_secs(5)).await;
+    let first_reply = t.get(&format!("{m}.reply")).await.unwrap();
+
+    let thread = format!("Threads/{a}/{a}--big-plans");
+    let s = t.answered(&sub, Duration::from_secs(5)).await;
+    assert_eq!(
+        meta(&s, "thread"),
+        Some(format!("[[{thread}]]")),
+        "{k}: {s}"
+    );
+    assert!(t.get(&thread).await.is_some(), "{k}: no {thread}");
+
+    let callback = format!("{cb}.callback");
+    let c = t.answered(&callback, Duration::from_secs(5)).await;
+    assert_eq!(meta(&c, "agent").as_deref(), Some(b.as_str()), "{k}: {c}");
+    assert_eq!(meta(&c, "callback").as_deref(), Some("true"), "{k}: {c}");
+    assert_eq!(meta(&c, "source_status").as_deref(), Some("ok"), "{k}: {c}");
+    assert_eq!(
+        meta(&c, "correlation_id").as_deref(),
+        Some("c-1"),
+        "{k}: {c}"
+    );
+    assert_eq!(
+        meta(&c, "delegation_depth").as_deref(),
+        Some("1"),
+        "{k}: {c}"
+    );
+    assert!(
+        tags(&c).contains(&"agent/message/inbound".to_string()),
+        "{k}: {c}"
+    );
+    assert_all_strings(k, &c, None);
+    assert!(t.get(&format!("{callback}.reply")).await.is_some());
+
+    // Set back to pending by a person: runs again, same reply path.
+    t.user_edit(
+        &m,
+        json!({"metadata": {"status": "pending"}, "content": "say it again"}),
+    )
+    .await;
+    t.vr("process", &[]).success();
+    let again = t
+        .until(&m, Duration::from_secs(5), "the second run", |x| {
+            meta(x, "status").as_deref() == Some("handled") && x["updatedAt"] != n["updatedAt"]
+        })
+        .await;
+    assert_eq!(
+        meta(&again, "attempts").as_deref(),
+        Some("1"),
+        "{k}: {again}"
+    );
+    let reply = t.get(&format!("{m}.reply")).await.unwrap();
+    assert_eq!(reply["id"], first_reply["id"], "{k}: the same reply note");
+    assert_eq!(
+        reply["content"].as_str().unwrap().trim(),
+        "echo: say it again",
+        "{k}: {reply}"
+    );
+    let notes = t.mine(&[&a, &b]).await;
+    t.assert_no_duplicates(&notes);
+    t.assert_no_token(&[&a, &b]).await;
+}
+
+/// The trigger and a fast poll both see every new message: each runs once.
+async fn the_webhook_and_the_poll_together_run_each_once(t: &Target) {
+    let fake = t.fake.as_ref().unwrap();
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    fake.with_trigger(&webhook_url(port), &["agent/message/inbound"]);
+    let mut s = t.serve(&["--listen", &listen, "--poll-ms", "50"]);
+    t.http_addr(&mut s, &t.state("main"));
+    let mut msgs = Vec::new();
+    for i in 0..10 {
+        msgs.push(
+            t.inbound(&format!("Inbox/race-{i}"), &a, &format!("race {i}"))
+                .await,
+        );
+    }
+    for m in &msgs {
+        let n = t.answered(m, Duration::from_secs(30)).await;
+        assert_eq!(meta(&n, "attempts").as_deref(), Some("1"), "{n}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.stop();
+    assert!(fake.trigger_deliveries() >= 10);
+    let notes = t.mine(&[&a]).await;
+    t.assert_no_duplicates(&notes);
+    // definition + 10 messages + 10 replies + 1 thread
+    assert_eq!(notes.len(), 22, "{notes:#?}");
+    let thread = t.get(&format!("Threads/{a}/{a}")).await.unwrap();
+    assert_eq!(
+        meta(&thread, "turn_count").as_deref(),
+        Some("10"),
+        "{thread}"
+    );
+    t.assert_no_token(&[&a]).await;
+}
+
+/// Paths with spaces, non-ASCII letters and URL metacharacters (`%`, `?`,
+/// `#`, `_`, `+`, `&`) are read, answered and written at their derived
+/// paths; a definition changed while serving is used for the next message;
+/// a broken one is reported naming the note and field, and the others run.
+async fn odd_paths_and_definition_changes(t: &Target) {
+    let k = t.kind;
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let mut msgs = Vec::new();
+    for leaf in [
+        "Inbox/Hello World ü",
+        "Inbox/50% off?",
+        "Inbox/#hash & plus+",
+        "Inbox/under_score",
+        "Inbox/ünïcødé/深い",
+    ] {
+        msgs.push(t.inbound(leaf, &a, &format!("from {leaf}")).await);
+    }
+    let broken = t.agent("broken");
+    t.definition(&broken, json!({"backend": ["echo"]})).await;
+    let check = t.vr("check", &[]);
+    assert!(!check.status.success(), "{k}: {check}");
+    assert!(
+        check.all().contains(&format!("Agents/{broken}")),
+        "{k}: {check}"
+    );
+    assert!(check.all().contains("backend"), "{k}: {check}");
+    let mut s = t.serve(&[]);
+    for m in &msgs {
+        t.answered(m, Duration::from_secs(30)).await;
+    }
+    for (m, leaf) in msgs.iter().zip([
+        "Hello World ü",
+        "50% off?",
+        "#hash & plus+",
+        "under_score",
+        "深い",
+    ]) {
+        let reply = t.get(&format!("{m}.reply")).await.unwrap();
+        assert_eq!(
+            meta(&reply, "in_reply_to"),
+            Some(format!("[[{m}]]")),
+            "{k}: {reply}"
+        );
+        assert!(
+            reply["content"].as_str().unwrap().contains(leaf),
+            "{k}: {reply}"
+        );
+    }
+    // The definition becomes a command agent while serving.
+    let def = t.p(&format!("Agents/{a}"));
+    t.user_edit(
+        &def,
+        json!({"metadata": {"backend": "command", "command": "tr a-z A-Z"}}),
+    )
+    .await;
+    let mut answered_by_new = false;
+    for i in 0..20 {
+        let m = t
+            .inbound(&format!("Inbox/after-edit-{i}"), &a, "shout")
+            .await;
+        t.answered(&m, Duration::from_secs(30)).await;
+        let r = t.get(&format!("{m}.reply")).await.unwrap();
+        if r["content"].as_str().unwrap().trim() == "SHOUT" {
+            answered_by_new = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        answered_by_new,
+        "{k}: the changed definition was not used\n{}",
+        s.log_text()
+    );
+    assert!(s.still_running());
+    s.stop();
+    t.assert_no_duplicates(&t.mine(&[&a]).await);
+    t.assert_no_token(&[&a]).await;
+}
+
+/// A job that missed its hourly runs fires once on start (catch-up), at
+/// the derived path under `Inbox/<agent>/`, is answered, and records
+/// `last_run_at`; a restart fires nothing more; `schedule --json` lists it.
+async fn a_job_catches_up_once(t: &Target) {
+    let k = t.kind;
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let three_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(3))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let job = t.p("Jobs/hourly");
+    t.create(
+        Some(&job),
+        "Good morning.",
+        &["agent/job"],
+        json!({"agent": a, "cron": "0 * * * *", "tz": "UTC", "last_run_at": three_hours_ago}),
+    )
+    .await;
+    let sched = t.vr("schedule", &["--json", "--count", "2"]).success();
+    let v: Value = serde_json::from_str(&sched.stdout).unwrap();
+    assert!(
+        v.as_array().unwrap().iter().any(|j| j["agent"] == json!(a)),
+        "{k}: {sched}"
+    );
+    let mut s = t.serve(&[]);
+    let fired = t
+        .until(&job, Duration::from_secs(30), "the catch-up fire", |n| {
+            meta(n, "last_run_at").is_some_and(|x| x != three_hours_ago)
+        })
+        .await;
+    assert_all_strings(k, &fired, Some(&["last_run_at", "last_status"]));
+    let inbox = t.list(&format!("Inbox/{a}/")).await;
+    let msgs: Vec<&Value> = inbox
+        .iter()
+        .filter(|n| tags(n).contains(&"agent/message/inbound".to_string()))
+        .collect();
+    assert_eq!(msgs.len(), 1, "{k}: one fire: {inbox:#?}");
+    let m = msgs[0]["path"].as_str().unwrap().to_string();
+    assert!(m.contains("job--"), "{k}: {m}");
+    t.answered(&m, Duration::from_secs(30)).await;
+    s.stop();
+    let mut s = t.serve(&[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.stop();
+    let inbox = t.list(&format!("Inbox/{a}/")).await;
+    // the fire and its reply, nothing more
+    assert_eq!(inbox.len(), 2, "{k}: {inbox:#?}");
+    t.assert_no_token(&[&a]).await;
+}
+
+/// A runner killed with SIGKILL cannot release its lease: another runner
+/// (another state folder) is refused, naming the holder, until the lease
+/// expires 30 s after its last renewal, and then takes it and answers.
+async fn a_crashed_runners_lease_expires_for_another(t: &Target) {
+    let k = t.kind;
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let mut first = t.serve_in(&t.state("main"), &[]);
+    let pid = first.pid();
+    first.kill();
+    let killed = Instant::now();
+    let other = t.state("other");
+    let out = t.out(t.cmd_in(&["process", &t.base], &other)).failure();
+    assert!(
+        out.all().contains(&format!("pid {pid}")),
+        "{k}: names the holder: {out}"
+    );
+    let m = t
+        .inbound("Inbox/after-expiry", &a, "once the lease expired")
+        .await;
+    let mut second = loop {
+        let mut s = t.spawn_serve_in(&other, &[]);
+        if s.wait_exit(Duration::from_secs(3)).is_none() {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(45),
+            "{k}: the lease never expired: {}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let took = killed.elapsed();
+    assert!(
+        took > Duration::from_secs(15),
+        "{k}: taken too early: {took:?}"
+    );
+    eprintln!("{k}: the lease of a killed runner was taken by another after {took:?}");
+    second.started();
+    t.answered(&m, Duration::from_secs(30)).await;
+    second.stop();
+    t.assert_no_token(&[&a]).await;
+}
+
+/// The server gone for longer than the lease lasts: the runner keeps its
+/// lease when it is back (nobody else took it) and answers what is new.
+async fn down_longer_than_the_lease_then_back(t: &Target) {
+    let fake = t.fake.as_ref().unwrap();
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let mut s = t.serve(&[]);
+    let m0 = t.inbound("Inbox/before", &a, "before").await;
+    t.answered(&m0, Duration::from_secs(30)).await;
+    let lease = t.get("_vaultrunner/lease").await.unwrap();
+    fake.stop().await;
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    fake.restart().await;
+    let m1 = t.inbound("Inbox/after", &a, "after a long outage").await;
+    t.answered(&m1, Duration::from_secs(60)).await;
+    assert!(s.still_running(), "{}", s.log_text());
+    // Renewed by the same runner.
+    let started = Instant::now();
+    loop {
+        let now = t.get("_vaultrunner/lease").await.unwrap();
+        if now["updatedAt"] != lease["updatedAt"] {
+            assert_eq!(
+                now["metadata"]["lease_id"], lease["metadata"]["lease_id"],
+                "{now}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A second runner is still refused.
+    let out = t
+        .out(t.cmd_in(&["process", &t.base], &t.state("other")))
+        .failure();
+    assert!(out.all().contains("_vaultrunner/lease"), "{out}");
+    s.stop();
+    t.assert_no_duplicates(&t.mine(&[&a]).await);
+    t.assert_no_token(&[&a]).await;
+}
+
+/// A user deletes a message while its turn runs: the runner neither
+/// crashes nor loops, and the next messages are answered.
+async fn a_message_deleted_mid_turn_stops_nothing(t: &Target) {
+    let k = t.kind;
+    let slow = t.agent("slow");
+    t.definition(
+        &slow,
+        json!({"backend": "command", "command": "sleep 1; cat"}),
+    )
+    .await;
+    let gone = t.agent("gone");
+    t.definition(&gone, json!({"backend": "echo"})).await;
+    let mut s = t.serve(&[]);
+    // A definition deleted at once, before the first poll: gone too.
+    let def = t.get(&t.p(&format!("Agents/{gone}"))).await.unwrap();
+    let (status, v) = t
+        .raw(
+            "DELETE",
+            &format!("{}/api/notes/{}", t.base, def["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let unheard = t.inbound("Inbox/unheard", &gone, "nobody to answer").await;
+    let m = t.inbound("Inbox/deleted", &slow, "soon gone").await;
+    let n = t
+        .until(&m, Duration::from_secs(30), "the turn to start", |n| {
+            meta(n, "status").as_deref() == Some("working")
+        })
+        .await;
+    let (status, v) = t
+        .raw(
+            "DELETE",
+            &format!("{}/api/notes/{}", t.base, n["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let next = t.inbound("Inbox/next", &slow, "still heard").await;
+    t.answered(&next, Duration::from_secs(30)).await;
+    assert!(
+        t.get(&m).await.is_none(),
+        "{k}: the deleted message came back"
+    );
+    // The definition deleted: the agent is gone, its next message waits.
+    let def = t.get(&t.p(&format!("Agents/{slow}"))).await.unwrap();
+    let (status, v) = t
+        .raw(
+            "DELETE",
+            &format!("{}/api/notes/{}", t.base, def["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waits = t.inbound("Inbox/waits", &slow, "nobody to answer").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let w = t.get(&waits).await.unwrap();
+    assert_eq!(
+        meta(&w, "status"),
+        None,
+        "{k}: run by a deleted agent: {w}\n{}",
+        s.log_text()
+    );
+    assert!(t.get(&format!("{waits}.reply")).await.is_none(), "{k}");
+    let u = t.get(&unheard).await.unwrap();
+    assert_eq!(
+        meta(&u, "status"),
+        None,
+        "{k}: run by an agent deleted at start: {u}"
+    );
+    assert!(s.still_running(), "{}", s.log_text());
+    let log = s.log_text();
+    s.stop();
+    assert!(log.lines().count() < 200, "{k}: a loop in the log:\n{log}");
+    eprintln!("{k}: deleted mid-turn:\n{log}");
+    t.assert_no_token(&[&slow]).await;
 }
