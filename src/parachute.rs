@@ -888,6 +888,17 @@ impl Client {
         .to_string()
     }
 
+    /// `text` with the token replaced by `<redacted: VAULTRUNNER_VAULT_TOKEN>`
+    /// (borrowed when it holds none): what vaultrunner writes into a note
+    /// never carries the token, even when a turn printed its environment.
+    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        let token = self.inner.token.expose();
+        if token.is_empty() || !text.contains(token) {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        std::borrow::Cow::Owned(text.replace(token, &format!("<redacted: {TOKEN_ENV}>")))
+    }
+
     pub fn base(&self) -> &BaseUrl {
         &self.inner.base
     }

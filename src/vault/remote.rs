@@ -547,11 +547,14 @@ impl RemoteVault {
 
     fn write_one(&self, w: &NoteWrite) -> Result<Version, VaultError> {
         check_rel_path(&w.path)?;
+        // A turn has the token in its environment (for `send`); a reply
+        // that printed it does not carry it into the vault.
+        let content = self.inner.client.redact(&w.content);
         match w.base {
-            Base::Any => self.put(&w.path, &w.content),
+            Base::Any => self.put(&w.path, &content),
             Base::Read(version) => {
                 let k = self.known_at(&w.path, version)?;
-                self.update(&w.path, &k, &w.content)
+                self.update(&w.path, &k, &content)
             }
         }
     }
@@ -871,7 +874,8 @@ impl Vault for RemoteVault {
 
     fn create_new(&self, path: &str, content: &str) -> Result<bool, VaultError> {
         check_rel_path(path)?;
-        Ok(self.create(path, content)?.is_some())
+        let content = self.inner.client.redact(content);
+        Ok(self.create(path, &content)?.is_some())
     }
 
     fn lock(&self) -> Result<VaultLock, VaultError> {

@@ -801,6 +801,7 @@ both!(
     a_job_catches_up_once,
     a_crashed_runners_lease_expires_for_another,
     a_message_deleted_mid_turn_stops_nothing,
+    a_turn_that_prints_the_token_does_not_put_it_in_a_note,
 );
 
 fake_only!(
@@ -810,6 +811,31 @@ fake_only!(
     the_webhook_and_the_poll_together_run_each_once,
     down_longer_than_the_lease_then_back,
 );
+
+// ------------------------------------------------------------------ 0. the token in turns
+
+/// A turn has `VAULTRUNNER_VAULT_TOKEN` in its environment (so `send`
+/// inside it reaches the vault); an agent that prints it does not put the
+/// token into its reply note: vaultrunner redacts it from whatever it
+/// writes to the vault.
+async fn a_turn_that_prints_the_token_does_not_put_it_in_a_note(t: &Target) {
+    let a = t.agent("leaky");
+    t.definition(
+        &a,
+        json!({"backend": "command", "command": ["sh", "-c", "cat >/dev/null; printenv VAULTRUNNER_VAULT_TOKEN"]}),
+    )
+    .await;
+    let m = t.inbound("Inbox/leak", &a, "print it").await;
+    t.vr("process", &[]).success();
+    let reply = t.get(&format!("{m}.reply")).await.unwrap();
+    let content = reply["content"].as_str().unwrap_or_default().to_string();
+    assert!(
+        content.contains("<redacted: VAULTRUNNER_VAULT_TOKEN>"),
+        "{}: {content}",
+        t.kind
+    );
+    t.assert_no_token(&[&a]).await;
+}
 
 // ------------------------------------------------------------------ 1. round trip
 
