@@ -42,10 +42,55 @@ static REAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 struct ScriptServer {
     pid: i32,
     data: PathBuf,
+    script: String,
+    port: u16,
+    webhook: String,
 }
 
-impl Drop for ScriptServer {
-    fn drop(&mut self) {
+/// Runs the script: a server on `port` with `data` (kept across a stop
+/// and a start, so the same vault comes back); returns what it printed.
+fn run_script(script: &str, port: u16, webhook: &str, data: &Path) -> BTreeMap<String, String> {
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(port.to_string())
+        .env("TRIGGER_WEBHOOK", webhook)
+        .env("VAULT_DATA", data)
+        .env_remove("VAULT_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl ScriptServer {
+    fn start(
+        script: &str,
+        port: u16,
+        webhook: &str,
+        data: PathBuf,
+    ) -> (ScriptServer, BTreeMap<String, String>) {
+        let vars = run_script(script, port, webhook, &data);
+        let server = ScriptServer {
+            pid: vars["VAULT_PID"].parse().unwrap(),
+            data,
+            script: script.to_string(),
+            port,
+            webhook: webhook.to_string(),
+        };
+        (server, vars)
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL): connections are refused.
+    fn stop(&mut self) {
         // SAFETY: the server this test started (its pid from the script).
         unsafe {
             libc::kill(self.pid, libc::SIGTERM);
@@ -56,6 +101,18 @@ impl Drop for ScriptServer {
                 libc::kill(self.pid, libc::SIGKILL);
             }
         }
+    }
+
+    /// Starts it again on the same port with the same data.
+    fn restart(&mut self) {
+        let vars = run_script(&self.script, self.port, &self.webhook, &self.data);
+        self.pid = vars["VAULT_PID"].parse().unwrap();
+    }
+}
+
+impl Drop for ScriptServer {
+    fn drop(&mut self) {
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.data);
     }
 }
@@ -79,7 +136,7 @@ struct Target {
     n: AtomicU32,
     // Dropped after every runner of the scenario is stopped (fields drop in
     // order, the scenario's `Serve`s are locals of the scenario).
-    _server: Option<ScriptServer>,
+    _server: Mutex<Option<ScriptServer>>,
     _real: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
@@ -103,7 +160,7 @@ impl Target {
             agents: Mutex::new(Vec::new()),
             created: Mutex::new(Vec::new()),
             n: AtomicU32::new(0),
-            _server: None,
+            _server: Mutex::new(None),
             _real: None,
         }
     }
@@ -146,37 +203,36 @@ impl Target {
         };
         let guard = REAL.lock().await;
         let data = tempfile::tempdir().unwrap().keep();
-        let port = free_port();
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg(port.to_string())
-            .env("TRIGGER_WEBHOOK", webhook)
-            .env("VAULT_DATA", &data)
-            .env_remove("VAULT_TOKEN")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let vars: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let pid: i32 = vars["VAULT_PID"].parse().unwrap();
-        let server = ScriptServer { pid, data };
+        let (server, vars) = ScriptServer::start(&script, free_port(), webhook, data);
         let mut t = Target::new(
             "real",
             vars["VAULT_BASE"].clone(),
             vars["VAULT_TOKEN"].clone(),
         );
-        t._server = Some(server);
+        t._server = Mutex::new(Some(server));
         t._real = Some(guard);
         t.mint_read_only(test).await;
         Some(t)
+    }
+
+    /// The server goes away: the fake stops, a script's server is killed.
+    async fn server_down(&self) {
+        if let Some(f) = &self.fake {
+            f.stop().await;
+        } else if let Some(s) = self._server.lock().unwrap().as_mut() {
+            s.stop();
+        } else {
+            panic!("{}: no server of this test's own to stop", self.kind);
+        }
+    }
+
+    /// It comes back on the same port with the same notes.
+    async fn server_up(&self) {
+        if let Some(f) = &self.fake {
+            f.restart().await;
+        } else if let Some(s) = self._server.lock().unwrap().as_mut() {
+            s.restart();
+        }
     }
 
     async fn mint_read_only(&mut self, test: &str) {
@@ -774,6 +830,28 @@ macro_rules! both {
     )*};
 }
 
+/// Scenarios that stop and start the server: the fake, and a real server
+/// of the test's own (`VR_PARACHUTE_SCRIPT`; its trigger points nowhere).
+macro_rules! own_server {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fake() {
+                super::$name(&super::Target::fake().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn real() {
+                let test = concat!("remote::", stringify!($name));
+                if let Some(t) = super::Target::real_own(test, "http://127.0.0.1:9/nowhere").await {
+                    super::$name(&t).await;
+                }
+            }
+        }
+    )*};
+}
+
+own_server!(the_server_going_away_loses_nothing);
+
 /// Scenarios that need the fake's knobs.
 macro_rules! fake_only {
     ($($name:ident),* $(,)?) => {$(
@@ -805,7 +883,6 @@ both!(
 );
 
 fake_only!(
-    the_server_going_away_loses_nothing,
     bad_server_answers_are_retried_or_named,
     an_oversized_note_is_named_and_others_run,
     the_webhook_and_the_poll_together_run_each_once,
@@ -1193,7 +1270,6 @@ async fn sigkill_twice_mid_run_answers_each_once(t: &Target) {
 // ------------------------------------------------------------------ 5. server down
 
 async fn the_server_going_away_loses_nothing(t: &Target) {
-    let fake = t.fake.as_ref().unwrap();
     let a = t.agent("echo");
     let slow = t.agent("slow");
     t.definition(&a, json!({"backend": "echo"})).await;
@@ -1216,7 +1292,7 @@ async fn the_server_going_away_loses_nothing(t: &Target) {
         |n| meta(n, "status").as_deref() == Some("working"),
     )
     .await;
-    fake.stop().await;
+    t.server_down().await;
     let health = async || -> Value {
         t.http
             .get(format!("http://{addr}/health"))
@@ -1248,15 +1324,18 @@ async fn the_server_going_away_loses_nothing(t: &Target) {
     assert_eq!(st.code(), Some(1), "{st}");
     assert!(st.all().contains("vault unreachable"), "{st}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    fake.restart().await;
-    // Messages written once it is back, and one while it answers 503.
+    t.server_up().await;
+    // Messages written once it is back, and (the fake) one while it
+    // answers 503.
     let m2 = t.inbound("Inbox/m2", &a, "after").await;
     t.answered(&m1, Duration::from_secs(60)).await;
-    fake.set_down(true);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let h = health().await;
-    assert_eq!(h["status"], json!("degraded"), "{h}");
-    fake.set_down(false);
+    if let Some(fake) = &t.fake {
+        fake.set_down(true);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let h = health().await;
+        assert_eq!(h["status"], json!("degraded"), "{h}");
+        fake.set_down(false);
+    }
     let m3 = t.inbound("Inbox/m3", &a, "after 503").await;
     for m in [&m0, &m1, &m2, &m3] {
         t.answered(m, Duration::from_secs(60)).await;
