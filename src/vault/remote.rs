@@ -145,6 +145,8 @@ struct Inner {
     known: Mutex<HashMap<String, Known>>,
     /// A full listing was made (the first brings content).
     listed: std::sync::atomic::AtomicBool,
+    /// Notes remembered so far (every 1,024th prunes stale texts).
+    remembered: std::sync::atomic::AtomicU64,
     /// Why the server could not be reached, while it cannot.
     down: Mutex<Option<String>>,
 }
@@ -297,6 +299,7 @@ impl RemoteVault {
                 poll: opts.poll.max(Duration::from_millis(50)),
                 known: Mutex::new(HashMap::new()),
                 listed: std::sync::atomic::AtomicBool::new(false),
+                remembered: std::sync::atomic::AtomicU64::new(0),
                 down: Mutex::new(None),
             }),
         };
@@ -360,6 +363,19 @@ impl RemoteVault {
                 k.text = old.text.take();
             }
             known.insert(path.to_string(), k);
+            // Texts are kept for FRESH only: every so often the stale ones
+            // go, so a big vault's start-up listing is not held in memory.
+            let n = self
+                .inner
+                .remembered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n % 1024 == 1023 {
+                for k in known.values_mut() {
+                    if k.text.is_some() && k.seen.elapsed() >= FRESH {
+                        k.text = None;
+                    }
+                }
+            }
         }
         v
     }
