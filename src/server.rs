@@ -133,7 +133,19 @@ pub async fn serve(
     opts: ServeOptions,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
-    let (vault, _lock) = open_locked(location, opts.watch.poll)?;
+    let (vault, lock) = open_locked(location, opts.watch.poll)?;
+    // A lease another runner took (this one could not reach the vault for
+    // longer than the lease) stops this runner: one runner per vault.
+    let lost = lock.lost();
+    if let Some(l) = lost.clone() {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = l.cancelled() => cancel.cancel(),
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
     let listener = bind(&opts).await?;
     let engine = Engine::new(vault, opts.config.clone());
     // A note still being typed as we start waits for the settle window too.
@@ -173,6 +185,13 @@ pub async fn serve(
     }
     if let Ok(dir) = engine.vault().state_dir() {
         let _ = std::fs::remove_file(dir.join("http.addr"));
+    }
+    drop(lock);
+    if lost.is_some_and(|l| l.is_cancelled()) {
+        return Err(ServeError::Vault(VaultError::Locked {
+            holder: "another runner took this vault's lease while this one could not reach the vault; this one stopped"
+                .into(),
+        }));
     }
     result
 }

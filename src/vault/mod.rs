@@ -156,11 +156,29 @@ impl fmt::Debug for Watching {
 }
 
 /// Held while this runner owns the vault; dropping it releases the vault.
-pub struct VaultLock(#[allow(dead_code)] Box<dyn Send + Sync>);
+pub struct VaultLock {
+    _guard: Box<dyn Send + Sync>,
+    lost: Option<tokio_util::sync::CancellationToken>,
+}
 
 impl VaultLock {
     pub fn new(guard: impl Send + Sync + 'static) -> VaultLock {
-        VaultLock(Box::new(guard))
+        VaultLock {
+            _guard: Box::new(guard),
+            lost: None,
+        }
+    }
+
+    /// A lock that can be lost (a lease another runner took while this
+    /// one could not renew it): `lost` is cancelled then.
+    pub fn with_lost(mut self, lost: tokio_util::sync::CancellationToken) -> VaultLock {
+        self.lost = Some(lost);
+        self
+    }
+
+    /// Cancelled if the lock is lost (never for a file lock).
+    pub fn lost(&self) -> Option<tokio_util::sync::CancellationToken> {
+        self.lost.clone()
     }
 }
 

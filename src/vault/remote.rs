@@ -737,8 +737,10 @@ impl Drop for Lease {
     }
 }
 
-/// Renews the lease until `stop`.
-fn renew(vault: RemoteVault, lease_id: String, stop: CancellationToken) {
+/// Renews the lease until `stop`; when another runner has taken it (the
+/// server was out of reach for longer than the lease), `lost` is
+/// cancelled: one runner per vault, so this one stops.
+fn renew(vault: RemoteVault, lease_id: String, stop: CancellationToken, lost: CancellationToken) {
     let Some(rt) = vault.inner.bridge.0.as_ref() else {
         return;
     };
@@ -773,7 +775,11 @@ fn renew(vault: RemoteVault, lease_id: String, stop: CancellationToken) {
             match r {
                 Ok(Ok(_)) => {}
                 Ok(Err(VaultError::Locked { holder })) => {
-                    tracing::error!("the lease on this vault was taken by {holder}: two runners may be running on it");
+                    tracing::error!(
+                        "the lease on this vault was taken by {holder} (this runner could not reach the vault for longer than the lease); this runner stops"
+                    );
+                    lost.cancel();
+                    break;
                 }
                 Ok(Err(e)) => tracing::warn!("the lease could not be renewed: {e}"),
                 Err(e) => tracing::warn!("the lease could not be renewed: {e}"),
@@ -919,13 +925,15 @@ impl Vault for RemoteVault {
             match self.take_lease(&lease_id, &text) {
                 Ok(true) => {
                     let stop = CancellationToken::new();
-                    renew(self.clone(), lease_id.clone(), stop.clone());
-                    return Ok(VaultLock::new(Lease {
+                    let lost = CancellationToken::new();
+                    renew(self.clone(), lease_id.clone(), stop.clone(), lost.clone());
+                    let lease = Lease {
                         vault: self.clone(),
                         lease_id,
                         stop,
                         _local: local,
-                    }));
+                    };
+                    return Ok(VaultLock::new(lease).with_lost(lost));
                 }
                 Ok(false) if raced < 4 => raced += 1,
                 Ok(false) => {

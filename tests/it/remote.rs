@@ -883,6 +883,7 @@ both!(
 );
 
 fake_only!(
+    a_runner_that_lost_its_lease_stops,
     bad_server_answers_are_retried_or_named,
     an_oversized_note_is_named_and_others_run,
     the_webhook_and_the_poll_together_run_each_once,
@@ -2093,6 +2094,40 @@ async fn down_longer_than_the_lease_then_back(t: &Target) {
     assert!(out.all().contains("_vaultrunner/lease"), "{out}");
     s.stop();
     t.assert_no_duplicates(&t.mine(&[&a]).await);
+    t.assert_no_token(&[&a]).await;
+}
+
+/// Another runner took the lease (as after an outage longer than the
+/// lease): at its next renewal this runner sees it, stops, and says why
+/// (exit 1); the lease is left to its new holder.
+async fn a_runner_that_lost_its_lease_stops(t: &Target) {
+    let fake = t.fake.as_ref().unwrap();
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let mut s = t.serve(&[]);
+    let m0 = t.inbound("Inbox/before", &a, "before").await;
+    t.answered(&m0, Duration::from_secs(30)).await;
+    let until = (chrono::Utc::now() + chrono::Duration::seconds(60))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    fake.edit(
+        "_vaultrunner/lease",
+        json!({"metadata": {"lease_id": "someone-else", "holder": "vaultrunner pid 1 on elsewhere", "expires_at": until}}),
+    )
+    .unwrap();
+    // Renewed every 10 s: stopped within that (and the shutdown bound).
+    let status = s.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.and_then(|st| st.code()), Some(1), "{}", s.log_text());
+    assert!(
+        s.log_text().contains("this runner stops"),
+        "{}",
+        s.log_text()
+    );
+    let lease = t.get("_vaultrunner/lease").await.unwrap();
+    assert_eq!(
+        lease["metadata"]["lease_id"],
+        json!("someone-else"),
+        "{lease}"
+    );
     t.assert_no_token(&[&a]).await;
 }
 
