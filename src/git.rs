@@ -506,23 +506,27 @@ impl Git {
         // Git has exited. A grandchild still holding the pipes open gets a
         // short grace, then the group is killed (which closes them).
         let grace_end = deadline.min(crate::time::after(GRACE));
+        let have_out = stdout.is_some();
         let collect = async {
-            let out = match stdout {
-                Some(o) => Some(o),
-                None => (&mut out_task).await.ok().flatten(),
+            let out = if have_out {
+                None
+            } else {
+                (&mut out_task).await.ok().flatten()
             };
             let err = (&mut err_task).await.unwrap_or_default();
             (out, err)
         };
-        let (out, err) = match tokio::time::timeout_at(grace_end, collect).await {
-            Ok(r) => r,
-            Err(_) => {
+        tokio::pin!(collect);
+        // The same future goes on after the kill: a finished task is never
+        // polled again.
+        let (out, err) = tokio::select! {
+            r = &mut collect => r,
+            _ = tokio::time::sleep_until(grace_end) => {
                 kill_group(pgid, KILL);
-                let out = out_task.await.ok().flatten();
-                let err = err_task.await.unwrap_or_default();
-                (out, err)
+                collect.await
             }
         };
+        let out = stdout.or(out);
         let out = out.ok_or_else(too_large)?;
         let stderr = scrub(&String::from_utf8_lossy(&err));
         match status.code() {
@@ -1222,6 +1226,45 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(!alive(pid), "the ssh's sleep {pid} outlived the timeout");
+    }
+
+    #[tokio::test]
+    async fn a_grandchild_holding_stderr_open_does_not_stall_a_finished_call() {
+        let d = repo();
+        let bin = tempfile::tempdir().unwrap();
+        let pidfile = bin.path().join("pid");
+        let ssh = script(
+            bin.path(),
+            "ssh",
+            &format!(
+                "sleep 30 >/dev/null &\necho $! > {}\nexit 1",
+                pidfile.display()
+            ),
+        );
+        let mut s = settings();
+        s.env.push(("GIT_SSH_COMMAND".into(), ssh.into()));
+        let git = Git::open_with(d.path(), s).await.unwrap();
+        let started = Instant::now();
+        let err = git
+            .run(["ls-remote", "ssh://127.0.0.1:9/x"], RunOpts::read())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GitError::Failed { .. }), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = Instant::now();
+        while alive(pid) && gone.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(pid), "the ssh's sleep {pid} outlived the call");
     }
 
     #[tokio::test]
