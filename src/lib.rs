@@ -12,6 +12,7 @@ pub mod agent;
 pub mod backend;
 pub mod cli;
 pub mod engine;
+pub mod git;
 pub mod job;
 pub mod message;
 pub mod note;
