@@ -359,7 +359,7 @@ async fn prepare(
     let p = path.to_string();
     let inbound = tokio::task::spawn_blocking(move || read_inbound(&*vault, &p))
         .await
-        .map_err(join_err)??;
+        .map_err(VaultError::join)??;
     let inbound = match inbound {
         Ok(i) => i,
         Err(why) => return Ok(Err(Outcome::Skipped(why))),
@@ -384,7 +384,7 @@ async fn prepare(
                     .map(|w| (w, reason, inbound.agent))
                 })
                 .await
-                .map_err(join_err)??;
+                .map_err(VaultError::join)??;
                 let (written, reason, agent) = written;
                 (env.on_written)(written);
                 let _ = events.send(AgentEvent {
@@ -493,7 +493,7 @@ async fn run_prepared(
                 .await
                 {
                     Ok(h) => h,
-                    Err(e) => return (Err(join_err(e)), None),
+                    Err(e) => return (Err(VaultError::join(e)), None),
                 };
             }
             let external = b.runs_external_programs();
@@ -579,10 +579,6 @@ async fn run_prepared(
 const DELETED_MID_TURN: &str =
     "the message was deleted during its turn: its thread is closed, no reply is written";
 
-fn join_err(e: tokio::task::JoinError) -> VaultError {
-    VaultError::join(&e)
-}
-
 /// Steps 1 and 2 in one durable batch. Returns the thread's metadata and
 /// body as they were, and what was written.
 async fn start_batch(
@@ -614,7 +610,7 @@ async fn start_batch(
         Ok((meta, body, zip_written(&writes, fps)))
     })
     .await
-    .map_err(join_err)?
+    .map_err(VaultError::join)?
 }
 
 /// The writes of a claim (steps 1 and 2): the inbound stamped `working`
@@ -728,7 +724,7 @@ async fn release(
         Ok(zip_written(&w, fps))
     })
     .await
-    .map_err(join_err)?
+    .map_err(VaultError::join)?
 }
 
 /// Steps 4, 5, 6 and 7 in one durable batch, renamed in that order, with
@@ -749,7 +745,7 @@ async fn end_batch(
     let done = tokio::task::spawn_blocking(move || write_end(&*vault, pending, next)).await;
     match done {
         Ok(ended) => ended,
-        Err(e) => Ended::Lost(join_err(e)),
+        Err(e) => Ended::Lost(VaultError::join(e)),
     }
 }
 

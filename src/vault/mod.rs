@@ -296,7 +296,7 @@ impl VaultError {
     }
 
     /// A failure of the join of a blocking task (a panic in it).
-    pub fn join(e: &tokio::task::JoinError) -> VaultError {
+    pub fn join(e: tokio::task::JoinError) -> VaultError {
         VaultError::Io {
             path: PathBuf::new(),
             error: io::Error::other(e.to_string()),
