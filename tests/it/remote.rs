@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Out, Run, Serve, alive, poll_until, vr};
+use crate::common::{OWNED, Out, Run, Serve, alive, poll_until, vr};
 use crate::parachute_fake::FakeVault;
 
 const TOKEN_ENV: &str = "VAULTRUNNER_VAULT_TOKEN";
@@ -702,16 +702,6 @@ fn assert_all_strings(kind: &str, n: &Value, keys: Option<&[&str]>) {
         }
     }
 }
-
-/// Keys vaultrunner owns on an inbound note.
-const OWNED: &[&str] = &[
-    "status",
-    "attempts",
-    "handled_at",
-    "reply",
-    "thread",
-    "error",
-];
 
 /// The checks of a round trip on `path` (an inbound for `agent`, with
 /// `content`, answered by an echo agent).
