@@ -372,6 +372,24 @@ fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
         .is_some_and(|t| ct_eq(t.trim().as_bytes(), token.as_bytes()))
 }
 
+/// May a hook be used: its own secret proved (`secret_ok`), or the bearer
+/// token sent, or — with neither a token nor that hook's secret set —
+/// open like the rest of the API.
+fn hook_allowed(
+    state: &AppState,
+    headers: &HeaderMap,
+    secret: Option<&str>,
+    secret_ok: bool,
+) -> bool {
+    let bearer = state
+        .opts
+        .token
+        .as_deref()
+        .is_some_and(|t| bearer_ok(headers, t));
+    let open = state.opts.token.is_none() && secret.is_none();
+    secret_ok || bearer || open
+}
+
 /// `Ok` if the API may be used with these headers.
 fn api_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     match &state.opts.token {
@@ -528,13 +546,12 @@ async fn vault_inbound(
         (Some(want), Some(got)) => ct_eq(want.as_bytes(), got.as_bytes()),
         _ => false,
     };
-    let bearer = state
-        .opts
-        .token
-        .as_deref()
-        .is_some_and(|t| bearer_ok(&headers, t));
-    let open = state.opts.token.is_none() && state.opts.vault_webhook_secret.is_none();
-    if !(by_secret || bearer || open) {
+    if !hook_allowed(
+        &state,
+        &headers,
+        state.opts.vault_webhook_secret.as_deref(),
+        by_secret,
+    ) {
         return error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong credentials: put ?secret=<VAULTRUNNER_VAULT_WEBHOOK_SECRET> in the trigger's URL, or send Authorization: Bearer",
@@ -885,13 +902,12 @@ async fn webhook(
         (Some(secret), Some(sig)) => sig.to_str().is_ok_and(|s| signature_ok(secret, &bytes, s)),
         _ => false,
     };
-    let open = state.opts.token.is_none() && state.opts.webhook_secret.is_none();
-    let bearer = state
-        .opts
-        .token
-        .as_deref()
-        .is_some_and(|t| bearer_ok(&headers, t));
-    if !(signed || bearer || open) {
+    if !hook_allowed(
+        &state,
+        &headers,
+        state.opts.webhook_secret.as_deref(),
+        signed,
+    ) {
         return error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong credentials: sign the body (X-Hub-Signature-256) or send Authorization: Bearer",
