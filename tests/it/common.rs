@@ -1221,3 +1221,53 @@ impl Dispatching {
         self.handle.await.unwrap();
     }
 }
+
+// ------------------------------------------------------------------ a vault server's API
+
+/// One request to a Parachute Vault API (the fake's or the real one's) as
+/// `token`: the status and the JSON answer (`null` when it is not JSON).
+pub async fn vault_api(
+    http: &reqwest::Client,
+    token: &str,
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut rb = http
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
+        .bearer_auth(token);
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status().as_u16();
+    let v = r
+        .json::<serde_json::Value>()
+        .await
+        .unwrap_or(serde_json::Value::Null);
+    (status, v)
+}
+
+/// A read-only token of the real server at `base`, minted with `token`'s
+/// admin scope (run-vault.sh's test token has it); `None`, with a note
+/// naming `test`, when the server will not mint one (the 403 checks are
+/// then skipped).
+pub async fn mint_read_only(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    label: &str,
+    test: &str,
+) -> Option<String> {
+    let body = serde_json::json!({"label": label, "scopes": ["vault:read"]});
+    let (status, v) = vault_api(http, token, "POST", &format!("{base}/tokens"), Some(body)).await;
+    match v.get("token").and_then(serde_json::Value::as_str) {
+        Some(ro) if status == 201 => Some(ro.to_string()),
+        _ => {
+            eprintln!(
+                "{test}: could not mint a read-only token ({status} {v}); 403 checks skipped"
+            );
+            None
+        }
+    }
+}

@@ -64,21 +64,14 @@ impl Target {
             fake: None,
             run: uuid::Uuid::new_v4().simple().to_string(),
         };
-        // A read-only token minted with the admin scope the test token has
-        // (run-vault.sh's has it); without it the 403 checks are skipped.
-        let (status, v) = t
-            .raw(
-                "POST",
-                &format!("{}/tokens", t.base),
-                Some(json!({"label": "vr-test-read-only", "scopes": ["vault:read"]})),
-            )
-            .await;
-        match v.get("token").and_then(Value::as_str) {
-            Some(ro) if status == 201 => t.read_only = Some(ro.to_string()),
-            _ => eprintln!(
-                "{test}: could not mint a read-only token ({status} {v}); 403 checks skipped"
-            ),
-        }
+        t.read_only = crate::common::mint_read_only(
+            &reqwest::Client::new(),
+            &t.base,
+            &t.token,
+            "vr-test-read-only",
+            test,
+        )
+        .await;
         Some(t)
     }
 
@@ -110,17 +103,7 @@ impl Target {
     /// One request with the test token, outside the client: the status and
     /// the JSON answer (`null` when not JSON).
     async fn raw(&self, method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
-        let http = reqwest::Client::new();
-        let mut rb = http
-            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let r = rb.send().await.unwrap();
-        let status = r.status().as_u16();
-        let v = r.json::<Value>().await.unwrap_or(Value::Null);
-        (status, v)
+        crate::common::vault_api(&reqwest::Client::new(), &self.token, method, url, body).await
     }
 
     /// An error of the client, checked for what every error must hold:

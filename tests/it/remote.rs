@@ -236,19 +236,14 @@ impl Target {
     }
 
     async fn mint_read_only(&mut self, test: &str) {
-        let (status, v) = self
-            .raw(
-                "POST",
-                &format!("{}/tokens", self.base),
-                Some(json!({"label": "vr-remote-read-only", "scopes": ["vault:read"]})),
-            )
-            .await;
-        match v.get("token").and_then(Value::as_str) {
-            Some(ro) if status == 201 => self.read_only = Some(ro.to_string()),
-            _ => eprintln!(
-                "{test}: could not mint a read-only token ({status} {v}); 403 checks skipped"
-            ),
-        }
+        self.read_only = crate::common::mint_read_only(
+            &self.http,
+            &self.base,
+            &self.token,
+            "vr-remote-read-only",
+            test,
+        )
+        .await;
     }
 
     // ------------------------------------------------------------ names
@@ -411,17 +406,7 @@ impl Target {
         url: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut rb = self
-            .http
-            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
-            .bearer_auth(token);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let r = rb.send().await.unwrap();
-        let status = r.status().as_u16();
-        let v = r.json::<Value>().await.unwrap_or(Value::Null);
-        (status, v)
+        crate::common::vault_api(&self.http, token, method, url, body).await
     }
 
     /// Creates a note through the API; its JSON.
