@@ -937,7 +937,9 @@ mod tests {
     use super::*;
     use crate::agent::Mode;
 
-    fn def(mode: Mode) -> Definition {
+    /// A definition `Agents/bot` in `mode` (also for the tests of
+    /// `paths`).
+    pub(super) fn def(mode: Mode) -> Definition {
         let n = Note::parse("---\ntags: [agent/definition]\n---\n").unwrap();
         let mut d =
             crate::agent::parse_definition("Agents/bot", &n, crate::backend::KINDS).unwrap();

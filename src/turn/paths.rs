@@ -36,15 +36,8 @@ pub fn thread_path(def: &Definition, subject: Option<&str>, inbound: &str) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::note::{Note, reply_path};
-
-    fn def(mode: Mode) -> Definition {
-        let n = Note::parse("---\ntags: [agent/definition]\n---\n").unwrap();
-        let mut d =
-            crate::agent::parse_definition("Agents/bot", &n, crate::backend::KINDS).unwrap();
-        d.mode = mode;
-        d
-    }
+    use crate::note::reply_path;
+    use crate::turn::tests::def;
 
     #[test]
     fn reply_paths_are_derived_from_the_inbound_path() {
