@@ -5,12 +5,12 @@
 //! Invariants: nothing panics; the text vaultrunner makes of any note it
 //! accepted reads back as a note (its front-matter parses); taking that
 //! text apart gives back the note's content exactly, and only tags the
-//! note has (a leading `#` dropped).
+//! note has (leading `#`s and blanks dropped).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vaultrunner::parachute::Note;
-use vaultrunner::vault::remote::mapping::{parts_of, text_of};
+use vaultrunner::vault::remote::mapping::{bare_tag, parts_of, text_of};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(parts.content, body, "content of {v}\n{text}");
     for t in &parts.tags {
         assert!(
-            note.tags.iter().any(|n| n.trim_start_matches('#').trim() == t),
+            note.tags.iter().any(|n| bare_tag(n) == t),
             "tag {t:?} is not one of {:?}",
             note.tags
         );

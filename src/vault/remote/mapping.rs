@@ -136,6 +136,14 @@ pub fn unchanged(old: &Json, new: &Json) -> bool {
     metadata_value(&read) == *new
 }
 
+/// A tag as vaultrunner writes it: no leading `#` or blanks (however
+/// many, in any mix) and no trailing blanks, so a tag read back is bare
+/// already.
+pub fn bare_tag(tag: &str) -> &str {
+    tag.trim_start_matches(|c: char| c == '#' || c.is_whitespace())
+        .trim_end()
+}
+
 /// A note's text: front-matter from its metadata and tags, then `body`.
 pub fn text_of(note: &parachute::Note, body: &str) -> String {
     let mut m = Mapping::new();
@@ -151,7 +159,7 @@ pub fn text_of(note: &parachute::Note, body: &str) -> String {
     }
     let mut tags: Vec<String> = Vec::new();
     for t in &note.tags {
-        let t = t.strip_prefix('#').unwrap_or(t).trim();
+        let t = bare_tag(t);
         if !t.is_empty() && !tags.iter().any(|x| x == t) {
             tags.push(t.to_string());
         }
@@ -211,7 +219,7 @@ pub fn parts_of(text: &str) -> Result<Parts, String> {
     }
     let mut bare: Vec<String> = Vec::with_capacity(tags.len());
     for t in tags {
-        let t = t.trim().trim_start_matches('#').to_string();
+        let t = bare_tag(&t).to_string();
         if !t.is_empty() && !t.contains(',') && !bare.contains(&t) {
             bare.push(t);
         }
@@ -302,6 +310,15 @@ mod tests {
         assert_eq!(p.content, "line 1\n---\nline 3\n");
         assert_eq!(p.metadata["ts"], json!("2026-12-01T07:06:49Z"));
         assert_eq!(p.tags, vec!["agent/thread"]);
+    }
+
+    #[test]
+    fn a_tag_with_blanks_around_its_hash_round_trips_bare() {
+        // Found by the fuzzer: "  #  x" was written as "#  x" and read
+        // back as "  x".
+        let n = note(json!({}), &["   #   job[", "#agent/thread ", " # ##x"]);
+        let p = parts_of(&text_of(&n, "b")).unwrap();
+        assert_eq!(p.tags, vec!["job[", "agent/thread", "x"]);
     }
 
     #[test]
