@@ -204,6 +204,12 @@ pub fn check_name(name: &str) -> Result<(), String> {
             name.len()
         ));
     }
+    if name.eq_ignore_ascii_case("git") {
+        return Err(format!(
+            "{} is not a valid agent name: `POST /hooks/git` is the Git push webhook (SPEC §7), so no agent can be called `git`",
+            shown()
+        ));
+    }
     if crate::vault::is_windows_reserved(name) {
         return Err(format!(
             "{} is not a valid agent name: Windows reserves it for a device (con, prn, aux, nul, com1–com9, lpt1–lpt9), and an agent's name becomes a file name",

@@ -157,6 +157,8 @@ pub struct StatusReport {
     /// Why a remote vault could not be reached (what follows is then
     /// incomplete).
     pub unreachable: Option<String>,
+    /// Where a running `serve --git-sync` stands with the upstream.
+    pub sync: Option<crate::vault::SyncStatus>,
     pub agents: Vec<AgentStatus>,
     /// (message, agent, why) for messages whose agent cannot run.
     pub waiting: Vec<(String, String, String)>,
@@ -204,6 +206,7 @@ pub fn status(location: &str) -> Result<StatusReport, CliError> {
     Ok(StatusReport {
         served,
         unreachable: vault.health().err(),
+        sync: vault.sync_status(),
         agents,
         waiting: ix
             .waiting()

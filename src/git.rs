@@ -156,6 +156,8 @@ pub struct RunOpts {
     pub ok_codes: Vec<i32>,
     /// Variables for this call only (a private `GIT_INDEX_FILE`, …).
     pub env: Vec<(OsString, OsString)>,
+    /// Bytes fed to the call's standard input (none: it reads nothing).
+    pub stdin: Option<Vec<u8>>,
 }
 
 impl RunOpts {
@@ -170,6 +172,18 @@ impl RunOpts {
     /// This call also accepts exit code `code`.
     pub fn ok_code(mut self, code: i32) -> RunOpts {
         self.ok_codes.push(code);
+        self
+    }
+
+    /// This call reads `input` on its standard input.
+    pub fn input(mut self, input: Vec<u8>) -> RunOpts {
+        self.stdin = Some(input);
+        self
+    }
+
+    /// This call also gets `key=value`.
+    pub fn var(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> RunOpts {
+        self.env.push((key.into(), value.into()));
         self
     }
 }
@@ -444,7 +458,11 @@ impl Git {
         cmd.args(CONFIG_ARGS)
             .args(&args)
             .current_dir(&self.top)
-            .stdin(Stdio::null())
+            .stdin(if opts.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -467,6 +485,15 @@ impl Git {
         // Kept: `child.id()` is `None` once the child is reaped.
         let pgid = child.id();
         let deadline = crate::time::after(timeout);
+        // Fed beside the reading, so input bigger than a pipe never stalls
+        // a git that writes as it reads (`cat-file --batch`).
+        if let (Some(input), Some(mut pipe)) = (opts.stdin.clone(), child.stdin.take()) {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                let _ = pipe.write_all(&input).await;
+                let _ = pipe.shutdown().await;
+            });
+        }
         let mut out_task = tokio::spawn(read_limited(child.stdout.take(), max));
         let mut err_task = tokio::spawn(read_tail(child.stderr.take()));
         let mut stdout: Option<Vec<u8>> = None;

@@ -30,6 +30,7 @@ use vaultrunner::engine::Config;
 use vaultrunner::server::{self, Listen, ServeOptions};
 use vaultrunner::trigger::http::HttpOptions;
 use vaultrunner::trigger::watch::WatchOptions;
+use vaultrunner::vault::gitsync::SyncConfig;
 
 /// The exit codes, for `--help` (README's paragraph, kept in step).
 const EXIT_CODES: &str = "\
@@ -99,6 +100,16 @@ enum Command {
         /// VAULTRUNNER_TOKEN.
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Keep the folder, a Git clone, in sync with its upstream: pull
+        /// other devices' edits, commit and push vaultrunner's own writes
+        /// (docs/git-sync.md).
+        #[arg(long)]
+        git_sync: bool,
+        /// Seconds between pulls with --git-sync (1 up to a year; default
+        /// 60). A push webhook (`POST /hooks/git`) pulls at once.
+        #[arg(long, value_name = "SECS", requires = "git_sync",
+              value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
+        git_pull_secs: Option<u64>,
     },
     /// Run every pending message to completion (including messages turns
     /// create), then exit.
@@ -109,6 +120,10 @@ enum Command {
         /// How many agents run at once (1 to 1024).
         #[arg(long, value_name = "N", default_value_t = 4, value_parser = jobs_parser())]
         jobs: usize,
+        /// The folder is a Git clone: pull first, then process, commit
+        /// vaultrunner's writes and push them (docs/git-sync.md).
+        #[arg(long)]
+        git_sync: bool,
     },
     /// Write a message to an agent (MESSAGE `-` reads standard input).
     Send {
@@ -349,6 +364,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             rescan_secs,
             poll_ms,
             listen,
+            git_sync,
+            git_pull_secs,
         } => {
             let cancel = CancellationToken::new();
             shutdown_on_signals(cancel.clone());
@@ -365,14 +382,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Some(a) => Listen::Addr(a.to_string()),
                 },
                 http: HttpOptions::from_env(),
+                git_sync: git_sync.then(|| SyncConfig {
+                    pull_every: Duration::from_secs(git_pull_secs.unwrap_or(60)),
+                    settle: settle_ms.map_or(Duration::from_secs(2), Duration::from_millis),
+                    ..SyncConfig::default()
+                }),
             };
             server::serve(&vault, opts, cancel).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Process { vault, jobs } => {
+        Command::Process {
+            vault,
+            jobs,
+            git_sync,
+        } => {
             let cancel = CancellationToken::new();
             shutdown_on_signals(cancel.clone());
-            let r = server::process(&vault, Config { jobs }, cancel).await?;
+            let sync = git_sync.then(SyncConfig::default);
+            let r = server::process(&vault, Config { jobs }, sync, cancel).await?;
             out!(
                 "processed {} message(s): {} ok, {} error{}",
                 r.ok + r.error,
@@ -401,11 +428,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             for path in &r.unread {
                 err!("vaultrunner: not read: {path}.md");
             }
+            for e in &r.sync_errors {
+                err!("vaultrunner: git sync: {e}");
+            }
             if r.stuck > 0 || !r.unread.is_empty() {
                 err!(
                     "vaultrunner: {} message(s) not answered and {} note(s) not read (see above and the log); they are kept, and a later run answers them",
                     r.stuck.max(r.unanswered.len() as u64),
                     r.unread.len()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            if !r.sync_errors.is_empty() {
+                err!(
+                    "vaultrunner: the answers are committed here; a later run (or serve --git-sync) sends them"
                 );
                 return Ok(ExitCode::from(1));
             }
@@ -516,6 +552,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     "not served"
                 }
             );
+            if let Some(g) = &s.sync {
+                use vaultrunner::vault::SyncState;
+                let why = g.reason.as_deref().unwrap_or("");
+                match g.state {
+                    SyncState::Ok => out!(
+                        "git sync: ok ({} unpushed; last pull {}, last push {})",
+                        g.unpushed,
+                        g.last_pull.as_deref().unwrap_or("never"),
+                        g.last_push.as_deref().unwrap_or("never")
+                    ),
+                    SyncState::Paused => out!("git sync: paused: {why}"),
+                    SyncState::Backoff => out!("git sync: backing off: {why}"),
+                }
+                for h in &g.held {
+                    out!("git sync: kept out of commits: {h}");
+                }
+            }
             for a in &s.agents {
                 out!(
                     "  {:<20} {:<10} {:<9} queued {:<4} turns {:<5} last {} {}",

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Config, Engine};
 use crate::trigger::http::{self, HttpError, HttpOptions, check_listen};
 use crate::trigger::watch::{self, WatchOptions};
-use crate::vault::{Vault, VaultError};
+use crate::vault::gitsync::SyncConfig;
+use crate::vault::{SyncStep, Vault, VaultError};
 
 /// How long `serve` waits for running turns after a shutdown signal (they
 /// are being killed: TERM, grace, KILL), before it exits regardless.
@@ -45,6 +46,8 @@ pub struct ServeOptions {
     pub watch: WatchOptions,
     pub listen: Listen,
     pub http: HttpOptions,
+    /// `--git-sync`: keep the folder in sync with its Git upstream.
+    pub git_sync: Option<SyncConfig>,
 }
 
 impl Default for ServeOptions {
@@ -54,6 +57,7 @@ impl Default for ServeOptions {
             watch: WatchOptions::default(),
             listen: Listen::Off,
             http: HttpOptions::default(),
+            git_sync: None,
         }
     }
 }
@@ -77,19 +81,29 @@ pub struct ProcessReport {
     /// Stopped by SIGINT/SIGTERM before every message was answered: how
     /// many were still queued for runnable agents.
     pub interrupted: Option<usize>,
+    /// `--git-sync`: why a pull or the push could not be done (the local
+    /// work is done and committed; a later run sends it).
+    pub sync_errors: Vec<String>,
 }
 
 /// Opens a vault and takes its lock, cleaning up a crashed run's temp files.
 fn open_locked(
     location: &str,
     poll: Option<Duration>,
+    git_sync: Option<SyncConfig>,
 ) -> Result<(Arc<dyn Vault>, crate::vault::VaultLock), VaultError> {
+    let syncing = git_sync.is_some();
     let opts = crate::vault::OpenOptions {
         group_commit: true,
         poll,
+        git_sync,
     };
     let vault = crate::vault::open(location, &opts)?;
     let lock = vault.lock()?;
+    // Sync is off for this run: a `status` must not show an old state.
+    if !syncing && let Ok(dir) = vault.state_dir() {
+        let _ = std::fs::remove_file(dir.join(crate::vault::gitsync::STATUS_FILE));
+    }
     let n = vault.recover();
     if n > 0 {
         tracing::info!("removed {n} temp file(s) left by an interrupted write");
@@ -101,11 +115,29 @@ fn open_locked(
 pub async fn process(
     location: &str,
     config: Config,
+    git_sync: Option<SyncConfig>,
     cancel: CancellationToken,
 ) -> Result<ProcessReport, VaultError> {
-    let (vault, _lock) = open_locked(location, None)?;
-    let engine = Engine::new(vault, config);
+    let (vault, _lock) = open_locked(location, None, git_sync)?;
+    let mut sync_errors = Vec::new();
+    let step = |vault: Arc<dyn Vault>, step: SyncStep| async move {
+        tokio::task::spawn_blocking(move || vault.sync(step))
+            .await
+            .map_err(VaultError::join)
+            .and_then(|r| r)
+    };
+    // Pull → process → commit → push: a pull that cannot be done leaves
+    // the local work to do (and to send next time).
+    if let Err(e) = step(vault.clone(), SyncStep::Pull).await {
+        tracing::warn!("git sync: the pull was not done: {e}");
+        sync_errors.push(format!("pull: {e}"));
+    }
+    let engine = Engine::new(vault.clone(), config);
     engine.process(cancel.clone()).await;
+    if let Err(e) = step(vault, SyncStep::Push).await {
+        tracing::warn!("git sync: the push was not done: {e}");
+        sync_errors.push(format!("push: {e}"));
+    }
     let interrupted = cancel.is_cancelled().then(|| {
         engine.with_index(|ix| {
             ix.queued_agents()
@@ -123,6 +155,7 @@ pub async fn process(
         unread: engine.unread(),
         waiting: engine.with_index(|ix| ix.waiting().len()),
         interrupted,
+        sync_errors,
     })
 }
 
@@ -133,7 +166,7 @@ pub async fn serve(
     opts: ServeOptions,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
-    let (vault, lock) = open_locked(location, opts.watch.poll)?;
+    let (vault, lock) = open_locked(location, opts.watch.poll, opts.git_sync.clone())?;
     // A lease another runner took (this one could not reach the vault for
     // longer than the lease) stops this runner: one runner per vault.
     let lost = lock.lost();

@@ -76,6 +76,9 @@ pub struct HttpOptions {
     /// `VAULTRUNNER_VAULT_WEBHOOK_SECRET`: the `?secret=` of a remote
     /// vault's trigger webhook (`POST /api/vault/inbound`).
     pub vault_webhook_secret: Option<String>,
+    /// `VAULTRUNNER_GIT_WEBHOOK_SECRET`: the secret of the Git push
+    /// webhook's `X-Hub-Signature-256` (`POST /hooks/git`).
+    pub git_webhook_secret: Option<String>,
     /// How long a client has to send a request's headers, counted from
     /// the connection's opening or the end of its previous response. It
     /// bounds slow headers and idle keep-alive connections alike (hyper
@@ -92,6 +95,7 @@ impl Default for HttpOptions {
             token: None,
             webhook_secret: None,
             vault_webhook_secret: None,
+            git_webhook_secret: None,
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
         }
@@ -115,6 +119,7 @@ impl HttpOptions {
             token: get("VAULTRUNNER_TOKEN"),
             webhook_secret: get("VAULTRUNNER_WEBHOOK_SECRET"),
             vault_webhook_secret: get("VAULTRUNNER_VAULT_WEBHOOK_SECRET"),
+            git_webhook_secret: get("VAULTRUNNER_GIT_WEBHOOK_SECRET"),
             header_timeout: timeout(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT),
             body_timeout: timeout(BODY_TIMEOUT_ENV, BODY_TIMEOUT),
         }
@@ -499,8 +504,17 @@ fn known_agent(state: &AppState, name: &str) -> Result<(), ApiError> {
 
 async fn health(State(state): St, headers: HeaderMap) -> Response {
     // A remote vault that cannot be reached: nothing is lost, turns wait.
+    // A sync that is paused or backing off: turns go on, sent later.
     let vault = state.engine.vault().health().err();
-    let status = if vault.is_some() { "degraded" } else { "ok" };
+    let sync = state.engine.vault().sync_status();
+    let synced = sync
+        .as_ref()
+        .is_none_or(|s| s.state == crate::vault::SyncState::Ok);
+    let status = if vault.is_some() || !synced {
+        "degraded"
+    } else {
+        "ok"
+    };
     // With a token, agent names are for those who hold it.
     if let Some(t) = &state.opts.token
         && !bearer_ok(&headers, t)
@@ -517,7 +531,47 @@ async fn health(State(state): St, headers: HeaderMap) -> Response {
     if let (Some(why), Some(o)) = (vault, body.as_object_mut()) {
         o.insert("vault".into(), json!(why));
     }
+    if let (Some(s), Some(o)) = (sync, body.as_object_mut()) {
+        o.insert("git".into(), json!(s));
+    }
     axum::Json(body).into_response()
+}
+
+/// The Git push webhook (`POST /hooks/git`): upstream changed, pull soon
+/// (calls within a second make one pull). Authenticated by
+/// `X-Hub-Signature-256` with `VAULTRUNNER_GIT_WEBHOOK_SECRET`, or the
+/// bearer token; the body is not read beyond the signature.
+async fn git_hook(State(state): St, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let bytes = match read_body(&state, req.into_body()).await {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let signed = match (
+        &state.opts.git_webhook_secret,
+        headers.get("x-hub-signature-256"),
+    ) {
+        (Some(secret), Some(sig)) => sig.to_str().is_ok_and(|s| signature_ok(secret, &bytes, s)),
+        _ => false,
+    };
+    if !hook_allowed(
+        &state,
+        &headers,
+        state.opts.git_webhook_secret.as_deref(),
+        signed,
+    ) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong credentials: sign the body with VAULTRUNNER_GIT_WEBHOOK_SECRET (X-Hub-Signature-256) or send Authorization: Bearer",
+        );
+    }
+    if !state.engine.vault().sync_soon() {
+        return error(
+            StatusCode::CONFLICT,
+            "git sync is off: start serve with --git-sync to use this webhook",
+        );
+    }
+    (StatusCode::ACCEPTED, axum::Json(json!({"ok": true}))).into_response()
 }
 
 #[derive(Deserialize)]
@@ -1036,6 +1090,7 @@ pub fn router(
         .route("/api/agents/{name}/reset", post(reset_agent))
         .route("/api/agents/{name}/events", get(events))
         .route("/api/agents/{name}/events/ticket", post(events_ticket))
+        .route("/hooks/git", post(git_hook))
         .route("/hooks/{name}", post(webhook))
         .route("/api/vault/inbound", post(vault_inbound))
         .fallback(not_found)

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod gitsync;
 pub mod local;
 pub mod remote;
 mod watcher;
@@ -103,6 +104,24 @@ pub trait Vault: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Where syncing with another copy stands (a Git-synced folder);
+    /// `None` when the vault does not sync.
+    fn sync_status(&self) -> Option<SyncStatus> {
+        None
+    }
+
+    /// Asks for a sync soon (a push webhook said the other copy changed);
+    /// `false` when this vault does not sync.
+    fn sync_soon(&self) -> bool {
+        false
+    }
+
+    /// Runs one step of syncing now, to its end (`process --git-sync`);
+    /// `Ok` at once when the vault does not sync.
+    fn sync(&self, _step: SyncStep) -> Result<(), VaultError> {
+        Ok(())
+    }
+
     /// A file with the vault's own MCP endpoint for turns that can use one
     /// (`claude --mcp-config`), readable only by this user; `None` when the
     /// vault has none (a folder).
@@ -126,6 +145,44 @@ pub trait Vault: Send + Sync + fmt::Debug {
     fn write_planned(&self, writes: &[NoteWrite], plan: Plan) -> Result<Vec<Version>, VaultError> {
         self.write_in_order(writes, plan).map_err(|p| p.error)
     }
+}
+
+/// A step of syncing a vault with another copy of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncStep {
+    /// Take in the other copy's changes.
+    Pull,
+    /// Record vaultrunner's own writes and send them (after a pull).
+    Push,
+}
+
+/// Where syncing stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    /// In step, or about to be.
+    #[default]
+    Ok,
+    /// Stopped until a person fixes what `reason` says; turns go on and
+    /// their writes are sent once it is fixed.
+    Paused,
+    /// The other copy cannot be reached; tried again later (`reason`).
+    Backoff,
+}
+
+/// Where syncing stands, for `status` and `/health`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncStatus {
+    pub state: SyncState,
+    pub reason: Option<String>,
+    /// When the other copy's changes were last taken in (RFC 3339).
+    pub last_pull: Option<String>,
+    /// When vaultrunner's commits were last sent (RFC 3339).
+    pub last_push: Option<String>,
+    /// vaultrunner's commits not yet sent.
+    pub unpushed: usize,
+    /// Notes kept out of the sync, each with why (a secret in it).
+    pub held: Vec<String>,
 }
 
 /// A change the feed reports.
@@ -195,6 +252,9 @@ pub struct OpenOptions {
     pub group_commit: bool,
     /// The change poll of a remote vault (`--poll-ms`; default 2 s).
     pub poll: Option<Duration>,
+    /// Keep a folder that is a Git work tree in sync with its upstream
+    /// (`--git-sync`).
+    pub git_sync: Option<gitsync::SyncConfig>,
 }
 
 /// Does `location` name a remote vault (an `http://` or `https://` URL)?
@@ -217,6 +277,14 @@ pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn Vault>, VaultE
     let mut v = LocalVault::open(Path::new(location))?;
     if opts.group_commit {
         v = v.with_group_commit();
+    }
+    if let Some(cfg) = &opts.git_sync {
+        return Ok(Arc::new(gitsync::GitVault::open(v, cfg.clone())?));
+    }
+    // A serve that syncs this folder runs beside: what is written here is
+    // journaled for it to commit.
+    if gitsync::GitVault::synced_by_serve(&v) {
+        return Ok(Arc::new(gitsync::GitVault::beside(v)));
     }
     Ok(Arc::new(v))
 }
@@ -252,6 +320,10 @@ pub enum VaultError {
     NotADirectory(PathBuf),
     #[error("{path}.md: front-matter could not be edited: {reason}")]
     Edit { path: String, reason: String },
+    /// Syncing with another copy failed or cannot start; the text names
+    /// the folder, the remote or the note.
+    #[error("{0}")]
+    Sync(String),
 }
 
 pub(crate) fn io_err(path: &Path, error: io::Error) -> VaultError {

@@ -1,0 +1,1314 @@
+//! The sync cycle of a Git-synced folder: check the repository is in a
+//! state vaultrunner may touch, commit its own writes, fetch, take in
+//! upstream's changes, push fast-forward (SPEC §7).
+//!
+//! Every ref update is the last step and a compare-and-set (`update-ref
+//! <ref> <new> <old>`): objects first, so a crash at any point leaves a
+//! consistent repository. vaultrunner's commits are built in a private
+//! index (`.vaultrunner/git-index`); the user's index is only ever moved
+//! by a two-tree `read-tree -m`, which keeps what they staged and refuses
+//! rather than overwrite an uncommitted edit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::git::{Git, GitError, Head, RunOpts, Settings, Upstream};
+use crate::note;
+use crate::vault::{SyncState, SyncStep, Vault as _, VaultError};
+
+use super::journal::Record;
+use super::ops::{self, OwnChange, Replayed};
+use super::{BATCH_MAX, BATCH_QUIET, GitVault, sync_err};
+
+/// Push rounds (rejected as not a fast-forward: fetch, rebuild, again).
+const PUSH_ROUNDS: usize = 5;
+/// The longest wait between tries of an unreachable remote.
+const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
+/// Several push webhooks within this make one pull.
+const HOOK_DEBOUNCE: Duration = Duration::from_secs(1);
+/// An own record whose note is not (yet) on disk is kept this long (a
+/// `send` beside serve journals before its rename).
+const KEEP_UNSEEN: i64 = 120;
+/// Names listed in a commit's first line.
+const NAMES_IN_TITLE: usize = 5;
+
+const ZERO_OID: &str = "0000000000000000000000000000000000000000";
+
+/// The repository a synced vault lives in.
+#[derive(Debug)]
+pub(super) struct Repo {
+    pub git: Git,
+    /// The vault's folder relative to the top of the work tree, `""` or
+    /// ending in `/`.
+    prefix: String,
+    /// vaultrunner's identity in commits.
+    email: String,
+}
+
+/// Why a cycle stopped short.
+#[derive(Debug)]
+enum Halt {
+    /// A person must act (`reason` says what); turns go on.
+    Pause(String),
+    /// The remote cannot be reached; try again later.
+    Backoff(String),
+    /// Someone is typing: the work tree is updated a little later.
+    Busy,
+    /// Something failed that the next cycle may not meet (logged).
+    Fail(String),
+}
+
+impl From<GitError> for Halt {
+    fn from(e: GitError) -> Halt {
+        Halt::Fail(e.to_string())
+    }
+}
+
+type Step<T> = Result<T, Halt>;
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = if r == 0 {
+        String::from_utf8_lossy(buf.get(..end).unwrap_or_default()).into_owned()
+    } else {
+        String::new()
+    };
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .collect();
+    if clean.is_empty() {
+        "localhost".into()
+    } else {
+        clean
+    }
+}
+
+fn lines(out: &[u8]) -> impl Iterator<Item = &str> {
+    std::str::from_utf8(out)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+}
+
+fn first_line(out: &[u8]) -> String {
+    lines(out).next().unwrap_or_default().to_string()
+}
+
+impl Repo {
+    pub(super) async fn open(root: &Path, settings: Settings) -> Result<Repo, GitError> {
+        let git = Git::open_with(root, settings).await?;
+        let top = std::fs::canonicalize(git.top()).unwrap_or_else(|_| git.top().to_path_buf());
+        let rel = root.strip_prefix(&top).unwrap_or(Path::new(""));
+        let mut prefix = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        // A repository git cannot read (a broken HEAD, a corrupt object
+        // store) is refused now, not found out mid-sync.
+        git.run(["rev-parse", "--git-path", "HEAD"], RunOpts::read())
+            .await?;
+        git.head().await?;
+        Ok(Repo {
+            git,
+            prefix,
+            email: format!("vaultrunner@{}.invalid", host_name()),
+        })
+    }
+
+    /// The path in the repository of a vault path.
+    fn git_path(&self, vault_path: &str) -> String {
+        format!("{}{vault_path}.md", self.prefix)
+    }
+
+    /// The vault path of a path in the repository, if it is a note of the
+    /// vault.
+    fn vault_path<'a>(&self, git_path: &'a str) -> Option<&'a str> {
+        git_path.strip_prefix(&self.prefix)?.strip_suffix(".md")
+    }
+
+    fn ident(&self) -> RunOpts {
+        RunOpts::default()
+            .var("GIT_AUTHOR_NAME", "vaultrunner")
+            .var("GIT_AUTHOR_EMAIL", self.email.as_str())
+            .var("GIT_COMMITTER_NAME", "vaultrunner")
+            .var("GIT_COMMITTER_EMAIL", self.email.as_str())
+    }
+
+    async fn rev(&self, rev: &str) -> Result<Option<String>, GitError> {
+        self.git.rev_parse(rev).await
+    }
+
+    async fn is_ancestor(&self, a: &str, b: &str) -> Result<bool, GitError> {
+        let out = self
+            .git
+            .run(
+                ["merge-base", "--is-ancestor", a, b],
+                RunOpts::read().ok_code(1),
+            )
+            .await?;
+        Ok(out.code == 0)
+    }
+
+    /// The blobs `specs` name (`<rev>:<path>` or object names), `None` for
+    /// each that names nothing — one `cat-file --batch` for all.
+    async fn blobs(&self, specs: &[String]) -> Result<Vec<Option<Vec<u8>>>, GitError> {
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut input = Vec::new();
+        for s in specs {
+            input.extend_from_slice(s.as_bytes());
+            input.push(b'\n');
+        }
+        let out = self
+            .git
+            .run(["cat-file", "--batch"], RunOpts::read().input(input))
+            .await?;
+        let mut rest = out.stdout.as_slice();
+        let mut found = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let nl = memchr::memchr(b'\n', rest).ok_or_else(|| GitError::Parse {
+                command: "git cat-file --batch".into(),
+                what: format!("no answer for {spec}"),
+            })?;
+            let head = String::from_utf8_lossy(rest.get(..nl).unwrap_or_default()).into_owned();
+            rest = rest.get(nl + 1..).unwrap_or_default();
+            let mut f = head.split(' ');
+            let (_oid, kind, size) = (f.next(), f.next(), f.next());
+            match (kind, size.and_then(|s| s.parse::<usize>().ok())) {
+                (Some(kind), Some(size)) => {
+                    let body = rest.get(..size).unwrap_or_default().to_vec();
+                    rest = rest.get(size + 1..).unwrap_or_default();
+                    found.push((kind == "blob").then_some(body));
+                }
+                // `<spec> missing`, `<spec> ambiguous`.
+                _ => found.push(None),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes blobs into the object store, returning their names (one
+    /// `hash-object` for all, through files in `tmp`).
+    async fn write_blobs(&self, tmp: &Path, texts: &[&str]) -> Step<Vec<String>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("git-blobs")
+            .tempdir_in(tmp)
+            .map_err(|e| Halt::Fail(format!("{}: {e}", tmp.display())))?;
+        let mut list = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            let p = dir.path().join(i.to_string());
+            std::fs::write(&p, t.as_bytes())
+                .map_err(|e| Halt::Fail(format!("{}: {e}", p.display())))?;
+            list.extend_from_slice(p.as_os_str().as_encoded_bytes());
+            list.push(b'\n');
+        }
+        let out = self
+            .git
+            .run(
+                ["hash-object", "-w", "--no-filters", "--stdin-paths"],
+                RunOpts::default().input(list),
+            )
+            .await?;
+        let oids: Vec<String> = lines(&out.stdout).map(str::to_string).collect();
+        if oids.len() != texts.len() {
+            return Err(Halt::Fail("git hash-object named fewer blobs than given".into()));
+        }
+        Ok(oids)
+    }
+
+    async fn upstream(&self) -> Step<Upstream> {
+        match self.git.upstream().await? {
+            Some(u) if u.remote != "." => Ok(u),
+            Some(_) => Err(Halt::Pause(
+                "the branch tracks a local branch, not a remote; set its upstream with `git branch --set-upstream-to=origin/<branch>`".into(),
+            )),
+            None => Err(Halt::Pause(
+                "the branch has no upstream: set one with `git push -u origin <branch>` or `git branch --set-upstream-to=origin/<branch>`".into(),
+            )),
+        }
+    }
+}
+
+/// A tree built in the private index.
+struct Built {
+    tree: String,
+    /// The blob of each file set (git path → object name).
+    blobs: BTreeMap<String, String>,
+}
+
+/// The private index, holding the tree of `base` (`None`: empty), with
+/// `files` (git path → text) set in it and `written` as the tree.
+async fn build_tree(
+    v: &GitVault,
+    repo: &Repo,
+    base: Option<&str>,
+    files: &BTreeMap<String, String>,
+) -> Step<Built> {
+    let dir = &v.sh.state_dir;
+    let index = dir.join("git-index");
+    let env = |o: RunOpts| o.var("GIT_INDEX_FILE", index.as_os_str());
+    match base {
+        Some(b) => repo.git.run(["read-tree", b], env(RunOpts::default())).await?,
+        None => {
+            repo.git
+                .run(["read-tree", "--empty"], env(RunOpts::default()))
+                .await?
+        }
+    };
+    let texts: Vec<&str> = files.values().map(String::as_str).collect();
+    let oids = repo.write_blobs(dir, &texts).await?;
+    // The modes the index has (an executable note stays one).
+    let mut ls: Vec<OsString> = ["ls-files", "-s", "-z", "--"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    ls.extend(files.keys().map(OsString::from));
+    let out = repo
+        .git
+        .run(&ls, env(RunOpts::default().var("GIT_LITERAL_PATHSPECS", "1")))
+        .await?;
+    let mut modes: HashMap<String, String> = HashMap::new();
+    for entry in out.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+        let text = String::from_utf8_lossy(entry);
+        if let Some((meta, path)) = text.split_once('\t') {
+            let mode = meta.split(' ').next().unwrap_or("100644");
+            modes.insert(path.to_string(), mode.to_string());
+        }
+    }
+    let mut info = Vec::new();
+    for (path, oid) in files.keys().zip(&oids) {
+        let mode = match modes.get(path).map(String::as_str) {
+            Some("100755") => "100755",
+            _ => "100644",
+        };
+        info.extend_from_slice(format!("{mode} {oid}\t{path}").as_bytes());
+        info.push(0);
+    }
+    repo.git
+        .run(
+            ["update-index", "-z", "--index-info"],
+            env(RunOpts::default().input(info)),
+        )
+        .await?;
+    let out = repo.git.run(["write-tree"], env(RunOpts::default())).await?;
+    Ok(Built {
+        tree: first_line(&out.stdout),
+        blobs: files.keys().cloned().zip(oids).collect(),
+    })
+}
+
+/// Commits `tree` on `parent` as vaultrunner, returning the commit.
+async fn commit_tree(repo: &Repo, tree: &str, parent: Option<&str>, msg: &str) -> Step<String> {
+    let mut args = vec!["commit-tree".to_string(), tree.to_string()];
+    if let Some(p) = parent {
+        args.push("-p".into());
+        args.push(p.into());
+    }
+    args.push("-F".into());
+    args.push("-".into());
+    let out = repo
+        .git
+        .run(&args, repo.ident().input(msg.as_bytes().to_vec()))
+        .await?;
+    Ok(first_line(&out.stdout))
+}
+
+/// Moves `branch` from `old` (`None`: unborn) to `new`, only if it is
+/// still at `old`.
+async fn move_branch(repo: &Repo, branch: &str, new: &str, old: Option<&str>, why: &str) -> Step<()> {
+    let r = format!("refs/heads/{branch}");
+    repo.git
+        .run(
+            ["update-ref", "-m", why, &r, new, old.unwrap_or(ZERO_OID)],
+            RunOpts::default(),
+        )
+        .await
+        .map_err(|e| match e {
+            GitError::Failed { stderr, .. } if stderr.contains(".lock") => Halt::Pause(format!(
+                "{branch} is locked by another git ({stderr}); sync goes on once that git is done"
+            )),
+            e => Halt::Fail(e.to_string()),
+        })?;
+    Ok(())
+}
+
+/// Moves the user's index to vaultrunner's commit for the notes it
+/// committed, where the index still had the old commit's version (what
+/// the user staged stays staged). A note on disk exactly as committed is
+/// added from disk (its stat recorded, so `git status` is clean); one with
+/// an edit on top gets the committed blob (the edit shows as unstaged).
+async fn move_index(
+    repo: &Repo,
+    old: &str,
+    committed: &BTreeMap<String, (String, bool)>,
+) -> Step<()> {
+    let paths: Vec<OsString> = committed.keys().map(OsString::from).collect();
+    let entries = |out: &[u8]| -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        for e in out.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+            let t = String::from_utf8_lossy(e);
+            if let Some((meta, path)) = t.split_once('\t') {
+                // `<mode> <oid> <stage>` (ls-files) or `<mode> blob <oid>` (ls-tree).
+                let f: Vec<&str> = meta.split(' ').collect();
+                let oid = if f.get(1) == Some(&"blob") { f.get(2) } else { f.get(1) };
+                if let Some(oid) = oid {
+                    m.insert(path.to_string(), (*oid).to_string());
+                }
+            }
+        }
+        m
+    };
+    let mut args: Vec<OsString> = ["ls-tree", "-z", "--full-tree", old, "--"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    args.extend(paths.iter().cloned());
+    let lit = || RunOpts::read().var("GIT_LITERAL_PATHSPECS", "1");
+    let before = entries(&repo.git.run(&args, lit()).await?.stdout);
+    let mut args: Vec<OsString> = ["ls-files", "-s", "-z", "--"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    args.extend(paths.iter().cloned());
+    let staged = entries(&repo.git.run(&args, lit()).await?.stdout);
+    let (mut from_disk, mut info) = (Vec::new(), Vec::new());
+    for (path, (oid, on_disk)) in committed {
+        if staged.get(path) != before.get(path) {
+            tracing::info!("git sync: {path} has staged changes; the index keeps them");
+            continue;
+        }
+        if *on_disk {
+            from_disk.extend_from_slice(path.as_bytes());
+            from_disk.push(0);
+        } else {
+            info.extend_from_slice(format!("100644 {oid}\t{path}").as_bytes());
+            info.push(0);
+        }
+    }
+    let started = std::time::SystemTime::now();
+    for (args, input) in [
+        (&["update-index", "-z", "--add", "--stdin"][..], from_disk),
+        (&["update-index", "-z", "--index-info"][..], info),
+    ] {
+        if input.is_empty() {
+            continue;
+        }
+        if let Err(e) = repo.git.run(args, RunOpts::default().input(input)).await {
+            return Err(index_failure(repo, e, started));
+        }
+    }
+    Ok(())
+}
+
+/// What a failed call that held the user's index means: a lock of its
+/// own (left by a call vaultrunner killed) is removed; another is a pause.
+fn index_failure(repo: &Repo, e: GitError, started: std::time::SystemTime) -> Halt {
+    if let GitError::Timeout { .. } = &e
+        && let Ok(Some(lock)) = repo.git.index_lock()
+        && std::fs::symlink_metadata(&lock.path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m >= started)
+    {
+        // Ours: the call that made it was killed with its process group.
+        let _ = std::fs::remove_file(&lock.path);
+        return Halt::Fail(format!("{e}; removed the index.lock it left"));
+    }
+    match e {
+        GitError::Failed { stderr, .. } if stderr.contains("index.lock") => {
+            Halt::Pause(stale_lock_reason(repo))
+        }
+        e => Halt::Fail(e.to_string()),
+    }
+}
+
+fn stale_lock_reason(repo: &Repo) -> String {
+    let path = repo.git.git_dir().join("index.lock");
+    format!(
+        "{} exists: another git is running in this clone, or one crashed and left it. vaultrunner never removes it; if no git is running, remove it yourself",
+        path.display()
+    )
+}
+
+/// Is the repository in a state sync may touch? The branch and its
+/// upstream when it is.
+async fn check_safe(repo: &Repo) -> Step<(String, Upstream)> {
+    let branch = match repo.git.head().await? {
+        Head::Detached(oid) => {
+            return Err(Halt::Pause(format!(
+                "HEAD is detached (at {}); check out the branch to sync (`git switch main`)",
+                oid.get(..12).unwrap_or(&oid)
+            )));
+        }
+        Head::Branch(b) => b,
+    };
+    if let Some(op) = repo.git.in_progress().first() {
+        return Err(Halt::Pause(format!(
+            "{op} is in progress in {}; finish or abort it and sync goes on",
+            repo.git.top().display()
+        )));
+    }
+    if repo.git.index_lock()?.is_some() {
+        return Err(Halt::Pause(stale_lock_reason(repo)));
+    }
+    let ref_lock = repo.git.git_dir().join(format!("refs/heads/{branch}.lock"));
+    if ref_lock.exists() {
+        return Err(Halt::Pause(format!(
+            "{} exists (a git updating {branch}, or one that crashed); remove it if no git is running",
+            ref_lock.display()
+        )));
+    }
+    let up = repo.upstream().await?;
+    Ok((branch, up))
+}
+
+/// The value `rendered` (one line of YAML) stands for.
+fn value_of(rendered: &str) -> Option<serde_yaml::Value> {
+    serde_yaml::from_str(rendered).ok()
+}
+
+/// Does the note `text` show `key` as `rendered` (`None`: absent)?
+fn shows(text: &str, key: &str, rendered: Option<&str>) -> bool {
+    let Ok(meta) = note::parse_yaml(note::split(text).yaml) else {
+        return false;
+    };
+    let now = meta.get(key);
+    match rendered {
+        None => now.is_none(),
+        Some(r) => now.is_some() && now.cloned() == value_of(r),
+    }
+}
+
+/// Forces `keys` onto `text`.
+fn set_keys(text: &str, keys: &[(String, Option<String>)]) -> Option<String> {
+    let change = OwnChange::Keys(keys.to_vec());
+    match ops::replay(&change, Some(text), Some(text)) {
+        Replayed::Write(t) => Some(t),
+        Replayed::Unchanged => Some(text.to_string()),
+        _ => None,
+    }
+}
+
+/// An inbound note set to handled or error by these keys.
+fn answers(keys: &[(String, Option<String>)]) -> bool {
+    keys.iter().any(|(k, v)| {
+        k == "status"
+            && v.as_deref()
+                .is_some_and(|v| matches!(v.trim_matches('"'), "handled" | "error"))
+    })
+}
+
+fn title(answered: &[String], wrote: usize) -> String {
+    if answered.is_empty() {
+        return format!(
+            "vaultrunner: wrote {wrote} note{}",
+            if wrote == 1 { "" } else { "s" }
+        );
+    }
+    let mut t = format!(
+        "vaultrunner: answered {}",
+        answered
+            .iter()
+            .take(NAMES_IN_TITLE)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if answered.len() > NAMES_IN_TITLE {
+        t.push_str(&format!(
+            " and {} more",
+            answered.len().saturating_sub(NAMES_IN_TITLE)
+        ));
+    }
+    t
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Commits what the journal says vaultrunner wrote, where the notes on
+/// disk still show it, rebuilt onto the committed version of each note.
+async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
+    if v.sh.journal.is_empty() {
+        return Ok(());
+    }
+    // Under the work tree's lock, so the notes read are exactly what the
+    // taken records wrote (a write records, then renames, under it).
+    let (records, texts) = {
+        let sh = v.sh.clone();
+        tokio::task::spawn_blocking(move || {
+            let _tree = sh.tree.hold();
+            let (records, bad) = sh.journal.take()?;
+            if bad > 0 {
+                tracing::warn!("git sync: {bad} torn line(s) in the journal passed over");
+            }
+            let mut texts: HashMap<String, Option<String>> = HashMap::new();
+            for r in &records {
+                texts
+                    .entry(r.path.clone())
+                    .or_insert_with(|| sh.local.read(&r.path).ok().map(|(t, _)| t));
+            }
+            Ok::<_, std::io::Error>((records, texts))
+        })
+        .await
+        .map_err(|e| Halt::Fail(e.to_string()))?
+        .map_err(|e| Halt::Fail(format!("the git journal: {e}")))?
+    };
+    let head = repo.rev("HEAD").await?;
+    let mut by_path: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    for r in records {
+        by_path.entry(r.path.clone()).or_default().push(r);
+    }
+    let specs: Vec<String> = by_path
+        .keys()
+        .map(|p| format!("{}:{}", head.as_deref().unwrap_or(ZERO_OID), repo.git_path(p)))
+        .collect();
+    let committed = if head.is_some() {
+        repo.blobs(&specs).await?
+    } else {
+        vec![None; specs.len()]
+    };
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    let mut answered = Vec::new();
+    let mut unseen = Vec::new();
+    let mut held = Vec::new();
+    let mut exact = Vec::new();
+    for ((path, recs), old) in by_path.iter().zip(committed) {
+        let disk = texts.get(path).cloned().flatten();
+        let old = old.map(|b| String::from_utf8_lossy(&b).into_owned());
+        let Some(disk) = disk else {
+            unseen.extend(recs.iter().filter(|r| now_secs() - r.at < KEEP_UNSEEN).cloned());
+            continue;
+        };
+        let whole = recs
+            .iter()
+            .rposition(|r| matches!(r.change, OwnChange::Whole(_)));
+        let text = match whole {
+            Some(i) => {
+                // The note vaultrunner wrote whole, with its later keys;
+                // committed only if it is what is on disk.
+                let mut cur = match recs.get(i).map(|r| &r.change) {
+                    Some(OwnChange::Whole(c)) => c.clone(),
+                    _ => continue,
+                };
+                for r in recs.iter().skip(i + 1) {
+                    if let OwnChange::Keys(ks) = &r.change {
+                        cur = set_keys(&cur, ks).unwrap_or(cur);
+                    }
+                }
+                if cur != disk {
+                    if now_secs() - recs.last().map_or(0, |r| r.at) < KEEP_UNSEEN {
+                        unseen.extend(recs.iter().skip(i).cloned());
+                    }
+                    tracing::debug!("git sync: {path}.md is not as vaultrunner wrote it; not committed");
+                    continue;
+                }
+                if let Some(kind) = ops::find_secret(&cur) {
+                    held.push(format!("{path}.md: looks like it holds {kind}"));
+                    continue;
+                }
+                cur
+            }
+            None => {
+                // Only keys, onto the committed note; a note never
+                // committed is the user's to commit.
+                let Some(old) = old.as_deref() else { continue };
+                let mut keys: Vec<(String, Option<String>)> = Vec::new();
+                for r in recs {
+                    if let OwnChange::Keys(ks) = &r.change {
+                        for (k, val) in ks {
+                            keys.retain(|(x, _)| x != k);
+                            keys.push((k.clone(), val.clone()));
+                        }
+                    }
+                }
+                keys.retain(|(k, val)| shows(&disk, k, val.as_deref()));
+                if keys.is_empty() {
+                    continue;
+                }
+                let values: String = keys
+                    .iter()
+                    .filter_map(|(_, val)| val.as_deref())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if let Some(kind) = ops::find_secret(&values) {
+                    held.push(format!("{path}.md: looks like it holds {kind}"));
+                    continue;
+                }
+                if answers(&keys) {
+                    answered.push(path.clone());
+                }
+                match set_keys(old, &keys) {
+                    Some(t) if t != old => t,
+                    _ => continue,
+                }
+            }
+        };
+        if text == disk {
+            exact.push(repo.git_path(path));
+        }
+        files.insert(repo.git_path(path), text);
+    }
+    // Never an ignored path.
+    if !files.is_empty() {
+        let mut input = Vec::new();
+        for p in files.keys() {
+            input.extend_from_slice(p.as_bytes());
+            input.push(0);
+        }
+        let out = repo
+            .git
+            .run(
+                ["check-ignore", "-z", "--stdin"],
+                RunOpts::read().ok_code(1).input(input),
+            )
+            .await?;
+        for p in out.stdout.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+            let p = String::from_utf8_lossy(p).into_owned();
+            tracing::info!("git sync: {p} is ignored by .gitignore; not committed");
+            files.remove(&p);
+        }
+    }
+    if !held.is_empty() {
+        for h in &held {
+            tracing::warn!("git sync: kept out of the commit: {h}");
+        }
+        v.set_status(|s| {
+            for h in held {
+                if !s.held.contains(&h) {
+                    s.held.push(h);
+                }
+            }
+        });
+    }
+    if !files.is_empty() {
+        let built = build_tree(v, repo, head.as_deref(), &files).await?;
+        let old_tree = match &head {
+            Some(h) => repo.rev(&format!("{h}^{{tree}}")).await?,
+            None => None,
+        };
+        if old_tree.as_deref() != Some(built.tree.as_str()) {
+            answered.retain(|p| files.contains_key(&repo.git_path(p)));
+            let mut msg = title(&answered, files.len());
+            msg.push_str("\n\n");
+            for p in files.keys() {
+                msg.push_str(&format!("- {p}\n"));
+            }
+            let new = commit_tree(repo, &built.tree, head.as_deref(), &msg).await?;
+            move_branch(repo, branch, &new, head.as_deref(), "vaultrunner: commit").await?;
+            tracing::info!("git: committed {} ({})", short(&new), msg.lines().next().unwrap_or_default());
+            let committed: BTreeMap<String, (String, bool)> = built
+                .blobs
+                .iter()
+                .map(|(p, oid)| (p.clone(), (oid.clone(), exact.contains(p))))
+                .collect();
+            if let Some(h) = &head
+                && let Err(h) = move_index(repo, h, &committed).await
+            {
+                tracing::warn!("git sync: the index was not moved to vaultrunner's commit: {h:?}");
+            }
+        }
+    }
+    v.sh.journal
+        .done()
+        .map_err(|e| Halt::Fail(format!("the git journal: {e}")))?;
+    if !unseen.is_empty() {
+        let _ = v.sh.journal.append(&unseen);
+    }
+    Ok(())
+}
+
+fn short(oid: &str) -> &str {
+    oid.get(..10).unwrap_or(oid)
+}
+
+/// Fetches the upstream branch into its tracking ref.
+async fn fetch(repo: &Repo, up: &Upstream) -> Step<Option<String>> {
+    let spec = format!("+{}:{}", up.merge, up.tracking);
+    let r = repo
+        .git
+        .run(
+            [
+                "-c",
+                "gc.auto=0",
+                "-c",
+                "maintenance.auto=false",
+                "fetch",
+                "--no-tags",
+                "--no-recurse-submodules",
+                "--no-write-fetch-head",
+                "--quiet",
+                up.remote.as_str(),
+                spec.as_str(),
+            ],
+            RunOpts::default(),
+        )
+        .await;
+    match r {
+        Ok(_) => Ok(repo.rev(&up.tracking).await?),
+        Err(GitError::Failed { stderr, .. }) if stderr.contains("couldn't find remote ref") => {
+            // The branch is not on the remote yet: the push makes it.
+            Ok(None)
+        }
+        Err(e) => Err(Halt::Backoff(format!("fetching from {}: {e}", up.remote))),
+    }
+}
+
+/// The commits `range` lists, with their authors' addresses.
+async fn commits(repo: &Repo, range: &str) -> Step<Vec<(String, String, String)>> {
+    let out = repo
+        .git
+        .run(
+            ["log", "--format=%H%x00%ae%x00%B%x01", range, "--"],
+            RunOpts::read(),
+        )
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(text
+        .split('\u{1}')
+        .filter_map(|c| {
+            let mut f = c.trim_start_matches('\n').splitn(3, '\0');
+            let (oid, email, msg) = (f.next()?, f.next()?, f.next().unwrap_or_default());
+            (!oid.is_empty()).then(|| (oid.to_string(), email.to_string(), msg.trim().to_string()))
+        })
+        .collect())
+}
+
+/// `diff-tree -r -z` of two commits: (path, old blob, new blob) per
+/// changed path (`None`: not there), with renames when `renames`.
+async fn changed(
+    repo: &Repo,
+    a: &str,
+    b: &str,
+    renames: bool,
+) -> Step<Vec<(String, Option<String>, Option<String>, Option<String>)>> {
+    let mut args = vec!["diff-tree", "-r", "-z", "--no-commit-id"];
+    args.push(if renames { "-M" } else { "--no-renames" });
+    args.extend([a, b, "--"]);
+    let out = repo.git.run(&args, RunOpts::read()).await?;
+    // `:<m1> <m2> <o1> <o2> <S>\0<path>\0[<path2>\0]`
+    let mut out_list = Vec::new();
+    let mut it = out.stdout.split(|x| *x == 0).filter(|x| !x.is_empty());
+    while let Some(meta) = it.next() {
+        let meta = String::from_utf8_lossy(meta).into_owned();
+        let f: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
+        let (Some(o1), Some(o2), Some(st)) = (f.get(2), f.get(3), f.get(4)) else {
+            break;
+        };
+        let Some(p1) = it.next() else { break };
+        let p1 = String::from_utf8_lossy(p1).into_owned();
+        let blob = |o: &str| (o != ZERO_OID).then(|| o.to_string());
+        if st.starts_with('R') || st.starts_with('C') {
+            let Some(p2) = it.next() else { break };
+            out_list.push((
+                p1,
+                blob(o1),
+                blob(o2),
+                Some(String::from_utf8_lossy(p2).into_owned()),
+            ));
+        } else {
+            out_list.push((p1, blob(o1), blob(o2), None));
+        }
+    }
+    Ok(out_list)
+}
+
+/// vaultrunner's own commits `mb..head`, replayed onto `upstream`: the
+/// new commit (parent `upstream`).
+async fn rebuild(v: &GitVault, repo: &Repo, mb: &str, head: &str, upstream: &str) -> Step<String> {
+    let mine = changed(repo, mb, head, false).await?;
+    let mut moved: Option<HashMap<String, String>> = None;
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    let stamp = chrono::Utc::now();
+    for (path, base_oid, ours_oid, _) in mine {
+        let Some(ours_oid) = ours_oid else { continue };
+        let mut target_path = path.clone();
+        let mut target = repo.blobs(&[format!("{upstream}:{path}")]).await?.pop().flatten();
+        if target.is_none() && base_oid.is_some() {
+            // Renamed upstream? The stamp goes to the new path.
+            if moved.is_none() {
+                let mut m = HashMap::new();
+                for (from, _, _, to) in changed(repo, mb, upstream, true).await? {
+                    if let Some(to) = to {
+                        m.insert(from, to);
+                    }
+                }
+                moved = Some(m);
+            }
+            if let Some(to) = moved.as_ref().and_then(|m| m.get(&path)) {
+                target_path = to.clone();
+                target = repo.blobs(&[format!("{upstream}:{to}")]).await?.pop().flatten();
+            }
+        }
+        let mut got = repo
+            .blobs(&[ours_oid.clone()])
+            .await?
+            .pop()
+            .flatten()
+            .unwrap_or_default();
+        let ours = String::from_utf8_lossy(&std::mem::take(&mut got)).into_owned();
+        let base = match &base_oid {
+            Some(o) => repo
+                .blobs(&[o.clone()])
+                .await?
+                .pop()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            None => None,
+        };
+        let target = target.map(|b| String::from_utf8_lossy(&b).into_owned());
+        let change = ops::own_change(base.as_deref(), &ours);
+        match ops::replay(&change, base.as_deref(), target.as_deref()) {
+            Replayed::Unchanged => {}
+            Replayed::Write(t) => {
+                files.insert(target_path, t);
+            }
+            Replayed::Conflict { ours, theirs } => {
+                let copy = match repo.vault_path(&target_path) {
+                    Some(vp) => repo.git_path(&ops::conflict_copy_path(vp, stamp)),
+                    None => format!("{target_path} (conflict {})", stamp.format("%Y-%m-%d %H%M%S")),
+                };
+                tracing::warn!("git sync: {target_path} was edited upstream and rewritten by vaultrunner; the upstream version is kept as {copy}");
+                files.insert(copy, theirs);
+                files.insert(target_path, ours);
+            }
+            Replayed::Skipped { reason } => {
+                tracing::warn!("git sync: vaultrunner's change to {target_path} not replayed: {reason}");
+            }
+        }
+    }
+    let mine = commits(repo, &format!("{upstream}..{head}")).await?;
+    let mut answered: Vec<String> = Vec::new();
+    let mut body = String::new();
+    for (_, _, msg) in mine.iter().rev() {
+        let first = msg.lines().next().unwrap_or_default();
+        if let Some(names) = first.strip_prefix("vaultrunner: answered ") {
+            let names = names.split(" and ").next().unwrap_or(names);
+            answered.extend(names.split(", ").map(str::to_string));
+        }
+        for l in msg.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+            body.push_str(l);
+            body.push('\n');
+        }
+    }
+    let msg = format!("{}\n\n{body}", title(&answered, files.len().max(1)));
+    let built = build_tree(v, repo, Some(upstream), &files).await?;
+    commit_tree(repo, &built.tree, Some(upstream), &msg).await
+}
+
+/// Takes in `upstream` (fetched): fast-forward, or vaultrunner's own
+/// commits rebuilt on it; then the work tree and index follow.
+async fn integrate(v: &GitVault, repo: &Repo, branch: &str, upstream: &str) -> Step<bool> {
+    let Some(head) = repo.rev("HEAD").await? else {
+        return Ok(false);
+    };
+    if head == upstream || repo.is_ancestor(upstream, &head).await? {
+        return Ok(false);
+    }
+    let target = if repo.is_ancestor(&head, upstream).await? {
+        upstream.to_string()
+    } else {
+        let mine = commits(repo, &format!("{upstream}..{head}")).await?;
+        let foreign: Vec<&str> = mine
+            .iter()
+            .filter(|(_, email, _)| *email != repo.email)
+            .map(|(oid, _, _)| short(oid))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(Halt::Pause(format!(
+                "{branch} has {} commit(s) not on its upstream that vaultrunner did not make ({}); push or rebase them yourself and sync goes on",
+                foreign.len(),
+                foreign.join(", ")
+            )));
+        }
+        let out = repo
+            .git
+            .run(["merge-base", head.as_str(), upstream], RunOpts::read().ok_code(1))
+            .await?;
+        let mb = first_line(&out.stdout);
+        if mb.is_empty() {
+            return Err(Halt::Pause(format!(
+                "{branch} and its upstream share no history; sync them by hand"
+            )));
+        }
+        rebuild(v, repo, &mb, &head, upstream).await?
+    };
+    update_worktree(v, repo, branch, &head, &target).await?;
+    Ok(true)
+}
+
+/// Moves the work tree, the index and then the branch from `head` to
+/// `target`, unless someone typed within the settle window; git refuses
+/// (and nothing changes) where an uncommitted edit would be overwritten.
+async fn update_worktree(v: &GitVault, repo: &Repo, branch: &str, head: &str, target: &str) -> Step<()> {
+    let Some(s) = &v.sh.sync else { return Ok(()) };
+    let settle = s.cfg.settle;
+    let typing = s
+        .last_external
+        .lock()
+        .map(|t| t.is_some_and(|t| t.elapsed() < settle))
+        .unwrap_or(false);
+    if typing {
+        return Err(Halt::Busy);
+    }
+    let paths = changed(repo, head, target, false).await?;
+    for (p, _, _, _) in &paths {
+        let full = repo.git.top().join(p);
+        if std::fs::symlink_metadata(&full)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m.elapsed().is_ok_and(|e| e < settle))
+        {
+            return Err(Halt::Busy);
+        }
+    }
+    let moving = v.sh.state_dir.join("git-moving");
+    let _ = super::journal::write_durably(&moving, format!("{head} {target}\n").as_bytes());
+    let guard = {
+        let sh = v.sh.clone();
+        tokio::task::spawn_blocking(move || TreeHold::take(sh))
+            .await
+            .map_err(|e| Halt::Fail(e.to_string()))?
+    };
+    let started = std::time::SystemTime::now();
+    // Stat data first (entries vaultrunner set from a blob have none), so
+    // only a real edit counts as one.
+    let r = match repo
+        .git
+        .run(["update-index", "-q", "--refresh"], RunOpts::default().ok_code(1))
+        .await
+    {
+        Ok(_) => {
+            repo.git
+                .run(["read-tree", "-m", "-u", head, target], RunOpts::default())
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = r {
+        drop(guard);
+        let _ = std::fs::remove_file(&moving);
+        return Err(match e {
+            GitError::Failed { stderr, .. }
+                if stderr.contains("would be overwritten") || stderr.contains("not uptodate") =>
+            {
+                Halt::Pause(format!(
+                    "notes changed upstream have uncommitted edits here, which are kept: {}. Commit or undo those edits and sync goes on",
+                    stderr.replace('\n', " ")
+                ))
+            }
+            e => index_failure(repo, e, started),
+        });
+    }
+    let r = move_branch(repo, branch, target, Some(head), "vaultrunner: pull").await;
+    drop(guard);
+    let _ = std::fs::remove_file(&moving);
+    r?;
+    tracing::info!(
+        "git: pulled {}..{} ({} file(s))",
+        short(head),
+        short(target),
+        paths.len()
+    );
+    Ok(())
+}
+
+/// Finishes a work-tree update a crash cut short: the index and files
+/// already at the target, the branch not yet.
+async fn finish_move(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
+    let moving = v.sh.state_dir.join("git-moving");
+    let Ok(text) = std::fs::read_to_string(&moving) else {
+        return Ok(());
+    };
+    let mut f = text.split_whitespace();
+    if let (Some(from), Some(to)) = (f.next(), f.next())
+        && repo.rev("HEAD").await?.as_deref() == Some(from)
+    {
+        let out = repo
+            .git
+            .run(["diff-index", "--cached", "--quiet", to, "--"], RunOpts::read().ok_code(1))
+            .await?;
+        if out.code == 0 {
+            move_branch(repo, branch, to, Some(from), "vaultrunner: pull (finished after a crash)")
+                .await?;
+            tracing::info!("git sync: finished a pull a crash cut short");
+        }
+    }
+    let _ = std::fs::remove_file(&moving);
+    Ok(())
+}
+
+enum Pushed {
+    Done,
+    Rejected,
+}
+
+async fn push(repo: &Repo, branch: &str, up: &Upstream) -> Step<Pushed> {
+    let spec = format!("refs/heads/{branch}:{}", up.merge);
+    let r = repo
+        .git
+        .run(
+            ["push", "--porcelain", up.remote.as_str(), spec.as_str()],
+            RunOpts::default().ok_code(1),
+        )
+        .await;
+    let out = match r {
+        Ok(o) => o,
+        Err(e) => return Err(Halt::Backoff(format!("pushing to {}: {e}", up.remote))),
+    };
+    if out.code == 0 {
+        return Ok(Pushed::Done);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let remote_says: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("remote:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    for line in stdout.lines() {
+        if !line.starts_with('!') {
+            continue;
+        }
+        if line.contains("[remote rejected]") {
+            return Err(Halt::Pause(format!(
+                "{} refused the push: {}{}",
+                up.remote,
+                line.rsplit('\t').next().unwrap_or(line).trim(),
+                if remote_says.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — {}", remote_says.join(" "))
+                }
+            )));
+        }
+        if line.contains("[rejected]") {
+            return Ok(Pushed::Rejected);
+        }
+    }
+    if stdout.contains("Done") || out.stderr.contains("hook") {
+        return Err(Halt::Pause(format!(
+            "the push was refused: {}",
+            crate::git::scrub(out.stderr.trim())
+        )));
+    }
+    Err(Halt::Backoff(format!(
+        "pushing to {}: {}",
+        up.remote,
+        crate::git::scrub(out.stderr.trim())
+    )))
+}
+
+/// One cycle: `fetch` says whether the remote may be asked (not while
+/// backing off), `send` whether to push.
+async fn cycle(v: &GitVault, fetch_ok: bool, send: bool) -> Step<()> {
+    let Some(s) = &v.sh.sync else { return Ok(()) };
+    let repo = &s.repo;
+    let (branch, up) = check_safe(repo).await?;
+    finish_move(v, repo, &branch).await?;
+    commit_own(v, repo, &branch).await?;
+    if !fetch_ok {
+        return Ok(());
+    }
+    for _round in 0..PUSH_ROUNDS {
+        if let Some(u) = fetch(repo, &up).await? {
+            integrate(v, repo, &branch, &u).await?;
+        }
+        v.set_status(|st| st.last_pull = Some(chrono::Utc::now().to_rfc3339()));
+        let head = repo.rev("HEAD").await?;
+        let upstream = repo.rev(&up.tracking).await?;
+        let ahead = match (&head, &upstream) {
+            (Some(h), Some(u)) => h != u && repo.is_ancestor(u, h).await?,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let unpushed = match (&head, &upstream) {
+            (Some(_), Some(u)) if ahead => count(repo, &format!("{u}..HEAD")).await?,
+            (Some(_), None) => count(repo, "HEAD").await?,
+            _ => 0,
+        };
+        v.set_status(|st| st.unpushed = unpushed);
+        if !ahead || !send {
+            return Ok(());
+        }
+        match push(repo, &branch, &up).await? {
+            Pushed::Done => {
+                tracing::info!(
+                    "git: pushed {unpushed} commit(s) to {}/{}",
+                    up.remote,
+                    up.merge.trim_start_matches("refs/heads/")
+                );
+                v.set_status(|st| {
+                    st.last_push = Some(chrono::Utc::now().to_rfc3339());
+                    st.unpushed = 0;
+                });
+                return Ok(());
+            }
+            Pushed::Rejected => {
+                tracing::info!("git: push rejected (upstream moved); fetching again");
+            }
+        }
+    }
+    Err(Halt::Backoff(format!(
+        "the push was rejected {PUSH_ROUNDS} times in a row (upstream keeps moving)"
+    )))
+}
+
+async fn count(repo: &Repo, range: &str) -> Step<usize> {
+    let out = repo
+        .git
+        .run(["rev-list", "--count", range, "--"], RunOpts::read())
+        .await?;
+    Ok(first_line(&out.stdout).parse().unwrap_or(0))
+}
+
+/// Records how a cycle ended; returns the wait before the next pull.
+fn settle_state(v: &GitVault, r: &Step<()>, backoff: &mut Option<Duration>, every: Duration) -> Duration {
+    let log_state = |state: SyncState, reason: Option<String>| {
+        let was = v.status();
+        if was.state != state || was.reason != reason {
+            match (&state, &reason) {
+                (SyncState::Ok, _) => {
+                    if was.state != SyncState::Ok {
+                        tracing::info!("git sync resumed");
+                    }
+                }
+                (SyncState::Paused, Some(r)) => tracing::warn!("git sync paused: {r}"),
+                (_, Some(r)) => tracing::warn!("git sync backing off: {r}"),
+                _ => {}
+            }
+        }
+        v.set_status(|s| {
+            s.state = state;
+            s.reason = reason;
+        });
+    };
+    match r {
+        Ok(()) => {
+            *backoff = None;
+            log_state(SyncState::Ok, None);
+            every
+        }
+        Err(Halt::Pause(why)) => {
+            log_state(SyncState::Paused, Some(why.clone()));
+            every
+        }
+        Err(Halt::Backoff(why)) => {
+            let next = match *backoff {
+                None => every,
+                Some(d) => d.saturating_mul(2).min(MAX_BACKOFF),
+            };
+            *backoff = Some(next);
+            log_state(SyncState::Backoff, Some(format!("{why} (next try in {}s)", next.as_secs())));
+            next
+        }
+        Err(Halt::Busy) => Duration::from_millis(500).min(every),
+        Err(Halt::Fail(why)) => {
+            tracing::warn!("git sync: {why}");
+            every.min(Duration::from_secs(10))
+        }
+    }
+}
+
+/// The sync loop of `serve --git-sync`: a cycle at start, every pull
+/// interval (or backoff), on the push webhook, and a batch after
+/// vaultrunner's writes.
+pub(super) async fn run(v: GitVault, stop: CancellationToken) {
+    let Some(s) = v.sh.sync.as_ref() else { return };
+    let every = s.cfg.pull_every;
+    let mut backoff: Option<Duration> = None;
+    let mut next = tokio::time::Instant::now();
+    loop {
+        let mut pull = false;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => pull = true,
+            _ = s.hook.notified() => {
+                tokio::time::sleep(HOOK_DEBOUNCE).await;
+                pull = true;
+            }
+            _ = s.wrote.notified() => {
+                let first = Instant::now();
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(BATCH_QUIET) => break,
+                        _ = s.wrote.notified() => {
+                            if first.elapsed() >= BATCH_MAX { break; }
+                        }
+                    }
+                }
+            }
+        }
+        // While backing off, writes are committed locally; the remote is
+        // tried again when the backoff ends (or a webhook says it is back).
+        let fetch_ok = backoff.is_none() || pull;
+        let r = cycle(&v, fetch_ok, true).await;
+        let wait = settle_state(&v, &r, &mut backoff, every);
+        if fetch_ok || matches!(r, Err(Halt::Busy)) {
+            next = crate::time::after(wait);
+        }
+    }
+}
+
+/// One step to its end (`process --git-sync`).
+pub(super) async fn once(v: &GitVault, step: SyncStep) -> Result<(), VaultError> {
+    let r = match step {
+        SyncStep::Pull => cycle(v, true, false).await,
+        SyncStep::Push => cycle(v, true, true).await,
+    };
+    // Someone typing does not hold up a one-shot run: `process` treats
+    // every note as complete.
+    let r = match r {
+        Err(Halt::Busy) => {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            cycle(v, true, step == SyncStep::Push).await
+        }
+        r => r,
+    };
+    let mut backoff = None;
+    let every = v.sh.sync.as_ref().map_or(Duration::from_secs(60), |s| s.cfg.pull_every);
+    settle_state(v, &r, &mut backoff, every);
+    match r {
+        Ok(()) => Ok(()),
+        Err(Halt::Pause(why) | Halt::Backoff(why) | Halt::Fail(why)) => Err(sync_err(why)),
+        Err(Halt::Busy) => Err(sync_err("notes kept changing; not synced this time")),
+    }
+}
+
+/// The work tree's lock, held from a blocking thread for an async step.
+struct TreeHold {
+    sh: Arc<super::Shared>,
+}
+
+impl TreeHold {
+    fn take(sh: Arc<super::Shared>) -> TreeHold {
+        sh.tree.take();
+        TreeHold { sh }
+    }
+}
+
+impl Drop for TreeHold {
+    fn drop(&mut self) {
+        self.sh.tree.give();
+    }
+}
