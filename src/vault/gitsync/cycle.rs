@@ -230,7 +230,9 @@ impl Repo {
             .await?;
         let oids: Vec<String> = lines(&out.stdout).map(str::to_string).collect();
         if oids.len() != texts.len() {
-            return Err(Halt::Fail("git hash-object named fewer blobs than given".into()));
+            return Err(Halt::Fail(
+                "git hash-object named fewer blobs than given".into(),
+            ));
         }
         Ok(oids)
     }
@@ -267,7 +269,11 @@ async fn build_tree(
     let index = dir.join("git-index");
     let env = |o: RunOpts| o.var("GIT_INDEX_FILE", index.as_os_str());
     match base {
-        Some(b) => repo.git.run(["read-tree", b], env(RunOpts::default())).await?,
+        Some(b) => {
+            repo.git
+                .run(["read-tree", b], env(RunOpts::default()))
+                .await?
+        }
         None => {
             repo.git
                 .run(["read-tree", "--empty"], env(RunOpts::default()))
@@ -284,7 +290,10 @@ async fn build_tree(
     ls.extend(files.keys().map(OsString::from));
     let out = repo
         .git
-        .run(&ls, env(RunOpts::default().var("GIT_LITERAL_PATHSPECS", "1")))
+        .run(
+            &ls,
+            env(RunOpts::default().var("GIT_LITERAL_PATHSPECS", "1")),
+        )
         .await?;
     let mut modes: HashMap<String, String> = HashMap::new();
     for entry in out.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
@@ -309,7 +318,10 @@ async fn build_tree(
             env(RunOpts::default().input(info)),
         )
         .await?;
-    let out = repo.git.run(["write-tree"], env(RunOpts::default())).await?;
+    let out = repo
+        .git
+        .run(["write-tree"], env(RunOpts::default()))
+        .await?;
     Ok(Built {
         tree: first_line(&out.stdout),
         blobs: files.keys().cloned().zip(oids).collect(),
@@ -334,7 +346,13 @@ async fn commit_tree(repo: &Repo, tree: &str, parent: Option<&str>, msg: &str) -
 
 /// Moves `branch` from `old` (`None`: unborn) to `new`, only if it is
 /// still at `old`.
-async fn move_branch(repo: &Repo, branch: &str, new: &str, old: Option<&str>, why: &str) -> Step<()> {
+async fn move_branch(
+    repo: &Repo,
+    branch: &str,
+    new: &str,
+    old: Option<&str>,
+    why: &str,
+) -> Step<()> {
     let r = format!("refs/heads/{branch}");
     repo.git
         .run(
@@ -369,7 +387,11 @@ async fn move_index(
             if let Some((meta, path)) = t.split_once('\t') {
                 // `<mode> <oid> <stage>` (ls-files) or `<mode> blob <oid>` (ls-tree).
                 let f: Vec<&str> = meta.split(' ').collect();
-                let oid = if f.get(1) == Some(&"blob") { f.get(2) } else { f.get(1) };
+                let oid = if f.get(1) == Some(&"blob") {
+                    f.get(2)
+                } else {
+                    f.get(1)
+                };
                 if let Some(oid) = oid {
                     m.insert(path.to_string(), (*oid).to_string());
                 }
@@ -580,7 +602,13 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
     }
     let specs: Vec<String> = by_path
         .keys()
-        .map(|p| format!("{}:{}", head.as_deref().unwrap_or(ZERO_OID), repo.git_path(p)))
+        .map(|p| {
+            format!(
+                "{}:{}",
+                head.as_deref().unwrap_or(ZERO_OID),
+                repo.git_path(p)
+            )
+        })
         .collect();
     let committed = if head.is_some() {
         repo.blobs(&specs).await?
@@ -596,7 +624,11 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
         let disk = texts.get(path).cloned().flatten();
         let old = old.map(|b| String::from_utf8_lossy(&b).into_owned());
         let Some(disk) = disk else {
-            unseen.extend(recs.iter().filter(|r| now_secs() - r.at < KEEP_UNSEEN).cloned());
+            unseen.extend(
+                recs.iter()
+                    .filter(|r| now_secs() - r.at < KEEP_UNSEEN)
+                    .cloned(),
+            );
             continue;
         };
         let whole = recs
@@ -619,7 +651,9 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
                     if now_secs() - recs.last().map_or(0, |r| r.at) < KEEP_UNSEEN {
                         unseen.extend(recs.iter().skip(i).cloned());
                     }
-                    tracing::debug!("git sync: {path}.md is not as vaultrunner wrote it; not committed");
+                    tracing::debug!(
+                        "git sync: {path}.md is not as vaultrunner wrote it; not committed"
+                    );
                     continue;
                 }
                 if let Some(kind) = ops::find_secret(&cur) {
@@ -715,7 +749,11 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
             }
             let new = commit_tree(repo, &built.tree, head.as_deref(), &msg).await?;
             move_branch(repo, branch, &new, head.as_deref(), "vaultrunner: commit").await?;
-            tracing::info!("git: committed {} ({})", short(&new), msg.lines().next().unwrap_or_default());
+            tracing::info!(
+                "git: committed {} ({})",
+                short(&new),
+                msg.lines().next().unwrap_or_default()
+            );
             let committed: BTreeMap<String, (String, bool)> = built
                 .blobs
                 .iter()
@@ -835,47 +873,65 @@ async fn changed(
 /// vaultrunner's own commits `mb..head`, replayed onto `upstream`: the
 /// new commit (parent `upstream`).
 async fn rebuild(v: &GitVault, repo: &Repo, mb: &str, head: &str, upstream: &str) -> Step<String> {
-    let mine = changed(repo, mb, head, false).await?;
-    let mut moved: Option<HashMap<String, String>> = None;
-    let mut files: BTreeMap<String, String> = BTreeMap::new();
-    let stamp = chrono::Utc::now();
-    for (path, base_oid, ours_oid, _) in mine {
-        let Some(ours_oid) = ours_oid else { continue };
-        let mut target_path = path.clone();
-        let mut target = repo.blobs(&[format!("{upstream}:{path}")]).await?.pop().flatten();
-        if target.is_none() && base_oid.is_some() {
-            // Renamed upstream? The stamp goes to the new path.
-            if moved.is_none() {
-                let mut m = HashMap::new();
-                for (from, _, _, to) in changed(repo, mb, upstream, true).await? {
-                    if let Some(to) = to {
-                        m.insert(from, to);
-                    }
-                }
-                moved = Some(m);
-            }
-            if let Some(to) = moved.as_ref().and_then(|m| m.get(&path)) {
-                target_path = to.clone();
-                target = repo.blobs(&[format!("{upstream}:{to}")]).await?.pop().flatten();
+    let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let mine: Vec<_> = changed(repo, mb, head, false)
+        .await?
+        .into_iter()
+        .filter_map(|(path, base, ours, _)| Some((path, base, ours?)))
+        .collect();
+    // Every blob in one call: upstream's version, the base and ours.
+    let mut specs = Vec::with_capacity(mine.len() * 3);
+    for (path, base, ours) in &mine {
+        specs.push(format!("{upstream}:{path}"));
+        specs.push(base.clone().unwrap_or_else(|| ZERO_OID.to_string()));
+        specs.push(ours.clone());
+    }
+    let mut got = repo.blobs(&specs).await?.into_iter();
+    let mut notes = Vec::with_capacity(mine.len());
+    for (path, base, _) in &mine {
+        let (target, b, ours) = (
+            got.next().flatten(),
+            got.next().flatten(),
+            got.next().flatten(),
+        );
+        notes.push((
+            path.clone(),
+            base.is_some(),
+            text(target),
+            text(b),
+            text(ours).unwrap_or_default(),
+        ));
+    }
+    // Notes gone upstream that vaultrunner changed: renamed? The stamp
+    // goes to the new path.
+    let mut moved: HashMap<String, String> = HashMap::new();
+    if notes
+        .iter()
+        .any(|(_, had, target, _, _)| *had && target.is_none())
+    {
+        for (from, _, _, to) in changed(repo, mb, upstream, true).await? {
+            if let Some(to) = to {
+                moved.insert(from, to);
             }
         }
-        let mut got = repo
-            .blobs(&[ours_oid.clone()])
-            .await?
-            .pop()
-            .flatten()
-            .unwrap_or_default();
-        let ours = String::from_utf8_lossy(&std::mem::take(&mut got)).into_owned();
-        let base = match &base_oid {
-            Some(o) => repo
-                .blobs(&[o.clone()])
-                .await?
-                .pop()
-                .flatten()
-                .map(|b| String::from_utf8_lossy(&b).into_owned()),
-            None => None,
-        };
-        let target = target.map(|b| String::from_utf8_lossy(&b).into_owned());
+    }
+    let renamed: Vec<String> = notes
+        .iter()
+        .filter(|(p, had, target, _, _)| *had && target.is_none() && moved.contains_key(p))
+        .filter_map(|(p, _, _, _, _)| moved.get(p).map(|to| format!("{upstream}:{to}")))
+        .collect();
+    let mut renamed_got = repo.blobs(&renamed).await?.into_iter();
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    let stamp = chrono::Utc::now();
+    for (path, had, mut target, base, ours) in notes {
+        let mut target_path = path.clone();
+        if had
+            && target.is_none()
+            && let Some(to) = moved.get(&path)
+        {
+            target_path = to.clone();
+            target = text(renamed_got.next().flatten());
+        }
         let change = ops::own_change(base.as_deref(), &ours);
         match ops::replay(&change, base.as_deref(), target.as_deref()) {
             Replayed::Unchanged => {}
@@ -885,14 +941,21 @@ async fn rebuild(v: &GitVault, repo: &Repo, mb: &str, head: &str, upstream: &str
             Replayed::Conflict { ours, theirs } => {
                 let copy = match repo.vault_path(&target_path) {
                     Some(vp) => repo.git_path(&ops::conflict_copy_path(vp, stamp)),
-                    None => format!("{target_path} (conflict {})", stamp.format("%Y-%m-%d %H%M%S")),
+                    None => format!(
+                        "{target_path} (conflict {})",
+                        stamp.format("%Y-%m-%d %H%M%S")
+                    ),
                 };
-                tracing::warn!("git sync: {target_path} was edited upstream and rewritten by vaultrunner; the upstream version is kept as {copy}");
+                tracing::warn!(
+                    "git sync: {target_path} was edited upstream and rewritten by vaultrunner; the upstream version is kept as {copy}"
+                );
                 files.insert(copy, theirs);
                 files.insert(target_path, ours);
             }
             Replayed::Skipped { reason } => {
-                tracing::warn!("git sync: vaultrunner's change to {target_path} not replayed: {reason}");
+                tracing::warn!(
+                    "git sync: vaultrunner's change to {target_path} not replayed: {reason}"
+                );
             }
         }
     }
@@ -942,7 +1005,10 @@ async fn integrate(v: &GitVault, repo: &Repo, branch: &str, upstream: &str) -> S
         }
         let out = repo
             .git
-            .run(["merge-base", head.as_str(), upstream], RunOpts::read().ok_code(1))
+            .run(
+                ["merge-base", head.as_str(), upstream],
+                RunOpts::read().ok_code(1),
+            )
             .await?;
         let mb = first_line(&out.stdout);
         if mb.is_empty() {
@@ -959,7 +1025,13 @@ async fn integrate(v: &GitVault, repo: &Repo, branch: &str, upstream: &str) -> S
 /// Moves the work tree, the index and then the branch from `head` to
 /// `target`, unless someone typed within the settle window; git refuses
 /// (and nothing changes) where an uncommitted edit would be overwritten.
-async fn update_worktree(v: &GitVault, repo: &Repo, branch: &str, head: &str, target: &str) -> Step<()> {
+async fn update_worktree(
+    v: &GitVault,
+    repo: &Repo,
+    branch: &str,
+    head: &str,
+    target: &str,
+) -> Step<()> {
     let Some(s) = &v.sh.sync else { return Ok(()) };
     let settle = s.cfg.settle;
     let typing = s
@@ -993,7 +1065,10 @@ async fn update_worktree(v: &GitVault, repo: &Repo, branch: &str, head: &str, ta
     // only a real edit counts as one.
     let r = match repo
         .git
-        .run(["update-index", "-q", "--refresh"], RunOpts::default().ok_code(1))
+        .run(
+            ["update-index", "-q", "--refresh"],
+            RunOpts::default().ok_code(1),
+        )
         .await
     {
         Ok(_) => {
@@ -1044,11 +1119,20 @@ async fn finish_move(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
     {
         let out = repo
             .git
-            .run(["diff-index", "--cached", "--quiet", to, "--"], RunOpts::read().ok_code(1))
+            .run(
+                ["diff-index", "--cached", "--quiet", to, "--"],
+                RunOpts::read().ok_code(1),
+            )
             .await?;
         if out.code == 0 {
-            move_branch(repo, branch, to, Some(from), "vaultrunner: pull (finished after a crash)")
-                .await?;
+            move_branch(
+                repo,
+                branch,
+                to,
+                Some(from),
+                "vaultrunner: pull (finished after a crash)",
+            )
+            .await?;
             tracing::info!("git sync: finished a pull a crash cut short");
         }
     }
@@ -1182,15 +1266,18 @@ async fn count(repo: &Repo, range: &str) -> Step<usize> {
 }
 
 /// Records how a cycle ended; returns the wait before the next pull.
-fn settle_state(v: &GitVault, r: &Step<()>, backoff: &mut Option<Duration>, every: Duration) -> Duration {
+fn settle_state(
+    v: &GitVault,
+    r: &Step<()>,
+    backoff: &mut Option<Duration>,
+    every: Duration,
+) -> Duration {
     let log_state = |state: SyncState, reason: Option<String>| {
         let was = v.status();
         if was.state != state || was.reason != reason {
             match (&state, &reason) {
-                (SyncState::Ok, _) => {
-                    if was.state != SyncState::Ok {
-                        tracing::info!("git sync resumed");
-                    }
+                (SyncState::Ok, _) if was.state != SyncState::Ok => {
+                    tracing::info!("git sync resumed");
                 }
                 (SyncState::Paused, Some(r)) => tracing::warn!("git sync paused: {r}"),
                 (_, Some(r)) => tracing::warn!("git sync backing off: {r}"),
@@ -1218,7 +1305,10 @@ fn settle_state(v: &GitVault, r: &Step<()>, backoff: &mut Option<Duration>, ever
                 Some(d) => d.saturating_mul(2).min(MAX_BACKOFF),
             };
             *backoff = Some(next);
-            log_state(SyncState::Backoff, Some(format!("{why} (next try in {}s)", next.as_secs())));
+            log_state(
+                SyncState::Backoff,
+                Some(format!("{why} (next try in {}s)", next.as_secs())),
+            );
             next
         }
         Err(Halt::Busy) => Duration::from_millis(500).min(every),
@@ -1286,7 +1376,10 @@ pub(super) async fn once(v: &GitVault, step: SyncStep) -> Result<(), VaultError>
         r => r,
     };
     let mut backoff = None;
-    let every = v.sh.sync.as_ref().map_or(Duration::from_secs(60), |s| s.cfg.pull_every);
+    let every =
+        v.sh.sync
+            .as_ref()
+            .map_or(Duration::from_secs(60), |s| s.cfg.pull_every);
     settle_state(v, &r, &mut backoff, every);
     match r {
         Ok(()) => Ok(()),
