@@ -371,14 +371,10 @@ async fn move_branch(
 
 /// Moves the user's index to vaultrunner's commit for the notes it
 /// committed, where the index still had the old commit's version (what
-/// the user staged stays staged). A note on disk exactly as committed is
-/// added from disk (its stat recorded, so `git status` is clean); one with
-/// an edit on top gets the committed blob (the edit shows as unstaged).
-async fn move_index(
-    repo: &Repo,
-    old: &str,
-    committed: &BTreeMap<String, (String, bool)>,
-) -> Step<()> {
+/// the user staged stays staged). The entries get the committed blobs
+/// (an edit on disk on top shows as unstaged; the stat data is refreshed
+/// by the next `git status`).
+async fn move_index(repo: &Repo, old: &str, committed: &BTreeMap<String, String>) -> Step<()> {
     let paths: Vec<OsString> = committed.keys().map(OsString::from).collect();
     let entries = |out: &[u8]| -> HashMap<String, String> {
         let mut m = HashMap::new();
@@ -412,33 +408,32 @@ async fn move_index(
         .collect();
     args.extend(paths.iter().cloned());
     let staged = entries(&repo.git.run(&args, lit()).await?.stdout);
-    let (mut from_disk, mut info) = (Vec::new(), Vec::new());
-    for (path, (oid, on_disk)) in committed {
+    let mut info = Vec::new();
+    for (path, oid) in committed {
         if staged.get(path) != before.get(path) {
             tracing::info!("git sync: {path} has staged changes; the index keeps them");
             continue;
         }
-        if *on_disk {
-            from_disk.extend_from_slice(path.as_bytes());
-            from_disk.push(0);
-        } else {
-            info.extend_from_slice(format!("100644 {oid}\t{path}").as_bytes());
-            info.push(0);
-        }
+        info.extend_from_slice(format!("100644 {oid}\t{path}").as_bytes());
+        info.push(0);
     }
+    if info.is_empty() {
+        return Ok(());
+    }
+    // The committed blob, never the file hashed now: a turn may have
+    // written it again since it was read for the commit.
     let started = std::time::SystemTime::now();
-    for (args, input) in [
-        (&["update-index", "-z", "--add", "--stdin"][..], from_disk),
-        (&["update-index", "-z", "--index-info"][..], info),
-    ] {
-        if input.is_empty() {
-            continue;
-        }
-        if let Err(e) = repo.git.run(args, RunOpts::default().input(input)).await {
-            return Err(index_failure(repo, e, started));
-        }
+    match repo
+        .git
+        .run(
+            ["update-index", "-z", "--index-info"],
+            RunOpts::default().input(info),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(index_failure(repo, e, started)),
     }
-    Ok(())
 }
 
 /// What a failed call that held the user's index means: a lock of its
@@ -619,7 +614,6 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
     let mut answered = Vec::new();
     let mut unseen = Vec::new();
     let mut held = Vec::new();
-    let mut exact = Vec::new();
     for ((path, recs), old) in by_path.iter().zip(committed) {
         let disk = texts.get(path).cloned().flatten();
         let old = old.map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -666,12 +660,17 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
                 // Only keys, onto the committed note; a note never
                 // committed is the user's to commit.
                 let Some(old) = old.as_deref() else { continue };
+                // A key keeps the place it was first set at (as on disk).
                 let mut keys: Vec<(String, Option<String>)> = Vec::new();
+                let mut replayed = old.to_string();
                 for r in recs {
                     if let OwnChange::Keys(ks) = &r.change {
+                        replayed = set_keys(&replayed, ks).unwrap_or(replayed);
                         for (k, val) in ks {
-                            keys.retain(|(x, _)| x != k);
-                            keys.push((k.clone(), val.clone()));
+                            match keys.iter_mut().find(|(x, _)| x == k) {
+                                Some(slot) => slot.1 = val.clone(),
+                                None => keys.push((k.clone(), val.clone())),
+                            }
                         }
                     }
                 }
@@ -691,15 +690,19 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
                 if answers(&keys) {
                     answered.push(path.clone());
                 }
-                match set_keys(old, &keys) {
-                    Some(t) if t != old => t,
-                    _ => continue,
+                // Every write replayed onto the committed note gives the
+                // note on disk when nobody else edited it: that text,
+                // byte for byte. Else only the keys the disk shows.
+                if replayed == disk {
+                    replayed
+                } else {
+                    match set_keys(old, &keys) {
+                        Some(t) if t != old => t,
+                        _ => continue,
+                    }
                 }
             }
         };
-        if text == disk {
-            exact.push(repo.git_path(path));
-        }
         files.insert(repo.git_path(path), text);
     }
     // Never an ignored path.
@@ -754,13 +757,8 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
                 short(&new),
                 msg.lines().next().unwrap_or_default()
             );
-            let committed: BTreeMap<String, (String, bool)> = built
-                .blobs
-                .iter()
-                .map(|(p, oid)| (p.clone(), (oid.clone(), exact.contains(p))))
-                .collect();
             if let Some(h) = &head
-                && let Err(h) = move_index(repo, h, &committed).await
+                && let Err(h) = move_index(repo, h, &built.blobs).await
             {
                 tracing::warn!("git sync: the index was not moved to vaultrunner's commit: {h:?}");
             }
