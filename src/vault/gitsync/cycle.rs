@@ -805,7 +805,25 @@ async fn fetch(repo: &Repo, up: &Upstream) -> Step<Option<String>> {
             // The branch is not on the remote yet: the push makes it.
             Ok(None)
         }
-        Err(e) => Err(Halt::Backoff(format!("fetching from {}: {e}", up.remote))),
+        Err(e) => Err(Halt::Backoff(format!(
+            "fetching from {}: {}",
+            up.remote,
+            remote_why(&e)
+        ))),
+    }
+}
+
+/// What git said when it could not reach a remote: its own words (the
+/// command is known from the context).
+fn remote_why(e: &GitError) -> String {
+    match e {
+        GitError::Failed { stderr, .. } if !stderr.trim().is_empty() => stderr
+            .lines()
+            .map(|l| l.trim().trim_start_matches("fatal: "))
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
+        e => e.to_string(),
     }
 }
 
@@ -1154,7 +1172,13 @@ async fn push(repo: &Repo, branch: &str, up: &Upstream) -> Step<Pushed> {
         .await;
     let out = match r {
         Ok(o) => o,
-        Err(e) => return Err(Halt::Backoff(format!("pushing to {}: {e}", up.remote))),
+        Err(e) => {
+            return Err(Halt::Backoff(format!(
+                "pushing to {}: {}",
+                up.remote,
+                remote_why(&e)
+            )));
+        }
     };
     if out.code == 0 {
         return Ok(Pushed::Done);
@@ -1351,6 +1375,11 @@ pub(super) async fn run(v: GitVault, stop: CancellationToken) {
         // tried again when the backoff ends (or a webhook says it is back).
         let fetch_ok = backoff.is_none() || pull;
         let r = cycle(&v, fetch_ok, true).await;
+        // A local-only cycle says nothing of the remote: the backoff and
+        // its state stay.
+        if !fetch_ok && r.is_ok() {
+            continue;
+        }
         let wait = settle_state(&v, &r, &mut backoff, every);
         if fetch_ok || matches!(r, Err(Halt::Busy)) {
             next = crate::time::after(wait);
