@@ -1432,3 +1432,163 @@ impl Drop for TreeHold {
         self.sh.tree.give();
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::vault::{LocalVault, NoteWrite, Vault};
+    use std::process::Command;
+
+    #[test]
+    fn titles_name_the_messages_answered() {
+        assert_eq!(title(&[], 1), "vaultrunner: wrote 1 note");
+        assert_eq!(title(&[], 3), "vaultrunner: wrote 3 notes");
+        let names: Vec<String> = (0..7).map(|i| format!("Inbox/m{i}")).collect();
+        assert_eq!(
+            title(&names, 9),
+            "vaultrunner: answered Inbox/m0, Inbox/m1, Inbox/m2, Inbox/m3, Inbox/m4 and 2 more"
+        );
+        assert!(answers(&[("status".into(), Some("handled".into()))]));
+        assert!(answers(&[("status".into(), Some("\"error\"".into()))]));
+        assert!(!answers(&[("status".into(), Some("working".into()))]));
+        assert!(!answers(&[("state".into(), Some("handled".into()))]));
+    }
+
+    #[test]
+    fn shows_compares_values_not_spellings() {
+        let t = "---\nstatus: handled\nattempts: 2\n---\nbody\n";
+        assert!(shows(t, "status", Some("handled")));
+        assert!(shows(t, "status", Some("\"handled\"")));
+        assert!(shows(t, "attempts", Some("2")));
+        assert!(!shows(t, "attempts", Some("\"2\"")));
+        assert!(shows(t, "error", None));
+        assert!(!shows(t, "status", None));
+        assert!(!shows("---\n: [\n---\n", "status", Some("handled")));
+    }
+
+    /// A bare origin and a clone of it holding `Inbox/m.md`, with git
+    /// isolated from the machine's config.
+    struct Repos {
+        dir: tempfile::TempDir,
+        env: Vec<(OsString, OsString)>,
+    }
+
+    impl Repos {
+        fn new() -> Repos {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = dir.path().join("gitconfig");
+            std::fs::write(
+                &cfg,
+                "[user]\n\tname = phone\n\temail = phone@example.com\n[init]\n\tdefaultBranch = main\n",
+            )
+            .unwrap();
+            let env = vec![
+                ("GIT_CONFIG_NOSYSTEM".into(), "1".into()),
+                ("GIT_CONFIG_GLOBAL".into(), cfg.into_os_string()),
+            ];
+            let r = Repos { dir, env };
+            r.git(r.dir.path(), &["init", "-q", "--bare", "origin.git"]);
+            r.git(r.dir.path(), &["clone", "-q", "origin.git", "clone"]);
+            let c = r.clone_dir();
+            std::fs::create_dir_all(c.join("Inbox")).unwrap();
+            std::fs::write(c.join(".gitignore"), ".vaultrunner/\n").unwrap();
+            std::fs::write(
+                c.join("Inbox/m.md"),
+                "---\ntags: [agent/message/inbound]\nagent: echo\n---\nthe message\n",
+            )
+            .unwrap();
+            r.git(&c, &["add", "-A"]);
+            r.git(&c, &["commit", "-qm", "init"]);
+            r.git(&c, &["push", "-q", "origin", "main"]);
+            r
+        }
+
+        fn clone_dir(&self) -> PathBuf {
+            self.dir.path().join("clone")
+        }
+
+        fn git(&self, cwd: &Path, args: &[&str]) -> String {
+            let out = Command::new("git")
+                .args(args)
+                .current_dir(cwd)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+
+        fn origin(&self, path: &str) -> String {
+            let dir = self.dir.path().join("origin.git");
+            self.git(&dir, &["show", &format!("main:{path}")])
+        }
+
+        fn vault(&self) -> GitVault {
+            let cfg = super::super::SyncConfig {
+                git: Settings {
+                    env: self.env.clone(),
+                    ..Settings::default()
+                },
+                settle: Duration::ZERO,
+                ..Default::default()
+            };
+            GitVault::open(LocalVault::open(&self.clone_dir()).unwrap(), cfg).unwrap()
+        }
+    }
+
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_users_uncommitted_edit_is_never_committed_with_vaultrunners_keys() {
+        let r = Repos::new();
+        let v = r.vault();
+        // The user edits the body on this machine and does not commit.
+        let note = r.clone_dir().join("Inbox/m.md");
+        std::fs::write(
+            &note,
+            "---\ntags: [agent/message/inbound]\nagent: echo\n---\nthe message, edited here\n",
+        )
+        .unwrap();
+        // vaultrunner stamps its keys on the note as it is now.
+        let (text, ver) = v.read("Inbox/m").unwrap();
+        let stamped = text.replace("agent: echo\n", "agent: echo\nstatus: handled\n");
+        v.write_batch(&[
+            NoteWrite::update("Inbox/m", stamped, ver),
+            NoteWrite::any("Inbox/m.reply", "---\ndirection: outbound\n---\nthe reply\n"),
+        ])
+        .unwrap();
+        v.sync(SyncStep::Push).unwrap();
+        let pushed = r.origin("Inbox/m.md");
+        assert!(pushed.contains("status: handled"), "{pushed}");
+        assert!(pushed.contains("the message\n"), "{pushed}");
+        assert!(!pushed.contains("edited here"), "{pushed}");
+        assert_eq!(r.origin("Inbox/m.reply.md"), "---\ndirection: outbound\n---\nthe reply\n");
+        // The edit is still on disk, and shows as the user's own change.
+        assert!(std::fs::read_to_string(&note).unwrap().contains("edited here"));
+        let status = r.git(&r.clone_dir(), &["status", "--porcelain"]);
+        assert_eq!(status.trim(), "M Inbox/m.md", "{status}");
+        let log = r.git(&r.clone_dir(), &["log", "-1", "--format=%an <%ae>|%s"]);
+        assert!(log.starts_with("vaultrunner <vaultrunner@"), "{log}");
+        assert!(log.contains(".invalid>|vaultrunner: answered Inbox/m"), "{log}");
+    }
+
+    #[test]
+    fn a_write_whose_rename_never_happened_is_not_committed() {
+        let r = Repos::new();
+        let v = r.vault();
+        // The journal says a reply was written; the disk has none (a crash
+        // between the line and the rename).
+        v.sh.journal
+            .append(&[Record {
+                path: "Inbox/ghost".into(),
+                change: OwnChange::Whole("---\n---\nboo\n".into()),
+                at: 0,
+            }])
+            .unwrap();
+        v.sync(SyncStep::Push).unwrap();
+        let files = r.git(&r.dir.path().join("origin.git"), &["ls-tree", "-r", "--name-only", "main"]);
+        assert!(!files.contains("ghost"), "{files}");
+        assert!(v.sh.journal.is_empty());
+    }
+}
