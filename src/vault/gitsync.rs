@@ -170,7 +170,31 @@ impl GitVault {
             .recv()
             .map_err(|_| sync_err("the git runtime stopped"))?
             .map_err(|e| sync_err(format!("{}: cannot sync with Git: {e}", root.display())))?;
-        if let Some(why) = peers::other_syncer(repo.git.top()) {
+        // Settings committed by another device (the phone's `.obsidian/`
+        // synced here) say nothing of this clone: a warning, not a refusal.
+        let tracked = {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let git = repo.git.clone();
+            rt.spawn(async move {
+                let out = git
+                    .run(
+                        ["ls-files", "--", ":(glob)*/plugins/obsidian-git/data.json"],
+                        crate::git::RunOpts::read(),
+                    )
+                    .await;
+                let _ = tx.send(out.map(|o| !o.stdout.is_empty()).unwrap_or(false));
+            });
+            rx.recv().unwrap_or(false)
+        };
+        let found = peers::other_syncer(repo.git.top()).or_else(|| peers::other_syncer(&root));
+        if let Some(why) = &found
+            && tracked
+        {
+            tracing::warn!(
+                "{}: the obsidian-git settings in this clone are committed (another device's?) and say: {why}. If Obsidian with obsidian-git also runs on this machine, turn its automatic sync off here",
+                root.display()
+            );
+        } else if let Some(why) = found {
             return Err(sync_err(format!(
                 "{}: another syncer is set up on this clone: {why}. Two syncers on one clone fight over the index and each other's commits; turn it off here (keep it on the phone) and start again",
                 root.display()

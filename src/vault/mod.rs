@@ -267,6 +267,11 @@ pub fn is_remote(location: &str) -> bool {
 /// Parachute Vault server, with the token from `VAULTRUNNER_VAULT_TOKEN`.
 pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn Vault>, VaultError> {
     if is_remote(location) {
+        if opts.git_sync.is_some() {
+            return Err(VaultError::Sync(format!(
+                "{location} is a remote vault; --git-sync is for a folder that is a Git clone"
+            )));
+        }
         let ropts = RemoteOptions {
             token: std::env::var(remote::TOKEN_ENV).ok(),
             poll: opts.poll.unwrap_or(RemoteOptions::default().poll),

@@ -1515,7 +1515,11 @@ mod tests {
                 .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
 
@@ -1555,7 +1559,10 @@ mod tests {
         let stamped = text.replace("agent: echo\n", "agent: echo\nstatus: handled\n");
         v.write_batch(&[
             NoteWrite::update("Inbox/m", stamped, ver),
-            NoteWrite::any("Inbox/m.reply", "---\ndirection: outbound\n---\nthe reply\n"),
+            NoteWrite::any(
+                "Inbox/m.reply",
+                "---\ndirection: outbound\n---\nthe reply\n",
+            ),
         ])
         .unwrap();
         v.sync(SyncStep::Push).unwrap();
@@ -1563,14 +1570,24 @@ mod tests {
         assert!(pushed.contains("status: handled"), "{pushed}");
         assert!(pushed.contains("the message\n"), "{pushed}");
         assert!(!pushed.contains("edited here"), "{pushed}");
-        assert_eq!(r.origin("Inbox/m.reply.md"), "---\ndirection: outbound\n---\nthe reply\n");
+        assert_eq!(
+            r.origin("Inbox/m.reply.md"),
+            "---\ndirection: outbound\n---\nthe reply\n"
+        );
         // The edit is still on disk, and shows as the user's own change.
-        assert!(std::fs::read_to_string(&note).unwrap().contains("edited here"));
+        assert!(
+            std::fs::read_to_string(&note)
+                .unwrap()
+                .contains("edited here")
+        );
         let status = r.git(&r.clone_dir(), &["status", "--porcelain"]);
         assert_eq!(status.trim(), "M Inbox/m.md", "{status}");
         let log = r.git(&r.clone_dir(), &["log", "-1", "--format=%an <%ae>|%s"]);
         assert!(log.starts_with("vaultrunner <vaultrunner@"), "{log}");
-        assert!(log.contains(".invalid>|vaultrunner: answered Inbox/m"), "{log}");
+        assert!(
+            log.contains(".invalid>|vaultrunner: answered Inbox/m"),
+            "{log}"
+        );
     }
 
     #[test]
@@ -1587,8 +1604,38 @@ mod tests {
             }])
             .unwrap();
         v.sync(SyncStep::Push).unwrap();
-        let files = r.git(&r.dir.path().join("origin.git"), &["ls-tree", "-r", "--name-only", "main"]);
+        let files = r.git(
+            &r.dir.path().join("origin.git"),
+            &["ls-tree", "-r", "--name-only", "main"],
+        );
         assert!(!files.contains("ghost"), "{files}");
         assert!(v.sh.journal.is_empty());
+    }
+
+    #[test]
+    fn obsidian_git_auto_sync_here_is_refused_but_committed_settings_only_warn() {
+        let r = Repos::new();
+        let c = r.clone_dir();
+        let plugin = c.join(".obsidian/plugins/obsidian-git");
+        std::fs::create_dir_all(&plugin).unwrap();
+        std::fs::write(
+            c.join(".obsidian/community-plugins.json"),
+            "[\"obsidian-git\"]",
+        )
+        .unwrap();
+        std::fs::write(plugin.join("data.json"), "{\"autoPushInterval\": 5}").unwrap();
+        let cfg = || super::super::SyncConfig {
+            git: Settings {
+                env: r.env.clone(),
+                ..Settings::default()
+            },
+            ..Default::default()
+        };
+        let err = GitVault::open(LocalVault::open(&c).unwrap(), cfg()).unwrap_err();
+        assert!(err.to_string().contains("another syncer"), "{err}");
+        // The same settings, committed (the phone's `.obsidian/` synced).
+        r.git(&c, &["add", "-f", ".obsidian"]);
+        r.git(&c, &["commit", "-qm", "phone settings"]);
+        assert!(GitVault::open(LocalVault::open(&c).unwrap(), cfg()).is_ok());
     }
 }
