@@ -1009,7 +1009,10 @@ async fn integrate(v: &GitVault, repo: &Repo, branch: &str, upstream: &str) -> S
         let mine = commits(repo, &format!("{upstream}..{head}")).await?;
         let foreign: Vec<&str> = mine
             .iter()
-            .filter(|(_, email, _)| *email != repo.email)
+            // Any host's vaultrunner (a rebuilt container has a new name).
+            .filter(|(_, email, _)| {
+                !(email.starts_with("vaultrunner@") && email.ends_with(".invalid"))
+            })
             .map(|(oid, _, _)| short(oid))
             .collect();
         if !foreign.is_empty() {
@@ -1335,8 +1338,13 @@ fn settle_state(
         }
         Err(Halt::Busy) => Duration::from_millis(500).min(every),
         Err(Halt::Fail(why)) => {
-            tracing::warn!("git sync: {why}");
-            every.min(Duration::from_secs(10))
+            // Tried again soon; visible meanwhile.
+            let next = every.min(Duration::from_secs(10));
+            log_state(
+                SyncState::Backoff,
+                Some(format!("{why} (next try in {}s)", next.as_secs())),
+            );
+            next
         }
     }
 }
