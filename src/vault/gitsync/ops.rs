@@ -421,9 +421,10 @@ mod tests {
     #[test]
     fn front_matter_that_does_not_parse_is_whole() {
         let broken = "---\nagent: [unclosed\nstatus: pending\n---\nHello #there\n";
+        let fixed = "---\nagent: echo\nstatus: pending\n---\nHello #there\n";
         assert_eq!(
-            own_change(Some(broken), INBOUND),
-            OwnChange::Whole(INBOUND.into())
+            own_change(Some(broken), fixed),
+            OwnChange::Whole(fixed.into())
         );
         let broken_after = "---\nagent: [unclosed\nstatus: handled\n---\nHello #there\n";
         assert_eq!(
@@ -455,8 +456,11 @@ mod tests {
 
     #[test]
     fn keys_onto_a_deleted_note_leave_it_deleted() {
-        let ch = keys(&[("status", Some("handled"))]);
+        let ch = keys(&[("status", Some("handled")), ("attempts", Some("1"))]);
         assert_eq!(replay(&ch, Some(INBOUND), None), Replayed::Unchanged);
+        // Also when the base had none of the keys (nothing the user could
+        // have changed: the deletion alone keeps it deleted).
+        assert_eq!(replay(&ch, Some("hi\n"), None), Replayed::Unchanged);
     }
 
     #[test]
@@ -654,6 +658,7 @@ mod tests {
             "BAKIAIOSFODNN7EXAMPLE",
             "starts with `-----BEGIN RSA PRIVATE KEY-----` in prose",
             "-----BEGIN PUBLIC KEY-----",
+            "the header is -----BEGIN RSA PRIVATE KEY-----",
             "-----BEGIN CERTIFICATE-----",
             "ésk-abcdefghij0123456789",
         ] {
