@@ -85,6 +85,24 @@ struct Syncing {
     own: Mutex<std::collections::HashMap<String, Version>>,
 }
 
+/// Stops the sync loop when dropped, and waits (a bounded while) for the
+/// cycle under way to end: a git killed mid-call would leave its lock.
+struct LoopGuard {
+    stop: tokio_util::sync::CancellationToken,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+/// The longest a stop waits for a cycle under way (git calls time out
+/// after a minute; most cycles take milliseconds).
+const STOP_WAIT: Duration = Duration::from_secs(70);
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let _ = self.done.recv_timeout(STOP_WAIT);
+    }
+}
+
 /// The lock of the work tree: held by a write (from its journal line to
 /// its rename) and by an update from upstream (across its git call, so
 /// it is a flag and a condition variable, not a guard tied to a thread).
@@ -421,10 +439,14 @@ impl Vault for GitVault {
         });
         let me = self.clone();
         let st = stop.clone();
+        let (done_tx, done) = std::sync::mpsc::sync_channel::<()>(0);
         if let Some(rt) = s.rt.0.as_ref() {
-            rt.spawn(async move { cycle::run(me, st).await });
+            rt.spawn(async move {
+                cycle::run(me, st).await;
+                drop(done_tx);
+            });
         }
-        Ok(Watching::new((feed, stop.drop_guard())))
+        Ok(Watching::new((feed, LoopGuard { stop, done })))
     }
 
     fn rescan_every(&self) -> Duration {
