@@ -791,8 +791,23 @@ fn write_end(
     }
     // Step 7's base: the inbound's current text. Deleted during the turn:
     // close the thread, and answer nobody.
-    let (text, version) = match vault.read(&p.path) {
-        Ok(t) => t,
+    // Renamed by a sync meanwhile: the stamp goes to the new path.
+    let moved = |e: &VaultError| {
+        e.is_not_found()
+            .then(|| vault.moved_to(&p.path))
+            .flatten()
+            .and_then(|to| vault.read(&to).ok().map(|t| (to, t)))
+    };
+    let (stamp_path, (text, version)) = match vault.read(&p.path) {
+        Ok(t) => (p.path.clone(), t),
+        Err(e) if let Some(found) = moved(&e) => {
+            tracing::info!(
+                "{}: renamed to {} during its turn; stamped there",
+                p.path,
+                found.0
+            );
+            found
+        }
         Err(e) if e.is_not_found() => {
             tracing::info!("{}: {DELETED_MID_TURN}", p.path);
             return match vault.write_in_order(&writes, Plan::DURABLE) {
@@ -846,7 +861,7 @@ fn write_end(
             return Ended::Failed(pending, Vec::new(), e);
         }
     };
-    writes.push(NoteWrite::update(&p.path, stamp, version));
+    writes.push(NoteWrite::update(&stamp_path, stamp, version));
     // The barrier before the stamp; a claim of the next message goes
     // after it (appended, so the stamp's index stays).
     let plan = stamp_last(&writes);

@@ -83,6 +83,12 @@ struct Syncing {
     /// Notes vaultrunner wrote last, with the version it left (the change
     /// feed reports them too; they are not someone's typing).
     own: Mutex<std::collections::HashMap<String, Version>>,
+    /// Notes a pull renamed (old vault path → new), for a turn whose
+    /// message moved under it.
+    moved: Mutex<std::collections::HashMap<String, String>>,
+    /// The change feed's sink: a pull reports the notes it changed (git
+    /// may remove and make folders faster than their watches follow).
+    feed: Mutex<Option<ChangeSink>>,
 }
 
 /// Stops the sync loop when dropped, and waits (a bounded while) for the
@@ -177,6 +183,12 @@ impl GitVault {
             .enable_all()
             .build()
             .map_err(|e| sync_err(format!("the git runtime could not start: {e}")))?;
+        // Shut down in the background however `open` ends (a runtime
+        // dropped inside another one panics).
+        let bridge = Bridge(Some(rt));
+        let Some(rt) = bridge.0.as_ref() else {
+            return Err(sync_err("the git runtime could not start"));
+        };
         // Run on the vault's runtime and waited for from here (the caller
         // may be inside a runtime of its own, where `block_on` panics).
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -228,11 +240,13 @@ impl GitVault {
             sync: Some(Syncing {
                 cfg,
                 repo,
-                rt: Bridge(Some(rt)),
+                rt: bridge,
                 wrote: Default::default(),
                 hook: Default::default(),
                 last_external: Mutex::new(None),
                 own: Default::default(),
+                moved: Default::default(),
+                feed: Mutex::new(None),
             }),
         };
         let v = GitVault { sh: Arc::new(sh) };
@@ -418,6 +432,9 @@ impl Vault for GitVault {
             return self.sh.local.watch(sink);
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Change>();
+        if let Ok(mut f) = s.feed.lock() {
+            *f = Some(sink.clone());
+        }
         let feed = self.sh.local.watch(tx)?;
         let stop = tokio_util::sync::CancellationToken::new();
         let me = self.clone();
@@ -461,6 +478,12 @@ impl Vault for GitVault {
             return read_status(&self.sh.state_dir).or_else(|| Some(self.status()));
         }
         Some(self.status())
+    }
+
+    fn moved_to(&self, path: &str) -> Option<String> {
+        let s = self.sh.sync.as_ref()?;
+        let moved = s.moved.lock().ok()?;
+        moved.get(path).cloned()
     }
 
     fn sync_soon(&self) -> bool {

@@ -116,6 +116,13 @@ pub trait Vault: Send + Sync + fmt::Debug {
         false
     }
 
+    /// Where a note went that a sync from the other copy renamed (a phone
+    /// moved a message while its turn ran): its new path, so the stamp
+    /// lands there. `None` when it was not renamed so.
+    fn moved_to(&self, _path: &str) -> Option<String> {
+        None
+    }
+
     /// Runs one step of syncing now, to its end (`process --git-sync`);
     /// `Ok` at once when the vault does not sync.
     fn sync(&self, _step: SyncStep) -> Result<(), VaultError> {

@@ -562,6 +562,19 @@ fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// Did vaultrunner make the last commit that touched `path`?
+async fn last_author_is_vaultrunner(repo: &Repo, path: &str) -> Step<bool> {
+    let out = repo
+        .git
+        .run(
+            ["log", "-1", "--format=%ae", "HEAD", "--", path],
+            RunOpts::read().var("GIT_LITERAL_PATHSPECS", "1"),
+        )
+        .await?;
+    let email = first_line(&out.stdout);
+    Ok(email.starts_with("vaultrunner@") && email.ends_with(".invalid"))
+}
+
 /// Commits what the journal says vaultrunner wrote, where the notes on
 /// disk still show it, rebuilt onto the committed version of each note.
 async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
@@ -653,6 +666,21 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
                 if let Some(kind) = ops::find_secret(&cur) {
                     held.push(format!("{path}.md: looks like it holds {kind}"));
                     continue;
+                }
+                // A note vaultrunner rewrote whole (a re-run's reply) over a
+                // version someone else committed (the phone edited the
+                // reply): theirs is kept beside it.
+                if let Some(old) = old.as_deref()
+                    && old != cur
+                    && !last_author_is_vaultrunner(repo, &repo.git_path(path)).await?
+                {
+                    let copy = ops::conflict_copy_path(path, chrono::Utc::now());
+                    if v.sh.local.create_new(&copy, old).unwrap_or(false) {
+                        tracing::warn!(
+                            "git sync: {path}.md was edited by someone else and rewritten by vaultrunner; their version is kept as {copy}.md"
+                        );
+                        files.insert(repo.git_path(&copy), old.to_string());
+                    }
                 }
                 cur
             }
@@ -1116,6 +1144,39 @@ async fn update_worktree(
     drop(guard);
     let _ = std::fs::remove_file(&moving);
     r?;
+    // What moved, for a turn whose message moved under it; what changed,
+    // to the change feed.
+    if let Ok(renames) = changed(repo, head, target, true).await
+        && let Ok(mut m) = s.moved.lock()
+    {
+        for (from, _, _, to) in renames {
+            if let (Some(f), Some(t)) = (
+                repo.vault_path(&from),
+                to.as_deref().and_then(|t| repo.vault_path(t)),
+            ) {
+                m.insert(f.to_string(), t.to_string());
+            }
+        }
+        if m.len() > 4096 {
+            m.clear();
+        }
+    }
+    if let Ok(f) = s.feed.lock()
+        && let Some(sink) = f.as_ref()
+    {
+        if paths.len() > 1000 {
+            let _ = sink.send(crate::vault::Change::Rescan(format!(
+                "a git pull changed {} files",
+                paths.len()
+            )));
+        } else {
+            for (p, _, _, _) in &paths {
+                if let Some(vp) = repo.vault_path(p) {
+                    let _ = sink.send(crate::vault::Change::Note(vp.to_string()));
+                }
+            }
+        }
+    }
     tracing::info!(
         "git: pulled {}..{} ({} file(s))",
         short(head),
