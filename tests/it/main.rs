@@ -24,6 +24,7 @@ mod backends;
 mod cli;
 mod crash;
 mod delegation;
+mod git_sync;
 mod http;
 mod http_guard;
 mod jobs;

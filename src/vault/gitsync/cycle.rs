@@ -884,7 +884,9 @@ async fn changed(
     renames: bool,
 ) -> Step<Vec<(String, Option<String>, Option<String>, Option<String>)>> {
     let mut args = vec!["diff-tree", "-r", "-z", "--no-commit-id"];
-    args.push(if renames { "-M" } else { "--no-renames" });
+    // Exact renames only: two short notes from one template are similar
+    // enough for git's guess, and a new message is no moved one.
+    args.push(if renames { "-M100%" } else { "--no-renames" });
     args.extend([a, b, "--"]);
     let out = repo.git.run(&args, RunOpts::read()).await?;
     // `:<m1> <m2> <o1> <o2> <S>\0<path>\0[<path2>\0]`
@@ -1296,6 +1298,11 @@ async fn cycle(v: &GitVault, fetch_ok: bool, send: bool) -> Step<()> {
     let (branch, up) = check_safe(repo).await?;
     finish_move(v, repo, &branch).await?;
     commit_own(v, repo, &branch).await?;
+    // What waits to be sent, whether or not the remote answers now.
+    if let Some(u) = repo.rev(&up.tracking).await? {
+        let unpushed = count(repo, &format!("{u}..HEAD")).await?;
+        v.set_status(|st| st.unpushed = unpushed);
+    }
     if !fetch_ok {
         return Ok(());
     }
