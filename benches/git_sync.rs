@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Settings (defaults in brackets): `VR_BENCH_GIT_N` [30] latency probes
-//! per mode (plus 2 warm-up probes), `VR_BENCH_GIT_SETTLE_MS` [unset:
+//! per mode (plus 1 warm-up probe), `VR_BENCH_GIT_SETTLE_MS` [unset:
 //! serve's default settle window] passed as `--settle-ms` to the latency
 //! runs, `VR_BENCH_GIT_NOTES` [100000] notes of the big vault,
 //! `VR_BENCH_GIT_BASE_NOTES` [1000] notes of the same scenario's small
@@ -89,7 +89,7 @@ mod unix {
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     const BIN: &str = env!("CARGO_BIN_EXE_vaultrunner");
-    const WARMUP: usize = 2;
+    const WARMUP: usize = 1;
     /// How often the bench looks for the reply on origin.
     const POLL: Duration = Duration::from_millis(20);
     /// Git calls further apart than this belong to different cycles.
@@ -317,7 +317,10 @@ mod unix {
                 t.elapsed(),
             ));
             let t = Instant::now();
-            self.git_ok(&self.home, &["clone", "-q", "--sparse", "origin.git", "phone"]);
+            self.git_ok(
+                &self.home,
+                &["clone", "-q", "--sparse", "origin.git", "phone"],
+            );
             self.git_ok(&self.phone, &["sparse-checkout", "add", "Inbox"]);
             times.push(("sparse clone of the phone".to_string(), t.elapsed()));
             times
@@ -696,7 +699,10 @@ mod unix {
                 .origin_show(&format!("main:{stem}.md"))
                 .is_some_and(|s| s.contains("status: handled"))
             {
-                assert!(t.elapsed() < Duration::from_secs(30), "{stem} not stamped on origin");
+                assert!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "{stem} not stamped on origin"
+                );
                 std::thread::sleep(POLL);
             }
             if i >= WARMUP {
@@ -728,7 +734,8 @@ mod unix {
                 .cloned()
                 .collect();
             let turned = first_after(&w, 0.0, &format!("{} → ", p.stem));
-            let pulled = first_after(&w, 0.0, "git: pulled").filter(|x| turned.is_none_or(|t| *x <= t));
+            let pulled =
+                first_after(&w, 0.0, "git: pulled").filter(|x| turned.is_none_or(|t| *x <= t));
             let committed = turned.and_then(|t| first_after(&w, t, "git: committed"));
             let pushed = committed.and_then(|c| first_after(&w, c, "git: pushed"));
             let rel = |x: Option<f64>| x.map(|x| x - p.wall0);
@@ -838,10 +845,10 @@ mod unix {
                 "read-tree" if !flags.is_empty() => k = format!("{sub} {}", flags.join(" ")),
                 "read-tree" => k.push_str(" <commit>"),
                 "update-index" | "rev-parse" | "merge-base" | "ls-files" | "cat-file"
-                | "symbolic-ref" | "hash-object" => {
-                    if !flags.is_empty() {
-                        k = format!("{sub} {}", flags.join(" "));
-                    }
+                | "symbolic-ref" | "hash-object"
+                    if !flags.is_empty() =>
+                {
+                    k = format!("{sub} {}", flags.join(" "));
                 }
                 _ => {}
             }
@@ -964,7 +971,10 @@ exit $rc
     fn big_run(notes: usize, n_cycles: usize, per_cycle: usize) -> BigRun {
         let label = format!("big{notes}");
         let fx = Fx::new(&label);
-        eprintln!("[git work per cycle, {notes} notes] setting up in {}", fx.home.display());
+        eprintln!(
+            "[git work per cycle, {notes} notes] setting up in {}",
+            fx.home.display()
+        );
         let setup = fx.big(notes);
         for (what, d) in &setup {
             eprintln!("  {what}: {:.1} s", d.as_secs_f64());
@@ -982,8 +992,12 @@ exit $rc
         let startup_secs = t.elapsed().as_secs_f64();
         let addr = serve.addr();
         // The start-up cycle, then quiet.
-        wait_quiet(&shim_log, Duration::from_millis(1500), Duration::from_secs(120));
-        let startup = cycles(&read_calls(&shim_log)).into_iter().last();
+        wait_quiet(
+            &shim_log,
+            Duration::from_millis(1500),
+            Duration::from_secs(120),
+        );
+        let startup = Some(read_calls(&shim_log));
         let startup_end = now_wall();
         let mut k = 0usize;
         let mut hooks_at = Vec::new();
@@ -1008,7 +1022,11 @@ exit $rc
                     std::thread::sleep(POLL);
                 }
             }
-            wait_quiet(&shim_log, Duration::from_millis(1200), Duration::from_secs(60));
+            wait_quiet(
+                &shim_log,
+                Duration::from_millis(1200),
+                Duration::from_secs(60),
+            );
             eprintln!(
                 "  cycle {}: {per_cycle} messages answered and on origin after {:.2} s",
                 c + 1,
@@ -1143,7 +1161,11 @@ exit $rc
     fn report_big(res: &mut Results, r: &BigRun, base: Option<&BigRun>, per_cycle: usize) {
         let sc = format!("git per cycle, {} notes", r.notes);
         for (what, d) in &r.setup {
-            res.info(&sc, format!("setup: {what}"), format!("{:.1} s", d.as_secs_f64()));
+            res.info(
+                &sc,
+                format!("setup: {what}"),
+                format!("{:.1} s", d.as_secs_f64()),
+            );
         }
         res.info(
             &sc,
@@ -1153,7 +1175,7 @@ exit $rc
         if let Some(s) = &r.startup {
             res.info(
                 &sc,
-                "start-up cycle: span · Σ git · calls",
+                "start-up (open checks + the first cycle): first call → last · Σ git · calls",
                 format!("{} · {} · {}", ms(span(s)), ms(git_sum(s)), s.len()),
             );
         }
@@ -1163,7 +1185,10 @@ exit $rc
             format!("{:.1} ms", r.shim_overhead * 1e3),
         );
         for (name, cys) in [
-            ("pull cycle (after the hook: fetch, take in the phone's commit)", &r.pull),
+            (
+                "pull cycle (after the hook: fetch, take in the phone's commit)",
+                &r.pull,
+            ),
             (
                 "commit + push cycle (the turns' writes: commit, fetch, push)",
                 &r.commit,
@@ -1207,7 +1232,10 @@ exit $rc
                     } else {
                         &b.commit
                     };
-                    per_command(bc).into_iter().map(|(k, m, _)| (k, m)).collect()
+                    per_command(bc)
+                        .into_iter()
+                        .map(|(k, m, _)| (k, m))
+                        .collect()
                 })
                 .unwrap_or_default();
             let mut cmds = per_command(cys);
@@ -1291,7 +1319,7 @@ exit $rc
             latency_run(&mut res, n, false);
         }
         if want("big") {
-            let base = (base_notes > 0).then(|| big_run(base_notes, n_cycles.min(3), per_cycle));
+            let base = (base_notes > 0).then(|| big_run(base_notes, n_cycles.min(2), per_cycle));
             let big = big_run(notes, n_cycles, per_cycle);
             if let Some(b) = &base {
                 report_big(&mut res, b, None, per_cycle);
