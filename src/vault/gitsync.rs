@@ -20,10 +20,12 @@ use super::{
     Vault, VaultError, VaultLock, Version, Watching,
 };
 
+mod checkout;
 mod cycle;
 pub mod journal;
 pub mod ops;
 pub mod peers;
+mod tree;
 
 use journal::{Journal, Record};
 

@@ -46,13 +46,15 @@ pub(super) struct Repo {
     /// The vault's folder relative to the top of the work tree, `""` or
     /// ending in `/`.
     prefix: String,
+    /// Bytes in an object name (20 for SHA-1, 32 for SHA-256).
+    pub(super) oid_len: usize,
     /// vaultrunner's identity in commits.
     email: String,
 }
 
 /// Why a cycle stopped short.
 #[derive(Debug)]
-enum Halt {
+pub(super) enum Halt {
     /// A person must act (`reason` says what); turns go on.
     Pause(String),
     /// The remote cannot be reached; try again later.
@@ -69,7 +71,7 @@ impl From<GitError> for Halt {
     }
 }
 
-type Step<T> = Result<T, Halt>;
+pub(super) type Step<T> = Result<T, Halt>;
 
 fn host_name() -> String {
     let mut buf = [0u8; 256];
@@ -101,7 +103,7 @@ fn lines(out: &[u8]) -> impl Iterator<Item = &str> {
         .filter(|l| !l.is_empty())
 }
 
-fn first_line(out: &[u8]) -> String {
+pub(super) fn first_line(out: &[u8]) -> String {
     lines(out).next().unwrap_or_default().to_string()
 }
 
@@ -123,9 +125,18 @@ impl Repo {
         git.run(["rev-parse", "--git-path", "HEAD"], RunOpts::read())
             .await?;
         git.head().await?;
+        let format = git
+            .run(["rev-parse", "--show-object-format"], RunOpts::read())
+            .await?;
+        let oid_len = if first_line(&format.stdout) == "sha256" {
+            32
+        } else {
+            20
+        };
         Ok(Repo {
             git,
             prefix,
+            oid_len,
             email: format!("vaultrunner@{}.invalid", host_name()),
         })
     }
@@ -165,8 +176,22 @@ impl Repo {
     }
 
     /// The blobs `specs` name (`<rev>:<path>` or object names), `None` for
-    /// each that names nothing — one `cat-file --batch` for all.
-    async fn blobs(&self, specs: &[String]) -> Result<Vec<Option<Vec<u8>>>, GitError> {
+    /// each that names nothing (or not a blob) — one `cat-file --batch`.
+    pub(super) async fn blobs(&self, specs: &[String]) -> Result<Vec<Option<Vec<u8>>>, GitError> {
+        Ok(self
+            .objects(specs)
+            .await?
+            .into_iter()
+            .map(|o| o.and_then(|(kind, body)| (kind == "blob").then_some(body)))
+            .collect())
+    }
+
+    /// The objects `specs` name, with their kinds (`blob`, `tree`, …),
+    /// `None` for each that names nothing — one `cat-file --batch` for all.
+    pub(super) async fn objects(
+        &self,
+        specs: &[String],
+    ) -> Result<Vec<Option<(String, Vec<u8>)>>, GitError> {
         if specs.is_empty() {
             return Ok(Vec::new());
         }
@@ -194,7 +219,7 @@ impl Repo {
                 (Some(kind), Some(size)) => {
                     let body = rest.get(..size).unwrap_or_default().to_vec();
                     rest = rest.get(size + 1..).unwrap_or_default();
-                    found.push((kind == "blob").then_some(body));
+                    found.push(Some((kind.to_string(), body)));
                 }
                 // `<spec> missing`, `<spec> ambiguous`.
                 _ => found.push(None),
@@ -205,7 +230,7 @@ impl Repo {
 
     /// Writes blobs into the object store, returning their names (one
     /// `hash-object` for all, through files in `tmp`).
-    async fn write_blobs(&self, tmp: &Path, texts: &[&str]) -> Step<Vec<String>> {
+    pub(super) async fn write_blobs(&self, tmp: &Path, texts: &[&str]) -> Step<Vec<String>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -248,84 +273,6 @@ impl Repo {
             )),
         }
     }
-}
-
-/// A tree built in the private index.
-struct Built {
-    tree: String,
-    /// The blob of each file set (git path → object name).
-    blobs: BTreeMap<String, String>,
-}
-
-/// The private index, holding the tree of `base` (`None`: empty), with
-/// `files` (git path → text) set in it and `written` as the tree.
-async fn build_tree(
-    v: &GitVault,
-    repo: &Repo,
-    base: Option<&str>,
-    files: &BTreeMap<String, String>,
-) -> Step<Built> {
-    let dir = &v.sh.state_dir;
-    let index = dir.join("git-index");
-    let env = |o: RunOpts| o.var("GIT_INDEX_FILE", index.as_os_str());
-    match base {
-        Some(b) => {
-            repo.git
-                .run(["read-tree", b], env(RunOpts::default()))
-                .await?
-        }
-        None => {
-            repo.git
-                .run(["read-tree", "--empty"], env(RunOpts::default()))
-                .await?
-        }
-    };
-    let texts: Vec<&str> = files.values().map(String::as_str).collect();
-    let oids = repo.write_blobs(dir, &texts).await?;
-    // The modes the index has (an executable note stays one).
-    let mut ls: Vec<OsString> = ["ls-files", "-s", "-z", "--"]
-        .iter()
-        .map(OsString::from)
-        .collect();
-    ls.extend(files.keys().map(OsString::from));
-    let out = repo
-        .git
-        .run(
-            &ls,
-            env(RunOpts::default().var("GIT_LITERAL_PATHSPECS", "1")),
-        )
-        .await?;
-    let mut modes: HashMap<String, String> = HashMap::new();
-    for entry in out.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
-        let text = String::from_utf8_lossy(entry);
-        if let Some((meta, path)) = text.split_once('\t') {
-            let mode = meta.split(' ').next().unwrap_or("100644");
-            modes.insert(path.to_string(), mode.to_string());
-        }
-    }
-    let mut info = Vec::new();
-    for (path, oid) in files.keys().zip(&oids) {
-        let mode = match modes.get(path).map(String::as_str) {
-            Some("100755") => "100755",
-            _ => "100644",
-        };
-        info.extend_from_slice(format!("{mode} {oid}\t{path}").as_bytes());
-        info.push(0);
-    }
-    repo.git
-        .run(
-            ["update-index", "-z", "--index-info"],
-            env(RunOpts::default().input(info)),
-        )
-        .await?;
-    let out = repo
-        .git
-        .run(["write-tree"], env(RunOpts::default()))
-        .await?;
-    Ok(Built {
-        tree: first_line(&out.stdout),
-        blobs: files.keys().cloned().zip(oids).collect(),
-    })
 }
 
 /// Commits `tree` on `parent` as vaultrunner, returning the commit.
@@ -627,6 +574,7 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
     let mut answered = Vec::new();
     let mut unseen = Vec::new();
     let mut held = Vec::new();
+    let mut new_paths = Vec::new();
     for ((path, recs), old) in by_path.iter().zip(committed) {
         let disk = texts.get(path).cloned().flatten();
         let old = old.map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -731,19 +679,23 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
                 }
             }
         };
+        if old.is_none() {
+            new_paths.push(repo.git_path(path));
+        }
         files.insert(repo.git_path(path), text);
     }
-    // Never an ignored path.
-    if !files.is_empty() {
+    // Never an ignored path (a file git tracks is not ignored: only new
+    // ones are asked, without reading the index).
+    if !new_paths.is_empty() {
         let mut input = Vec::new();
-        for p in files.keys() {
+        for p in &new_paths {
             input.extend_from_slice(p.as_bytes());
             input.push(0);
         }
         let out = repo
             .git
             .run(
-                ["check-ignore", "-z", "--stdin"],
+                ["check-ignore", "-z", "--no-index", "--stdin"],
                 RunOpts::read().ok_code(1).input(input),
             )
             .await?;
@@ -766,7 +718,7 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
         });
     }
     if !files.is_empty() {
-        let built = build_tree(v, repo, head.as_deref(), &files).await?;
+        let built = super::tree::build_tree(repo, &v.sh.state_dir, head.as_deref(), &files).await?;
         let old_tree = match &head {
             Some(h) => repo.rev(&format!("{h}^{{tree}}")).await?,
             None => None,
@@ -1020,7 +972,7 @@ async fn rebuild(v: &GitVault, repo: &Repo, mb: &str, head: &str, upstream: &str
         }
     }
     let msg = format!("{}\n\n{body}", title(&answered, files.len().max(1)));
-    let built = build_tree(v, repo, Some(upstream), &files).await?;
+    let built = super::tree::build_tree(repo, &v.sh.state_dir, Some(upstream), &files).await?;
     commit_tree(repo, &built.tree, Some(upstream), &msg).await
 }
 
@@ -1091,9 +1043,9 @@ async fn update_worktree(
     if typing {
         return Err(Halt::Busy);
     }
-    let paths = changed(repo, head, target, false).await?;
-    for (p, _, _, _) in &paths {
-        let full = repo.git.top().join(p);
+    let paths = super::checkout::changes(repo, head, target).await?;
+    for c in &paths {
+        let full = repo.git.top().join(&c.path);
         if std::fs::symlink_metadata(&full)
             .and_then(|m| m.modified())
             .is_ok_and(|m| m.elapsed().is_ok_and(|e| e < settle))
@@ -1110,22 +1062,33 @@ async fn update_worktree(
             .map_err(|e| Halt::Fail(e.to_string()))?
     };
     let started = std::time::SystemTime::now();
-    // Stat data first (entries vaultrunner set from a blob have none), so
-    // only a real edit counts as one.
-    let r = match repo
-        .git
-        .run(
-            ["update-index", "-q", "--refresh"],
-            RunOpts::default().ok_code(1),
-        )
-        .await
-    {
-        Ok(_) => {
-            repo.git
-                .run(["read-tree", "-m", "-u", head, target], RunOpts::default())
-                .await
+    // The changed paths only, where git would not filter them; else git
+    // itself (stat data first: entries vaultrunner set from a blob have
+    // none, so only a real edit counts as one).
+    let r = match super::checkout::move_paths(repo, &paths).await {
+        Ok(super::checkout::Fast::Done) => Ok(()),
+        Err(h) => {
+            drop(guard);
+            let _ = std::fs::remove_file(&moving);
+            return Err(h);
         }
-        Err(e) => Err(e),
+        Ok(super::checkout::Fast::No) => {
+            match repo
+                .git
+                .run(
+                    ["update-index", "-q", "--refresh"],
+                    RunOpts::default().ok_code(1),
+                )
+                .await
+            {
+                Ok(_) => repo
+                    .git
+                    .run(["read-tree", "-m", "-u", head, target], RunOpts::default())
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            }
+        }
     };
     if let Err(e) = r {
         drop(guard);
@@ -1172,8 +1135,8 @@ async fn update_worktree(
                 paths.len()
             )));
         } else {
-            for (p, _, _, _) in &paths {
-                if let Some(vp) = repo.vault_path(p) {
+            for c in &paths {
+                if let Some(vp) = repo.vault_path(&c.path) {
                     let _ = sink.send(crate::vault::Change::Note(vp.to_string()));
                 }
             }
@@ -1713,5 +1676,100 @@ mod tests {
         r.git(&c, &["add", "-f", ".obsidian"]);
         r.git(&c, &["commit", "-qm", "phone settings"]);
         assert!(GitVault::open(LocalVault::open(&c).unwrap(), cfg()).is_ok());
+    }
+
+    impl Repos {
+        /// Another clone commits `files` and pushes them to origin.
+        fn push_from_phone(&self, files: &[(&str, &str)]) {
+            let phone = self.dir.path().join("phone");
+            if !phone.exists() {
+                self.git(self.dir.path(), &["clone", "-q", "origin.git", "phone"]);
+            } else {
+                self.git(&phone, &["pull", "-q"]);
+            }
+            for (p, text) in files {
+                let f = phone.join(p);
+                std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+                std::fs::write(f, text).unwrap();
+            }
+            self.git(&phone, &["add", "-A"]);
+            self.git(&phone, &["commit", "-qm", "phone"]);
+            self.git(&phone, &["push", "-q"]);
+        }
+    }
+
+    #[test]
+    fn a_pull_moves_only_what_changed_and_keeps_an_edit_elsewhere() {
+        let r = Repos::new();
+        r.push_from_phone(&[("Notes/x.md", "x\n")]);
+        let v = r.vault();
+        v.sync(SyncStep::Pull).unwrap();
+        let c = r.clone_dir();
+        assert_eq!(
+            std::fs::read_to_string(c.join("Notes/x.md")).unwrap(),
+            "x\n"
+        );
+        // An uncommitted edit here, of a note upstream does not change.
+        std::fs::write(c.join("Notes/x.md"), "x, edited here\n").unwrap();
+        r.push_from_phone(&[
+            ("Inbox/m.md", "---\ntags: [agent/message/inbound]\nagent: echo\n---\nthe message, edited on the phone\n"),
+            ("Inbox/sub/n.md", "new\n"),
+        ]);
+        v.sync(SyncStep::Pull).unwrap();
+        assert!(
+            std::fs::read_to_string(c.join("Inbox/m.md"))
+                .unwrap()
+                .contains("edited on the phone")
+        );
+        assert_eq!(
+            std::fs::read_to_string(c.join("Inbox/sub/n.md")).unwrap(),
+            "new\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(c.join("Notes/x.md")).unwrap(),
+            "x, edited here\n"
+        );
+        // The index follows the new commit; the edit shows as the user's.
+        let status = r.git(&c, &["status", "--porcelain"]);
+        assert_eq!(status.trim(), "M Notes/x.md", "{status}");
+        assert_eq!(
+            r.git(&c, &["rev-parse", "HEAD"]),
+            r.git(&c, &["rev-parse", "origin/main"])
+        );
+    }
+
+    #[test]
+    fn a_pull_over_an_uncommitted_edit_of_the_same_note_pauses_and_keeps_it() {
+        let r = Repos::new();
+        let v = r.vault();
+        let c = r.clone_dir();
+        std::fs::write(c.join("Inbox/m.md"), "mine, not committed\n").unwrap();
+        r.push_from_phone(&[("Inbox/m.md", "the phone's\n"), ("Inbox/other.md", "o\n")]);
+        let head = r.git(&c, &["rev-parse", "HEAD"]);
+        let err = v.sync(SyncStep::Pull).unwrap_err().to_string();
+        assert!(
+            err.contains("uncommitted edits") && err.contains("Inbox/m.md"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(c.join("Inbox/m.md")).unwrap(),
+            "mine, not committed\n"
+        );
+        // Nothing of the pull landed: not the other note, not the branch.
+        assert!(!c.join("Inbox/other.md").exists());
+        assert_eq!(r.git(&c, &["rev-parse", "HEAD"]), head);
+    }
+
+    #[test]
+    fn a_path_git_filters_is_checked_out_by_git_itself() {
+        let r = Repos::new();
+        r.push_from_phone(&[(".gitattributes", "*.md eol=crlf\n")]);
+        let v = r.vault();
+        v.sync(SyncStep::Pull).unwrap();
+        r.push_from_phone(&[("Inbox/m.md", "line one\nline two\n")]);
+        v.sync(SyncStep::Pull).unwrap();
+        // git's checkout applied the attribute; a copy of the blob would not.
+        let on_disk = std::fs::read(r.clone_dir().join("Inbox/m.md")).unwrap();
+        assert_eq!(on_disk, b"line one\r\nline two\r\n");
     }
 }
