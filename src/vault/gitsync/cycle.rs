@@ -1111,7 +1111,10 @@ async fn update_worktree(
     r?;
     // What moved, for a turn whose message moved under it; what changed,
     // to the change feed.
-    if let Ok(renames) = changed(repo, head, target, true).await
+    let may_have_moved =
+        paths.iter().any(|c| c.old.is_none()) && paths.iter().any(|c| c.new.is_none());
+    if may_have_moved
+        && let Ok(renames) = changed(repo, head, target, true).await
         && let Ok(mut m) = s.moved.lock()
     {
         for (from, _, _, to) in renames {
@@ -1262,10 +1265,8 @@ async fn cycle(v: &GitVault, fetch_ok: bool, send: bool) -> Step<()> {
     finish_move(v, repo, &branch).await?;
     commit_own(v, repo, &branch).await?;
     // What waits to be sent, whether or not the remote answers now.
-    if let Some(u) = repo.rev(&up.tracking).await? {
-        let unpushed = count(repo, &format!("{u}..HEAD")).await?;
-        v.set_status(|st| st.unpushed = unpushed);
-    }
+    let (_, unpushed) = ahead_behind(repo, &up).await?;
+    v.set_status(|st| st.unpushed = unpushed);
     if !fetch_ok {
         return Ok(());
     }
@@ -1274,18 +1275,8 @@ async fn cycle(v: &GitVault, fetch_ok: bool, send: bool) -> Step<()> {
             integrate(v, repo, &branch, &u).await?;
         }
         v.set_status(|st| st.last_pull = Some(chrono::Utc::now().to_rfc3339()));
-        let head = repo.rev("HEAD").await?;
-        let upstream = repo.rev(&up.tracking).await?;
-        let ahead = match (&head, &upstream) {
-            (Some(h), Some(u)) => h != u && repo.is_ancestor(u, h).await?,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        let unpushed = match (&head, &upstream) {
-            (Some(_), Some(u)) if ahead => count(repo, &format!("{u}..HEAD")).await?,
-            (Some(_), None) => count(repo, "HEAD").await?,
-            _ => 0,
-        };
+        let (behind, unpushed) = ahead_behind(repo, &up).await?;
+        let ahead = behind == 0 && unpushed > 0;
         v.set_status(|st| st.unpushed = unpushed);
         if !ahead || !send {
             return Ok(());
@@ -1311,6 +1302,28 @@ async fn cycle(v: &GitVault, fetch_ok: bool, send: bool) -> Step<()> {
     Err(Halt::Backoff(format!(
         "the push was rejected {PUSH_ROUNDS} times in a row (upstream keeps moving)"
     )))
+}
+
+/// How many commits upstream has that `HEAD` lacks, and how many `HEAD`
+/// has that upstream lacks (all of them when upstream has no branch yet;
+/// none on an unborn branch) — one call.
+async fn ahead_behind(repo: &Repo, up: &Upstream) -> Step<(usize, usize)> {
+    if repo.rev(&up.tracking).await?.is_none() {
+        return Ok((0, count(repo, "HEAD").await.unwrap_or(0)));
+    }
+    let range = format!("{}...HEAD", up.tracking);
+    let out = repo
+        .git
+        .run(
+            ["rev-list", "--left-right", "--count", range.as_str(), "--"],
+            RunOpts::read(),
+        )
+        .await?;
+    let line = first_line(&out.stdout);
+    let mut f = line
+        .split_whitespace()
+        .map(|n| n.parse::<usize>().unwrap_or(0));
+    Ok((f.next().unwrap_or(0), f.next().unwrap_or(0)))
 }
 
 async fn count(repo: &Repo, range: &str) -> Step<usize> {
