@@ -3,7 +3,8 @@
 //! journals every write vaultrunner makes ([`journal`]) and runs the sync
 //! cycle ([`cycle`]) on a small runtime of its own: commit vaultrunner's
 //! own writes (rebuilt onto the committed version of each note, in a
-//! private index), fetch, take in upstream's changes, push fast-forward.
+//! commit built along the changed folders), fetch, take in upstream's
+//! changes (the changed paths only), push fast-forward.
 //!
 //! Writes and updates of the work tree are serialized by one lock, so an
 //! update from upstream never lands between a write's compare and its

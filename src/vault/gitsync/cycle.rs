@@ -4,10 +4,11 @@
 //!
 //! Every ref update is the last step and a compare-and-set (`update-ref
 //! <ref> <new> <old>`): objects first, so a crash at any point leaves a
-//! consistent repository. vaultrunner's commits are built in a private
-//! index (`.vaultrunner/git-index`); the user's index is only ever moved
-//! by a two-tree `read-tree -m`, which keeps what they staged and refuses
-//! rather than overwrite an uncommitted edit.
+//! consistent repository. vaultrunner's commits are built along the
+//! changed folders with `mktree` ([`super::tree`]); the work tree and the
+//! user's index move for the changed paths only, by git's own rules
+//! ([`super::checkout`]): what they staged is kept, and an uncommitted
+//! edit stops the move rather than being overwritten.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
