@@ -1062,6 +1062,18 @@ async fn update_worktree(
             .await
             .map_err(|e| Halt::Fail(e.to_string()))?
     };
+    // A turn wrote one of these notes since the commit (during the
+    // fetch): committed first, next cycle, rather than taken for
+    // someone's edit.
+    let pending = v.sh.journal.paths();
+    if paths.iter().any(|c| {
+        repo.vault_path(&c.path)
+            .is_some_and(|p| pending.contains(p))
+    }) {
+        drop(guard);
+        let _ = std::fs::remove_file(&moving);
+        return Err(Halt::Busy);
+    }
     let started = std::time::SystemTime::now();
     // The changed paths only, where git would not filter them; else git
     // itself (stat data first: entries vaultrunner set from a blob have

@@ -152,6 +152,24 @@ impl Journal {
         }
     }
 
+    /// The notes of the records not yet committed (read, not taken).
+    pub fn paths(&self) -> std::collections::HashSet<String> {
+        let mut out = std::collections::HashSet::new();
+        for f in [self.dir.join(TAKEN), self.path()] {
+            let Ok(file) = File::open(&f) else { continue };
+            let mut text = Vec::new();
+            if file.take(MAX_BYTES).read_to_end(&mut text).is_err() {
+                continue;
+            }
+            for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                if let Ok(r) = serde_json::from_slice::<Record>(line) {
+                    out.insert(r.path);
+                }
+            }
+        }
+        out
+    }
+
     /// Are there records not yet committed?
     pub fn is_empty(&self) -> bool {
         !self.path().exists() && !self.dir.join(TAKEN).exists()
@@ -201,6 +219,20 @@ mod tests {
         j.done().unwrap();
         assert!(j.is_empty());
         assert_eq!(j.take().unwrap().0, vec![]);
+    }
+
+    #[test]
+    fn paths_name_what_is_not_committed_yet_taken_or_not() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::new(d.path());
+        j.append(&[rec("a")]).unwrap();
+        let _ = j.take().unwrap();
+        j.append(&[rec("b")]).unwrap();
+        let mut p: Vec<_> = j.paths().into_iter().collect();
+        p.sort();
+        assert_eq!(p, vec!["a", "b"]);
+        j.done().unwrap();
+        assert_eq!(j.paths().into_iter().collect::<Vec<_>>(), vec!["b"]);
     }
 
     #[test]
