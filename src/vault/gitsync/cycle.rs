@@ -1798,4 +1798,26 @@ mod tests {
         let on_disk = std::fs::read(r.clone_dir().join("Inbox/m.md")).unwrap();
         assert_eq!(on_disk, b"line one\r\nline two\r\n");
     }
+
+    #[test]
+    fn a_merge_in_progress_or_a_detached_head_pauses_and_sync_resumes_after() {
+        let r = Repos::new();
+        let v = r.vault();
+        let c = r.clone_dir();
+        r.push_from_phone(&[("Inbox/new.md", "from the phone\n")]);
+        let head = r.git(&c, &["rev-parse", "HEAD"]);
+        std::fs::write(c.join(".git/MERGE_HEAD"), &head).unwrap();
+        let err = v.sync(SyncStep::Pull).unwrap_err().to_string();
+        assert!(err.contains("a merge is in progress"), "{err}");
+        assert!(!c.join("Inbox/new.md").exists());
+        assert_eq!(v.sync_status().unwrap().state, SyncState::Paused);
+        std::fs::remove_file(c.join(".git/MERGE_HEAD")).unwrap();
+        r.git(&c, &["checkout", "-q", "--detach"]);
+        let err = v.sync(SyncStep::Pull).unwrap_err().to_string();
+        assert!(err.contains("HEAD is detached"), "{err}");
+        r.git(&c, &["checkout", "-q", "main"]);
+        v.sync(SyncStep::Pull).unwrap();
+        assert!(c.join("Inbox/new.md").exists());
+        assert_eq!(v.sync_status().unwrap().state, SyncState::Ok);
+    }
 }
