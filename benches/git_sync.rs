@@ -95,21 +95,12 @@ mod unix {
     /// Git calls further apart than this belong to different cycles.
     const CYCLE_GAP: f64 = 0.4;
 
-    /// Variables a parent git (a hook running the bench) would leak.
-    const GIT_LEAKS: &[&str] = &[
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-        "GIT_INDEX_FILE",
-        "GIT_COMMON_DIR",
-        "GIT_OBJECT_DIRECTORY",
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-        "GIT_NAMESPACE",
-        "GIT_PREFIX",
-        "GIT_AUTHOR_NAME",
-        "GIT_AUTHOR_EMAIL",
-        "GIT_COMMITTER_NAME",
-        "GIT_COMMITTER_EMAIL",
-    ];
+    /// Variables a parent git (a hook running this) would leak into git calls.
+    fn git_leaks() -> impl Iterator<Item = &'static str> {
+        vaultrunner::git::REMOVED_ENV
+            .into_iter()
+            .chain(vaultrunner::git::IDENTITY_ENV)
+    }
 
     fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
         match std::env::var(key) {
@@ -200,7 +191,7 @@ mod unix {
                 .args(args)
                 .env("GIT_TERMINAL_PROMPT", "0")
                 .env("GIT_EDITOR", "true");
-            for k in GIT_LEAKS {
+            for k in git_leaks() {
                 cmd.env_remove(k);
             }
             for (k, v) in self.git_env() {
@@ -404,7 +395,7 @@ mod unix {
                 .env_remove("VAULTRUNNER_TOKEN")
                 .env_remove("VAULTRUNNER_GIT_WEBHOOK_SECRET")
                 .env_remove("VAULTRUNNER_STATE_DIR");
-            for k in GIT_LEAKS {
+            for k in git_leaks() {
                 cmd.env_remove(k);
             }
             for (k, val) in fx.git_env() {

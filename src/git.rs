@@ -58,7 +58,7 @@ const CONFIG_ARGS: [&str; 8] = [
 
 /// Variables inherited from a parent git (vaultrunner started from a hook)
 /// that would point every call at another repository or index.
-const REMOVED_ENV: [&str; 8] = [
+pub const REMOVED_ENV: [&str; 8] = [
     "GIT_DIR",
     "GIT_WORK_TREE",
     "GIT_INDEX_FILE",
@@ -67,6 +67,15 @@ const REMOVED_ENV: [&str; 8] = [
     "GIT_ALTERNATE_OBJECT_DIRECTORIES",
     "GIT_NAMESPACE",
     "GIT_PREFIX",
+];
+
+/// The identity variables a parent git may set: the tests and benches
+/// clear them too, so their own commits are the phone's.
+pub const IDENTITY_ENV: [&str; 4] = [
+    "GIT_AUTHOR_NAME",
+    "GIT_AUTHOR_EMAIL",
+    "GIT_COMMITTER_NAME",
+    "GIT_COMMITTER_EMAIL",
 ];
 
 /// The ssh command used when the user has configured none: `BatchMode`

@@ -407,6 +407,15 @@ fn api_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Is the body signed with `secret` (`X-Hub-Signature-256`)? No secret:
+/// no.
+fn signed_with(secret: Option<&str>, headers: &HeaderMap, body: &[u8]) -> bool {
+    match (secret, headers.get("x-hub-signature-256")) {
+        (Some(secret), Some(sig)) => sig.to_str().is_ok_and(|s| signature_ok(secret, body, s)),
+        _ => false,
+    }
+}
+
 /// Verifies `X-Hub-Signature-256: sha256=<hex>` over the raw body.
 pub fn signature_ok(secret: &str, body: &[u8], header_value: &str) -> bool {
     let Some(hex) = header_value.trim().strip_prefix("sha256=") else {
@@ -547,13 +556,7 @@ async fn git_hook(State(state): St, req: Request) -> Response {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let signed = match (
-        &state.opts.git_webhook_secret,
-        headers.get("x-hub-signature-256"),
-    ) {
-        (Some(secret), Some(sig)) => sig.to_str().is_ok_and(|s| signature_ok(secret, &bytes, s)),
-        _ => false,
-    };
+    let signed = signed_with(state.opts.git_webhook_secret.as_deref(), &headers, &bytes);
     if !hook_allowed(
         &state,
         &headers,
@@ -949,13 +952,7 @@ async fn webhook(
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let signed = match (
-        &state.opts.webhook_secret,
-        headers.get("x-hub-signature-256"),
-    ) {
-        (Some(secret), Some(sig)) => sig.to_str().is_ok_and(|s| signature_ok(secret, &bytes, s)),
-        _ => false,
-    };
+    let signed = signed_with(state.opts.webhook_secret.as_deref(), &headers, &bytes);
     if !hook_allowed(
         &state,
         &headers,

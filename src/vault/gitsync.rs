@@ -17,8 +17,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{
-    Change, ChangeSink, Listing, LocalVault, NoteWrite, PartialWrite, Plan, SyncStatus, SyncStep,
-    Vault, VaultError, VaultLock, Version, Watching,
+    Bridge, Change, ChangeSink, Listing, LocalVault, NoteWrite, PartialWrite, Plan, SyncStatus,
+    SyncStep, Vault, VaultError, VaultLock, Version, Watching,
 };
 
 mod checkout;
@@ -148,19 +148,6 @@ struct TreeGuard<'a>(&'a TreeLock);
 impl Drop for TreeGuard<'_> {
     fn drop(&mut self) {
         self.0.give();
-    }
-}
-
-/// The runtime the git calls run on; shut down in the background when the
-/// vault goes.
-#[derive(Debug)]
-struct Bridge(Option<tokio::runtime::Runtime>);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

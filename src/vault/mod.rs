@@ -192,6 +192,20 @@ pub struct SyncStatus {
     pub held: Vec<String>,
 }
 
+/// A vault's own runtime (its requests, its git calls), shut down in the
+/// background when the vault goes, so a vault dropped inside another
+/// runtime never panics.
+#[derive(Debug)]
+pub(crate) struct Bridge(pub(crate) Option<tokio::runtime::Runtime>);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// A change the feed reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {

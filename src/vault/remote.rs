@@ -41,8 +41,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Base, Change, ChangeSink, Entry, Listing, NoteWrite, PartialWrite, Plan, Skipped, Vault,
-    VaultError, VaultLock, Version, Watching, check_rel_path,
+    Base, Bridge, Change, ChangeSink, Entry, Listing, NoteWrite, PartialWrite, Plan, Skipped,
+    Vault, VaultError, VaultLock, Version, Watching, check_rel_path,
 };
 use crate::parachute::{self, Client, Conflict, ErrorKind, NewNote, NoteRef, Patch, Query};
 
@@ -123,18 +123,6 @@ const FRESH: Duration = Duration::from_secs(1);
 
 /// Notes per poll: the newest tagged notes, one page.
 const POLL_PAGE: u32 = 500;
-
-/// The runtime the requests run on. Shut down in the background when the
-/// vault goes, so dropping a vault inside another runtime is fine.
-struct Bridge(Option<tokio::runtime::Runtime>);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
 
 struct Inner {
     client: Client,

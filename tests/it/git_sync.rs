@@ -33,22 +33,12 @@ const POLL: Duration = Duration::from_millis(250);
 /// The usual deadline for something to reach origin.
 const SOON: Duration = Duration::from_secs(45);
 
-/// Variables a parent git (a hook running the tests) would leak into the
-/// test's own git calls.
-const GIT_LEAKS: &[&str] = &[
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_COMMON_DIR",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_NAMESPACE",
-    "GIT_PREFIX",
-    "GIT_AUTHOR_NAME",
-    "GIT_AUTHOR_EMAIL",
-    "GIT_COMMITTER_NAME",
-    "GIT_COMMITTER_EMAIL",
-];
+/// Variables a parent git (a hook running this) would leak into git calls.
+fn git_leaks() -> impl Iterator<Item = &'static str> {
+    vaultrunner::git::REMOVED_ENV
+        .into_iter()
+        .chain(vaultrunner::git::IDENTITY_ENV)
+}
 
 // ------------------------------------------------------------------ fixture
 
@@ -162,7 +152,7 @@ impl Fx {
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_EDITOR", "true")
             .env("GIT_MERGE_AUTOEDIT", "no");
-        for k in GIT_LEAKS {
+        for k in git_leaks() {
             cmd.env_remove(k);
         }
         for (k, val) in self.git_env() {
@@ -303,7 +293,7 @@ impl Fx {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for k in GIT_LEAKS {
+        for k in git_leaks() {
             child.env_remove(k);
         }
         for (k, val) in self.git_env() {
