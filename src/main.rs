@@ -106,7 +106,7 @@ enum Command {
         #[arg(long)]
         git_sync: bool,
         /// Seconds between pulls with --git-sync (1 up to a year; default
-        /// 60). A push webhook (`POST /hooks/git`) pulls at once.
+        /// 60). A push webhook (`POST /hooks/git`) pulls within a second.
         #[arg(long, value_name = "SECS", requires = "git_sync",
               value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
         git_pull_secs: Option<u64>,
