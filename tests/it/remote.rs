@@ -1261,10 +1261,23 @@ async fn the_server_going_away_loses_nothing(t: &Target) {
     t.answered(&m0, Duration::from_secs(30)).await;
     // A turn runs while the server goes away: its end is written later.
     let m1 = t.inbound("Inbox/m1", &slow, "mid-turn").await;
+    let n1 = t
+        .until(
+            &m1,
+            Duration::from_secs(30),
+            "the slow turn to start",
+            |n| meta(n, "status").as_deref() == Some("working"),
+        )
+        .await;
+    // The claim is two writes, the message then its thread: the turn runs
+    // once both have landed (taking the server away between them fails
+    // the claim, which is tried again with attempts 2).
+    let thread = meta(&n1, "thread").unwrap();
+    let thread = thread.trim_start_matches("[[").trim_end_matches("]]");
     t.until(
-        &m1,
+        thread,
         Duration::from_secs(30),
-        "the slow turn to start",
+        "the slow turn's thread to be claimed",
         |n| meta(n, "status").as_deref() == Some("working"),
     )
     .await;
