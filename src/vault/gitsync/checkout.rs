@@ -109,6 +109,28 @@ async fn filtered(repo: &Repo, paths: &[&str]) -> Step<bool> {
         .any(|v| !matches!(*v, b"unspecified" | b"unset" | b"")))
 }
 
+/// Is every folder on the way to `path` (below `top`) a real folder, or
+/// not there yet — never a symlink or a file?
+fn plain_folders(top: &Path, path: &str) -> bool {
+    let mut at = top.to_path_buf();
+    let mut parts = path.split('/').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            break;
+        }
+        if part.is_empty() || part == "." || part == ".." {
+            return false;
+        }
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// What is at `path` on disk: a file's bytes, a symlink's target, or
 /// nothing (`Err` for something else: a folder, unreadable).
 fn on_disk(path: &Path) -> Result<Option<(bool, Vec<u8>)>, String> {
@@ -152,7 +174,11 @@ pub(super) async fn move_paths(repo: &Repo, changes: &[Changed]) -> Step<Fast> {
             .iter()
             .any(|s| s.as_ref().is_some_and(|(m, _)| m == "160000"))
     });
-    if submodule || filtered(repo, &paths).await? {
+    // A folder on the way that is a symlink (or not a folder) would send
+    // a write or a removal somewhere else: git's own checkout knows how
+    // to refuse or replace it.
+    let top = repo.git.top().to_path_buf();
+    if submodule || paths.iter().any(|p| !plain_folders(&top, p)) || filtered(repo, &paths).await? {
         return Ok(Fast::No);
     }
     // Both sides' blobs, and the index's entries, in one call each.
@@ -180,7 +206,6 @@ pub(super) async fn move_paths(repo: &Repo, changes: &[Changed]) -> Step<Fast> {
             index.insert(p.to_string(), oid.to_string());
         }
     }
-    let top = repo.git.top().to_path_buf();
     let mut plan = Vec::with_capacity(changes.len());
     let mut kept = Vec::new();
     for c in changes {
@@ -299,4 +324,24 @@ fn write_file(full: &Path, mode: &str, bytes: &[u8]) -> std::io::Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_or_file_folder_on_the_way_is_not_plain() {
+        let d = tempfile::tempdir().unwrap();
+        let top = d.path();
+        std::fs::create_dir_all(top.join("Inbox/sub")).unwrap();
+        std::fs::write(top.join("file"), "x").unwrap();
+        std::os::unix::fs::symlink("/tmp", top.join("out")).unwrap();
+        assert!(plain_folders(top, "Inbox/sub/a.md"));
+        assert!(plain_folders(top, "Inbox/new/deeper/a.md"));
+        assert!(plain_folders(top, "a.md"));
+        assert!(!plain_folders(top, "out/a.md"));
+        assert!(!plain_folders(top, "file/a.md"));
+        assert!(!plain_folders(top, "Inbox/../a.md"));
+    }
 }

@@ -1820,4 +1820,17 @@ mod tests {
         assert!(c.join("Inbox/new.md").exists());
         assert_eq!(v.sync_status().unwrap().state, SyncState::Ok);
     }
+
+    #[test]
+    fn a_pull_never_writes_through_a_symlinked_folder() {
+        let r = Repos::new();
+        let v = r.vault();
+        let c = r.clone_dir();
+        let outside = r.dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, c.join("Drop")).unwrap();
+        r.push_from_phone(&[("Drop/a.md", "through the link?\n")]);
+        let _ = v.sync(SyncStep::Pull);
+        assert!(!outside.join("a.md").exists(), "written outside the clone");
+    }
 }
