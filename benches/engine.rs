@@ -42,6 +42,10 @@ fn main() {
 }
 
 #[cfg(target_os = "linux")]
+#[path = "common/results.rs"]
+mod results;
+
+#[cfg(target_os = "linux")]
 mod linux {
     use std::collections::{BTreeMap, HashMap};
     use std::fmt::Write as _;
@@ -125,66 +129,7 @@ mod linux {
     // ------------------------------------------------------------------
     // Results
 
-    struct Row {
-        scenario: &'static str,
-        metric: String,
-        value: String,
-        target: String,
-        /// `None`: informational, no target.
-        pass: Option<bool>,
-    }
-
-    #[derive(Default)]
-    struct Results {
-        rows: Vec<Row>,
-    }
-
-    impl Results {
-        fn info(&mut self, scenario: &'static str, metric: impl Into<String>, value: String) {
-            self.rows.push(Row {
-                scenario,
-                metric: metric.into(),
-                value,
-                target: String::new(),
-                pass: None,
-            });
-        }
-
-        fn check(
-            &mut self,
-            scenario: &'static str,
-            metric: impl Into<String>,
-            value: String,
-            target: impl Into<String>,
-            pass: bool,
-        ) {
-            self.rows.push(Row {
-                scenario,
-                metric: metric.into(),
-                value,
-                target: target.into(),
-                pass: Some(pass),
-            });
-        }
-
-        fn table(&self) -> String {
-            let mut s = String::new();
-            s.push_str("| scenario | metric | value | target | |\n|---|---|---:|---|---|\n");
-            for r in &self.rows {
-                let mark = match r.pass {
-                    None => "",
-                    Some(true) => "ok",
-                    Some(false) => "**MISSED**",
-                };
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} |",
-                    r.scenario, r.metric, r.value, r.target, mark
-                );
-            }
-            s
-        }
-    }
+    use super::results::Results;
 
     // ------------------------------------------------------------------
     // Running the binary
@@ -1700,7 +1645,7 @@ printf '%s\n' '{"type":"result","subtype":"success","is_error":false,"api_error_
         );
         println!();
         print!("{}", res.table());
-        let missed = res.rows.iter().filter(|r| r.pass == Some(false)).count();
+        let missed = res.missed();
         if missed > 0 {
             println!("\n{missed} target(s) missed.");
         }

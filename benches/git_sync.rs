@@ -78,6 +78,10 @@ fn main() {
 }
 
 #[cfg(unix)]
+#[path = "common/results.rs"]
+mod results;
+
+#[cfg(unix)]
 mod unix {
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
@@ -523,61 +527,7 @@ mod unix {
     // ------------------------------------------------------------------
     // Results
 
-    struct Row {
-        scenario: String,
-        metric: String,
-        value: String,
-        target: String,
-        pass: Option<bool>,
-    }
-
-    #[derive(Default)]
-    struct Results {
-        rows: Vec<Row>,
-    }
-
-    impl Results {
-        fn info(&mut self, sc: &str, metric: impl Into<String>, value: String) {
-            let metric = metric.into();
-            eprintln!("  {sc}: {metric}: {value}");
-            self.rows.push(Row {
-                scenario: sc.into(),
-                metric,
-                value,
-                target: String::new(),
-                pass: None,
-            });
-        }
-
-        fn check(&mut self, sc: &str, metric: &str, value: String, target: &str, pass: bool) {
-            eprintln!("  {sc}: {metric}: {value} (target {target})");
-            self.rows.push(Row {
-                scenario: sc.into(),
-                metric: metric.into(),
-                value,
-                target: target.into(),
-                pass: Some(pass),
-            });
-        }
-
-        fn table(&self) -> String {
-            let mut s =
-                String::from("| scenario | metric | value | target | |\n|---|---|---:|---|---|\n");
-            for r in &self.rows {
-                let mark = match r.pass {
-                    None => "",
-                    Some(true) => "ok",
-                    Some(false) => "**MISSED**",
-                };
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} |",
-                    r.scenario, r.metric, r.value, r.target, mark
-                );
-            }
-            s
-        }
-    }
+    use super::results::Results;
 
     /// Nearest rank, as the other benches.
     fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -1228,7 +1178,7 @@ exit $rc
             );
             res.check(
                 &sc,
-                &format!(
+                format!(
                     "**{name}: vaultrunner's own git time** (Σ git without `fetch`/`push`), median"
                 ),
                 format!("**{}**", ms(local)),
@@ -1325,7 +1275,7 @@ exit $rc
         let base_notes = env_num("VR_BENCH_GIT_BASE_NOTES", 1000usize);
         let n_cycles = env_num("VR_BENCH_GIT_CYCLES", 5usize).max(1);
         let per_cycle = env_num("VR_BENCH_GIT_PER_CYCLE", 3usize).max(1);
-        let mut res = Results::default();
+        let mut res = Results::echoing();
         let t0 = Instant::now();
         if want("webhook") {
             latency_run(&mut res, n, true);

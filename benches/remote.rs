@@ -67,9 +67,12 @@ fn main() {
 }
 
 #[cfg(target_os = "linux")]
+#[path = "common/results.rs"]
+mod results;
+
+#[cfg(target_os = "linux")]
 mod linux {
     use std::collections::BTreeMap;
-    use std::fmt::Write as _;
     use std::fs::{self, File};
     use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
@@ -728,65 +731,7 @@ mod linux {
     // ------------------------------------------------------------------
     // Results
 
-    struct Row {
-        scenario: String,
-        metric: String,
-        value: String,
-        target: String,
-        pass: Option<bool>,
-    }
-
-    #[derive(Default)]
-    struct Results {
-        rows: Vec<Row>,
-    }
-
-    impl Results {
-        fn info(&mut self, sc: &str, metric: impl Into<String>, value: String) {
-            self.rows.push(Row {
-                scenario: sc.into(),
-                metric: metric.into(),
-                value,
-                target: String::new(),
-                pass: None,
-            });
-        }
-
-        fn check(
-            &mut self,
-            sc: &str,
-            metric: impl Into<String>,
-            value: String,
-            target: &str,
-            pass: bool,
-        ) {
-            self.rows.push(Row {
-                scenario: sc.into(),
-                metric: metric.into(),
-                value,
-                target: target.into(),
-                pass: Some(pass),
-            });
-        }
-
-        fn table(&self) -> String {
-            let mut s =
-                String::from("| scenario | metric | value | target | |\n|---|---|---:|---|---|\n");
-            for r in &self.rows {
-                let mark = match r.pass {
-                    None => "",
-                    Some(true) => "ok",
-                    Some(false) => "**MISSED**",
-                };
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} |",
-                    r.scenario, r.metric, r.value, r.target, mark
-                );
-            }
-            s
-        }
-    }
+    use super::results::Results;
 
     fn percentile(sorted: &[Duration], p: f64) -> Duration {
         // Nearest rank, as benches/engine.rs.
@@ -1261,7 +1206,7 @@ mod linux {
                 recs.len(),
                 kinds_text(&kinds, 0.0)
             ),
-            &format!(
+            format!(
                 "≤ 30 polls × {poll_pages} page + 1 scan × {scan_pages} pages + 6 lease renewals × 1 = {bound}"
             ),
             measured <= bound as f64 * 1.05,
