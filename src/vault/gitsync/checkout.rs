@@ -17,7 +17,7 @@ use std::path::Path;
 
 use crate::git::RunOpts;
 
-use super::cycle::{Halt, Repo, Step};
+use super::cycle::{Halt, Repo, Step, ZERO_OID};
 
 /// One path that differs between two commits.
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub(super) struct Changed {
     pub path: String,
     pub old: Option<(String, String)>,
     pub new: Option<(String, String)>,
+    /// Renamed (exactly) to this path.
+    pub to: Option<String>,
 }
 
 /// Could the fast path do the move?
@@ -34,37 +36,38 @@ pub(super) enum Fast {
     No,
 }
 
-const ZERO: &str = "0000000000000000000000000000000000000000";
-
 /// The paths that differ between commits `a` and `b`, with modes and
-/// object names (`None`: not there).
-pub(super) async fn changes(repo: &Repo, a: &str, b: &str) -> Step<Vec<Changed>> {
+/// object names (`None`: not there); with `renames`, an exact rename is
+/// one entry whose `to` is the new path.
+pub(super) async fn changes(repo: &Repo, a: &str, b: &str, renames: bool) -> Step<Vec<Changed>> {
+    // Exact renames only: two short notes from one template are similar
+    // enough for git's guess, and a new message is no moved one.
+    let how = if renames { "-M100%" } else { "--no-renames" };
     let out = repo
         .git
         .run(
-            [
-                "diff-tree",
-                "-r",
-                "-z",
-                "--no-commit-id",
-                "--no-renames",
-                a,
-                b,
-                "--",
-            ],
+            ["diff-tree", "-r", "-z", "--no-commit-id", how, a, b, "--"],
             RunOpts::read(),
         )
         .await?;
+    // `:<m1> <m2> <o1> <o2> <S>\0<path>\0[<path2>\0]`
     let mut list = Vec::new();
     let mut it = out.stdout.split(|x| *x == 0).filter(|x| !x.is_empty());
     while let Some(meta) = it.next() {
         let meta = String::from_utf8_lossy(meta).into_owned();
         let f: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
-        let (Some(m1), Some(m2), Some(o1), Some(o2)) = (f.first(), f.get(1), f.get(2), f.get(3))
+        let (Some(m1), Some(m2), Some(o1), Some(o2), Some(st)) =
+            (f.first(), f.get(1), f.get(2), f.get(3), f.get(4))
         else {
             break;
         };
         let Some(p) = it.next() else { break };
+        let to = if st.starts_with('R') || st.starts_with('C') {
+            let Some(p2) = it.next() else { break };
+            Some(String::from_utf8_lossy(p2).into_owned())
+        } else {
+            None
+        };
         let side = |m: &str, o: &str| {
             (!o.chars().all(|c| c == '0')).then(|| (m.to_string(), o.to_string()))
         };
@@ -72,9 +75,35 @@ pub(super) async fn changes(repo: &Repo, a: &str, b: &str) -> Step<Vec<Changed>>
             path: String::from_utf8_lossy(p).into_owned(),
             old: side(m1, o1),
             new: side(m2, o2),
+            to,
         });
     }
     Ok(list)
+}
+
+/// The user's index entries of `paths` (path → object name), by one
+/// `ls-files -s` (which reads the index, never the work tree).
+pub(super) async fn index_entries(repo: &Repo, paths: &[&str]) -> Step<HashMap<String, String>> {
+    let mut ls: Vec<OsString> = ["ls-files", "-s", "-z", "--"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    ls.extend(paths.iter().map(OsString::from));
+    let out = repo
+        .git
+        .run(&ls, RunOpts::read().var("GIT_LITERAL_PATHSPECS", "1"))
+        .await?;
+    // `<mode> <oid> <stage>\t<path>`
+    let mut index = HashMap::new();
+    for e in out.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+        let t = String::from_utf8_lossy(e);
+        if let Some((meta, p)) = t.split_once('\t')
+            && let Some(oid) = meta.split(' ').nth(1)
+        {
+            index.insert(p.to_string(), oid.to_string());
+        }
+    }
+    Ok(index)
 }
 
 /// Does git filter any of these paths when it checks them out?
@@ -184,28 +213,19 @@ pub(super) async fn move_paths(repo: &Repo, changes: &[Changed]) -> Step<Fast> {
     // Both sides' blobs, and the index's entries, in one call each.
     let mut specs = Vec::with_capacity(changes.len() * 2);
     for c in changes {
-        specs.push(c.old.as_ref().map_or(ZERO.to_string(), |(_, o)| o.clone()));
-        specs.push(c.new.as_ref().map_or(ZERO.to_string(), |(_, o)| o.clone()));
+        specs.push(
+            c.old
+                .as_ref()
+                .map_or(ZERO_OID.to_string(), |(_, o)| o.clone()),
+        );
+        specs.push(
+            c.new
+                .as_ref()
+                .map_or(ZERO_OID.to_string(), |(_, o)| o.clone()),
+        );
     }
     let mut got = repo.blobs(&specs).await?.into_iter();
-    let mut ls: Vec<OsString> = ["ls-files", "-s", "-z", "--"]
-        .iter()
-        .map(OsString::from)
-        .collect();
-    ls.extend(paths.iter().map(OsString::from));
-    let out = repo
-        .git
-        .run(&ls, RunOpts::read().var("GIT_LITERAL_PATHSPECS", "1"))
-        .await?;
-    let mut index: HashMap<String, String> = HashMap::new();
-    for e in out.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
-        let t = String::from_utf8_lossy(e);
-        if let Some((meta, p)) = t.split_once('\t')
-            && let Some(oid) = meta.split(' ').nth(1)
-        {
-            index.insert(p.to_string(), oid.to_string());
-        }
-    }
+    let index = index_entries(repo, &paths).await?;
     let mut plan = Vec::with_capacity(changes.len());
     let mut kept = Vec::new();
     for c in changes {
@@ -257,7 +277,7 @@ pub(super) async fn move_paths(repo: &Repo, changes: &[Changed]) -> Step<Fast> {
             }
             dir = d.parent();
         }
-        info.extend_from_slice(format!("0 {ZERO}\t{}", c.path).as_bytes());
+        info.extend_from_slice(format!("0 {ZERO_OID}\t{}", c.path).as_bytes());
         info.push(0);
     }
     for (c, blob) in plan.iter().filter(|(c, _)| c.new.is_some()) {

@@ -38,7 +38,7 @@ const KEEP_UNSEEN: i64 = 120;
 /// Names listed in a commit's first line.
 const NAMES_IN_TITLE: usize = 5;
 
-const ZERO_OID: &str = "0000000000000000000000000000000000000000";
+pub(super) const ZERO_OID: &str = "0000000000000000000000000000000000000000";
 
 /// The repository a synced vault lives in.
 #[derive(Debug)]
@@ -323,39 +323,27 @@ async fn move_branch(
 /// (an edit on disk on top shows as unstaged; the stat data is refreshed
 /// by the next `git status`).
 async fn move_index(repo: &Repo, old: &str, committed: &BTreeMap<String, String>) -> Step<()> {
-    let paths: Vec<OsString> = committed.keys().map(OsString::from).collect();
-    let entries = |out: &[u8]| -> HashMap<String, String> {
-        let mut m = HashMap::new();
-        for e in out.split(|b| *b == 0).filter(|e| !e.is_empty()) {
-            let t = String::from_utf8_lossy(e);
-            if let Some((meta, path)) = t.split_once('\t') {
-                // `<mode> <oid> <stage>` (ls-files) or `<mode> blob <oid>` (ls-tree).
-                let f: Vec<&str> = meta.split(' ').collect();
-                let oid = if f.get(1) == Some(&"blob") {
-                    f.get(2)
-                } else {
-                    f.get(1)
-                };
-                if let Some(oid) = oid {
-                    m.insert(path.to_string(), (*oid).to_string());
-                }
-            }
-        }
-        m
-    };
+    let paths: Vec<&str> = committed.keys().map(String::as_str).collect();
     let mut args: Vec<OsString> = ["ls-tree", "-z", "--full-tree", old, "--"]
         .iter()
         .map(OsString::from)
         .collect();
-    args.extend(paths.iter().cloned());
-    let lit = || RunOpts::read().var("GIT_LITERAL_PATHSPECS", "1");
-    let before = entries(&repo.git.run(&args, lit()).await?.stdout);
-    let mut args: Vec<OsString> = ["ls-files", "-s", "-z", "--"]
-        .iter()
-        .map(OsString::from)
-        .collect();
-    args.extend(paths.iter().cloned());
-    let staged = entries(&repo.git.run(&args, lit()).await?.stdout);
+    args.extend(paths.iter().map(OsString::from));
+    let out = repo
+        .git
+        .run(&args, RunOpts::read().var("GIT_LITERAL_PATHSPECS", "1"))
+        .await?;
+    // `<mode> blob <oid>\t<path>`
+    let mut before = HashMap::new();
+    for e in out.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+        let t = String::from_utf8_lossy(e);
+        if let Some((meta, path)) = t.split_once('\t')
+            && let Some(oid) = meta.split(' ').nth(2)
+        {
+            before.insert(path.to_string(), oid.to_string());
+        }
+    }
+    let staged = super::checkout::index_entries(repo, &paths).await?;
     let mut info = Vec::new();
     for (path, oid) in committed {
         if staged.get(path) != before.get(path) {
@@ -828,55 +816,14 @@ async fn commits(repo: &Repo, range: &str) -> Step<Vec<(String, String, String)>
         .collect())
 }
 
-/// `diff-tree -r -z` of two commits: (path, old blob, new blob) per
-/// changed path (`None`: not there), with renames when `renames`.
-async fn changed(
-    repo: &Repo,
-    a: &str,
-    b: &str,
-    renames: bool,
-) -> Step<Vec<(String, Option<String>, Option<String>, Option<String>)>> {
-    let mut args = vec!["diff-tree", "-r", "-z", "--no-commit-id"];
-    // Exact renames only: two short notes from one template are similar
-    // enough for git's guess, and a new message is no moved one.
-    args.push(if renames { "-M100%" } else { "--no-renames" });
-    args.extend([a, b, "--"]);
-    let out = repo.git.run(&args, RunOpts::read()).await?;
-    // `:<m1> <m2> <o1> <o2> <S>\0<path>\0[<path2>\0]`
-    let mut out_list = Vec::new();
-    let mut it = out.stdout.split(|x| *x == 0).filter(|x| !x.is_empty());
-    while let Some(meta) = it.next() {
-        let meta = String::from_utf8_lossy(meta).into_owned();
-        let f: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
-        let (Some(o1), Some(o2), Some(st)) = (f.get(2), f.get(3), f.get(4)) else {
-            break;
-        };
-        let Some(p1) = it.next() else { break };
-        let p1 = String::from_utf8_lossy(p1).into_owned();
-        let blob = |o: &str| (o != ZERO_OID).then(|| o.to_string());
-        if st.starts_with('R') || st.starts_with('C') {
-            let Some(p2) = it.next() else { break };
-            out_list.push((
-                p1,
-                blob(o1),
-                blob(o2),
-                Some(String::from_utf8_lossy(p2).into_owned()),
-            ));
-        } else {
-            out_list.push((p1, blob(o1), blob(o2), None));
-        }
-    }
-    Ok(out_list)
-}
-
 /// vaultrunner's own commits `mb..head`, replayed onto `upstream`: the
 /// new commit (parent `upstream`).
 async fn rebuild(v: &GitVault, repo: &Repo, mb: &str, head: &str, upstream: &str) -> Step<String> {
     let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
-    let mine: Vec<_> = changed(repo, mb, head, false)
+    let mine: Vec<_> = super::checkout::changes(repo, mb, head, false)
         .await?
         .into_iter()
-        .filter_map(|(path, base, ours, _)| Some((path, base, ours?)))
+        .filter_map(|c| Some((c.path, c.old.map(|(_, o)| o), c.new?.1)))
         .collect();
     // Every blob in one call: upstream's version, the base and ours.
     let mut specs = Vec::with_capacity(mine.len() * 3);
@@ -908,9 +855,9 @@ async fn rebuild(v: &GitVault, repo: &Repo, mb: &str, head: &str, upstream: &str
         .iter()
         .any(|(_, had, target, _, _)| *had && target.is_none())
     {
-        for (from, _, _, to) in changed(repo, mb, upstream, true).await? {
-            if let Some(to) = to {
-                moved.insert(from, to);
+        for c in super::checkout::changes(repo, mb, upstream, true).await? {
+            if let Some(to) = c.to {
+                moved.insert(c.path, to);
             }
         }
     }
@@ -1044,7 +991,7 @@ async fn update_worktree(
     if typing {
         return Err(Halt::Busy);
     }
-    let paths = super::checkout::changes(repo, head, target).await?;
+    let paths = super::checkout::changes(repo, head, target, false).await?;
     for c in &paths {
         let full = repo.git.top().join(&c.path);
         if std::fs::symlink_metadata(&full)
@@ -1127,13 +1074,13 @@ async fn update_worktree(
     let may_have_moved =
         paths.iter().any(|c| c.old.is_none()) && paths.iter().any(|c| c.new.is_none());
     if may_have_moved
-        && let Ok(renames) = changed(repo, head, target, true).await
+        && let Ok(renames) = super::checkout::changes(repo, head, target, true).await
         && let Ok(mut m) = s.moved.lock()
     {
-        for (from, _, _, to) in renames {
+        for c in renames {
             if let (Some(f), Some(t)) = (
-                repo.vault_path(&from),
-                to.as_deref().and_then(|t| repo.vault_path(t)),
+                repo.vault_path(&c.path),
+                c.to.as_deref().and_then(|t| repo.vault_path(t)),
             ) {
                 m.insert(f.to_string(), t.to_string());
             }
