@@ -105,7 +105,13 @@ impl Default for TestVault {
 impl TestVault {
     /// An empty vault.
     pub fn new() -> TestVault {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        // VAULTRUNNER_TEST_KEEP=1 keeps the vault, its logs and the fakes'
+        // state after the test, to look at a failure.
+        let keep = std::env::var_os("VAULTRUNNER_TEST_KEEP").is_some_and(|v| v == "1");
+        let tmp = tempfile::Builder::new()
+            .disable_cleanup(keep)
+            .tempdir()
+            .expect("tempdir");
         let parent = std::fs::canonicalize(tmp.path()).expect("canonicalize tempdir");
         let root = parent.join("vault");
         std::fs::create_dir(&root).expect("create vault dir");
@@ -421,7 +427,8 @@ impl TestVault {
         if !extra.contains(&"--listen") {
             args.extend(["--listen", "none"]);
         }
-        self.vr(&args).env("VAULTRUNNER_LOG", "info")
+        let level = std::env::var("VAULTRUNNER_TEST_LOG").unwrap_or_else(|_| "info".into());
+        self.vr(&args).env("VAULTRUNNER_LOG", &level)
     }
 
     /// Starts [`serve_run(extra)`](Self::serve_run) without waiting for it.

@@ -508,8 +508,34 @@ impl Fx {
             &self.v.root,
             &["--no-optional-locks", "diff", "--cached", "--stat"],
         );
+        // How each modified note came to be as committed (its first one).
+        let modified = self.git(
+            &self.v.root,
+            &["--no-optional-locks", "diff", "HEAD", "--name-only"],
+        );
+        let history = String::from_utf8_lossy(&modified.stdout)
+            .lines()
+            .next()
+            .map(|f| {
+                let log = self.git(
+                    &self.v.root,
+                    &[
+                        "--no-optional-locks",
+                        "log",
+                        "-p",
+                        "--format=%h %an %s",
+                        "--",
+                        f,
+                    ],
+                );
+                String::from_utf8_lossy(&log.stdout)
+                    .chars()
+                    .take(6000)
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
         format!(
-            "{}\n--- staged in the user's index (diff --cached --stat) ---\n{}",
+            "{}\n--- staged in the user's index (diff --cached --stat) ---\n{}\n--- the first modified note's history ---\n{history}",
             String::from_utf8_lossy(&d.stdout)
                 .chars()
                 .take(4000)

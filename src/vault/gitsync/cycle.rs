@@ -438,16 +438,64 @@ fn value_of(rendered: &str) -> Option<serde_yaml::Value> {
     serde_yaml::from_str(rendered).ok()
 }
 
-/// Does the note `text` show `key` as `rendered` (`None`: absent)?
-fn shows(text: &str, key: &str, rendered: Option<&str>) -> bool {
-    let Ok(meta) = note::parse_yaml(note::split(text).yaml) else {
-        return false;
+/// The keys `changes` set, each at the value the note on disk shows when
+/// that is one of the values vaultrunner wrote for it — not always the
+/// last: a write a crash cut short never landed, and the next one was
+/// computed against the disk without it — in the order the disk has them
+/// (a removed key last). A key the disk shows at none of vaultrunner's
+/// values is someone else's, or never landed: left out.
+fn landed_keys<'a>(
+    changes: impl Iterator<Item = &'a OwnChange>,
+    disk: &str,
+) -> Vec<(String, Option<String>)> {
+    let Ok(meta) = note::parse_yaml(note::split(disk).yaml) else {
+        return Vec::new();
     };
-    let now = meta.get(key);
-    match rendered {
-        None => now.is_none(),
-        Some(r) => now.is_some() && now.cloned() == value_of(r),
+    let mut written: Vec<(&str, Vec<Option<&str>>)> = Vec::new();
+    for change in changes {
+        let OwnChange::Keys(ks) = change else {
+            continue;
+        };
+        for (k, val) in ks {
+            match written.iter_mut().find(|(x, _)| x == k) {
+                Some((_, vals)) => vals.push(val.as_deref()),
+                None => written.push((k.as_str(), vec![val.as_deref()])),
+            }
+        }
     }
+    let mut out: Vec<(usize, String, Option<String>)> = Vec::new();
+    for (key, vals) in written {
+        match meta.get(key) {
+            None if vals.contains(&None) => out.push((usize::MAX, key.to_string(), None)),
+            None => {}
+            Some(now) => {
+                let shown = vals
+                    .iter()
+                    .flatten()
+                    .find(|r| value_of(r).as_ref() == Some(now));
+                if let Some(r) = shown {
+                    let at = meta
+                        .keys()
+                        .position(|k| k.as_str() == Some(key))
+                        .unwrap_or(usize::MAX);
+                    out.push((at, key.to_string(), Some((*r).to_string())));
+                }
+            }
+        }
+    }
+    out.sort_by_key(|(at, _, _)| *at);
+    out.into_iter().map(|(_, k, v)| (k, v)).collect()
+}
+
+/// Are `a` and `b` the same note: the same body, and front-matter that
+/// parses to the same keys and values (in any order or spelling)?
+fn same_note(a: &str, b: &str) -> bool {
+    let (x, y) = (note::split(a), note::split(b));
+    x.body == y.body
+        && matches!(
+            (note::parse_yaml(x.yaml), note::parse_yaml(y.yaml)),
+            (Ok(m), Ok(n)) if m == n
+        )
 }
 
 /// Forces `keys` onto `text`.
@@ -586,11 +634,8 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
                     Some(OwnChange::Whole(c)) => c.clone(),
                     _ => continue,
                 };
-                for r in recs.iter().skip(i + 1) {
-                    if let OwnChange::Keys(ks) = &r.change {
-                        cur = set_keys(&cur, ks).unwrap_or(cur);
-                    }
-                }
+                let later = landed_keys(recs.iter().skip(i + 1).map(|r| &r.change), &disk);
+                cur = set_keys(&cur, &later).unwrap_or(cur);
                 if cur != disk {
                     if now_secs() - recs.last().map_or(0, |r| r.at) < KEEP_UNSEEN {
                         unseen.extend(recs.iter().skip(i).cloned());
@@ -625,21 +670,13 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
                 // Only keys, onto the committed note; a note never
                 // committed is the user's to commit.
                 let Some(old) = old.as_deref() else { continue };
-                // A key keeps the place it was first set at (as on disk).
-                let mut keys: Vec<(String, Option<String>)> = Vec::new();
                 let mut replayed = old.to_string();
                 for r in recs {
                     if let OwnChange::Keys(ks) = &r.change {
                         replayed = set_keys(&replayed, ks).unwrap_or(replayed);
-                        for (k, val) in ks {
-                            match keys.iter_mut().find(|(x, _)| x == k) {
-                                Some(slot) => slot.1 = val.clone(),
-                                None => keys.push((k.clone(), val.clone())),
-                            }
-                        }
                     }
                 }
-                keys.retain(|(k, val)| shows(&disk, k, val.as_deref()));
+                let keys = landed_keys(recs.iter().map(|r| &r.change), &disk);
                 if keys.is_empty() {
                     continue;
                 }
@@ -657,11 +694,15 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
                 }
                 // Every write replayed onto the committed note gives the
                 // note on disk when nobody else edited it: that text,
-                // byte for byte. Else only the keys the disk shows.
+                // byte for byte. Else only the keys the disk shows — and
+                // the disk's own bytes when that is the same note (the
+                // same keys and values, the same body), so a note whose
+                // committed keys stand in another order comes back in step.
                 if replayed == disk {
                     replayed
                 } else {
                     match set_keys(old, &keys) {
+                        Some(t) if same_note(&t, &disk) => disk,
                         Some(t) if t != old => t,
                         _ => continue,
                     }
@@ -1467,16 +1508,69 @@ mod tests {
         assert!(!answers(&[("state".into(), Some("handled".into()))]));
     }
 
+    fn keys(pairs: &[(&str, Option<&str>)]) -> OwnChange {
+        OwnChange::Keys(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                .collect(),
+        )
+    }
+
     #[test]
-    fn shows_compares_values_not_spellings() {
+    fn landed_keys_compare_values_not_spellings() {
         let t = "---\nstatus: handled\nattempts: 2\n---\nbody\n";
-        assert!(shows(t, "status", Some("handled")));
-        assert!(shows(t, "status", Some("\"handled\"")));
-        assert!(shows(t, "attempts", Some("2")));
-        assert!(!shows(t, "attempts", Some("\"2\"")));
-        assert!(shows(t, "error", None));
-        assert!(!shows(t, "status", None));
-        assert!(!shows("---\n: [\n---\n", "status", Some("handled")));
+        let own = [keys(&[
+            ("status", Some("\"handled\"")),
+            ("attempts", Some("\"2\"")),
+            ("error", None),
+            ("reply", None),
+        ])];
+        assert_eq!(
+            landed_keys(own.iter(), t),
+            vec![
+                ("status".to_string(), Some("\"handled\"".to_string())),
+                ("error".to_string(), None),
+                ("reply".to_string(), None),
+            ]
+        );
+        assert!(landed_keys(own.iter(), "---\n: [\n---\n").is_empty());
+    }
+
+    #[test]
+    fn landed_keys_take_the_value_on_disk_when_a_later_write_never_landed() {
+        // The claim landed; the end batch (handled) was cut short by a
+        // crash; the re-claim after the restart changed only `attempts`
+        // (computed against the disk, still `working`).
+        let own = [
+            keys(&[
+                ("status", Some("working")),
+                ("attempts", Some("1")),
+                ("thread", Some("\"[[T]]\"")),
+            ]),
+            keys(&[
+                ("status", Some("handled")),
+                ("handled_at", Some("x")),
+                ("reply", Some("\"[[R]]\"")),
+            ]),
+            keys(&[("attempts", Some("2"))]),
+        ];
+        let disk = "---\nagent: echo\nstatus: working\nattempts: 2\nthread: \"[[T]]\"\n---\nm\n";
+        assert_eq!(
+            landed_keys(own.iter(), disk),
+            vec![
+                ("status".to_string(), Some("working".to_string())),
+                ("attempts".to_string(), Some("2".to_string())),
+                ("thread".to_string(), Some("\"[[T]]\"".to_string())),
+            ]
+        );
+        // In the disk's order, whatever order they were first written in.
+        let disk = "---\nthread: \"[[T]]\"\nagent: echo\nattempts: 2\nstatus: working\n---\nm\n";
+        let got: Vec<String> = landed_keys(own.iter(), disk)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(got, ["thread", "attempts", "status"]);
     }
 
     /// A bare origin and a clone of it holding `Inbox/m.md`, with git
@@ -1622,6 +1716,80 @@ mod tests {
         );
         assert!(!files.contains("ghost"), "{files}");
         assert!(v.sh.journal.is_empty());
+    }
+
+    #[test]
+    fn a_write_a_crash_cut_short_leaves_what_landed_committed_as_on_disk() {
+        let r = Repos::new();
+        let v = r.vault();
+        let note = r.clone_dir().join("Inbox/m.md");
+        let base = std::fs::read_to_string(&note).unwrap();
+        let claimed = base.replace(
+            "agent: echo\n",
+            "agent: echo\nstatus: working\nattempts: 1\nthread: \"[[T]]\"\n",
+        );
+        // The claim landed; the end batch's line was journaled, and then
+        // the process was killed before its rename.
+        v.sh.journal
+            .append(&[
+                Record {
+                    path: "Inbox/m".into(),
+                    change: ops::own_change(Some(&base), &claimed),
+                    at: now_secs(),
+                },
+                Record {
+                    path: "Inbox/m".into(),
+                    change: ops::own_change(
+                        Some(&claimed),
+                        &claimed.replace("status: working", "status: handled"),
+                    ),
+                    at: now_secs(),
+                },
+            ])
+            .unwrap();
+        std::fs::write(&note, &claimed).unwrap();
+        // After the restart: claimed again, then answered.
+        let (text, ver) = v.read("Inbox/m").unwrap();
+        let again = text.replace("attempts: 1", "attempts: 2");
+        v.write_batch(&[NoteWrite::update("Inbox/m", again.clone(), ver)])
+            .unwrap();
+        v.sync(SyncStep::Push).unwrap();
+        assert_eq!(r.origin("Inbox/m.md"), again);
+        let (text, ver) = v.read("Inbox/m").unwrap();
+        let done = text.replace("status: working", "status: handled");
+        v.write_batch(&[NoteWrite::update("Inbox/m", done.clone(), ver)])
+            .unwrap();
+        v.sync(SyncStep::Push).unwrap();
+        assert_eq!(r.origin("Inbox/m.md"), done);
+        let status = r.git(&r.clone_dir(), &["status", "--porcelain"]);
+        assert_eq!(status.trim(), "", "{status}");
+    }
+
+    #[test]
+    fn a_note_committed_with_its_keys_in_another_order_comes_back_in_step() {
+        let r = Repos::new();
+        let c = r.clone_dir();
+        let note = c.join("Inbox/m.md");
+        // Committed (by an earlier version) with `status` last; on disk
+        // with `status` first: the same note.
+        let committed = "---\ntags: [agent/message/inbound]\nagent: echo\nattempts: 1\nstatus: working\n---\nthe message\n";
+        std::fs::write(&note, committed).unwrap();
+        r.git(&c, &["commit", "-qam", "earlier"]);
+        r.git(&c, &["push", "-q", "origin", "main"]);
+        std::fs::write(
+            &note,
+            "---\ntags: [agent/message/inbound]\nagent: echo\nstatus: working\nattempts: 1\n---\nthe message\n",
+        )
+        .unwrap();
+        let v = r.vault();
+        let (text, ver) = v.read("Inbox/m").unwrap();
+        let done = text.replace("status: working", "status: handled");
+        v.write_batch(&[NoteWrite::update("Inbox/m", done.clone(), ver)])
+            .unwrap();
+        v.sync(SyncStep::Push).unwrap();
+        assert_eq!(r.origin("Inbox/m.md"), done);
+        let status = r.git(&c, &["status", "--porcelain"]);
+        assert_eq!(status.trim(), "", "{status}");
     }
 
     #[test]
