@@ -627,24 +627,28 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
             .iter()
             .rposition(|r| matches!(r.change, OwnChange::Whole(_)));
         let text = match whole {
-            Some(i) => {
-                // The note vaultrunner wrote whole, with its later keys;
-                // committed only if it is what is on disk.
-                let mut cur = match recs.get(i).map(|r| &r.change) {
-                    Some(OwnChange::Whole(c)) => c.clone(),
-                    _ => continue,
-                };
-                let later = landed_keys(recs.iter().skip(i + 1).map(|r| &r.change), &disk);
-                cur = set_keys(&cur, &later).unwrap_or(cur);
-                if cur != disk {
+            Some(last) => {
+                // A note vaultrunner wrote whole, with its later keys;
+                // committed only if it is what is on disk. The last such
+                // version the disk is: a later one a crash cut short (its
+                // line written, never renamed) is not the note.
+                let found = recs.iter().enumerate().rev().find_map(|(i, r)| {
+                    let OwnChange::Whole(c) = &r.change else {
+                        return None;
+                    };
+                    let later = landed_keys(recs.iter().skip(i + 1).map(|r| &r.change), &disk);
+                    let cur = set_keys(c, &later).unwrap_or_else(|| c.clone());
+                    (cur == disk).then_some(cur)
+                });
+                let Some(cur) = found else {
                     if now_secs() - recs.last().map_or(0, |r| r.at) < KEEP_UNSEEN {
-                        unseen.extend(recs.iter().skip(i).cloned());
+                        unseen.extend(recs.iter().skip(last).cloned());
                     }
                     tracing::debug!(
                         "git sync: {path}.md is not as vaultrunner wrote it; not committed"
                     );
                     continue;
-                }
+                };
                 if let Some(kind) = ops::find_secret(&cur) {
                     held.push(format!("{path}.md: looks like it holds {kind}"));
                     continue;
@@ -1789,6 +1793,27 @@ mod tests {
         v.sync(SyncStep::Push).unwrap();
         assert_eq!(r.origin("Inbox/m.md"), done);
         let status = r.git(&c, &["status", "--porcelain"]);
+        assert_eq!(status.trim(), "", "{status}");
+    }
+
+    #[test]
+    fn a_reply_whose_rewrite_a_crash_cut_short_is_committed_as_it_landed() {
+        let r = Repos::new();
+        let v = r.vault();
+        let first = "---\ndirection: outbound\n---\nthe reply\n";
+        v.write_batch(&[NoteWrite::any("Inbox/m.reply", first)])
+            .unwrap();
+        // A re-run's reply journaled, then killed before its rename.
+        v.sh.journal
+            .append(&[Record {
+                path: "Inbox/m.reply".into(),
+                change: OwnChange::Whole("---\ndirection: outbound\n---\nagain\n".into()),
+                at: now_secs(),
+            }])
+            .unwrap();
+        v.sync(SyncStep::Push).unwrap();
+        assert_eq!(r.origin("Inbox/m.reply.md"), first);
+        let status = r.git(&r.clone_dir(), &["status", "--porcelain"]);
         assert_eq!(status.trim(), "", "{status}");
     }
 
