@@ -626,29 +626,31 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
         let whole = recs
             .iter()
             .rposition(|r| matches!(r.change, OwnChange::Whole(_)));
-        let text = match whole {
-            Some(last) => {
-                // A note vaultrunner wrote whole, with its later keys;
-                // committed only if it is what is on disk. The last such
-                // version the disk is: a later one a crash cut short (its
-                // line written, never renamed) is not the note.
-                let found = recs.iter().enumerate().rev().find_map(|(i, r)| {
-                    let OwnChange::Whole(c) = &r.change else {
-                        return None;
-                    };
-                    let later = landed_keys(recs.iter().skip(i + 1).map(|r| &r.change), &disk);
-                    let cur = set_keys(c, &later).unwrap_or_else(|| c.clone());
-                    (cur == disk).then_some(cur)
-                });
-                let Some(cur) = found else {
-                    if now_secs() - recs.last().map_or(0, |r| r.at) < KEEP_UNSEEN {
-                        unseen.extend(recs.iter().skip(last).cloned());
-                    }
-                    tracing::debug!(
-                        "git sync: {path}.md is not as vaultrunner wrote it; not committed"
-                    );
-                    continue;
+        // A note vaultrunner wrote whole, with its later keys: committed
+        // only if it is what is on disk. The last such version the disk
+        // is: a later one a crash cut short (its line written, never
+        // renamed) or a compare-and-set refused is not the note.
+        let as_written = whole.and_then(|last| {
+            let found = recs.iter().enumerate().rev().find_map(|(i, r)| {
+                let OwnChange::Whole(c) = &r.change else {
+                    return None;
                 };
+                let later = landed_keys(recs.iter().skip(i + 1).map(|r| &r.change), &disk);
+                let cur = set_keys(c, &later).unwrap_or_else(|| c.clone());
+                (cur == disk).then_some(cur)
+            });
+            if found.is_none() {
+                if now_secs() - recs.last().map_or(0, |r| r.at) < KEEP_UNSEEN {
+                    unseen.extend(recs.iter().skip(last).cloned());
+                }
+                tracing::debug!(
+                    "git sync: {path}.md is not as vaultrunner wrote it whole; only its keys on disk are committed"
+                );
+            }
+            found
+        });
+        let text = match as_written {
+            Some(cur) => {
                 if let Some(kind) = ops::find_secret(&cur) {
                     held.push(format!("{path}.md: looks like it holds {kind}"));
                     continue;
@@ -1814,6 +1816,35 @@ mod tests {
         v.sync(SyncStep::Push).unwrap();
         assert_eq!(r.origin("Inbox/m.reply.md"), first);
         let status = r.git(&r.clone_dir(), &["status", "--porcelain"]);
+        assert_eq!(status.trim(), "", "{status}");
+    }
+
+    #[test]
+    fn a_stamp_refused_by_its_compare_and_set_does_not_hold_back_the_one_that_landed() {
+        let r = Repos::new();
+        let c = r.clone_dir();
+        let v = r.vault();
+        let (text, ver) = v.read("Inbox/m").unwrap();
+        // A pull brings the phone's edit of the body between vaultrunner's
+        // read and its write.
+        std::fs::write(
+            c.join("Inbox/m.md"),
+            text.replace("the message", "the phone's edit"),
+        )
+        .unwrap();
+        r.git(&c, &["commit", "-qam", "phone: edit"]);
+        let stamped = |t: &str| t.replace("agent: echo\n", "agent: echo\nstatus: handled\n");
+        assert!(
+            v.write_batch(&[NoteWrite::update("Inbox/m", stamped(&text), ver)])
+                .is_err()
+        );
+        // Read again, stamped again: this one lands.
+        let (text, ver) = v.read("Inbox/m").unwrap();
+        v.write_batch(&[NoteWrite::update("Inbox/m", stamped(&text), ver)])
+            .unwrap();
+        v.sync(SyncStep::Push).unwrap();
+        assert_eq!(r.origin("Inbox/m.md"), stamped(&text));
+        let status = r.git(&c, &["status", "--porcelain"]);
         assert_eq!(status.trim(), "", "{status}");
     }
 
