@@ -463,17 +463,20 @@ pub fn gather(
     takes: Takes,
     backend: &str,
 ) -> Gathered {
-    let (mut links, mut left) = front_matter_links(meta);
+    let (mut links, bad) = front_matter_links(meta);
     links.extend(body_links(body));
     let mut out = Gathered::default();
-    if links.is_empty() && left.is_empty() {
+    if links.is_empty() && bad.is_empty() {
         return out;
     }
+    // Everything is kept in the message's order (the list first): `left`
+    // and `found` carry each link's place, and are sorted by it at the end.
+    let mut left: Vec<(usize, Left)> = bad.into_iter().map(|l| (0, l)).collect();
     // 1. What each link is; exact paths tried at once.
-    let mut pending: Vec<(Link, Lookup)> = Vec::new();
-    let mut found: Vec<(Link, FileInfo)> = Vec::new();
+    let mut pending: Vec<(usize, Link, Lookup)> = Vec::new();
+    let mut found: Vec<(usize, Link, FileInfo)> = Vec::new();
     let mut seen: Vec<String> = Vec::new();
-    for l in links {
+    for (i, l) in links.into_iter().enumerate() {
         if seen.contains(&l.written) {
             continue;
         }
@@ -481,10 +484,13 @@ pub fn gather(
         let lookup = match classify(&l, note) {
             Candidate::Not => continue,
             Candidate::Refused(reason) => {
-                left.push(Left {
-                    link: l.written,
-                    reason,
-                });
+                left.push((
+                    i,
+                    Left {
+                        link: l.written,
+                        reason,
+                    },
+                ));
                 continue;
             }
             Candidate::Look(k) => k,
@@ -505,26 +511,32 @@ pub fn gather(
             }
         }
         match (hit, refused) {
-            (Some(info), _) => found.push((l, info)),
+            (Some(info), _) => found.push((i, l, info)),
             (None, Some(VaultError::NoFiles(why))) => {
                 if lookup.strong {
-                    left.push(Left {
-                        link: l.written,
-                        reason: why,
-                    });
+                    left.push((
+                        i,
+                        Left {
+                            link: l.written,
+                            reason: why,
+                        },
+                    ));
                 }
             }
-            (None, Some(e)) => left.push(Left {
-                link: l.written,
-                reason: vault_reason(&e),
-            }),
-            (None, None) => pending.push((l, lookup)),
+            (None, Some(e)) => left.push((
+                i,
+                Left {
+                    link: l.written,
+                    reason: vault_reason(&e),
+                },
+            )),
+            (None, None) => pending.push((i, l, lookup)),
         }
     }
     // 2. The rest by name: one walk of the vault for all of them.
     let names: Vec<String> = pending
         .iter()
-        .filter_map(|(_, k)| k.by_name.as_deref())
+        .filter_map(|(_, _, k)| k.by_name.as_deref())
         .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
         .collect();
     let everywhere = if names.is_empty() {
@@ -532,7 +544,7 @@ pub fn gather(
     } else {
         vault.find_files(&names)
     };
-    for (l, k) in pending {
+    for (i, l, k) in pending {
         let winner = match (&everywhere, &k.by_name) {
             (Ok(all), Some(suffix)) => shortest(all, suffix).cloned(),
             _ => None,
@@ -545,32 +557,44 @@ pub fn gather(
                         Err(e) => format!("not found in the vault ({})", e.reason()),
                         Ok(_) => "not found in the vault".into(),
                     };
-                    left.push(Left {
-                        link: l.written,
-                        reason,
-                    });
+                    left.push((
+                        i,
+                        Left {
+                            link: l.written,
+                            reason,
+                        },
+                    ));
                 }
                 continue;
             }
         };
         match result {
-            Ok(info) => found.push((l, info)),
-            Err(e) => left.push(Left {
-                link: l.written,
-                reason: vault_reason(&e),
-            }),
+            Ok(info) => found.push((i, l, info)),
+            Err(e) => left.push((
+                i,
+                Left {
+                    link: l.written,
+                    reason: vault_reason(&e),
+                },
+            )),
         }
     }
+    found.sort_by_key(|(i, _, _)| *i);
     // 3. Each file once, within the limits, as the backend takes it.
     let mut total = 0u64;
     let mut given: Vec<String> = Vec::new();
-    for (l, info) in found {
+    for (i, l, info) in found {
         if given.contains(&info.path) {
             continue;
         }
-        let leave = |reason: String| Left {
-            link: l.written.clone(),
-            reason,
+        let leave = |reason: String| {
+            (
+                i,
+                Left {
+                    link: l.written.clone(),
+                    reason,
+                },
+            )
         };
         if given.len() >= MAX_COUNT {
             left.push(leave(format!(
@@ -642,7 +666,8 @@ pub fn gather(
         given.push(info.path.clone());
         out.attachments.push(attachment);
     }
-    out.left = left;
+    left.sort_by_key(|(i, _)| *i);
+    out.left = left.into_iter().map(|(_, l)| l).collect();
     out
 }
 

@@ -697,6 +697,7 @@ impl Vault for LocalVault {
         if meta.len() > max {
             return Err(too_large(meta.len()));
         }
+        self.fault(&real, |f| f.read(&rel))?;
         let mut opts = OpenOptions::new();
         opts.read(true);
         #[cfg(unix)]
@@ -1235,6 +1236,81 @@ mod tests {
             assert_eq!(mode("fired.md"), 0o666 & !umask);
         }
         assert_eq!(v.read("shared").unwrap().0, "new text");
+    }
+
+    /// A file over the limit is refused from its size alone: the read
+    /// (here failing, as an injected fault) is never reached. Files are
+    /// checked inside the vault, out of dot-folders, regular.
+    #[cfg(unix)]
+    #[test]
+    fn files_are_checked_and_a_large_one_is_never_read() {
+        #[derive(Debug)]
+        struct NoReads;
+        impl Faults for NoReads {
+            fn read(&self, path: &str) -> io::Result<()> {
+                Err(io::Error::other(format!("read of {path}")))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let big = File::create(dir.path().join("big.png")).unwrap();
+        big.set_len(2 << 30).unwrap();
+        fs::write(dir.path().join("small.png"), "png").unwrap();
+        fs::write(outside.path().join("secret.png"), "secret").unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.png"),
+            dir.path().join("out.png"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("small.png", dir.path().join("alias.png")).unwrap();
+        fs::create_dir_all(dir.path().join(".obsidian")).unwrap();
+        fs::write(dir.path().join(".obsidian/x.png"), "x").unwrap();
+        std::os::unix::fs::symlink(".obsidian/x.png", dir.path().join("hidden.png")).unwrap();
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::write(dir.path().join("a/b/Small.PNG"), "deep").unwrap();
+
+        let v = LocalVault::open(dir.path())
+            .unwrap()
+            .with_faults(std::sync::Arc::new(NoReads));
+        let e = v.read_file("big.png", 1024).unwrap_err();
+        assert!(
+            matches!(e, VaultError::FileTooLarge { size, limit: 1024, .. } if size == 2 << 30),
+            "{e}"
+        );
+        assert!(
+            v.read_file("small.png", 1024)
+                .unwrap_err()
+                .to_string()
+                .contains("read of small.png")
+        );
+        let plain = LocalVault::open(dir.path()).unwrap();
+        assert_eq!(plain.read_file("small.png", 3).unwrap(), b"png");
+        assert!(matches!(
+            plain.read_file("small.png", 2),
+            Err(VaultError::FileTooLarge { size: 3, .. })
+        ));
+        let info = plain.file("alias.png").unwrap();
+        assert_eq!(info.path, "small.png");
+        assert_eq!(info.size, 3);
+        assert_eq!(
+            info.local,
+            Some(dir.path().canonicalize().unwrap().join("small.png"))
+        );
+        for (p, why) in [
+            ("out.png", "outside the vault"),
+            ("hidden.png", "dot-folder"),
+            ("../x.png", "component"),
+            (".obsidian/x.png", "hidden"),
+        ] {
+            let e = plain.file(p).unwrap_err().to_string();
+            assert!(e.contains(why), "{p}: {e}");
+        }
+        assert!(plain.file("nope.png").unwrap_err().is_not_found());
+        assert!(plain.file("a").is_err());
+        let found = plain
+            .find_files(&["small.png".into(), "x.png".into()])
+            .unwrap();
+        assert_eq!(found, vec!["a/b/Small.PNG", "small.png"]);
     }
 
     #[test]
