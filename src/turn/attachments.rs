@@ -918,6 +918,34 @@ mod tests {
         assert_eq!(percent_decode("%FF"), "%FF");
     }
 
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            /// Whatever a message writes, the vault is only ever asked for
+            /// paths that stay inside it: no `..`, no absolute path, no
+            /// dot-folder, no backslash, nothing empty.
+            #[test]
+            fn no_link_asks_the_vault_for_a_path_outside_it(
+                body in r"(!?\[\[[a-z./\\:%#|~ ]{0,14}\]\]|!?\[x\]\([a-z./%:#2<> ]{0,14}\)|`| |\n|x){0,10}",
+                note in "[a-z]{1,3}(/[a-z]{1,3}){0,3}",
+            ) {
+                for l in body_links(&body) {
+                    if let Candidate::Look(k) = classify(&l, &note) {
+                        for p in k.exact.iter().chain(k.by_name.iter()) {
+                            prop_assert!(
+                                crate::vault::check_rel_path(p).is_ok(),
+                                "{:?} from {:?} in {}: {}", p, l.target, note, body
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn reply_note_names_each_left_out() {
         assert_eq!(reply_note(&[]), "");

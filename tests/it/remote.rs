@@ -925,7 +925,11 @@ async fn attachments_are_named_unavailable(t: &Target) {
     t.vr("process", &[]).success();
     let reply = t.get(&format!("{m}.reply")).await.unwrap();
     let body = reply["content"].as_str().unwrap_or_default();
-    assert!(body.starts_with("echo: See ![[photo.png]]"), "{}: {body}", t.kind);
+    assert!(
+        body.starts_with("echo: See ![[photo.png]]"),
+        "{}: {body}",
+        t.kind
+    );
     assert!(
         body.contains("- `photo.png`: attachments are not available on a remote vault"),
         "{}: {body}",
