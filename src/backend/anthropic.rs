@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::http::{self, HttpKeys, client};
 use super::{
-    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, Takes, TurnError, TurnEvent, TurnOutput,
     TurnRequest, Usage,
 };
 use crate::note::FieldError;
@@ -72,7 +72,7 @@ impl Anthropic {
             messages.push(json!({"role": "user", "content": ex.user}));
             messages.push(json!({"role": "assistant", "content": ex.assistant}));
         }
-        messages.push(json!({"role": "user", "content": req.prompt}));
+        messages.push(json!({"role": "user", "content": user_content(req)}));
         let mut body = json!({
             "model": self.model,
             "max_tokens": self.max_tokens,
@@ -86,6 +86,33 @@ impl Anthropic {
         }
         body
     }
+}
+
+/// The current message: its text, or with attachments a list of content
+/// blocks — each image as an `image` block and each PDF as a `document`
+/// block (base64 sources), then the text (Anthropic's vision guide puts
+/// images before the text). Earlier messages of the history are text
+/// only.
+fn user_content(req: &TurnRequest) -> Value {
+    let mut blocks: Vec<Value> = req
+        .attachments
+        .iter()
+        .filter_map(|a| {
+            let c = a.content.as_ref()?;
+            let source = json!({"type": "base64", "media_type": c.media_type, "data": c.base64()});
+            Some(if c.is_image() {
+                json!({"type": "image", "source": source})
+            } else {
+                let title = a.name.rsplit('/').next().unwrap_or(&a.name);
+                json!({"type": "document", "source": source, "title": title})
+            })
+        })
+        .collect();
+    if blocks.is_empty() {
+        return json!(req.prompt);
+    }
+    blocks.push(json!({"type": "text", "text": req.prompt}));
+    Value::Array(blocks)
 }
 
 fn transient_error_type(t: &str) -> bool {
@@ -224,6 +251,10 @@ impl Backend for Anthropic {
 
     fn wants_history(&self) -> bool {
         true
+    }
+
+    fn takes(&self) -> Takes {
+        Takes::Blocks { pdf: true }
     }
 }
 

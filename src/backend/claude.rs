@@ -461,6 +461,7 @@ mod config_tests {
             stall: std::time::Duration::from_secs(1),
             history: Vec::new(),
             mcp_config: mcp.map(std::path::PathBuf::from),
+            attachments: Vec::new(),
         }
     }
 

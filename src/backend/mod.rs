@@ -95,6 +95,55 @@ pub struct TurnRequest {
     /// The vault's own MCP endpoint, as a `--mcp-config` file (a remote
     /// vault; `claude` passes it unless `vault_mcp: false`).
     pub mcp_config: Option<PathBuf>,
+    /// The files the message embeds or links (SPEC §9), for this message
+    /// only (never re-sent with the history). The prompt already names
+    /// them (and those left out) in its "Attachments:" section; a backend
+    /// that [takes blocks](Takes::Blocks) sends their bytes.
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file handed to a turn with its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Its path in the vault (`Files/photo.png`).
+    pub name: String,
+    /// Its absolute path on this machine (a folder vault).
+    pub path: Option<PathBuf>,
+    /// Its bytes and their type, for a backend that [takes
+    /// blocks](Takes::Blocks).
+    pub content: Option<AttachmentContent>,
+}
+
+/// The bytes of an attachment and their media type (`image/png`,
+/// `application/pdf`), told from the bytes themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentContent {
+    pub media_type: &'static str,
+    pub data: Arc<[u8]>,
+}
+
+impl AttachmentContent {
+    pub fn is_image(&self) -> bool {
+        self.media_type.starts_with("image/")
+    }
+
+    /// The bytes as base64 (the encoding the model APIs take).
+    pub fn base64(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&self.data)
+    }
+}
+
+/// How a backend takes the files a message comes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takes {
+    /// Their absolute paths, in the prompt and in
+    /// `VAULTRUNNER_ATTACHMENTS`: the program reads them itself (the CLI
+    /// backends, `command`).
+    Paths,
+    /// Their bytes, as content blocks of the message: images (PNG, JPEG,
+    /// GIF, WebP), and PDFs when `pdf` (the HTTP model APIs).
+    Blocks { pdf: bool },
 }
 
 /// One earlier message and its reply.
@@ -394,6 +443,11 @@ pub trait Backend: Any + Debug + Send + Sync {
     fn wants_history(&self) -> bool {
         false
     }
+
+    /// How it takes a message's attachments.
+    fn takes(&self) -> Takes {
+        Takes::Paths
+    }
 }
 
 impl dyn Backend {
@@ -442,6 +496,10 @@ impl Backend for Shared {
 
     fn wants_history(&self) -> bool {
         self.0.wants_history()
+    }
+
+    fn takes(&self) -> Takes {
+        self.0.takes()
     }
 }
 

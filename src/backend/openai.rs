@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::http::{self, HttpKeys, client};
 use super::{
-    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, Takes, TurnError, TurnEvent, TurnOutput,
     TurnRequest, Usage,
 };
 use crate::agent::keys;
@@ -96,7 +96,7 @@ impl OpenAi {
             messages.push(json!({"role": "user", "content": ex.user}));
             messages.push(json!({"role": "assistant", "content": ex.assistant}));
         }
-        messages.push(json!({"role": "user", "content": req.prompt}));
+        messages.push(json!({"role": "user", "content": user_content(req)}));
         let mut body = json!({
             "model": self.model,
             "messages": messages,
@@ -113,6 +113,34 @@ impl OpenAi {
         }
         body
     }
+}
+
+/// The current message: its text, or with attachments a list of content
+/// parts — the text, then each image as an `image_url` part with a
+/// `data:` URL, each PDF as a `file` part with `file_data` (the chat
+/// completions API takes PDFs so; OpenAI's file-inputs guide). Earlier
+/// messages of the history are text only.
+fn user_content(req: &TurnRequest) -> Value {
+    let blocks: Vec<Value> = req
+        .attachments
+        .iter()
+        .filter_map(|a| {
+            let c = a.content.as_ref()?;
+            let url = format!("data:{};base64,{}", c.media_type, c.base64());
+            Some(if c.is_image() {
+                json!({"type": "image_url", "image_url": {"url": url}})
+            } else {
+                let filename = a.name.rsplit('/').next().unwrap_or(&a.name);
+                json!({"type": "file", "file": {"filename": filename, "file_data": url}})
+            })
+        })
+        .collect();
+    if blocks.is_empty() {
+        return json!(req.prompt);
+    }
+    let mut parts = vec![json!({"type": "text", "text": req.prompt})];
+    parts.extend(blocks);
+    Value::Array(parts)
 }
 
 impl Backend for OpenAi {
@@ -219,6 +247,10 @@ impl Backend for OpenAi {
 
     fn wants_history(&self) -> bool {
         true
+    }
+
+    fn takes(&self) -> Takes {
+        Takes::Blocks { pdf: true }
     }
 }
 

@@ -14,6 +14,7 @@
 //! writes), `request` (what the backend is given), `history` (the
 //! conversation rebuilt from the vault).
 
+pub mod attachments;
 mod history;
 mod paths;
 mod render;
@@ -99,6 +100,8 @@ pub struct Unrecorded {
     result: Result<TurnOutput, TurnError>,
     callback: Option<CallbackTo>,
     external: bool,
+    /// The lines the reply gains for attachments the turn ran without.
+    attachments_note: String,
     /// The end's time, the same on every try.
     now: String,
     /// Notes of the end already in place from an earlier try (the thread
@@ -466,6 +469,7 @@ async fn run_prepared(
         _ => None,
     };
     let events = EventSink::new(env.events.clone(), &def.name, &thread, path);
+    let mut attachments_note = String::new();
     let (result, external) = match backend::for_definition(&def) {
         Ok(b) => {
             let mut req = build_request(
@@ -479,6 +483,30 @@ async fn run_prepared(
                 depth,
                 b.wants_context_header(),
             );
+            // The files the message embeds, links or lists, for this
+            // message only (the history carries none).
+            if attachments::may_have(&inbound.note.meta, &inbound.note.body) {
+                let vault = env.vault.clone();
+                let (note, meta, body) = (
+                    path.to_string(),
+                    inbound.note.meta.clone(),
+                    inbound.note.body.clone(),
+                );
+                let (takes, backend_name) = (b.takes(), def.backend.clone());
+                let gathered = match tokio::task::spawn_blocking(move || {
+                    attachments::gather(&*vault, &note, &meta, &body, takes, &backend_name)
+                })
+                .await
+                {
+                    Ok(g) => g,
+                    Err(e) => return (Err(VaultError::join(e)), None),
+                };
+                for l in &gathered.left {
+                    tracing::info!("{path}: attachment {} left out: {}", l.link, l.reason);
+                }
+                attachments_note = attachments::reply_note(&gathered.left);
+                attachments::apply(&mut req, gathered);
+            }
             if b.wants_history() {
                 // The vault is the session store: earlier exchanges of this
                 // thread (since its `reset_at`), oldest first.
@@ -555,6 +583,7 @@ async fn run_prepared(
         result,
         callback,
         external,
+        attachments_note,
         now: now_rfc3339(),
         landed: Vec::new(),
     });
@@ -822,10 +851,11 @@ fn write_end(
     };
     // Step 5: the outbound note.
     if !p.landed.contains(&reply) {
-        let body = match &p.result {
+        let mut body = match &p.result {
             Ok(out) => out.reply.clone(),
             Err(e) => failure_body(&e.to_string()),
         };
+        body.push_str(&p.attachments_note);
         writes.push(NoteWrite::any(
             &reply,
             &outbound_text(&p.def.name, &p.path, Some(&p.thread), ok, &body),

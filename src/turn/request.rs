@@ -110,5 +110,6 @@ pub(super) fn build_request(
                 None
             }
         },
+        attachments: Vec::new(),
     }
 }

@@ -382,6 +382,15 @@ impl Vault for GitVault {
     fn read(&self, path: &str) -> Result<(String, Version), VaultError> {
         self.sh.local.read(path)
     }
+    fn file(&self, path: &str) -> Result<super::FileInfo, VaultError> {
+        self.sh.local.file(path)
+    }
+    fn find_files(&self, names: &[String]) -> Result<Vec<String>, VaultError> {
+        self.sh.local.find_files(names)
+    }
+    fn read_file(&self, path: &str, max: u64) -> Result<Vec<u8>, VaultError> {
+        self.sh.local.read_file(path, max)
+    }
 
     fn write_in_order(
         &self,

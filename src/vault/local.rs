@@ -12,8 +12,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::{
-    Base, ChangeSink, Entry, Faults, Listing, MAX_NOTE_BYTES, NoteWrite, PartialWrite, Plan,
-    Skipped, Vault, VaultError, VaultLock, Version, Watching, check_rel_path, ignore_reason,
+    Base, ChangeSink, Entry, Faults, FileInfo, Listing, MAX_NOTE_BYTES, NoteWrite, PartialWrite,
+    Plan, Skipped, Vault, VaultError, VaultLock, Version, Watching, check_rel_path, ignore_reason,
     io_err,
 };
 
@@ -408,6 +408,47 @@ impl LocalVault {
     }
 }
 
+impl LocalVault {
+    /// The non-note file at a vault path, checked: the path is safe, the
+    /// file it names (symlinks resolved) lies inside the vault and outside
+    /// dot-folders, and it is a regular file. Returns its real path, its
+    /// vault path, and its metadata.
+    fn checked_file(&self, path: &str) -> Result<(PathBuf, String, fs::Metadata), VaultError> {
+        check_rel_path(path)?;
+        let abs = self.root.join(path);
+        // A dangling symlink, like a missing file, is not found.
+        let real = fs::canonicalize(&abs).map_err(|e| io_err(&abs, e))?;
+        let refuse = |reason| VaultError::UnsafePath {
+            path: path.to_string(),
+            reason,
+        };
+        let Ok(inside) = real.strip_prefix(&self.root) else {
+            return Err(refuse("a symlink on the way leads outside the vault"));
+        };
+        let mut parts = Vec::new();
+        for c in inside.components() {
+            match c {
+                Component::Normal(s) => match s.to_str() {
+                    Some(s) if s.starts_with('.') => {
+                        return Err(refuse("a symlink on the way leads into a dot-folder"));
+                    }
+                    Some(s) => parts.push(s.to_string()),
+                    None => return Err(refuse("the file's name is not UTF-8")),
+                },
+                _ => return Err(refuse("a symlink on the way leads outside the vault")),
+            }
+        }
+        let meta = fs::metadata(&real).map_err(|e| io_err(&abs, e))?;
+        if !meta.is_file() {
+            return Err(io_err(
+                &abs,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+            ));
+        }
+        Ok((real, parts.join("/"), meta))
+    }
+}
+
 impl Vault for LocalVault {
     /// Lists every note in the vault (recursively), passing over ignored
     /// files, symlinks and unreadable directories (reported in `skipped`).
@@ -586,6 +627,100 @@ impl Vault for LocalVault {
 
     fn location(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn file(&self, path: &str) -> Result<FileInfo, VaultError> {
+        let (real, rel, meta) = self.checked_file(path)?;
+        Ok(FileInfo {
+            path: rel,
+            size: meta.len(),
+            local: Some(real),
+        })
+    }
+
+    /// One walk of the vault, as a listing walks it: dot-folders and
+    /// symlinked folders are not entered; a symlinked file is found (and
+    /// checked by [`Vault::file`] when it is used).
+    fn find_files(&self, names: &[String]) -> Result<Vec<String>, VaultError> {
+        let wanted: HashSet<String> = names.iter().map(|n| n.to_lowercase()).collect();
+        let mut out = Vec::new();
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                // The root unreadable is an error; a folder below it is
+                // passed over, as a listing does.
+                Err(e) if prefix.is_empty() => return Err(io_err(&dir, e)),
+                Err(_) => continue,
+            };
+            for ent in rd.flatten() {
+                let Ok(name) = ent.file_name().into_string() else {
+                    continue;
+                };
+                let Ok(ft) = ent.file_type() else { continue };
+                let rel = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                if ft.is_dir() {
+                    if walk_dir_ok(&name) {
+                        stack.push((ent.path(), rel));
+                    }
+                } else if !name.starts_with('.')
+                    && !name.ends_with(".md")
+                    && wanted.contains(&name.to_lowercase())
+                {
+                    out.push(rel);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Stats first: a file over `max` is refused without being opened.
+    /// Opened without following a symlink (its real path is opened) and
+    /// without blocking (a FIFO), and read to `max` bytes at most, so a
+    /// file that grows meanwhile is refused too.
+    fn read_file(&self, path: &str, max: u64) -> Result<Vec<u8>, VaultError> {
+        use std::io::Read as _;
+        let (real, rel, meta) = self.checked_file(path)?;
+        let too_large = |size| VaultError::FileTooLarge {
+            path: rel.clone(),
+            size,
+            limit: max,
+        };
+        if meta.len() > max {
+            return Err(too_large(meta.len()));
+        }
+        self.fault(&real, |f| f.read(&rel))?;
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(
+            &mut opts,
+            libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        );
+        let f = opts.open(&real).map_err(|e| io_err(&real, e))?;
+        let meta = f.metadata().map_err(|e| io_err(&real, e))?;
+        if !meta.is_file() {
+            return Err(io_err(
+                &real,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        f.take(max.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| io_err(&real, e))?;
+        if bytes.len() as u64 > max {
+            return Err(too_large(bytes.len() as u64));
+        }
+        Ok(bytes)
     }
 
     fn note_location(&self, path: &str) -> String {
@@ -1101,6 +1236,81 @@ mod tests {
             assert_eq!(mode("fired.md"), 0o666 & !umask);
         }
         assert_eq!(v.read("shared").unwrap().0, "new text");
+    }
+
+    /// A file over the limit is refused from its size alone: the read
+    /// (here failing, as an injected fault) is never reached. Files are
+    /// checked inside the vault, out of dot-folders, regular.
+    #[cfg(unix)]
+    #[test]
+    fn files_are_checked_and_a_large_one_is_never_read() {
+        #[derive(Debug)]
+        struct NoReads;
+        impl Faults for NoReads {
+            fn read(&self, path: &str) -> io::Result<()> {
+                Err(io::Error::other(format!("read of {path}")))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let big = File::create(dir.path().join("big.png")).unwrap();
+        big.set_len(2 << 30).unwrap();
+        fs::write(dir.path().join("small.png"), "png").unwrap();
+        fs::write(outside.path().join("secret.png"), "secret").unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.png"),
+            dir.path().join("out.png"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("small.png", dir.path().join("alias.png")).unwrap();
+        fs::create_dir_all(dir.path().join(".obsidian")).unwrap();
+        fs::write(dir.path().join(".obsidian/x.png"), "x").unwrap();
+        std::os::unix::fs::symlink(".obsidian/x.png", dir.path().join("hidden.png")).unwrap();
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::write(dir.path().join("a/b/Small.PNG"), "deep").unwrap();
+
+        let v = LocalVault::open(dir.path())
+            .unwrap()
+            .with_faults(std::sync::Arc::new(NoReads));
+        let e = v.read_file("big.png", 1024).unwrap_err();
+        assert!(
+            matches!(e, VaultError::FileTooLarge { size, limit: 1024, .. } if size == 2 << 30),
+            "{e}"
+        );
+        assert!(
+            v.read_file("small.png", 1024)
+                .unwrap_err()
+                .to_string()
+                .contains("read of small.png")
+        );
+        let plain = LocalVault::open(dir.path()).unwrap();
+        assert_eq!(plain.read_file("small.png", 3).unwrap(), b"png");
+        assert!(matches!(
+            plain.read_file("small.png", 2),
+            Err(VaultError::FileTooLarge { size: 3, .. })
+        ));
+        let info = plain.file("alias.png").unwrap();
+        assert_eq!(info.path, "small.png");
+        assert_eq!(info.size, 3);
+        assert_eq!(
+            info.local,
+            Some(dir.path().canonicalize().unwrap().join("small.png"))
+        );
+        for (p, why) in [
+            ("out.png", "outside the vault"),
+            ("hidden.png", "dot-folder"),
+            ("../x.png", "component"),
+            (".obsidian/x.png", "hidden"),
+        ] {
+            let e = plain.file(p).unwrap_err().to_string();
+            assert!(e.contains(why), "{p}: {e}");
+        }
+        assert!(plain.file("nope.png").unwrap_err().is_not_found());
+        assert!(plain.file("a").is_err());
+        let found = plain
+            .find_files(&["small.png".into(), "x.png".into()])
+            .unwrap();
+        assert_eq!(found, vec!["a/b/Small.PNG", "small.png"]);
     }
 
     #[test]

@@ -136,6 +136,31 @@ pub trait Vault: Send + Sync + fmt::Debug {
         Ok(None)
     }
 
+    /// A file of the vault that is not a note (an attachment, SPEC §9)
+    /// at its vault path (`Files/a.pdf`, with its extension): its size and,
+    /// where the vault is a folder on this machine, its absolute path. Not
+    /// read. Refused ([`VaultError::UnsafePath`]) when the path, or a
+    /// symlink on its way, leads outside the vault or into a dot-folder;
+    /// not found ([`VaultError::is_not_found`]) when nothing is there; a
+    /// vault without files says so ([`VaultError::NoFiles`]).
+    fn file(&self, _path: &str) -> Result<FileInfo, VaultError> {
+        Err(VaultError::NoFiles(NO_FILES.into()))
+    }
+
+    /// The vault paths of the files (not notes) whose file name is one of
+    /// `names`, compared case-insensitively, anywhere in the vault outside
+    /// dot-folders (one walk for all the names). Sorted.
+    fn find_files(&self, _names: &[String]) -> Result<Vec<String>, VaultError> {
+        Err(VaultError::NoFiles(NO_FILES.into()))
+    }
+
+    /// The bytes of the file at `path` (as [`Vault::file`] finds it), if
+    /// it holds at most `max` bytes: a larger one is refused
+    /// ([`VaultError::FileTooLarge`]) before it is read.
+    fn read_file(&self, _path: &str, _max: u64) -> Result<Vec<u8>, VaultError> {
+        Err(VaultError::NoFiles(NO_FILES.into()))
+    }
+
     /// Writes one note durably (over whatever is there); returns its
     /// version.
     fn write(&self, path: &str, content: &str) -> Result<Version, VaultError> {
@@ -152,6 +177,21 @@ pub trait Vault: Send + Sync + fmt::Debug {
     fn write_planned(&self, writes: &[NoteWrite], plan: Plan) -> Result<Vec<Version>, VaultError> {
         self.write_in_order(writes, plan).map_err(|p| p.error)
     }
+}
+
+/// What a vault without files of its own says when asked for one.
+const NO_FILES: &str = "this vault keeps no files beside its notes";
+
+/// A file of the vault that is not a note (see [`Vault::file`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Its vault path, with its extension (`Files/a.pdf`); for a symlink
+    /// inside the vault, the path of the file it leads to.
+    pub path: String,
+    pub size: u64,
+    /// Its absolute path on this machine (a folder), for programs that
+    /// read it themselves; `None` where the vault is not a folder here.
+    pub local: Option<PathBuf>,
 }
 
 /// A step of syncing a vault with another copy of it.
@@ -350,6 +390,13 @@ pub enum VaultError {
     /// the folder, the remote or the note.
     #[error("{0}")]
     Sync(String),
+    /// This vault gives no files beside its notes (attachments); the text
+    /// says why.
+    #[error("{0}")]
+    NoFiles(String),
+    /// A file over the size a caller accepts, refused before it was read.
+    #[error("{path} is {size} bytes, over the limit of {limit} bytes")]
+    FileTooLarge { path: String, size: u64, limit: u64 },
 }
 
 pub(crate) fn io_err(path: &Path, error: io::Error) -> VaultError {

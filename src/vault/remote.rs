@@ -776,6 +776,9 @@ fn renew(vault: RemoteVault, lease_id: String, stop: CancellationToken, lost: Ca
     });
 }
 
+/// Why a remote vault gives no attachments.
+const REMOTE_NO_FILES: &str = "attachments are not available on a remote vault";
+
 impl Vault for RemoteVault {
     fn location(&self) -> String {
         self.inner.location.clone()
@@ -969,6 +972,21 @@ impl Vault for RemoteVault {
 
     fn settle(&self) -> Duration {
         Duration::ZERO
+    }
+
+    /// Attachments are not read from a Parachute Vault (its files are
+    /// stored per note, not at vault paths a link names): a turn of a
+    /// remote vault runs without them, and its reply says so.
+    fn file(&self, _path: &str) -> Result<super::FileInfo, VaultError> {
+        Err(VaultError::NoFiles(REMOTE_NO_FILES.into()))
+    }
+
+    fn find_files(&self, _names: &[String]) -> Result<Vec<String>, VaultError> {
+        Err(VaultError::NoFiles(REMOTE_NO_FILES.into()))
+    }
+
+    fn read_file(&self, _path: &str, _max: u64) -> Result<Vec<u8>, VaultError> {
+        Err(VaultError::NoFiles(REMOTE_NO_FILES.into()))
     }
 
     fn mcp_config(&self) -> Result<Option<PathBuf>, VaultError> {

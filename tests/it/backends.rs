@@ -6,7 +6,8 @@
 //! fakes' logs (argv, stdin, environment, pids; HTTP requests and headers).
 //!
 //! The vault, the fakes' log and the process checks are `common`'s; the
-//! fake HTTP servers and the argv helpers are here.
+//! fake HTTP servers and the argv helpers are here (the servers are
+//! shared with `attachments`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,7 +20,7 @@ use serde_yaml::Mapping;
 use crate::common::{TestVault, assert_all_dead, fake, fakes_dir, scalar};
 
 /// The reply to `Inbox/<stem>.md`: (status, body).
-fn reply(v: &TestVault, stem: &str) -> (String, String) {
+pub(crate) fn reply(v: &TestVault, stem: &str) -> (String, String) {
     let rel = format!("Inbox/{stem}.reply.md");
     assert!(v.exists(&rel), "no reply note {rel}");
     let status = v.get(&rel, "status").unwrap_or_default();
@@ -691,12 +692,12 @@ fn gemini_auth_exit_41() {
 // A tiny HTTP/1.1 server for the model APIs (std threads, loopback only).
 
 #[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    path: String,
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
     /// Lower-cased names.
-    headers: Vec<(String, String)>,
-    body: Value,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Value,
 }
 
 impl Request {
@@ -708,7 +709,7 @@ impl Request {
     }
 }
 
-enum Reply {
+pub(crate) enum Reply {
     Full {
         status: u16,
         headers: Vec<(&'static str, String)>,
@@ -720,14 +721,16 @@ enum Reply {
 
 type Handler = Box<dyn Fn(usize, &Request) -> Reply + Send + Sync>;
 
-struct FakeHttp {
-    base: String,
+pub(crate) struct FakeHttp {
+    pub(crate) base: String,
     requests: Arc<Mutex<Vec<Request>>>,
 }
 
 impl FakeHttp {
     /// Serves every request with `handler(n, request)`, n counting from 0.
-    fn start(handler: impl Fn(usize, &Request) -> Reply + Send + Sync + 'static) -> FakeHttp {
+    pub(crate) fn start(
+        handler: impl Fn(usize, &Request) -> Reply + Send + Sync + 'static,
+    ) -> FakeHttp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
@@ -749,7 +752,7 @@ impl FakeHttp {
         }
     }
 
-    fn requests(&self) -> Vec<Request> {
+    pub(crate) fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
 }
@@ -849,7 +852,7 @@ fn reason(status: u16) -> &'static str {
 
 /// OpenAI chat-completions SSE for `parts` of text: role chunk, content
 /// chunks, finish chunk, usage chunk, `[DONE]`.
-fn openai_stream(parts: &[&str], prompt_tokens: u64) -> Vec<String> {
+pub(crate) fn openai_stream(parts: &[&str], prompt_tokens: u64) -> Vec<String> {
     let chunk = |choices: Value, usage: Value| {
         let mut v = json!({
             "id": "chatcmpl-fake123",
@@ -910,7 +913,11 @@ fn anthropic_text_delta(t: &str) -> String {
 }
 
 /// A whole Anthropic Messages stream for `parts` of text.
-fn anthropic_stream(parts: &[&str], input_tokens: u64, output_tokens: u64) -> Vec<String> {
+pub(crate) fn anthropic_stream(
+    parts: &[&str],
+    input_tokens: u64,
+    output_tokens: u64,
+) -> Vec<String> {
     let mut out = vec![
         anthropic_start(input_tokens),
         sse(
@@ -960,7 +967,7 @@ fn roles(req: &Request) -> Vec<(String, String)> {
 // ---------------------------------------------------------------------------
 // openai
 
-fn openai_agent(env: &TestVault, name: &str, base: &str, extra: &str, body: &str) {
+pub(crate) fn openai_agent(env: &TestVault, name: &str, base: &str, extra: &str, body: &str) {
     env.agent(
         name,
         &format!(
@@ -970,7 +977,7 @@ fn openai_agent(env: &TestVault, name: &str, base: &str, extra: &str, body: &str
     );
 }
 
-const OPENAI_KEY: (&str, &str) = ("FAKE_OPENAI_KEY", "sk-test-123");
+pub(crate) const OPENAI_KEY: (&str, &str) = ("FAKE_OPENAI_KEY", "sk-test-123");
 
 #[test]
 fn openai_stream_history_and_reset() {
@@ -1099,7 +1106,7 @@ fn openai_missing_api_key_env_fails_without_a_request() {
 // ---------------------------------------------------------------------------
 // anthropic
 
-fn anthropic_agent(env: &TestVault, name: &str, base: &str, extra: &str, body: &str) {
+pub(crate) fn anthropic_agent(env: &TestVault, name: &str, base: &str, extra: &str, body: &str) {
     env.agent(
         name,
         &format!(
@@ -1109,7 +1116,7 @@ fn anthropic_agent(env: &TestVault, name: &str, base: &str, extra: &str, body: &
     );
 }
 
-const ANTHROPIC_KEY: (&str, &str) = ("FAKE_ANTHROPIC_KEY", "sk-ant-test-456");
+pub(crate) const ANTHROPIC_KEY: (&str, &str) = ("FAKE_ANTHROPIC_KEY", "sk-ant-test-456");
 
 #[test]
 fn anthropic_stream_and_history() {

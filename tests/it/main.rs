@@ -20,6 +20,7 @@
 #[allow(dead_code)]
 mod common;
 
+mod attachments;
 mod backends;
 mod cli;
 mod crash;

@@ -855,6 +855,7 @@ both!(
     a_crashed_runners_lease_expires_for_another,
     a_message_deleted_mid_turn_stops_nothing,
     a_turn_that_prints_the_token_does_not_put_it_in_a_note,
+    attachments_are_named_unavailable,
 );
 
 fake_only!(
@@ -910,6 +911,32 @@ async fn round_trip_with_process(t: &Target) {
     assert_eq!(notes.len(), 4, "{}: {notes:#?}", t.kind);
     t.assert_no_duplicates(&notes);
     t.assert_no_token(&[&a]).await;
+}
+
+/// A remote vault gives no attachments (SPEC §9, docs/DECISIONS.md): the
+/// turn runs without them and its reply says so; a note link is no
+/// attachment.
+async fn attachments_are_named_unavailable(t: &Target) {
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let m = t
+        .inbound("Inbox/files", &a, "See ![[photo.png]] and [[Some note]].")
+        .await;
+    t.vr("process", &[]).success();
+    let reply = t.get(&format!("{m}.reply")).await.unwrap();
+    let body = reply["content"].as_str().unwrap_or_default();
+    assert!(
+        body.starts_with("echo: See ![[photo.png]]"),
+        "{}: {body}",
+        t.kind
+    );
+    assert!(
+        body.contains("- `photo.png`: attachments are not available on a remote vault"),
+        "{}: {body}",
+        t.kind
+    );
+    assert!(!body.contains("Some note`"), "{}: {body}", t.kind);
+    assert_eq!(meta(&reply, "status").as_deref(), Some("ok"));
 }
 
 async fn round_trip_with_serve_polling(t: &Target) {
