@@ -20,6 +20,7 @@ pub mod parachute;
 pub mod queue;
 pub mod server;
 mod simple_yaml;
+pub mod tail;
 pub mod time;
 pub mod trigger;
 pub mod turn;
