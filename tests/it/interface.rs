@@ -110,12 +110,17 @@ fn tail_prints_live_turns_with_text_tools_outcome_and_duration() {
         "tail prints the three ends",
         || {
             let l = t.log_text();
-            l.contains("ok Inbox/slow in ")
-                && l.contains("ok Inbox/tool in ")
-                && l.contains("error Inbox/broken in ")
+            ["Inbox/slow in ", "Inbox/tool in ", "Inbox/broken in "]
+                .iter()
+                .all(|end| l.contains(end))
         },
     );
     let log = t.log_text();
+    // Not a terminal: no colours, no escape sequences at all.
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI codes off a terminal:\n{log:?}"
+    );
     // The message, its streamed text, and its duration (the turn sleeps
     // 0.4 s: the duration is the turn's, not the time tail took).
     line_of(
@@ -139,11 +144,6 @@ fn tail_prints_live_turns_with_text_tools_outcome_and_duration() {
     // A failed turn: its outcome and why.
     let failed = line_of(&log, "broken", "error Inbox/broken in ");
     assert_contains(failed, "exited with status 3: oops");
-    // Not a terminal: no colours, no escape sequences at all.
-    assert!(
-        !log.contains('\u{1b}'),
-        "ANSI codes off a terminal:\n{log:?}"
-    );
 
     // Ctrl-C ends it, with status 0.
     t.signal(libc::SIGINT);
@@ -528,5 +528,49 @@ fn help_lists_the_exit_codes() {
     }
     for cmd in ["tail", "health", "completions", "man"] {
         assert_contains(&out.stdout, cmd);
+    }
+}
+
+#[test]
+fn the_shipped_unit_is_the_one_the_docs_show() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("packaging/vaultrunner.service")).unwrap();
+    let docs = std::fs::read_to_string(root.join("docs/deployment.md")).unwrap();
+    let at = docs
+        .find("[packaging/vaultrunner.service](../packaging/vaultrunner.service)")
+        .expect("deployment.md points at the unit file");
+    let block = docs[at..]
+        .split_once("```ini\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(b, _)| b)
+        .expect("an ini block after the link");
+    assert_eq!(
+        block, unit,
+        "docs/deployment.md and packaging/vaultrunner.service differ"
+    );
+    // What the unit relies on: SIGTERM to vaultrunner only, a stop bound
+    // above serve's own 10 s, the vault path on ExecStart.
+    for line in [
+        "ExecStart=%h/.cargo/bin/vaultrunner serve %h/Notes",
+        "KillMode=mixed",
+        "TimeoutStopSec=15",
+        "Restart=on-failure",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "{line} missing from the unit"
+        );
+    }
+    // The Dockerfile runs what docs/deployment.md says.
+    let docker = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    for needle in [
+        "cargo build --release --locked",
+        "FROM debian:bookworm-slim",
+        "USER vaultrunner",
+        "VOLUME /vault",
+        r#"CMD ["vaultrunner", "health", "/vault", "--server", "127.0.0.1:7420"]"#,
+        r#"CMD ["serve", "/vault", "--listen", "0.0.0.0:7420"]"#,
+    ] {
+        assert_contains(&docker, needle);
     }
 }
