@@ -31,6 +31,10 @@ pub const RELIST_EVERY: Duration = Duration::from_secs(3);
 /// How long a connection to the server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long an event stream may stay silent before it is taken for dead
+/// (serve sends a keep-alive every 15 s).
+const STREAM_SILENCE: Duration = Duration::from_secs(60);
+
 /// How long a plain request (not a stream) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -334,9 +338,12 @@ async fn subscribe(
     }
     let mut parser = sse::Parser::default();
     loop {
-        let frames = match resp.chunk().await {
-            Ok(Some(bytes)) => parser.feed(&bytes),
-            Ok(None) | Err(_) => break,
+        // serve sends a keep-alive comment every 15 s: a stream silent for
+        // longer is dead (a dropped connection nobody closed) and is
+        // opened again.
+        let frames = match tokio::time::timeout(STREAM_SILENCE, resp.chunk()).await {
+            Ok(Ok(Some(bytes))) => parser.feed(&bytes),
+            Ok(Ok(None) | Err(_)) | Err(_) => break,
         };
         for f in frames {
             if tx.send(Feed::Frame(agent.clone(), f)).await.is_err() {
