@@ -48,6 +48,20 @@ enum Ran {
 }
 
 impl Ran {
+    /// How the turn ended, for its span and log line: `ok`, `error`,
+    /// `skipped`, `cancelled`, `unrecorded` (its notes could not be
+    /// written; kept for a later run) or `panicked`.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Ran::Turn(Ok(Outcome::Done { ok: true, .. })) => "ok",
+            Ran::Turn(Ok(Outcome::Done { ok: false, .. })) => "error",
+            Ran::Turn(Ok(Outcome::Skipped(_))) => "skipped",
+            Ran::Turn(Ok(Outcome::Cancelled)) => "cancelled",
+            Ran::Turn(Ok(Outcome::Unrecorded { .. }) | Err(_)) => "unrecorded",
+            Ran::Panicked(_) => "panicked",
+        }
+    }
+
     /// Did the turn fail to write its notes, so that trying again may
     /// answer the message?
     fn unwritten(&self) -> Option<&VaultError> {
@@ -625,7 +639,12 @@ impl Engine {
         claimed: Option<turn::Claimed>,
     ) -> (Ran, Option<turn::Claimed>) {
         let p = path.to_string();
-        match tokio::spawn(async move { turn::run(&env, def, &p, claimed).await }).await {
+        // The turn's task runs in the caller's `turn` span.
+        let run =
+            tracing::Instrument::in_current_span(
+                async move { turn::run(&env, def, &p, claimed).await },
+            );
+        match tokio::spawn(run).await {
             Ok((res, next)) => (Ran::Turn(res), next),
             Err(e) => (Ran::Panicked(e.to_string()), None),
         }
@@ -662,8 +681,22 @@ impl Engine {
                 Some(taken.clone()),
             );
             let started = std::time::Instant::now();
-            let (mut ran, next_claimed) =
-                self.run_turn(env, def.clone(), &path, claimed.take()).await;
+            // One span per message (SPEC §9): its log lines, the turn's
+            // included, carry the agent, the message and the thread; the
+            // outcome and duration are recorded when it ends.
+            let span = tracing::info_span!(
+                "turn",
+                agent = %agent,
+                message = %path,
+                thread = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                duration_ms = tracing::field::Empty,
+            );
+            let (mut ran, next_claimed) = tracing::Instrument::instrument(
+                self.run_turn(env, def.clone(), &path, claimed.take()),
+                span.clone(),
+            )
+            .await;
             let mut next = taken.lock().ok().and_then(|mut t| t.take());
             let mut tries = 0;
             while let Some(e) = ran.unwritten() {
@@ -673,13 +706,15 @@ impl Engine {
                 }
                 tries += 1;
                 permit.take();
-                if !self.wait_to_retry(&path, e, tries, &cancel).await {
+                let retry = self.wait_to_retry(&path, e, tries, &cancel);
+                if !tracing::Instrument::instrument(retry, span.clone()).await {
                     break;
                 }
                 ran = match ran {
                     Ran::Turn(Ok(Outcome::Unrecorded { pending, .. })) => {
                         let env = self.turn_env(&agent, None, chain_start, &cancel, None);
-                        Ran::Turn(turn::record(&env, pending).await)
+                        let record = turn::record(&env, pending);
+                        Ran::Turn(tracing::Instrument::instrument(record, span.clone()).await)
                     }
                     _ => {
                         // Nothing ran: the message goes again from the
@@ -694,24 +729,30 @@ impl Engine {
                         // edited or removed meanwhile).
                         def = self.with_index(|ix| ix.agent(&agent).filter(|d| d.enabled).cloned());
                         let env = self.turn_env(&agent, def.as_deref(), chain_start, &cancel, None);
-                        self.run_turn(env, def.clone(), &path, None).await.0
+                        let again = self.run_turn(env, def.clone(), &path, None);
+                        tracing::Instrument::instrument(again, span.clone()).await.0
                     }
                 };
             }
+            let elapsed = started.elapsed();
+            let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            let outcome = ran.outcome();
             if let Ran::Turn(Ok(Outcome::Done { ok, .. })) = &ran {
-                let secs = started.elapsed().as_secs_f64();
-                self.metrics.record(&agent, *ok, secs);
-                tracing::info!(
-                    "{agent}: {path} → {} in {:.0} ms",
-                    if *ok { "ok" } else { "error" },
-                    secs * 1000.0
-                );
+                self.metrics.record(&agent, *ok, elapsed.as_secs_f64());
+                // The span names the agent and the message.
+                span.in_scope(|| {
+                    tracing::info!(outcome, duration_ms, "{outcome} in {duration_ms} ms")
+                });
             }
+            // Recorded after that line, so a text log does not say them
+            // twice; the lines that follow (skipped, cut short) carry them.
+            span.record("outcome", outcome);
+            span.record("duration_ms", duration_ms);
             if next.is_none() {
                 // The slot is free before the dispatcher is woken.
                 permit.take();
             }
-            self.turn_finished(&agent, &path, ran, next.is_none());
+            span.in_scope(|| self.turn_finished(&agent, &path, ran, next.is_none()));
             let Some((next_path, next_def)) = next else {
                 break;
             };
@@ -973,6 +1014,28 @@ impl Engine {
             );
         }
         *self.unread.lock().unwrap_or_else(|p| p.into_inner()) = unread;
+    }
+
+    /// How far `process` is: messages whose turns ended (ok, error,
+    /// skipped or given up) and messages still to go (queued for an agent
+    /// that can run them, or running). Cheap enough to poll for a progress
+    /// bar.
+    pub fn progress(&self) -> (u64, u64) {
+        let s = &self.stats;
+        let done = [&s.turns_ok, &s.turns_error, &s.skipped, &s.stuck]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .fold(0u64, u64::saturating_add);
+        let queued: usize = self.with_index(|ix| {
+            ix.queued_agents()
+                .filter(|(a, _)| ix.runnable(a))
+                .map(|(_, n)| n)
+                .sum()
+        });
+        let left = u64::try_from(queued)
+            .unwrap_or(u64::MAX)
+            .saturating_add(self.in_flight.load(Ordering::SeqCst));
+        (done, left)
     }
 
     /// Notes `process` could not read (for a reason that may pass).

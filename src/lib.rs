@@ -5,7 +5,7 @@
 //! read, atomic writes, lock) → [`agent`] (definitions) → [`queue`] (the
 //! index and per-agent FIFO queues) → [`backend`] (one trait, one file per
 //! backend) → [`turn`] (the pipeline of SPEC §3) → [`engine`] (dispatch) →
-//! [`trigger`] (watcher) → [`server`] / [`cli`] (the commands).
+//! [`trigger`] (watcher) → [`server`] / [`cli`] / [`tail`] (the commands).
 //! `docs/ARCHITECTURE.md` is the map.
 
 pub mod agent;
@@ -20,6 +20,7 @@ pub mod parachute;
 pub mod queue;
 pub mod server;
 mod simple_yaml;
+pub mod tail;
 pub mod time;
 pub mod trigger;
 pub mod turn;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use vaultrunner::cli::{self, SendOptions};
+use vaultrunner::tail::{self, TailOptions};
 
 /// `println!` that ignores a closed stdout (`vaultrunner … | head -1`)
 /// instead of panicking.
@@ -32,14 +33,18 @@ use vaultrunner::trigger::http::HttpOptions;
 use vaultrunner::trigger::watch::WatchOptions;
 use vaultrunner::vault::gitsync::SyncConfig;
 
-/// The exit codes, for `--help` (README's paragraph, kept in step).
+/// The exit codes, for `--help` (README's paragraph and docs/cli.md, kept
+/// in step).
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    done (a failed turn is an `error` reply, not a failed run)
+  0    done (a failed turn is an `error` reply, not a failed run; `tail`
+       stopped with Ctrl-C)
   1    vaultrunner could not do its work: the vault is unreadable, another
        instance holds its lock, `check` or `schedule` found errors, an
-       unknown agent for `reset`, a message too large for `send`, `send
-       --wait` got an error reply, `process` could not record a reply
+       unknown agent for `reset` or `tail`, a message too large for `send`,
+       `send --wait` got an error reply, `process` could not record a
+       reply, nothing serves the vault or the token was refused (`tail`,
+       `health`), the server went away (`tail`) or is not ok (`health`)
   2    the command line is wrong (the message names the argument), or
        `send --wait` timed out (the message is kept and will be answered)
   130  `process` was interrupted by SIGINT/SIGTERM (a later run answers
@@ -66,8 +71,34 @@ fn jobs_parser() -> clap::builder::RangedU64ValueParser<usize> {
     after_help = EXIT_CODES
 )]
 struct Cli {
+    /// How log lines on standard error look: `text` for people, `json`
+    /// for log collectors (one object a line: time, level, message,
+    /// target, the event's fields and the turn's span).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT",
+          default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for people (colours on a terminal).
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// The shells `completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Shell {
+    /// Bash (bash-completion).
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
 }
 
 #[derive(Subcommand)]
@@ -190,6 +221,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print live turns of a running `serve` (its HTTP API): message,
+    /// streamed text, tool calls, outcome and duration. Ctrl-C stops.
+    Tail {
+        /// The vault: a folder (its serve is found through
+        /// .vaultrunner/http.addr), or a Parachute Vault URL (then give
+        /// --server).
+        vault: String,
+        /// Only this agent's turns (default: every agent, and agents
+        /// defined later).
+        agent: Option<String>,
+        /// The serve's HTTP address (http://HOST:PORT or HOST:PORT),
+        /// instead of the one in .vaultrunner/http.addr. The token, if the
+        /// serve has one, is read from VAULTRUNNER_TOKEN.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+    },
+    /// Ask a running `serve` for its health (GET /health); exit 0 when it
+    /// is ok, 1 when it is degraded or nothing answers.
+    Health {
+        /// The vault: a folder (its serve is found through
+        /// .vaultrunner/http.addr), or a Parachute Vault URL (then give
+        /// --server).
+        vault: String,
+        /// The serve's HTTP address (http://HOST:PORT or HOST:PORT),
+        /// instead of the one in .vaultrunner/http.addr. The token, if the
+        /// serve has one, is read from VAULTRUNNER_TOKEN.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+    },
+    /// Print a shell completion script on standard output.
+    Completions {
+        /// The shell: bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page (roff) on standard output, or write every
+    /// page to a folder.
+    Man {
+        /// A command's own page (`vaultrunner man serve`), instead of the
+        /// main page.
+        command: Option<String>,
+        /// Write vaultrunner.1 and a page per command into DIR instead.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// Escapes the control characters inside one log event, so that text from
@@ -249,15 +325,47 @@ fn sgr_len(s: &str) -> Option<usize> {
     (rest.as_bytes().get(params) == Some(&b'm')).then(|| params.saturating_add(3))
 }
 
-/// Where log events go: standard error, one event per write, escaped by
-/// [`escape_event`].
+/// Escapes what a JSON log line's strings may still hold raw (serde_json
+/// escapes only `\0`–`\x1f`, `"` and `\`): DEL, the C1 controls, the
+/// Unicode line separators and bidirectional overrides become `\u00XX`
+/// escapes, which a JSON reader turns back into the same text. The line's
+/// final newline is kept.
+fn escape_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c != '\n'
+            && (c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+        {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How log events are escaped before they are written.
+#[derive(Clone, Copy, Debug)]
+enum Escape {
+    /// Text lines ([`escape_event`]); `ansi`: colours on a terminal.
+    Text { ansi: bool },
+    /// JSON lines ([`escape_json`]).
+    Json,
+}
+
+/// The progress bar of `process`, while it is shown: log lines are
+/// written around it (`suspend`), not through it.
+static BAR: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+
+/// Where log events go: standard error, one event per write, escaped.
 struct LogWriter {
-    ansi: bool,
+    escape: Escape,
 }
 
 /// One event's bytes, written (escaped) when the formatter is done with it.
 struct EventBuf {
-    ansi: bool,
+    escape: Escape,
     buf: Vec<u8>,
 }
 
@@ -277,11 +385,26 @@ impl Drop for EventBuf {
         if self.buf.is_empty() {
             return;
         }
-        let text = escape_event(&String::from_utf8_lossy(&self.buf), self.ansi);
+        let raw = String::from_utf8_lossy(&self.buf);
+        let text = match self.escape {
+            Escape::Text { ansi } => escape_event(&raw, ansi),
+            // tracing-subscriber names the time `timestamp`; the line
+            // names it `time` (SPEC §9: time, level, message, fields).
+            Escape::Json => match raw.strip_prefix("{\"timestamp\":") {
+                Some(rest) => escape_json(&format!("{{\"time\":{rest}")),
+                None => escape_json(&raw),
+            },
+        };
         // A closed stderr must not turn a log line into a panic.
-        let mut err = std::io::stderr().lock();
-        let _ = std::io::Write::write_all(&mut err, text.as_bytes());
-        let _ = std::io::Write::flush(&mut err);
+        let write = || {
+            let mut err = std::io::stderr().lock();
+            let _ = std::io::Write::write_all(&mut err, text.as_bytes());
+            let _ = std::io::Write::flush(&mut err);
+        };
+        match BAR.get() {
+            Some(bar) if !bar.is_finished() => bar.suspend(write),
+            _ => write(),
+        }
     }
 }
 
@@ -290,25 +413,171 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 
     fn make_writer(&'a self) -> EventBuf {
         EventBuf {
-            ansi: self.ansi,
+            escape: self.escape,
             buf: Vec::new(),
         }
     }
 }
 
-fn init_tracing() {
+/// The text log line: `TIME LEVEL span{fields}: message fields`, as
+/// tracing-subscriber's own format, but a span's fields are all named —
+/// the turn's `message` field shows as `turn{agent=… message=…}` (the
+/// stock formatter leaves out the name of any field called `message`).
+struct TextFormat;
+
+/// SGR codes of the text log.
+const SGR_DIM: &str = "2";
+const SGR_BOLD: &str = "1";
+const SGR_ITALIC: &str = "3";
+
+fn sgr(ansi: bool, code: &str, text: &str) -> String {
+    if ansi {
+        format!("\u{1b}[{code}m{text}\u{1b}[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// An event's fields: the message as it is, the others `name=value`.
+struct EventFields<'a> {
+    out: String,
+    rest: String,
+    ansi: bool,
+    _w: std::marker::PhantomData<&'a ()>,
+}
+
+impl tracing::field::Visit for EventFields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        if field.name() == "message" {
+            let _ = write!(self.out, "{value:?}");
+        } else {
+            let _ = write!(
+                self.rest,
+                " {}{}{value:?}",
+                sgr(self.ansi, SGR_ITALIC, field.name()),
+                sgr(self.ansi, SGR_DIM, "=")
+            );
+        }
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for TextFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ansi = w.has_ansi_escapes();
+        let meta = event.metadata();
+        let time = chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        let level = *meta.level();
+        let colour = match level {
+            tracing::Level::TRACE => "35",
+            tracing::Level::DEBUG => "34",
+            tracing::Level::INFO => "32",
+            tracing::Level::WARN => "33",
+            tracing::Level::ERROR => "31",
+        };
+        write!(
+            w,
+            "{} {} ",
+            sgr(ansi, SGR_DIM, &time),
+            sgr(ansi, colour, &format!("{:>5}", level.as_str()))
+        )?;
+        if let Some(scope) = ctx.event_scope() {
+            let mut seen = false;
+            for span in scope.from_root() {
+                write!(w, "{}", sgr(ansi, SGR_BOLD, span.metadata().name()))?;
+                let ext = span.extensions();
+                if let Some(fields) = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    write!(
+                        w,
+                        "{}{fields}{}",
+                        sgr(ansi, SGR_BOLD, "{"),
+                        sgr(ansi, SGR_BOLD, "}")
+                    )?;
+                }
+                write!(w, "{}", sgr(ansi, SGR_DIM, ":"))?;
+                seen = true;
+            }
+            if seen {
+                w.write_char(' ')?;
+            }
+        }
+        let mut v = EventFields {
+            out: String::new(),
+            rest: String::new(),
+            ansi,
+            _w: std::marker::PhantomData,
+        };
+        event.record(&mut v);
+        writeln!(
+            w,
+            "{}{}",
+            v.out,
+            v.rest.trim_start_matches(|c| c == ' ' && v.out.is_empty())
+        )
+    }
+}
+
+/// Colours for a stream that is a terminal, unless `NO_COLOR` is set
+/// (to anything but the empty string: no-color.org).
+fn colours_on(is_terminal: bool) -> bool {
+    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VAULTRUNNER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(LogWriter { ansi })
-        // A closed stderr must not turn every log line into a panic (which
-        // would kill the turn that logged it).
-        .log_internal_errors(false)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
+    match format {
+        LogFormat::Text => {
+            let ansi = colours_on(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            // A span's fields, every one named (`message=…` too).
+            let span_fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+                write!(w, "{field}={value:?}")
+            });
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                // A closed stderr must not turn every log line into a panic
+                // (which would kill the turn that logged it).
+                .log_internal_errors(false)
+                .with_ansi(ansi)
+                .event_format(TextFormat)
+                .fmt_fields(tracing_subscriber::field::MakeExt::delimited(
+                    span_fields,
+                    " ",
+                ))
+                .with_writer(LogWriter {
+                    escape: Escape::Text { ansi },
+                })
+                .init();
+        }
+        LogFormat::Json => {
+            tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_env_filter(filter)
+                .with_writer(LogWriter {
+                    escape: Escape::Json,
+                })
+                .log_internal_errors(false)
+                .with_ansi(false)
+                .with_target(true)
+                .init();
+        }
+    }
 }
 
 /// Cancels the token on SIGINT or SIGTERM.
@@ -334,6 +603,109 @@ fn shutdown_on_signals(cancel: CancellationToken) {
         tracing::info!("shutting down");
         cancel.cancel();
     });
+}
+
+/// Cancels the token on SIGINT or SIGTERM, without a log line (`tail`:
+/// Ctrl-C is how it ends).
+fn stop_on_signals(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        cancel.cancel();
+    });
+}
+
+/// Writes to stdout; a closed stdout (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(bytes).and_then(|()| o.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to standard output"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The messages `process` must have pending for a progress bar: more than
+/// a screenful (the terminal's rows), or more than 20 when its size is
+/// unknown.
+fn wants_bar(is_terminal: bool, pending: u64, rows: Option<u16>) -> bool {
+    let screenful = rows.filter(|r| *r > 0).map_or(20, u64::from);
+    is_terminal && pending > screenful
+}
+
+/// The rows of the terminal on standard error, if it is one.
+fn terminal_rows() -> Option<u16> {
+    #[cfg(unix)]
+    {
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes a `winsize` into the struct we pass.
+        let rc = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) };
+        (rc == 0 && ws.ws_row > 0).then_some(ws.ws_row)
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// The progress bar of `process` on a terminal: shown once more messages
+/// are pending than fit on a screen ([`wants_bar`]); done/total, rate and
+/// ETA, updated every 100 ms from [`Engine::progress`] until `stop`.
+async fn show_progress(
+    engine: std::sync::Arc<vaultrunner::engine::Engine>,
+    stop: CancellationToken,
+) {
+    let rows = terminal_rows();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    loop {
+        let stopping = stop.is_cancelled();
+        let (done, left) = engine.progress();
+        if bar.is_none() && !stopping && wants_bar(true, left, rows) {
+            let style = indicatif::ProgressStyle::with_template(
+                "{wide_bar} {pos}/{len} messages · {per_sec:1} · ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            let b = indicatif::ProgressBar::new(done.saturating_add(left)).with_style(style);
+            let _ = BAR.set(b.clone());
+            bar = Some(b);
+        }
+        if let Some(b) = &bar {
+            b.set_length(done.saturating_add(left));
+            b.set_position(done);
+        }
+        if stopping {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+    if let Some(b) = bar {
+        b.finish();
+        // The bar's line stays; what comes next starts below it.
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\n");
+    }
 }
 
 /// Depth for a `send` run inside a turn on the same vault: the turn's + 1.
@@ -399,7 +771,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let cancel = CancellationToken::new();
             shutdown_on_signals(cancel.clone());
             let sync = git_sync.then(SyncConfig::default);
-            let r = server::process(&vault, Config { jobs }, sync, cancel).await?;
+            // The progress bar, on a terminal only.
+            let stop = CancellationToken::new();
+            let mut bar = None;
+            let watch = |engine| {
+                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    bar = Some(tokio::spawn(show_progress(engine, stop.clone())));
+                }
+            };
+            let r = server::process_watched(&vault, Config { jobs }, sync, cancel, watch).await;
+            stop.cancel();
+            if let Some(b) = bar {
+                let _ = b.await;
+            }
+            let r = r?;
             out!(
                 "processed {} message(s): {} ok, {} error{}",
                 r.ok + r.error,
@@ -634,6 +1019,93 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Tail {
+            vault,
+            agent,
+            server,
+        } => {
+            let cancel = CancellationToken::new();
+            stop_on_signals(cancel.clone());
+            let opts = TailOptions {
+                vault,
+                agent,
+                server,
+                token: std::env::var("VAULTRUNNER_TOKEN").ok(),
+                colour: colours_on(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            };
+            tail::run(
+                &opts,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+                cancel,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { vault, server } => {
+            let token = std::env::var("VAULTRUNNER_TOKEN").ok();
+            let (ok, body) = tail::health(&vault, server.as_deref(), token.as_deref()).await?;
+            out!("{body}");
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let mut buf = Vec::new();
+            let name = cmd.get_name().to_string();
+            match shell {
+                Shell::Bash => {
+                    clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, name, &mut buf)
+                }
+                Shell::Zsh => {
+                    clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, name, &mut buf)
+                }
+                Shell::Fish => {
+                    clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, name, &mut buf)
+                }
+            }
+            write_stdout(&buf)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { command, out_dir } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command().disable_help_subcommand(true);
+            if let Some(dir) = out_dir {
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| clap_mangen::generate_to(cmd, &dir))
+                    .with_context(|| {
+                        format!("cannot write the manual pages into {}", dir.display())
+                    })?;
+                out!("wrote the manual pages into {}", dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            cmd.build();
+            let page = match &command {
+                None => cmd,
+                Some(name) => match cmd.find_subcommand(name) {
+                    Some(sub) => sub.clone(),
+                    None => {
+                        let names: Vec<&str> =
+                            cmd.get_subcommands().map(|c| c.get_name()).collect();
+                        err!(
+                            "vaultrunner: no command {name:?} (commands: {})",
+                            names.join(", ")
+                        );
+                        return Ok(ExitCode::from(2));
+                    }
+                },
+            };
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(page)
+                .source(format!("vaultrunner {}", env!("CARGO_PKG_VERSION")))
+                .render(&mut buf)?;
+            write_stdout(&buf)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Reset { vault, agent } => {
             let changed = cli::reset(&vault, &agent)?;
             out!("reset {agent}: {} thread(s) start afresh", changed.len());
@@ -659,7 +1131,7 @@ fn describe(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -734,20 +1206,87 @@ mod tests {
         );
     }
 
+    /// What has no description in `cmd`, at every level.
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("`{path}` argument {}", arg.get_id()));
+            }
+            if !arg.is_hide_possible_values_set() {
+                for v in arg.get_possible_values() {
+                    if v.get_help().is_none() && arg.get_action().takes_values() {
+                        missing.push(format!("`{path} {}` value {}", arg.get_id(), v.get_name()));
+                    }
+                }
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let name = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(format!("`{name}` has no description"));
+            }
+            walk(sub, &name, missing);
+        }
+    }
+
+    /// Every command and every argument, at every level (the global
+    /// `--log-format`, each command's, each possible value of an enum),
+    /// has a description: `--help`, the man page and the completions show
+    /// it.
     #[test]
     fn every_argument_has_help() {
         use clap::CommandFactory;
-        let cmd = Cli::command();
-        for sub in cmd.get_subcommands() {
-            for arg in sub.get_arguments() {
-                assert!(
-                    arg.get_help().is_some(),
-                    "`{} {}` has no help text",
-                    sub.get_name(),
-                    arg.get_id()
-                );
-            }
-        }
-        cmd.debug_assert();
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "vaultrunner", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+        assert!(
+            cmd.get_after_help()
+                .is_some_and(|h| h.to_string().contains("Exit codes:"))
+        );
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_help_walk_finds_what_has_no_description() {
+        // The walk above must be able to fail.
+        use clap::CommandFactory;
+        let cmd = Cli::command().subcommand(
+            clap::Command::new("bare").arg(clap::Arg::new("undescribed").long("undescribed")),
+        );
+        let mut missing = Vec::new();
+        walk(&cmd, "vaultrunner", &mut missing);
+        assert_eq!(
+            missing,
+            [
+                "`vaultrunner bare` has no description",
+                "`vaultrunner bare` argument undescribed"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_progress_bar_only_on_a_terminal_with_more_than_a_screenful() {
+        assert!(!wants_bar(false, 10_000, Some(40)));
+        assert!(!wants_bar(true, 40, Some(40)));
+        assert!(wants_bar(true, 41, Some(40)));
+        // Size unknown (or zero): a screenful is 20.
+        assert!(!wants_bar(true, 20, None));
+        assert!(wants_bar(true, 21, None));
+        assert!(wants_bar(true, 21, Some(0)));
+        assert!(!wants_bar(true, 0, Some(1)));
+    }
+
+    #[test]
+    fn json_log_lines_escape_what_serde_leaves_raw() {
+        let line = "{\"message\":\"a\u{7f}b\u{9b}2J\u{2028}\u{202e}é\\n\"}\n";
+        let escaped = escape_json(line);
+        assert_eq!(
+            escaped,
+            "{\"message\":\"a\\u007fb\\u009b2J\\u2028\\u202eé\\n\"}\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(escaped.trim_end()).unwrap();
+        assert_eq!(v["message"], "a\u{7f}b\u{9b}2J\u{2028}\u{202e}é\n");
     }
 }

@@ -118,6 +118,18 @@ pub async fn process(
     git_sync: Option<SyncConfig>,
     cancel: CancellationToken,
 ) -> Result<ProcessReport, VaultError> {
+    process_watched(location, config, git_sync, cancel, |_| {}).await
+}
+
+/// [`process`], handing the engine to `watch` before it starts (the CLI's
+/// progress bar polls [`Engine::progress`]).
+pub async fn process_watched(
+    location: &str,
+    config: Config,
+    git_sync: Option<SyncConfig>,
+    cancel: CancellationToken,
+    watch: impl FnOnce(Arc<Engine>),
+) -> Result<ProcessReport, VaultError> {
     let (vault, _lock) = open_locked(location, None, git_sync)?;
     let mut sync_errors = Vec::new();
     let step = |vault: Arc<dyn Vault>, step: SyncStep| async move {
@@ -133,6 +145,7 @@ pub async fn process(
         sync_errors.push(format!("pull: {e}"));
     }
     let engine = Engine::new(vault.clone(), config);
+    watch(engine.clone());
     engine.process(cancel.clone()).await;
     if let Err(e) = step(vault, SyncStep::Push).await {
         tracing::warn!("git sync: the push was not done: {e}");

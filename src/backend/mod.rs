@@ -378,6 +378,10 @@ pub struct AgentEvent {
     pub message: String,
     #[serde(flatten)]
     pub event: TurnEvent,
+    /// On the turn's last event (`done`, `error`): how long the turn ran,
+    /// in milliseconds, from the start of its backend run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
 }
 
 /// Where a backend sends its live events. Sending never blocks and never
@@ -388,6 +392,8 @@ pub struct EventSink {
     agent: String,
     thread: String,
     message: String,
+    /// When the sink was made: the start of the turn's backend run.
+    started: std::time::Instant,
 }
 
 impl EventSink {
@@ -402,15 +408,20 @@ impl EventSink {
             agent: agent.to_string(),
             thread: thread.to_string(),
             message: message.to_string(),
+            started: std::time::Instant::now(),
         }
     }
 
     pub fn emit(&self, event: TurnEvent) {
+        let last = matches!(event, TurnEvent::Done { .. } | TurnEvent::Error { .. });
+        let ms =
+            last.then(|| u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
         let _ = self.tx.send(AgentEvent {
             agent: self.agent.clone(),
             thread: self.thread.clone(),
             message: self.message.clone(),
             event,
+            ms,
         });
     }
 }

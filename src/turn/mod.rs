@@ -395,6 +395,7 @@ async fn prepare(
                     thread: String::new(),
                     message: message_path,
                     event: TurnEvent::Error { message: reason },
+                    ms: Some(0),
                 });
                 Ok(Err(Outcome::Done {
                     ok: false,
@@ -468,6 +469,8 @@ async fn run_prepared(
         (crate::agent::Mode::SingleThreaded, _) | (_, true) => thread_note.session.clone(),
         _ => None,
     };
+    // The engine's `turn` span (tracing) learns the thread here.
+    tracing::Span::current().record("thread", tracing::field::display(&thread));
     let events = EventSink::new(env.events.clone(), &def.name, &thread, path);
     let mut attachments_note = String::new();
     let (result, external) = match backend::for_definition(&def) {

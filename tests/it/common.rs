@@ -742,6 +742,20 @@ pub fn vr(args: &[&str]) -> Run {
     }
 }
 
+/// Starts building `prog <args…>`, a program other than the binary under
+/// test (`script`, running it on a pseudo-terminal), with [`SCRUB_ENV`]
+/// removed.
+pub fn program(prog: &str, args: &[&str]) -> Run {
+    let mut cmd = Command::new(prog);
+    cmd.args(args);
+    scrub(&mut cmd);
+    Run {
+        cmd,
+        stdin: None,
+        display: format!("{prog} {}", args.join(" ")),
+    }
+}
+
 impl Run {
     /// Sets an environment variable.
     pub fn env(mut self, k: &str, v: &str) -> Run {

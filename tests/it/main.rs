@@ -28,6 +28,7 @@ mod delegation;
 mod git_sync;
 mod http;
 mod http_guard;
+mod interface;
 mod jobs;
 mod notes;
 mod parachute;

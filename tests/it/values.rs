@@ -379,9 +379,22 @@ fn help_describes_every_argument_and_lists_the_exit_codes() {
         assert_contains(&top.stdout, code);
     }
     for cmd in [
-        "serve", "process", "send", "init", "check", "status", "reset", "schedule",
+        "serve",
+        "process",
+        "send",
+        "init",
+        "check",
+        "status",
+        "reset",
+        "schedule",
+        "tail",
+        "health",
+        "completions",
+        "man",
     ] {
-        let out = vr(&[cmd, "--help"]).run().success();
+        // `-h`: one line an argument (`--help` puts descriptions on the
+        // next line once any argument has a long description).
+        let out = vr(&[cmd, "-h"]).run().success();
         let mut in_list = false;
         for line in out.stdout.lines() {
             if line == "Arguments:" || line == "Options:" {
