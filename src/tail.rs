@@ -532,9 +532,7 @@ pub async fn health(
     Ok((ok, v.to_string()))
 }
 
-/// A JSON object's keys and values in order, duplicates kept: the data
-/// of an `error` event names `message` twice (the message's path, then
-/// the error), as `AgentEvent` is serialised.
+/// A JSON object's keys and values in order, duplicates kept.
 #[derive(Debug, Default)]
 struct Pairs(Vec<(String, Value)>);
 
@@ -744,11 +742,7 @@ impl Printer {
                     let text = format!("{} {}{took}", self.paint(GREEN, "ok"), clean(&message));
                     self.line(out, agent, &text)?;
                 } else {
-                    // The second `message` is the error (see `Pairs`).
-                    let why = data
-                        .text("message", 1)
-                        .or_else(|| data.text("error", 0))
-                        .unwrap_or("");
+                    let why = data.text("error", 0).unwrap_or("");
                     let text = format!(
                         "{} {}{took}: {}",
                         self.paint(RED, "error"),
@@ -924,7 +918,7 @@ mod tests {
                     "b",
                     frame(
                         "error",
-                        r#"{"agent":"b","thread":"","message":"Inbox/b/1","type":"error","message":"boom","ms":5}"#,
+                        r#"{"agent":"b","thread":"","message":"Inbox/b/1","type":"error","error":"boom","ms":5}"#,
                     ),
                 ),
                 (

@@ -365,7 +365,10 @@ pub enum TurnEvent {
     Done {
         reply: String,
     },
+    /// `{"error": "…"}` on the wire: the event's `message` is the note's
+    /// path (`AgentEvent`).
     Error {
+        #[serde(rename = "error")]
         message: String,
     },
 }

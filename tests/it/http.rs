@@ -858,8 +858,15 @@ async fn sse_streams_text_done_and_error() {
     let last = events.last().unwrap_or_else(|| panic!("no events"));
     assert_eq!(last.0, "error", "{events:?}");
     assert!(
-        last.1["message"].as_str().unwrap_or("").contains("boom"),
+        last.1["error"].as_str().unwrap_or("").contains("boom"),
         "{events:?}"
+    );
+    assert!(
+        last.1["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Inbox/"),
+        "the event names the message's note: {events:?}"
     );
     srv.stop().await;
 }
