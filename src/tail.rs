@@ -207,7 +207,9 @@ async fn get(
         req = req.bearer_auth(t);
     }
     let resp = req.send().await.map_err(|e| {
-        if e.is_connect() || e.is_timeout() {
+        // Refused, timed out, or closed before it answered (a serve that
+        // is stopping): nothing serves there.
+        if e.is_connect() || e.is_timeout() || e.is_request() {
             TailError::NotServed {
                 vault: vault.to_string(),
                 why: format!("nothing answers at {}: {}", origin(url), root_cause(&e)),
