@@ -5,6 +5,8 @@
 //! on disk and tell the engine a path changed ([`Engine::note_changed`]);
 //! the engine reads it, updates the index and wakes the dispatcher.
 
+pub mod activity;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -126,6 +128,8 @@ pub struct Engine {
     /// The path of every message whose turn ended (for `?wait`).
     finished: broadcast::Sender<String>,
     pub metrics: Metrics,
+    /// Recent turns and per-minute series for the status page (fixed size).
+    pub activity: activity::Activity,
     /// Set while `process` runs: failed writes are then tried a bounded
     /// number of times, and the messages left unanswered are named.
     until_quiet: AtomicBool,
@@ -208,6 +212,7 @@ impl Engine {
             jobs_notify: Notify::new(),
             finished,
             metrics: Metrics::default(),
+            activity: Default::default(),
             until_quiet: AtomicBool::new(false),
             unanswered: Mutex::new(Vec::new()),
             unread: Mutex::new(Vec::new()),
@@ -427,6 +432,7 @@ impl Engine {
             }
         }
         if ch.definitions_changed || !ch.queued.is_empty() {
+            self.record_depths(&self.lock());
             self.wake.notify_one();
         }
         if ch.jobs_changed {
@@ -463,6 +469,23 @@ impl Engine {
             self.changed(&ch);
         }
         Ok(created)
+    }
+
+    /// Tells the status page's record every agent's queue depth (and
+    /// which agents are defined).
+    fn record_depths(&self, st: &State) {
+        self.activity.depths(
+            st.index
+                .agents()
+                .map(|d| (d.name.as_str(), st.index.queue_len(&d.name))),
+        );
+    }
+
+    /// The status page's record (`GET /api/status`), with the queues as
+    /// they are now.
+    pub fn activity_snapshot(&self) -> activity::Snapshot {
+        self.record_depths(&self.lock());
+        self.activity.snapshot()
     }
 
     /// Each agent's state for `/health` and `/api/agents`.
@@ -545,6 +568,7 @@ impl Engine {
         let mut st = self.lock();
         let agents: Vec<String> = st.index.queued_agents().map(|(a, _)| a.clone()).collect();
         if agents.is_empty() {
+            self.record_depths(&st);
             return 0;
         }
         let n = agents.len();
@@ -572,6 +596,7 @@ impl Engine {
             let cancel = cancel.clone();
             tokio::spawn(engine.run_agent(agent, path, def, cancel, permit));
         }
+        self.record_depths(&st);
         started
     }
 
@@ -662,6 +687,7 @@ impl Engine {
                 Some(taken.clone()),
             );
             let started = std::time::Instant::now();
+            self.activity.turn_started(&agent, &path);
             let (mut ran, next_claimed) =
                 self.run_turn(env, def.clone(), &path, claimed.take()).await;
             let mut next = taken.lock().ok().and_then(|mut t| t.take());
@@ -698,14 +724,18 @@ impl Engine {
                     }
                 };
             }
-            if let Ran::Turn(Ok(Outcome::Done { ok, .. })) = &ran {
+            if let Ran::Turn(Ok(Outcome::Done { ok, summary, .. })) = &ran {
                 let secs = started.elapsed().as_secs_f64();
                 self.metrics.record(&agent, *ok, secs);
+                self.activity
+                    .turn_ended(&agent, &path, *ok, started.elapsed(), summary);
                 tracing::info!(
                     "{agent}: {path} → {} in {:.0} ms",
                     if *ok { "ok" } else { "error" },
                     secs * 1000.0
                 );
+            } else {
+                self.activity.turn_stopped(&agent, &path);
             }
             if next.is_none() {
                 // The slot is free before the dispatcher is woken.
@@ -823,6 +853,7 @@ impl Engine {
             }
         }
         let path = st.index.pop(agent)?;
+        self.activity.depth(agent, st.index.queue_len(agent));
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         Some((path, def))
     }
@@ -838,7 +869,7 @@ impl Engine {
             }
             st.index.finish(path);
             match ran {
-                Ran::Turn(Ok(Outcome::Done { ok, external })) => {
+                Ran::Turn(Ok(Outcome::Done { ok, external, .. })) => {
                     if ok {
                         self.stats.turns_ok.fetch_add(1, Ordering::Relaxed);
                     } else {
