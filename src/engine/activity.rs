@@ -72,7 +72,8 @@ pub struct AgentActivity {
     pub usage: Usage,
     pub turns: u64,
     pub errors: u64,
-    /// The last [`MINUTES`] minutes, oldest first, ending with this one.
+    /// The last [`MINUTES`] minutes, oldest first, ending with this one
+    /// (fewer when the agent was first seen less than an hour ago).
     pub series: Vec<Minute>,
     pub running: Option<Running>,
 }
@@ -94,6 +95,8 @@ struct PerAgent {
     /// Slot `m % MINUTES` holds minute `m`, for the minutes up to `filled`.
     series: [Minute; MINUTES],
     filled: i64,
+    /// The minute it was first seen: the series starts there.
+    first: i64,
     /// The queue's depth as last told.
     depth: u32,
     running: Option<Running>,
@@ -108,6 +111,7 @@ impl PerAgent {
             errors: 0,
             series: [Minute::default(); MINUTES],
             filled: minute,
+            first: minute,
             depth: 0,
             running: None,
         };
@@ -151,10 +155,12 @@ impl PerAgent {
     fn series(&mut self, now: i64) -> Vec<Minute> {
         self.roll(now);
         let end = self.filled;
+        let first = self.first;
         (0..MINUTES as i64)
             .rev()
-            .map(|back| {
-                let m = end.saturating_sub(back);
+            .map(|back| end.saturating_sub(back))
+            .filter(|m| *m >= first)
+            .map(|m| {
                 let i = usize::try_from(m.rem_euclid(MINUTES as i64)).unwrap_or(0);
                 match self.series.get(i) {
                     Some(s) if s.minute == m => *s,
@@ -408,7 +414,8 @@ mod tests {
         a.depths_at([("echo", 0)].into_iter(), t0 + 601);
         let s = a.snapshot_at(t0 + 660);
         let series = &s.agents["echo"].series;
-        assert_eq!(series.len(), MINUTES);
+        // From the minute it was first seen.
+        assert_eq!(series.len(), 12);
         let m0 = t0 / 60;
         assert_eq!(series.last().map(|m| m.minute), Some(m0 + 11));
         let at = |m: i64| series.iter().find(|x| x.minute == m).copied().unwrap();
@@ -417,15 +424,7 @@ mod tests {
         assert_eq!((at(m0 + 5).turns, at(m0 + 5).queued), (0, 1));
         assert_eq!((at(m0 + 10).turns, at(m0 + 10).queued), (1, 1));
         assert_eq!((at(m0 + 11).turns, at(m0 + 11).queued), (0, 0));
-        // Before the agent was seen: empty minutes.
-        assert_eq!(
-            at(m0 - 1),
-            Minute {
-                minute: m0 - 1,
-                turns: 0,
-                queued: 0
-            }
-        );
+        assert_eq!(series.first().map(|m| m.minute), Some(m0));
         // Two hours later the whole window is quiet, and still 60 slots.
         let s = a.snapshot_at(t0 + 7200);
         let series = &s.agents["echo"].series;
@@ -442,7 +441,7 @@ mod tests {
         a.ended_at(rec("echo", 1, true), t0);
         let s = a.snapshot_at(t0);
         let series = &s.agents["echo"].series;
-        assert_eq!(series.len(), MINUTES);
+        assert_eq!(series.len(), 1);
         assert_eq!(
             series.last().map(|m| (m.minute, m.turns)),
             Some((t0 / 60 + 2, 1))

@@ -29,6 +29,7 @@ mod http;
 mod http_guard;
 mod jobs;
 mod notes;
+mod page;
 mod parachute;
 mod parachute_fake;
 mod props;

@@ -113,7 +113,8 @@
     const wrap = el("span", { class: "note" });
     if (label) wrap.append(el("span", { class: "note-label", text: label }));
     wrap.append(el("code", { class: "path", title: file, text: file }));
-    if (link) wrap.append(" ", el("a", { class: "obsidian", href: link, title: `Open ${file} in Obsidian`, text: "Obsidian" }));
+    if (link) wrap.append(el("a", { class: "obsidian", href: link, title: `Open ${file} in Obsidian`, text: "Obsidian" }));
+    else if (label) wrap.append(el("span"));
     return wrap;
   }
 
@@ -258,6 +259,9 @@
     for (const id of ["agents", "recent", "problems", "send-agent"]) clear($(id));
     $("send-result").hidden = true;
     $("send-status").textContent = "";
+    $("updated").textContent = "";
+    recentSig = "";
+    problemSig = "";
   }
 
   // -------------------------------------------------------------- render
@@ -271,7 +275,7 @@
     v.append(el("code", { title: s.vault.location, text: s.vault.location }));
     if (s.vault.obsidian_name) v.append(el("span", { class: "hint", text: ` · Obsidian vault “${s.vault.obsidian_name}”` }));
     setConn("ok", "live");
-    $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    $("updated").textContent = ` · updated ${new Date().toLocaleTimeString()}`;
     mergeRunning(s);
     renderAgents(s);
     renderSelect(s);
@@ -375,11 +379,10 @@
       ? [el("span", { class: `badge ${last.outcome}`, text: last.outcome }), " ", when(last.at), el("span", { class: "hint", text: ` · took ${took(last.ms)}` })]
       : [el("span", { class: "none", text: "none since the server started" })];
     c.facts.append(
-      ...fact("Queue", el("span", { class: a.queued ? "num strong" : "num", text: String(a.queued) })),
+      ...fact("Queue", el("span", { class: a.queued ? "queue-depth num strong" : "queue-depth num", text: String(a.queued) })),
       ...fact("Last turn", ...lastValue),
       ...fact("Turns", `${a.turns}`, a.errors ? el("span", { class: "hint", text: ` (${a.errors} failed)` }) : null),
-      ...fact("Tokens", `${count(a.tokens.input)} in · ${count(a.tokens.output)} out`),
-      ...fact("Cost", dollars(a.cost_usd)),
+      ...fact("Usage", `${count(a.tokens.input)} in · ${count(a.tokens.output)} out tokens · ${dollars(a.cost_usd)}`),
     );
     if (last && last.outcome === "error" && last.error) {
       c.facts.append(...fact("Error", el("span", { class: "error-text", text: cut(last.error, 200) })));
@@ -388,35 +391,46 @@
     fillLive(c, a.name);
   }
 
-  // Turns per minute (bars) and queue depth (line), the last hour.
+  // Turns per minute (bars) and queue depth (line), the last hour: one
+  // slot a minute, this minute at the right; minutes before the server
+  // knew the agent are left blank.
   function drawChart(c, series) {
     clear(c.chart);
     clear(c.legend);
-    const W = 240, H = 44, n = Math.max(series.length, 1);
-    const w = W / n;
-    const maxT = Math.max(1, ...series.map((m) => m.turns));
-    const maxQ = Math.max(1, ...series.map((m) => m.queued));
-    const sumT = series.reduce((x, m) => x + m.turns, 0);
+    const N = 60, W = 240, H = 44, w = W / N;
+    const lastMin = series.length ? Math.floor(Date.parse(series[series.length - 1].minute) / 60000) : 0;
+    const slot = (m) => N - 1 - (lastMin - Math.floor(Date.parse(m.minute) / 60000));
+    const pts = series.map((m) => ({ i: slot(m), turns: m.turns, queued: m.queued })).filter((p) => p.i >= 0 && p.i < N);
+    const maxT = Math.max(1, ...pts.map((p) => p.turns));
+    const peakQ = Math.max(0, ...pts.map((p) => p.queued));
+    const maxQ = Math.max(1, peakQ);
+    const sumT = pts.reduce((x, p) => x + p.turns, 0);
     const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", class: "spark" });
     const title = svg("title");
-    title.textContent = `Last hour: ${sumT} turns (at most ${maxT} a minute); queue at most ${maxQ === 1 && !series.some((m) => m.queued) ? 0 : maxQ}`;
+    title.textContent = `Last hour: ${sumT} turns, at most ${sumT ? maxT : 0} a minute; queue at most ${peakQ}`;
     g.append(title);
+    if (pts.length) {
+      const x0 = pts[0].i * w;
+      g.append(svg("rect", { x: x0, y: 0, width: W - x0, height: H, class: "known" }));
+    }
     g.append(svg("line", { x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5, class: "axis" }));
-    series.forEach((m, i) => {
-      if (!m.turns) return;
-      const h = Math.max(2, (m.turns / maxT) * (H - 6));
-      g.append(svg("rect", { x: i * w + 0.6, y: H - h, width: Math.max(0.8, w - 1.2), height: h, class: "bar" }));
-    });
-    if (series.some((m) => m.queued)) {
-      const pts = series.map((m, i) => `${(i * w + w / 2).toFixed(1)},${(H - 1 - (m.queued / maxQ) * (H - 6)).toFixed(1)}`);
-      g.append(svg("polyline", { points: pts.join(" "), class: "queue" }));
+    for (const p of pts) {
+      if (!p.turns) continue;
+      const h = Math.max(2, (p.turns / maxT) * (H - 6));
+      g.append(svg("rect", { x: p.i * w + 0.6, y: H - h, width: Math.max(0.8, w - 1.2), height: h, class: "bar" }));
+    }
+    if (peakQ) {
+      const y = (q) => (H - 1 - (q / maxQ) * (H - 6)).toFixed(1);
+      // A step line: the queue's deepest in each minute.
+      const line = [];
+      for (const p of pts) line.push(`${(p.i * w).toFixed(1)},${y(p.queued)}`, `${((p.i + 1) * w).toFixed(1)},${y(p.queued)}`);
+      g.append(svg("polyline", { points: line.join(" "), class: "queue" }));
     }
     c.chart.append(g);
-    const peakQ = Math.max(0, ...series.map((m) => m.queued));
     c.legend.append(
-      el("span", { class: "key bar-key" }), ` ${sumT} turns`, el("span", { class: "hint", text: ` (peak ${sumT ? maxT : 0}/min)` }),
-      el("span", { class: "key queue-key" }), ` queue`, el("span", { class: "hint", text: ` (peak ${peakQ})` }),
-      el("span", { class: "hint right", text: "last 60 min" }),
+      el("span", { class: "key bar-key" }), ` ${sumT} ${sumT === 1 ? "turn" : "turns"}`, el("span", { class: "hint", text: ` (max ${sumT ? maxT : 0}/min)` }),
+      el("span", { class: "key queue-key" }), " queue", el("span", { class: "hint", text: ` (max ${peakQ})` }),
+      el("span", { class: "hint right", title: "one bar a minute, this minute at the right", text: "last hour" }),
     );
   }
 
@@ -639,7 +653,7 @@
         t.is_error = !!d.is_error;
       }
     } else if (kind === "done") {
-      l.done = { ok: true };
+      l.done = { ok: true, reply: String(d.reply || "") };
       l.endedAt = Date.now();
     } else if (kind === "error") {
       l.done = { ok: false, message: String(d.message || "") };
@@ -692,6 +706,12 @@
     $("send-live").textContent = "";
     $("send-reply").hidden = true;
     $("send-reply").textContent = "";
+    // The turn may have run (or ended) before the answer came back.
+    const l = live.get(agent);
+    if (l && l.message === pending.path) {
+      if (l.done) onPendingEvent(l.done.ok ? "done" : "error", { reply: l.done.reply, message: l.done.message }, l);
+      else onPendingEvent("text", {}, l);
+    }
     if (status) wantStreams(status);
   }
 
