@@ -501,6 +501,24 @@ fn the_page_shows_agents_a_streaming_turn_problems_and_a_sent_messages_reply() {
     assert_eq!(v.get(&sent[0], "subject").as_deref(), Some("greeting"));
     assert_eq!(v.body(&sent[0]).trim(), "hello from the page");
 
+    // A turn's tool calls show up live in its agent's card.
+    v.message(
+        "Inbox/look.md",
+        "assistant",
+        "",
+        "Look around. scenario=tool\n",
+    );
+    let tools = b.wait(
+        Duration::from_secs(30),
+        "the assistant's tool call",
+        "const t = document.querySelector('article[data-agent=assistant] .tools'); return !!t && t.innerText.includes('Bash') && t.innerText",
+    );
+    let tools = tools.as_str().unwrap();
+    assert!(
+        tools.contains("echo hi3") && tools.contains("→ hi3"),
+        "{tools}"
+    );
+
     // A running turn's text streams in while it runs, and two more
     // messages wait in its queue.
     v.message(

@@ -376,7 +376,7 @@
     clear(c.facts);
     const last = a.last_turn;
     const lastValue = last
-      ? [el("span", { class: `badge ${last.outcome}`, text: last.outcome }), " ", when(last.at), el("span", { class: "hint", text: ` · took ${took(last.ms)}` })]
+      ? [el("span", { class: `badge ${last.outcome}`, text: last.outcome }), " ", when(last.at), el("span", { class: "hint nowrap", text: ` · took ${took(last.ms)}` })]
       : [el("span", { class: "none", text: "none since the server started" })];
     c.facts.append(
       ...fact("Queue", el("span", { class: a.queued ? "queue-depth num strong" : "queue-depth num", text: String(a.queued) })),
