@@ -36,7 +36,8 @@ struct Browser {
     /// `http://127.0.0.1:PORT/session/ID`.
     session: String,
     driver: Child,
-    _profile: tempfile::TempDir,
+    /// The browser's home: its profile and everything else it writes.
+    _home: tempfile::TempDir,
 }
 
 #[track_caller]
@@ -65,6 +66,12 @@ impl Browser {
         for k in SCRUB_ENV {
             cmd.env_remove(k);
         }
+        // Everything the browser writes (its profile, its crash reports'
+        // database under ~/.config) stays in a temp dir.
+        let home = tempfile::tempdir().unwrap();
+        cmd.env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("XDG_CACHE_HOME", home.path().join(".cache"));
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut driver = cmd
             .spawn()
@@ -90,7 +97,7 @@ impl Browser {
             let mut sink = Vec::new();
             let _ = out.read_to_end(&mut sink);
         });
-        let profile = tempfile::tempdir().unwrap();
+        let profile = home.path().join("profile");
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -102,7 +109,7 @@ impl Browser {
                     "--disable-sync", "--no-first-run", "--no-default-browser-check",
                     "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars",
                     "--force-color-profile=srgb", "--lang=en-US", "--window-size=1280,900",
-                    format!("--user-data-dir={}", profile.path().display()),
+                    format!("--user-data-dir={}", profile.display()),
                 ],
             },
         }}});
@@ -120,7 +127,7 @@ impl Browser {
             http,
             session: String::new(),
             driver,
-            _profile: profile,
+            _home: home,
         };
         let v = started.unwrap_or_else(|e| panic!("new WebDriver session: {e}"));
         let id = v["value"]["sessionId"]
