@@ -5,6 +5,8 @@
 //! on disk and tell the engine a path changed ([`Engine::note_changed`]);
 //! the engine reads it, updates the index and wakes the dispatcher.
 
+pub mod activity;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -140,6 +142,8 @@ pub struct Engine {
     /// The path of every message whose turn ended (for `?wait`).
     finished: broadcast::Sender<String>,
     pub metrics: Metrics,
+    /// Recent turns and per-minute series for the status page (fixed size).
+    pub activity: activity::Activity,
     /// Set while `process` runs: failed writes are then tried a bounded
     /// number of times, and the messages left unanswered are named.
     until_quiet: AtomicBool,
@@ -222,6 +226,7 @@ impl Engine {
             jobs_notify: Notify::new(),
             finished,
             metrics: Metrics::default(),
+            activity: Default::default(),
             until_quiet: AtomicBool::new(false),
             unanswered: Mutex::new(Vec::new()),
             unread: Mutex::new(Vec::new()),
@@ -441,6 +446,7 @@ impl Engine {
             }
         }
         if ch.definitions_changed || !ch.queued.is_empty() {
+            self.record_depths(&self.lock());
             self.wake.notify_one();
         }
         if ch.jobs_changed {
@@ -477,6 +483,23 @@ impl Engine {
             self.changed(&ch);
         }
         Ok(created)
+    }
+
+    /// Tells the status page's record every agent's queue depth (and
+    /// which agents are defined).
+    fn record_depths(&self, st: &State) {
+        self.activity.depths(
+            st.index
+                .agents()
+                .map(|d| (d.name.as_str(), st.index.queue_len(&d.name))),
+        );
+    }
+
+    /// The status page's record (`GET /api/status`), with the queues as
+    /// they are now.
+    pub fn activity_snapshot(&self) -> activity::Snapshot {
+        self.record_depths(&self.lock());
+        self.activity.snapshot()
     }
 
     /// Each agent's state for `/health` and `/api/agents`.
@@ -559,6 +582,7 @@ impl Engine {
         let mut st = self.lock();
         let agents: Vec<String> = st.index.queued_agents().map(|(a, _)| a.clone()).collect();
         if agents.is_empty() {
+            self.record_depths(&st);
             return 0;
         }
         let n = agents.len();
@@ -586,6 +610,7 @@ impl Engine {
             let cancel = cancel.clone();
             tokio::spawn(engine.run_agent(agent, path, def, cancel, permit));
         }
+        self.record_depths(&st);
         started
     }
 
@@ -692,6 +717,7 @@ impl Engine {
                 outcome = tracing::field::Empty,
                 duration_ms = tracing::field::Empty,
             );
+            self.activity.turn_started(&agent, &path);
             let (mut ran, next_claimed) = tracing::Instrument::instrument(
                 self.run_turn(env, def.clone(), &path, claimed.take()),
                 span.clone(),
@@ -737,12 +763,16 @@ impl Engine {
             let elapsed = started.elapsed();
             let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
             let outcome = ran.outcome();
-            if let Ran::Turn(Ok(Outcome::Done { ok, .. })) = &ran {
+            if let Ran::Turn(Ok(Outcome::Done { ok, summary, .. })) = &ran {
                 self.metrics.record(&agent, *ok, elapsed.as_secs_f64());
+                self.activity
+                    .turn_ended(&agent, &path, *ok, elapsed, summary);
                 // The span names the agent and the message.
                 span.in_scope(|| {
                     tracing::info!(outcome, duration_ms, "{outcome} in {duration_ms} ms")
                 });
+            } else {
+                self.activity.turn_stopped(&agent, &path);
             }
             // Recorded after that line, so a text log does not say them
             // twice; the lines that follow (skipped, cut short) carry them.
@@ -864,6 +894,7 @@ impl Engine {
             }
         }
         let path = st.index.pop(agent)?;
+        self.activity.depth(agent, st.index.queue_len(agent));
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         Some((path, def))
     }
@@ -879,7 +910,7 @@ impl Engine {
             }
             st.index.finish(path);
             match ran {
-                Ran::Turn(Ok(Outcome::Done { ok, external })) => {
+                Ran::Turn(Ok(Outcome::Done { ok, external, .. })) => {
                     if ok {
                         self.stats.turns_ok.fetch_add(1, Ordering::Relaxed);
                     } else {

@@ -1,12 +1,13 @@
 //! `command`: runs `command: [argv…]`, the prompt on stdin, the reply on
-//! stdout. A non-zero exit fails the turn with the tail of stderr.
+//! stdout (each line also a live `text` event as it is printed). A
+//! non-zero exit fails the turn with the tail of stderr.
 
 use serde_yaml::Mapping;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnEvent, TurnOutput,
-    TurnRequest, process,
+    Backend, BoxFuture, EventSink, Kind, Runner, Settings, TurnError, TurnOutput, TurnRequest,
+    process,
 };
 use crate::agent::keys::{self, ListOrText};
 use crate::note::FieldError;
@@ -126,15 +127,11 @@ impl Backend for CommandBackend {
                 timeout: req.timeout,
                 stall: req.stall,
             };
-            let done = process::run(&spec, cancel).await?;
+            // Its stdout streams line by line as the turn's live text.
+            let done = process::run(&spec, cancel, Some(events)).await?;
             match done.code {
                 Some(0) => {
                     let reply = done.stdout.trim_end_matches(['\n', '\r']).to_string();
-                    if !reply.is_empty() {
-                        events.emit(TurnEvent::Text {
-                            text: reply.clone(),
-                        });
-                    }
                     Ok(TurnOutput {
                         reply,
                         session: None,

@@ -106,8 +106,14 @@ pub async fn terminate_group(child: &mut tokio::process::Child) {
 }
 
 /// Runs a child with `spec.stdin` as input until it exits, the deadline
-/// passes, or `cancel` fires; returns all of its output.
-pub async fn run(spec: &Spawn<'_>, cancel: &CancellationToken) -> Result<Finished, TurnError> {
+/// passes, or `cancel` fires; returns all of its output. With `live`,
+/// each line of stdout is also sent as a `text` event as it arrives (a
+/// `command` turn's live output).
+pub async fn run(
+    spec: &Spawn<'_>,
+    cancel: &CancellationToken,
+    live: Option<&super::EventSink>,
+) -> Result<Finished, TurnError> {
     let Spawn {
         argv,
         stdin,
@@ -159,7 +165,25 @@ pub async fn run(spec: &Spawn<'_>, cancel: &CancellationToken) -> Result<Finishe
             s
         })
     };
-    let out_task = reader(child.stdout.take().map(|p| Box::new(p) as _));
+    let out_task = match (live.cloned(), child.stdout.take()) {
+        (Some(events), Some(pipe)) => tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut s = Vec::new();
+            let mut r = tokio::io::BufReader::new(pipe);
+            loop {
+                let start = s.len();
+                match r.read_until(b'\n', &mut s).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => events.emit(super::TurnEvent::Text {
+                        text: String::from_utf8_lossy(s.get(start..).unwrap_or_default())
+                            .into_owned(),
+                    }),
+                }
+            }
+            s
+        }),
+        (_, pipe) => reader(pipe.map(|p| Box::new(p) as _)),
+    };
     let err_task = reader(child.stderr.take().map(|p| Box::new(p) as _));
     let status = tokio::select! {
         s = child.wait() => s.map_err(|e| TurnError::Failed(format!("waiting for {prog}: {e}")))?,

@@ -1,5 +1,6 @@
 //! The HTTP trigger (SPEC §5): an API to send messages and watch turns,
-//! webhooks, health and metrics. Every message is written to the vault
+//! webhooks, health and metrics, and the status page at `/` with the
+//! `/api/status` it polls (`page`, SPEC §9). Every message is written to the vault
 //! durably (fsynced) before any 2xx answer, so a crash right after the
 //! answer loses nothing.
 //!
@@ -195,6 +196,8 @@ struct AppState {
     /// a second, so a hostile page cannot flood the log).
     last_refusal_log: AtomicU64,
     started: Instant,
+    /// Running turns' text so far, for the status page.
+    live: Arc<super::page::Live>,
 }
 
 type St = State<Arc<AppState>>;
@@ -1058,6 +1061,20 @@ async fn metrics(State(state): St, headers: HeaderMap) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// `GET /`: the status page (public: it names no agent; with a token set
+/// it asks for it before it shows anything).
+async fn status_page(State(state): St) -> Response {
+    super::page::index(state.opts.token.is_some())
+}
+
+/// `GET /api/status`: what the status page shows.
+async fn api_status(State(state): St, headers: HeaderMap) -> Response {
+    if let Err(r) = api_auth(&state, &headers) {
+        return r.into_response();
+    }
+    axum::Json(super::page::status(&state.engine, &state.live)).into_response()
+}
+
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
@@ -1070,16 +1087,28 @@ pub fn router(
     cancel: CancellationToken,
     local: SocketAddr,
 ) -> Router {
+    let live = super::page::Live::follow(&engine, cancel.clone());
     let state = Arc::new(AppState {
         engine,
         opts,
         cancel,
+        live,
         tickets: Mutex::new(HashMap::new()),
         guard: Guard::new(local),
         last_refusal_log: AtomicU64::new(0),
         started: Instant::now(),
     });
     Router::new()
+        .route("/", get(status_page))
+        .route(
+            super::page::JS_PATH,
+            get(|| async { super::page::script() }),
+        )
+        .route(
+            super::page::CSS_PATH,
+            get(|| async { super::page::stylesheet() }),
+        )
+        .route("/api/status", get(api_status))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/agents", get(list_agents))

@@ -6,4 +6,5 @@
 
 pub mod cron;
 pub mod http;
+pub mod page;
 pub mod watch;

@@ -78,6 +78,8 @@ pub enum Outcome {
         ok: bool,
         /// Did the backend run programs that may have written notes?
         external: bool,
+        /// What the engine keeps of it (the status page's recent turns).
+        summary: Summary,
     },
     /// Cut short by shutdown; the inbound was put back to `pending`.
     Cancelled,
@@ -89,6 +91,17 @@ pub enum Outcome {
         pending: Box<Unrecorded>,
         error: VaultError,
     },
+}
+
+/// What a turn that ended leaves for the engine's record of recent turns
+/// (the status page, issue 12).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// The thread note, when the message got one.
+    pub thread: Option<String>,
+    pub usage: Usage,
+    /// Why it failed, for an `error` reply.
+    pub error: Option<String>,
 }
 
 /// A turn that ran and whose end is not written yet.
@@ -109,6 +122,16 @@ pub struct Unrecorded {
     /// never counts the turn twice or rewrites a callback that may have
     /// run already.
     landed: Vec<String>,
+}
+
+impl Unrecorded {
+    fn summary(&self) -> Summary {
+        Summary {
+            thread: Some(self.thread.clone()),
+            usage: self.result.as_ref().map(|o| o.usage).unwrap_or_default(),
+            error: self.result.as_ref().err().map(ToString::to_string),
+        }
+    }
 }
 
 /// What became of a turn's end batch (a return value, moved once: the
@@ -133,10 +156,15 @@ enum Ended {
 /// [`Outcome::Unrecorded`]).
 pub async fn record(env: &TurnEnv, pending: Box<Unrecorded>) -> Result<Outcome, VaultError> {
     let (ok, external) = (pending.result.is_ok(), pending.external);
+    let summary = pending.summary();
     Ok(match end_batch(env, pending, None).await {
         Ended::Recorded(w, _) => {
             (env.on_written)(w);
-            Outcome::Done { ok, external }
+            Outcome::Done {
+                ok,
+                external,
+                summary,
+            }
         }
         Ended::Deleted(w) => {
             (env.on_written)(w);
@@ -373,6 +401,11 @@ async fn prepare(
             let path = path.to_string();
             let message_path = path.clone();
             let events = env.events.clone();
+            let summary = Summary {
+                thread: thread.clone(),
+                usage: Usage::default(),
+                error: Some(reason.clone()),
+            };
             async move {
                 let written = tokio::task::spawn_blocking(move || {
                     fail_without_turn(
@@ -400,6 +433,7 @@ async fn prepare(
                 Ok(Err(Outcome::Done {
                     ok: false,
                     external: false,
+                    summary,
                 }))
             }
         };
@@ -590,10 +624,18 @@ async fn run_prepared(
         now: now_rfc3339(),
         landed: Vec::new(),
     });
+    let summary = pending.summary();
     match end_batch(env, pending, next).await {
         Ended::Recorded(end, claimed) => {
             (env.on_written)(end);
-            (Ok(Outcome::Done { ok, external }), claimed)
+            (
+                Ok(Outcome::Done {
+                    ok,
+                    external,
+                    summary,
+                }),
+                claimed,
+            )
         }
         Ended::Deleted(end) => {
             (env.on_written)(end);

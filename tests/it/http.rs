@@ -1071,7 +1071,10 @@ async fn names_and_subjects_never_leave_the_vault() {
             .send()
             .await
             .unwrap();
-        expect_error(r, 404).await;
+        // `/hooks/..` is `/` once the client resolves the dot segment:
+        // the status page's route, which takes only GET.
+        let resolved_to_root = matches!(name, ".." | "%2E%2E");
+        expect_error(r, if resolved_to_root { 405 } else { 404 }).await;
     }
     assert_eq!(files(&srv.vault), before);
 

@@ -849,7 +849,8 @@ fn query_path_and_method_errors_are_json() {
     }
     json_error(&call(a, "DELETE", "/health", &[], b""), 405);
     json_error(&call(a, "PUT", "/hooks/echo", &[], b"hi"), 405);
-    json_error(&call(a, "GET", "/", &[], b""), 404);
+    json_error(&call(a, "GET", "/nothing-here", &[], b""), 404);
+    json_error(&call(a, "POST", "/", &[], b""), 405);
     json_error(&call(a, "GET", "/api/agents/echo", &[], b""), 404);
     unchanged(&srv.vault, &before);
     drop(srv.serve);

@@ -31,6 +31,7 @@ mod http_guard;
 mod interface;
 mod jobs;
 mod notes;
+mod page;
 mod parachute;
 mod parachute_fake;
 mod props;
