@@ -180,6 +180,12 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
     let (vault, lock) = open_locked(location, opts.watch.poll, opts.git_sync.clone())?;
+    // An address left by a serve that was killed is nobody's now (this one
+    // holds the lock): gone before the start-up scan, so `tail` and the
+    // like never find a dead address beside a live serve.
+    if let Ok(dir) = vault.state_dir() {
+        let _ = std::fs::remove_file(dir.join("http.addr"));
+    }
     // A lease another runner took (this one could not reach the vault for
     // longer than the lease) stops this runner: one runner per vault.
     let lost = lock.lost();

@@ -222,10 +222,11 @@ fn tail_says_when_nothing_serves_the_vault() {
     let out = v.vr(&["health", v.root_str()]).run();
     assert_eq!(out.code(), Some(1), "{out}");
     assert_contains(&out.stderr, "nothing is serving");
-    std::fs::remove_file(v.path(".vaultrunner/http.addr")).unwrap();
 
-    // A serve without HTTP: tail says so, rather than "nothing".
+    // A serve without HTTP: tail says so, rather than "nothing" (the
+    // killed serve's address is gone: this serve holds the lock).
     let serve = v.serve(&["--listen", "none"]);
+    assert!(!v.exists(".vaultrunner/http.addr"));
     let out = v.vr(&["tail", v.root_str()]).run();
     assert_eq!(out.code(), Some(1), "{out}");
     assert_contains(&out.stderr, "is being served without HTTP");
