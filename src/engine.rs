@@ -445,8 +445,17 @@ impl Engine {
                 tracing::warn!("{}.md: {}", p.path, p.reason);
             }
         }
-        if ch.definitions_changed || !ch.queued.is_empty() {
+        if ch.definitions_changed || ch.queued.len() > 16 {
             self.record_depths(&self.lock());
+        } else if !ch.queued.is_empty() {
+            // Only the agents that got a message (a pass over every agent
+            // at every note would cost each turn more as agents are added).
+            let st = self.lock();
+            for agent in &ch.queued {
+                self.activity.depth(agent, st.index.queue_len(agent));
+            }
+        }
+        if ch.definitions_changed || !ch.queued.is_empty() {
             self.wake.notify_one();
         }
         if ch.jobs_changed {
@@ -582,7 +591,6 @@ impl Engine {
         let mut st = self.lock();
         let agents: Vec<String> = st.index.queued_agents().map(|(a, _)| a.clone()).collect();
         if agents.is_empty() {
-            self.record_depths(&st);
             return 0;
         }
         let n = agents.len();
@@ -601,6 +609,7 @@ impl Engine {
             let Some(path) = st.index.pop(agent) else {
                 continue;
             };
+            self.activity.depth(agent, st.index.queue_len(agent));
             let def = st.index.agent(agent).cloned();
             st.running.insert(agent.clone());
             self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -610,7 +619,6 @@ impl Engine {
             let cancel = cancel.clone();
             tokio::spawn(engine.run_agent(agent, path, def, cancel, permit));
         }
-        self.record_depths(&st);
         started
     }
 

@@ -713,7 +713,9 @@ impl Vault for LocalVault {
                 io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
             ));
         }
-        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        // The file may have grown since it was checked: never more than
+        // `max` set aside.
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(max)).unwrap_or(0));
         f.take(max.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|e| io_err(&real, e))?;
