@@ -767,16 +767,30 @@ async fn commit_own(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
                 msg.push_str(&format!("- {p}\n"));
             }
             let new = commit_tree(repo, &built.tree, head.as_deref(), &msg).await?;
+            // The index follows the branch; a crash between the two leaves
+            // this intent, and the next cycle moves the index then.
+            let intent = head.as_ref().map(|h| IndexMove {
+                old: h.clone(),
+                new: new.clone(),
+                blobs: built.blobs.clone(),
+            });
+            if let Some(i) = &intent {
+                i.write(&v.sh.state_dir)?;
+            }
             move_branch(repo, branch, &new, head.as_deref(), "vaultrunner: commit").await?;
             tracing::info!(
                 "git: committed {} ({})",
                 short(&new),
                 msg.lines().next().unwrap_or_default()
             );
-            if let Some(h) = &head
-                && let Err(h) = move_index(repo, h, &built.blobs).await
-            {
-                tracing::warn!("git sync: the index was not moved to vaultrunner's commit: {h:?}");
+            if let Some(i) = &intent {
+                match move_index(repo, &i.old, &i.blobs).await {
+                    Ok(()) => IndexMove::done(&v.sh.state_dir),
+                    // Kept: the next cycle tries again.
+                    Err(h) => tracing::warn!(
+                        "git sync: the index was not moved to vaultrunner's commit: {h:?}"
+                    ),
+                }
             }
         }
     }
@@ -1163,6 +1177,50 @@ async fn update_worktree(
 
 /// Finishes a work-tree update a crash cut short: the index and files
 /// already at the target, the branch not yet.
+/// A commit's move of the user's index to it, kept from before the branch
+/// moves until the index has moved (`.vaultrunner/git-index-move.json`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct IndexMove {
+    /// The commit the index was at.
+    old: String,
+    /// vaultrunner's commit.
+    new: String,
+    /// What it committed: git path → blob.
+    blobs: BTreeMap<String, String>,
+}
+
+impl IndexMove {
+    const FILE: &str = "git-index-move.json";
+
+    fn write(&self, state_dir: &Path) -> Step<()> {
+        let bytes = serde_json::to_vec(self).map_err(|e| Halt::Fail(e.to_string()))?;
+        super::journal::write_durably(&state_dir.join(Self::FILE), &bytes)
+            .map_err(|e| Halt::Fail(format!("{}: {e}", state_dir.join(Self::FILE).display())))
+    }
+
+    fn done(state_dir: &Path) {
+        let _ = std::fs::remove_file(state_dir.join(Self::FILE));
+    }
+}
+
+/// Moves the index to vaultrunner's commit where a crash cut that short
+/// (the branch moved, the index not yet): else `git status` shows the
+/// commit's notes as staged deletions and untracked files.
+async fn finish_index_move(v: &GitVault, repo: &Repo) -> Step<()> {
+    let Ok(bytes) = std::fs::read(v.sh.state_dir.join(IndexMove::FILE)) else {
+        return Ok(());
+    };
+    if let Ok(m) = serde_json::from_slice::<IndexMove>(&bytes)
+        && repo.rev("HEAD").await?.as_deref() == Some(m.new.as_str())
+    {
+        // A pause (someone's index.lock) keeps the intent for later.
+        move_index(repo, &m.old, &m.blobs).await?;
+        tracing::info!("git sync: moved the index to a commit a crash cut short");
+    }
+    IndexMove::done(&v.sh.state_dir);
+    Ok(())
+}
+
 async fn finish_move(v: &GitVault, repo: &Repo, branch: &str) -> Step<()> {
     let moving = v.sh.state_dir.join("git-moving");
     let Ok(text) = std::fs::read_to_string(&moving) else {
@@ -1270,6 +1328,7 @@ async fn cycle(v: &GitVault, fetch_ok: bool, send: bool) -> Step<()> {
     let repo = &s.repo;
     let (branch, up) = check_safe(repo).await?;
     finish_move(v, repo, &branch).await?;
+    finish_index_move(v, repo).await?;
     commit_own(v, repo, &branch).await?;
     // What waits to be sent, whether or not the remote answers now.
     let (_, unpushed) = ahead_behind(repo, &up).await?;
@@ -1846,6 +1905,40 @@ mod tests {
         assert_eq!(r.origin("Inbox/m.md"), stamped(&text));
         let status = r.git(&c, &["status", "--porcelain"]);
         assert_eq!(status.trim(), "", "{status}");
+    }
+
+    #[test]
+    fn an_index_move_a_crash_cut_short_is_finished_by_the_next_cycle() {
+        let r = Repos::new();
+        let c = r.clone_dir();
+        let v = r.vault();
+        v.write_batch(&[NoteWrite::any(
+            "Inbox/m.reply",
+            "---\ndirection: outbound\n---\nthe reply\n",
+        )])
+        .unwrap();
+        v.sync(SyncStep::Push).unwrap();
+        // Killed between the branch's move and the index's: the index is
+        // still the old commit's, and the intent is on disk.
+        let old = r.git(&c, &["rev-parse", "HEAD~1"]).trim().to_string();
+        let new = r.git(&c, &["rev-parse", "HEAD"]).trim().to_string();
+        let blob = r
+            .git(&c, &["rev-parse", "HEAD:Inbox/m.reply.md"])
+            .trim()
+            .to_string();
+        r.git(&c, &["read-tree", &old]);
+        assert!(!r.git(&c, &["status", "--porcelain"]).trim().is_empty());
+        IndexMove {
+            old,
+            new,
+            blobs: [("Inbox/m.reply.md".to_string(), blob)].into(),
+        }
+        .write(&v.sh.state_dir)
+        .unwrap();
+        v.sync(SyncStep::Push).unwrap();
+        let status = r.git(&c, &["status", "--porcelain"]);
+        assert_eq!(status.trim(), "", "{status}");
+        assert!(!v.sh.state_dir.join(IndexMove::FILE).exists());
     }
 
     #[test]
