@@ -487,11 +487,18 @@ fn landed_keys<'a>(
     out.into_iter().map(|(_, k, v)| (k, v)).collect()
 }
 
-/// Are `a` and `b` the same note: the same body, and front-matter that
-/// parses to the same keys and values (in any order or spelling)?
+/// Are `a` and `b` the same note with its keys in another order: the same
+/// body, the same front-matter lines (no comment, spelling or line of
+/// anyone's added), and the same keys and values?
 fn same_note(a: &str, b: &str) -> bool {
     let (x, y) = (note::split(a), note::split(b));
+    fn lines(t: &str) -> Vec<&str> {
+        let mut l: Vec<&str> = t.lines().collect();
+        l.sort_unstable();
+        l
+    }
     x.body == y.body
+        && lines(x.yaml) == lines(y.yaml)
         && matches!(
             (note::parse_yaml(x.yaml), note::parse_yaml(y.yaml)),
             (Ok(m), Ok(n)) if m == n
@@ -1580,6 +1587,24 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn the_same_note_is_its_keys_reordered_and_nothing_else() {
+        let a = "---\nagent: echo\nattempts: 1\nstatus: working\ntags:\n  - a\n  - b\n---\nbody\n";
+        let b = "---\nstatus: working\ntags:\n  - a\n  - b\nagent: echo\nattempts: 1\n---\nbody\n";
+        assert!(same_note(a, b));
+        // A comment, a respelling, a list reordered, a body edited: not.
+        assert!(!same_note(
+            a,
+            &b.replace("agent: echo\n", "agent: echo # mine\n")
+        ));
+        assert!(!same_note(
+            a,
+            &b.replace("status: working", "status: \"working\"")
+        ));
+        assert!(!same_note(a, &b.replace("  - a\n  - b", "  - b\n  - a")));
+        assert!(!same_note(a, &b.replace("body", "body!")));
     }
 
     #[test]
