@@ -81,29 +81,53 @@ pub(super) async fn changes(repo: &Repo, a: &str, b: &str, renames: bool) -> Ste
     Ok(list)
 }
 
-/// The user's index entries of `paths` (path → object name), by one
-/// `ls-files -s` (which reads the index, never the work tree).
-pub(super) async fn index_entries(repo: &Repo, paths: &[&str]) -> Step<HashMap<String, String>> {
-    let mut ls: Vec<OsString> = ["ls-files", "-s", "-z", "--"]
-        .iter()
-        .map(OsString::from)
-        .collect();
-    ls.extend(paths.iter().map(OsString::from));
-    let out = repo
+/// `git <cmd…> -- <paths>…`, read-only, the paths taken literally.
+async fn for_paths(repo: &Repo, cmd: &[&str], paths: &[&str]) -> Step<crate::git::Output> {
+    let mut args: Vec<OsString> = cmd.iter().map(OsString::from).collect();
+    args.push("--".into());
+    args.extend(paths.iter().map(OsString::from));
+    Ok(repo
         .git
-        .run(&ls, RunOpts::read().var("GIT_LITERAL_PATHSPECS", "1"))
-        .await?;
-    // `<mode> <oid> <stage>\t<path>`
-    let mut index = HashMap::new();
+        .run(&args, RunOpts::read().var("GIT_LITERAL_PATHSPECS", "1"))
+        .await?)
+}
+
+/// Path → object name from a `-z` listing of `<fields>\t<path>` entries,
+/// the object name being the space-separated field `oid_field`.
+async fn objects(
+    repo: &Repo,
+    cmd: &[&str],
+    paths: &[&str],
+    oid_field: usize,
+) -> Step<HashMap<String, String>> {
+    let out = for_paths(repo, cmd, paths).await?;
+    let mut found = HashMap::new();
     for e in out.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
         let t = String::from_utf8_lossy(e);
         if let Some((meta, p)) = t.split_once('\t')
-            && let Some(oid) = meta.split(' ').nth(1)
+            && let Some(oid) = meta.split(' ').nth(oid_field)
         {
-            index.insert(p.to_string(), oid.to_string());
+            found.insert(p.to_string(), oid.to_string());
         }
     }
-    Ok(index)
+    Ok(found)
+}
+
+/// The user's index entries of `paths` (path → object name), by one
+/// `ls-files -s` (which reads the index, never the work tree):
+/// `<mode> <oid> <stage>\t<path>`.
+pub(super) async fn index_entries(repo: &Repo, paths: &[&str]) -> Step<HashMap<String, String>> {
+    objects(repo, &["ls-files", "-s", "-z"], paths, 1).await
+}
+
+/// The blobs of `paths` in `commit` (path → object name), by one
+/// `ls-tree`: `<mode> blob <oid>\t<path>`.
+pub(super) async fn tree_entries(
+    repo: &Repo,
+    commit: &str,
+    paths: &[&str],
+) -> Step<HashMap<String, String>> {
+    objects(repo, &["ls-tree", "-z", "--full-tree", commit], paths, 2).await
 }
 
 /// Does git filter any of these paths when it checks them out?
@@ -121,15 +145,7 @@ async fn filtered(repo: &Repo, paths: &[&str]) -> Step<bool> {
     if matches!(crlf.as_str(), "true" | "input") {
         return Ok(true);
     }
-    let mut args: Vec<OsString> = ["check-attr", "-z", "filter", "text", "eol", "--"]
-        .iter()
-        .map(OsString::from)
-        .collect();
-    args.extend(paths.iter().map(OsString::from));
-    let out = repo
-        .git
-        .run(&args, RunOpts::read().var("GIT_LITERAL_PATHSPECS", "1"))
-        .await?;
+    let out = for_paths(repo, &["check-attr", "-z", "filter", "text", "eol"], paths).await?;
     // `<path>\0<attribute>\0<value>\0` …
     let fields: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
     Ok(fields

@@ -11,7 +11,6 @@
 //! edit stops the move rather than being overwritten.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -324,25 +323,7 @@ async fn move_branch(
 /// by the next `git status`).
 async fn move_index(repo: &Repo, old: &str, committed: &BTreeMap<String, String>) -> Step<()> {
     let paths: Vec<&str> = committed.keys().map(String::as_str).collect();
-    let mut args: Vec<OsString> = ["ls-tree", "-z", "--full-tree", old, "--"]
-        .iter()
-        .map(OsString::from)
-        .collect();
-    args.extend(paths.iter().map(OsString::from));
-    let out = repo
-        .git
-        .run(&args, RunOpts::read().var("GIT_LITERAL_PATHSPECS", "1"))
-        .await?;
-    // `<mode> blob <oid>\t<path>`
-    let mut before = HashMap::new();
-    for e in out.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
-        let t = String::from_utf8_lossy(e);
-        if let Some((meta, path)) = t.split_once('\t')
-            && let Some(oid) = meta.split(' ').nth(2)
-        {
-            before.insert(path.to_string(), oid.to_string());
-        }
-    }
+    let before = super::checkout::tree_entries(repo, old, &paths).await?;
     let staged = super::checkout::index_entries(repo, &paths).await?;
     let mut info = Vec::new();
     for (path, oid) in committed {
@@ -1563,6 +1544,7 @@ impl Drop for TreeHold {
 mod tests {
     use super::*;
     use crate::vault::{LocalVault, NoteWrite, Vault};
+    use std::ffi::OsString;
     use std::process::Command;
 
     #[test]
