@@ -298,15 +298,7 @@ fn escape_event(text: &str, ansi: bool) -> String {
                 }
                 None => out.push_str("\\x1b"),
             },
-            c if c.is_control()
-                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
-            {
-                if c.is_ascii() {
-                    out.push_str(&format!("\\x{:02x}", u32::from(c)));
-                } else {
-                    out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
-                }
-            }
+            c if tail::drives_terminal(c) => tail::push_escaped(&mut out, c),
             c => out.push(c),
         }
     }
@@ -333,10 +325,7 @@ fn sgr_len(s: &str) -> Option<usize> {
 fn escape_json(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c != '\n'
-            && (c.is_control()
-                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
-        {
+        if c != '\n' && tail::drives_terminal(c) {
             out.push_str(&format!("\\u{:04x}", u32::from(c)));
         } else {
             out.push(c);

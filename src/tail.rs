@@ -805,21 +805,30 @@ impl Printer {
 pub fn clean(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        match c {
-            '\t' => out.push('\t'),
-            c if c.is_control()
-                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
-            {
-                if c.is_ascii() {
-                    out.push_str(&format!("\\x{:02x}", u32::from(c)));
-                } else {
-                    out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
-                }
-            }
-            c => out.push(c),
+        if c != '\t' && drives_terminal(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
         }
     }
     out
+}
+
+/// Does a terminal act on `c` rather than show it: a control character
+/// (C0 with tab and newline, DEL, C1), a Unicode line separator or a
+/// bidirectional override?
+pub fn drives_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Pushes `c` as text that shows what it is: `\x1b`, `\u{202e}`.
+pub fn push_escaped(out: &mut String, c: char) {
+    if c.is_ascii() {
+        out.push_str(&format!("\\x{:02x}", u32::from(c)));
+    } else {
+        out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+    }
 }
 
 /// At most [`CLIP`] characters, with `…` when cut.
