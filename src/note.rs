@@ -785,6 +785,20 @@ pub fn derived_path(inbound: &str, suffix: &str) -> String {
     }
 }
 
+/// Percent-encodes all but the unreserved characters (RFC 3986), for a
+/// URL's path segment or query value: `a b/é` → `a%20b%2F%C3%A9`.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A wiki link to a note path: `[[path]]`.
 pub fn link(path: &str) -> String {
     format!("[[{path}]]")

@@ -322,7 +322,10 @@ async fn subscribe(
     tx: mpsc::Sender<Feed>,
 ) {
     tokio::time::sleep(delay).await;
-    let url = format!("{base}/api/agents/{}/events", path_segment(&agent));
+    let url = format!(
+        "{base}/api/agents/{}/events",
+        crate::note::percent_encode(&agent)
+    );
     let mut resp = match get(&client, &vault, &url, token.as_deref()).await {
         Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
             // The definition went away between the list and now.
@@ -357,19 +360,6 @@ async fn subscribe(
         let _ = tx.send(Feed::Frame(agent.clone(), f)).await;
     }
     let _ = tx.send(Feed::Ended(agent, None)).await;
-}
-
-/// An agent name as one URL path segment.
-fn path_segment(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `tail`: prints live turns to `out` until `cancel` (Ctrl-C: `Ok`), or
@@ -1014,7 +1004,7 @@ mod tests {
             server_url("https://vault.example/vault/x", None),
             Err(TailError::RemoteNeedsServer { .. })
         ));
-        assert_eq!(path_segment("a b/é"), "a%20b%2F%C3%A9");
+        assert_eq!(crate::note::percent_encode("a b/é"), "a%20b%2F%C3%A9");
         assert_eq!(clip(&"x".repeat(300)).chars().count(), CLIP + 1);
     }
 }

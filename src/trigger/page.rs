@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{AgentEvent, TurnEvent};
 use crate::engine::Engine;
+use crate::note::percent_encode;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
@@ -92,19 +93,6 @@ fn cut(s: &str, max: usize) -> String {
     }
 }
 
-/// Percent-encodes all but the unreserved characters (RFC 3986).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The name Obsidian knows a folder vault by (the folder's name), or
 /// `None` for a vault that is no folder (a URL).
 pub fn obsidian_vault_name(location: &str) -> Option<String> {
@@ -122,8 +110,8 @@ pub fn obsidian_vault_name(location: &str) -> Option<String> {
 pub fn obsidian_link(vault_name: &str, note: &str) -> String {
     format!(
         "obsidian://open?vault={}&file={}",
-        encode(vault_name),
-        encode(&format!("{note}.md"))
+        percent_encode(vault_name),
+        percent_encode(&format!("{note}.md"))
     )
 }
 
