@@ -436,6 +436,20 @@ impl TestVault {
         self.serve_run(extra).spawn(self.next_log("serve"))
     }
 
+    /// Starts `serve` with HTTP on a free loopback port and the extra
+    /// environment `vars`, waits until it has started; it and its HTTP
+    /// address (`127.0.0.1:PORT`).
+    pub fn serve_http(&self, vars: &[(&str, &str)]) -> (Serve, String) {
+        let mut run = self.serve_run(&["--listen", "127.0.0.1:0"]);
+        for (k, val) in vars {
+            run = run.env(k, val);
+        }
+        let mut s = run.spawn(self.next_log("serve"));
+        s.started();
+        let addr = s.http_addr(self);
+        (s, addr)
+    }
+
     /// Starts `serve` as [`spawn_serve`](Self::spawn_serve) does and waits
     /// until it has started (holds the lock, scanned the vault).
     pub fn serve(&self, extra: &[&str]) -> Serve {

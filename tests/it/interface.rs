@@ -15,19 +15,6 @@ use crate::common::*;
 /// A `command` agent that takes a while and prints two lines.
 const SLOW: &str = "sleep 0.4\necho one\necho two\n";
 
-/// `serve` with HTTP on a free loopback port (and `vars`), started; its
-/// address.
-fn serve_http(v: &TestVault, vars: &[(&str, &str)]) -> (Serve, String) {
-    let mut run = v.serve_run(&["--listen", "127.0.0.1:0"]);
-    for (k, val) in vars {
-        run = run.env(k, val);
-    }
-    let mut s = run.spawn(v.next_log("serve"));
-    s.started();
-    let addr = s.http_addr(v);
-    (s, addr)
-}
-
 /// `tail VAULT [args…]` in the background (stdout and stderr in one log,
 /// not a terminal), with `vars`.
 fn spawn_tail(v: &TestVault, args: &[&str], vars: &[(&str, &str)]) -> Serve {
@@ -94,7 +81,7 @@ fn tail_prints_live_turns_with_text_tools_outcome_and_duration() {
         "",
     );
     v.command_agent("broken", "", "echo oops >&2\nexit 3\n");
-    let (serve, _addr) = serve_http(&v, &[]);
+    let (serve, _addr) = v.serve_http(&[]);
     serve.ready(&v);
     let mut t = spawn_tail(&v, &[], &[]);
     subscribed(&mut t);
@@ -157,7 +144,7 @@ fn tail_prints_live_turns_with_text_tools_outcome_and_duration() {
 fn tail_follows_one_agent_and_picks_up_agents_defined_later() {
     let v = TestVault::with_probes();
     v.command_agent("slow", "", SLOW);
-    let (serve, _addr) = serve_http(&v, &[]);
+    let (serve, _addr) = v.serve_http(&[]);
     serve.ready(&v);
 
     // One agent: the others' turns are not printed.
@@ -250,7 +237,7 @@ fn tail_says_when_nothing_serves_the_vault() {
 #[test]
 fn tail_names_an_unknown_agent_and_health_answers() {
     let v = TestVault::with_probes();
-    let (serve, addr) = serve_http(&v, &[]);
+    let (serve, addr) = v.serve_http(&[]);
     serve.ready(&v);
     let out = v.vr(&["tail", v.root_str(), "ghost"]).run();
     assert_eq!(out.code(), Some(1), "{out}");
@@ -280,7 +267,7 @@ fn tail_needs_the_token_when_serve_has_one() {
     const TOKEN: &str = "s3cret-token";
     let v = TestVault::with_probes();
     v.command_agent("slow", "", SLOW);
-    let (serve, addr) = serve_http(&v, &[("VAULTRUNNER_TOKEN", TOKEN)]);
+    let (serve, addr) = v.serve_http(&[("VAULTRUNNER_TOKEN", TOKEN)]);
     serve.ready(&v);
 
     let out = v.vr(&["tail", v.root_str()]).run();
@@ -314,7 +301,7 @@ fn tail_needs_the_token_when_serve_has_one() {
 #[test]
 fn tail_ends_when_serve_goes_away() {
     let v = TestVault::with_probes();
-    let (mut serve, addr) = serve_http(&v, &[]);
+    let (mut serve, addr) = v.serve_http(&[]);
     serve.ready(&v);
     let mut t = spawn_tail(&v, &[], &[]);
     subscribed(&mut t);

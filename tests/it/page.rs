@@ -275,13 +275,7 @@ impl Drop for Browser {
 
 /// `serve` on a free loopback port (with `env`), its base URL.
 fn serve(v: &TestVault, env: &[(&str, &str)]) -> (Serve, String) {
-    let mut run = v.serve_run(&["--listen", "127.0.0.1:0"]);
-    for (k, val) in env {
-        run = run.env(k, val);
-    }
-    let mut s = run.spawn(v.next_log("serve"));
-    s.started();
-    let addr = s.http_addr(v);
+    let (s, addr) = v.serve_http(env);
     (s, format!("http://{addr}"))
 }
 

@@ -1562,14 +1562,7 @@ mod tests {
         assert!(!answers(&[("state".into(), Some("handled".into()))]));
     }
 
-    fn keys(pairs: &[(&str, Option<&str>)]) -> OwnChange {
-        OwnChange::Keys(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
-                .collect(),
-        )
-    }
+    use super::super::ops::tests::keys;
 
     #[test]
     fn the_same_note_is_its_keys_reordered_and_nothing_else() {
@@ -1701,6 +1694,13 @@ mod tests {
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
 
+        /// The clone's `git status --porcelain`, trimmed.
+        fn status(&self) -> String {
+            self.git(&self.clone_dir(), &["status", "--porcelain"])
+                .trim()
+                .to_string()
+        }
+
         fn origin(&self, path: &str) -> String {
             let dir = self.dir.path().join("origin.git");
             self.git(&dir, &["show", &format!("main:{path}")])
@@ -1720,6 +1720,16 @@ mod tests {
     }
 
     use std::path::PathBuf;
+
+    /// vaultrunner rewrites `Inbox/m` (read, `edit`, written against what
+    /// it read); the text written.
+    fn rewrite(v: &GitVault, edit: impl Fn(&str) -> String) -> String {
+        let (text, ver) = v.read("Inbox/m").unwrap();
+        let new = edit(&text);
+        v.write_batch(&[NoteWrite::update("Inbox/m", new.clone(), ver)])
+            .unwrap();
+        new
+    }
 
     #[test]
     fn a_users_uncommitted_edit_is_never_committed_with_vaultrunners_keys() {
@@ -1758,8 +1768,7 @@ mod tests {
                 .unwrap()
                 .contains("edited here")
         );
-        let status = r.git(&r.clone_dir(), &["status", "--porcelain"]);
-        assert_eq!(status.trim(), "M Inbox/m.md", "{status}");
+        assert_eq!(r.status(), "M Inbox/m.md");
         let log = r.git(&r.clone_dir(), &["log", "-1", "--format=%an <%ae>|%s"]);
         assert!(log.starts_with("vaultrunner <vaultrunner@"), "{log}");
         assert!(
@@ -1821,20 +1830,13 @@ mod tests {
             .unwrap();
         std::fs::write(&note, &claimed).unwrap();
         // After the restart: claimed again, then answered.
-        let (text, ver) = v.read("Inbox/m").unwrap();
-        let again = text.replace("attempts: 1", "attempts: 2");
-        v.write_batch(&[NoteWrite::update("Inbox/m", again.clone(), ver)])
-            .unwrap();
+        let again = rewrite(&v, |t| t.replace("attempts: 1", "attempts: 2"));
         v.sync(SyncStep::Push).unwrap();
         assert_eq!(r.origin("Inbox/m.md"), again);
-        let (text, ver) = v.read("Inbox/m").unwrap();
-        let done = text.replace("status: working", "status: handled");
-        v.write_batch(&[NoteWrite::update("Inbox/m", done.clone(), ver)])
-            .unwrap();
+        let done = rewrite(&v, |t| t.replace("status: working", "status: handled"));
         v.sync(SyncStep::Push).unwrap();
         assert_eq!(r.origin("Inbox/m.md"), done);
-        let status = r.git(&r.clone_dir(), &["status", "--porcelain"]);
-        assert_eq!(status.trim(), "", "{status}");
+        assert_eq!(r.status(), "");
     }
 
     #[test]
@@ -1854,14 +1856,10 @@ mod tests {
         )
         .unwrap();
         let v = r.vault();
-        let (text, ver) = v.read("Inbox/m").unwrap();
-        let done = text.replace("status: working", "status: handled");
-        v.write_batch(&[NoteWrite::update("Inbox/m", done.clone(), ver)])
-            .unwrap();
+        let done = rewrite(&v, |t| t.replace("status: working", "status: handled"));
         v.sync(SyncStep::Push).unwrap();
         assert_eq!(r.origin("Inbox/m.md"), done);
-        let status = r.git(&c, &["status", "--porcelain"]);
-        assert_eq!(status.trim(), "", "{status}");
+        assert_eq!(r.status(), "");
     }
 
     #[test]
@@ -1881,8 +1879,7 @@ mod tests {
             .unwrap();
         v.sync(SyncStep::Push).unwrap();
         assert_eq!(r.origin("Inbox/m.reply.md"), first);
-        let status = r.git(&r.clone_dir(), &["status", "--porcelain"]);
-        assert_eq!(status.trim(), "", "{status}");
+        assert_eq!(r.status(), "");
     }
 
     #[test]
@@ -1905,13 +1902,10 @@ mod tests {
                 .is_err()
         );
         // Read again, stamped again: this one lands.
-        let (text, ver) = v.read("Inbox/m").unwrap();
-        v.write_batch(&[NoteWrite::update("Inbox/m", stamped(&text), ver)])
-            .unwrap();
+        let landed = rewrite(&v, stamped);
         v.sync(SyncStep::Push).unwrap();
-        assert_eq!(r.origin("Inbox/m.md"), stamped(&text));
-        let status = r.git(&c, &["status", "--porcelain"]);
-        assert_eq!(status.trim(), "", "{status}");
+        assert_eq!(r.origin("Inbox/m.md"), landed);
+        assert_eq!(r.status(), "");
     }
 
     #[test]
@@ -1934,7 +1928,7 @@ mod tests {
             .trim()
             .to_string();
         r.git(&c, &["read-tree", &old]);
-        assert!(!r.git(&c, &["status", "--porcelain"]).trim().is_empty());
+        assert!(!r.status().is_empty());
         IndexMove {
             old,
             new,
@@ -1943,8 +1937,7 @@ mod tests {
         .write(&v.sh.state_dir)
         .unwrap();
         v.sync(SyncStep::Push).unwrap();
-        let status = r.git(&c, &["status", "--porcelain"]);
-        assert_eq!(status.trim(), "", "{status}");
+        assert_eq!(r.status(), "");
         assert!(!v.sh.state_dir.join(IndexMove::FILE).exists());
     }
 
@@ -2027,8 +2020,7 @@ mod tests {
             "x, edited here\n"
         );
         // The index follows the new commit; the edit shows as the user's.
-        let status = r.git(&c, &["status", "--porcelain"]);
-        assert_eq!(status.trim(), "M Notes/x.md", "{status}");
+        assert_eq!(r.status(), "M Notes/x.md");
         assert_eq!(
             r.git(&c, &["rev-parse", "HEAD"]),
             r.git(&c, &["rev-parse", "origin/main"])

@@ -299,13 +299,14 @@ fn is_pem_begin(line: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_yaml::Mapping;
 
     const INBOUND: &str = "---\n# the user's comment\ntags: [agent/message/inbound]\nagent: echo   # who\ntitle: \"Quoted: yes\"\nstatus: pending\n---\nHello #there\n";
 
-    fn keys(pairs: &[(&str, Option<&str>)]) -> OwnChange {
+    /// `OwnChange::Keys` of these pairs (also for the cycle's tests).
+    pub(in crate::vault::gitsync) fn keys(pairs: &[(&str, Option<&str>)]) -> OwnChange {
         OwnChange::Keys(
             pairs
                 .iter()
