@@ -151,6 +151,8 @@ pub struct Engine {
     unanswered: Mutex<Vec<(String, String)>>,
     /// Notes `process` could not read, after its tries.
     unread: Mutex<Vec<String>>,
+    /// Where turns run when not here (a cluster's workers, SPEC §8).
+    remote: std::sync::OnceLock<Arc<dyn turn::Remote>>,
 }
 
 /// An agent as `/health` shows it.
@@ -230,6 +232,7 @@ impl Engine {
             until_quiet: AtomicBool::new(false),
             unanswered: Mutex::new(Vec::new()),
             unread: Mutex::new(Vec::new()),
+            remote: std::sync::OnceLock::new(),
             vault,
             state: Mutex::new(State {
                 index: Index::new(crate::backend::KINDS),
@@ -251,6 +254,17 @@ impl Engine {
 
     pub fn vault(&self) -> &Arc<dyn Vault> {
         &self.vault
+    }
+
+    /// Hands every turn's backend run (step 3) to `remote` from now on:
+    /// a cluster's vault node (set once, before turns start).
+    pub fn set_remote(&self, remote: Arc<dyn turn::Remote>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// Sends a live event of a turn to the SSE streams and the status page.
+    pub fn events(&self) -> broadcast::Sender<AgentEvent> {
+        self.events.clone()
     }
 
     /// Live events of every turn.
@@ -658,6 +672,7 @@ impl Engine {
             agents,
             on_written: Box::new(move |w| index_of.index_written(w)),
             next,
+            remote: self.remote.get().cloned(),
         }
     }
 

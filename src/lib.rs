@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod backend;
 pub mod cli;
+pub mod cluster;
 pub mod engine;
 pub mod git;
 pub mod job;

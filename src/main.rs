@@ -114,9 +114,11 @@ enum Command {
         #[arg(long, value_name = "MS",
               value_parser = clap::value_parser!(u64).range(0..=MAX_MILLIS))]
         settle_ms: Option<u64>,
-        /// How many agents run at once (1 to 1024).
-        #[arg(long, value_name = "N", default_value_t = 4, value_parser = jobs_parser())]
-        jobs: usize,
+        /// How many agents run at once (1 to 1024; default 4). With
+        /// --cluster: the turns in flight cluster-wide (default: the sum
+        /// of the live workers' --jobs).
+        #[arg(long, value_name = "N", value_parser = jobs_parser())]
+        jobs: Option<usize>,
         /// Seconds between safety-net full rescans of the vault (1 up to a
         /// year; default 300 for a folder, 60 for a remote vault).
         #[arg(long, value_name = "SECS",
@@ -141,6 +143,35 @@ enum Command {
         #[arg(long, value_name = "SECS", requires = "git_sync",
               value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
         git_pull_secs: Option<u64>,
+        /// Run turns on workers over NATS JetStream (nats://HOST:PORT or
+        /// tls://…; credentials from NATS_CREDS, NATS_NKEY, NATS_TOKEN or
+        /// NATS_USER + NATS_PASSWORD; docs/cluster.md). This serve stays
+        /// the vault's one writer and runs no turn itself.
+        #[arg(long, value_name = "URL")]
+        cluster: Option<String>,
+        /// The HTTP URL workers' turns reach this serve at (for `send`
+        /// inside a turn); default http:// + the --listen address.
+        #[arg(long, value_name = "URL", requires = "cluster")]
+        advertise: Option<String>,
+    },
+    /// Run turns for a cluster's vault node (`serve --cluster`), pulled
+    /// from NATS JetStream, until SIGINT/SIGTERM.
+    Worker {
+        /// The NATS server (nats://HOST:PORT or tls://…; credentials from
+        /// the environment as for `serve --cluster`).
+        #[arg(long, value_name = "URL")]
+        cluster: String,
+        /// How many turns run here at once (1 to 1024).
+        #[arg(long, value_name = "N", default_value_t = 4, value_parser = jobs_parser())]
+        jobs: usize,
+        /// This worker's name (letters, digits, - and _; default
+        /// HOST-PID). Turns see it as VAULTRUNNER_WORKER.
+        #[arg(long, value_name = "NAME")]
+        id: Option<String>,
+        /// Where agents without a workspace on this machine run (default
+        /// $XDG_STATE_HOME/vaultrunner/worker).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
     },
     /// Run every pending message to completion (including messages turns
     /// create), then exit.
@@ -727,11 +758,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             git_sync,
             git_pull_secs,
+            cluster,
+            advertise,
         } => {
             let cancel = CancellationToken::new();
             shutdown_on_signals(cancel.clone());
             let opts = ServeOptions {
-                config: Config { jobs },
+                config: Config {
+                    jobs: jobs.unwrap_or(4),
+                },
                 watch: WatchOptions {
                     settle: settle_ms.map(Duration::from_millis),
                     rescan: rescan_secs.map(Duration::from_secs),
@@ -748,8 +783,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     settle: settle_ms.map_or(Duration::from_secs(2), Duration::from_millis),
                     ..SyncConfig::default()
                 }),
+                cluster: cluster.map(|url| server::ClusterOptions {
+                    url,
+                    advertise,
+                    jobs,
+                }),
             };
             server::serve(&vault, opts, cancel).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker {
+            cluster,
+            jobs,
+            id,
+            state,
+        } => {
+            let cancel = CancellationToken::new();
+            shutdown_on_signals(cancel.clone());
+            let opts = vaultrunner::cluster::worker::WorkerOptions {
+                url: cluster,
+                jobs,
+                id: id.unwrap_or_else(vaultrunner::cluster::worker::WorkerOptions::default_id),
+                state_dir: state
+                    .unwrap_or_else(vaultrunner::cluster::worker::WorkerOptions::default_state_dir),
+            };
+            vaultrunner::cluster::worker::run(opts, cancel).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Process {
@@ -847,6 +905,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 sender: Some(sender),
                 delegation_depth: depth,
             };
+            // Inside a cluster worker's turn: through the vault node.
+            let in_cluster_turn = std::env::var("VAULTRUNNER_TURN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .filter(|_| {
+                    std::env::var("VAULTRUNNER_VAULT")
+                        .is_ok_and(|v| v.trim_end_matches('/') == vault.trim_end_matches('/'))
+                });
+            if let Some(token) = in_cluster_turn {
+                let path = vaultrunner::tail::cluster_send(&vault, &token, &agent, &message, &opts)
+                    .await?;
+                out!("{path}");
+                return Ok(ExitCode::SUCCESS);
+            }
             let (path, known) = cli::send(&vault, &agent, &message, &opts)?;
             if !known {
                 err!(

@@ -23,6 +23,8 @@ pub enum ServeError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// The default HTTP address.
@@ -48,6 +50,20 @@ pub struct ServeOptions {
     pub http: HttpOptions,
     /// `--git-sync`: keep the folder in sync with its Git upstream.
     pub git_sync: Option<SyncConfig>,
+    /// `--cluster`: turns run on workers over NATS (SPEC §8).
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// `serve --cluster URL [--advertise URL]`.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub url: String,
+    /// The vault node's HTTP API as workers' turns reach it; default
+    /// `http://` + the address it listens on.
+    pub advertise: Option<String>,
+    /// `--jobs` as given: the cluster-wide bound; `None`: the sum of the
+    /// live workers' `--jobs`.
+    pub jobs: Option<usize>,
 }
 
 impl Default for ServeOptions {
@@ -58,6 +74,7 @@ impl Default for ServeOptions {
             listen: Listen::Off,
             http: HttpOptions::default(),
             git_sync: None,
+            cluster: None,
         }
     }
 }
@@ -199,7 +216,46 @@ pub async fn serve(
         });
     }
     let listener = bind(&opts).await?;
-    let engine = Engine::new(vault, opts.config.clone());
+    let mut opts = opts;
+    let mut config = opts.config.clone();
+    let node = match &opts.cluster {
+        None => None,
+        Some(c) => {
+            crate::cluster::check_url(&c.url).map_err(|e| ServeError::Cluster(e.to_string()))?;
+            let vault_url = match (
+                &c.advertise,
+                listener.as_ref().and_then(|l| l.local_addr().ok()),
+            ) {
+                (Some(u), _) => u.trim_end_matches('/').to_string(),
+                (None, Some(a)) => format!("http://{a}"),
+                (None, None) => {
+                    tracing::warn!(
+                        "cluster: the HTTP API is off and no --advertise is given: `send` inside workers' turns cannot reach this vault"
+                    );
+                    String::new()
+                }
+            };
+            // The vault node runs no turn itself: the cluster's bound is
+            // the node's (given, or the live workers' jobs).
+            config.jobs = c.jobs.unwrap_or(crate::cluster::node::UNBOUNDED_JOBS);
+            let node = crate::cluster::node::Node::start(
+                crate::cluster::node::NodeOptions {
+                    url: c.url.clone(),
+                    vault_url,
+                    jobs: c.jobs,
+                },
+                cancel.clone(),
+            )
+            .await
+            .map_err(|e| ServeError::Cluster(e.to_string()))?;
+            opts.http.cluster = Some(node.clone());
+            Some(node)
+        }
+    };
+    let engine = Engine::new(vault, config);
+    if let Some(node) = node {
+        engine.set_remote(Arc::new(node));
+    }
     // A note still being typed as we start waits for the settle window too.
     let settle = opts.watch.settle.unwrap_or_else(|| engine.vault().settle());
     let report = engine.scan_startup(settle);

@@ -524,6 +524,54 @@ pub async fn health(
     Ok((ok, v.to_string()))
 }
 
+/// `send` from inside a cluster worker's turn: the message goes to the
+/// vault node's `POST /api/cluster/send` with the turn's token
+/// (`VAULTRUNNER_TURN_TOKEN`), which names the sending agent and depth.
+/// Returns the new message's path.
+pub async fn cluster_send(
+    base: &str,
+    token: &str,
+    agent: &str,
+    content: &str,
+    opts: &crate::message::SendOptions,
+) -> Result<String, TailError> {
+    let base = base.trim_end_matches('/');
+    let c = client(base, false)?;
+    let url = format!("{base}/api/cluster/send");
+    let body = serde_json::json!({
+        "token": token,
+        "agent": agent,
+        "content": content,
+        "subject": opts.subject,
+        "reply_to": opts.reply_to,
+        "correlation_id": opts.correlation_id,
+    });
+    let resp = c
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| TailError::Http(format!("POST {url}: {}", root_cause(&e))))?;
+    let status = resp.status();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| TailError::Http(format!("POST {url}: {}", root_cause(&e))))?;
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let why = v
+            .get("error")
+            .and_then(Value::as_str)
+            .map(clean)
+            .unwrap_or_else(|| clean(&text));
+        return Err(TailError::Http(format!("POST {url}: {status}: {why}")));
+    }
+    v.get("path")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| TailError::Http(format!("POST {url}: no `path` in {}", clean(&text))))
+}
+
 /// A JSON object's keys and values in order, duplicates kept.
 #[derive(Debug, Default)]
 struct Pairs(Vec<(String, Value)>);

@@ -88,6 +88,9 @@ pub struct HttpOptions {
     /// How long a client has to send a request's whole body once its
     /// handler starts reading it; then `408` and the connection closes.
     pub body_timeout: Duration,
+    /// `serve --cluster`: the vault node, for `/health`, `/metrics` and
+    /// `send` from inside workers' turns (`POST /api/cluster/send`).
+    pub cluster: Option<Arc<crate::cluster::node::Node>>,
 }
 
 impl Default for HttpOptions {
@@ -99,6 +102,7 @@ impl Default for HttpOptions {
             git_webhook_secret: None,
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
+            cluster: None,
         }
     }
 }
@@ -123,6 +127,7 @@ impl HttpOptions {
             git_webhook_secret: get("VAULTRUNNER_GIT_WEBHOOK_SECRET"),
             header_timeout: timeout(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT),
             body_timeout: timeout(BODY_TIMEOUT_ENV, BODY_TIMEOUT),
+            cluster: None,
         }
     }
 }
@@ -546,6 +551,14 @@ async fn health(State(state): St, headers: HeaderMap) -> Response {
     if let (Some(s), Some(o)) = (sync, body.as_object_mut()) {
         o.insert("git".into(), json!(s));
     }
+    if let (Some(node), Some(o)) = (&state.opts.cluster, body.as_object_mut()) {
+        let (in_flight, bound) = node.load();
+        o.insert(
+            "cluster".into(),
+            json!({"url": node.url(), "in_flight": in_flight, "bound": bound}),
+        );
+        o.insert("workers".into(), json!(node.workers()));
+    }
     axum::Json(body).into_response()
 }
 
@@ -833,6 +846,64 @@ async fn post_message(
     deliver(&state, &name, &content, opts, q.wait).await
 }
 
+#[derive(Deserialize)]
+struct ClusterSend {
+    token: String,
+    agent: String,
+    content: String,
+    subject: Option<String>,
+    reply_to: Option<String>,
+    correlation_id: Option<String>,
+}
+
+/// `send` from inside a cluster worker's turn (docs/cluster.md): the
+/// per-turn token of a turn in flight is the credential, and says which
+/// agent sends and at what delegation depth.
+async fn cluster_send(State(state): St, body: Body) -> Response {
+    let Some(node) = state.opts.cluster.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this serve runs no cluster (start it with --cluster)",
+        );
+    };
+    let bytes = match read_body(&state, body).await {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let m: ClusterSend = match serde_json::from_slice(&bytes) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")),
+    };
+    let Some((from, depth)) = node.turn_of_token(&m.token) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "field `token`: no turn in flight holds this token (it is good only while its turn runs)",
+        );
+    };
+    if let Err(why) = crate::agent::check_name(&m.agent) {
+        return error(StatusCode::BAD_REQUEST, format!("field `agent`: {why}"));
+    }
+    if let Some(r) = &m.reply_to
+        && let Err(why) = crate::agent::check_name(r)
+    {
+        return error(StatusCode::BAD_REQUEST, format!("field `reply_to`: {why}"));
+    }
+    if m.content.len() > MAX_BODY {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("field `content`: more than {} bytes", MAX_BODY),
+        );
+    }
+    let opts = SendOptions {
+        subject: m.subject,
+        reply_to: m.reply_to,
+        correlation_id: m.correlation_id,
+        sender: Some(format!("agent:{from}")),
+        delegation_depth: Some(depth.saturating_add(1)),
+    };
+    deliver(&state, &m.agent, &m.content, opts, None).await
+}
+
 async fn reset_agent(State(state): St, PathName(name): PathName, headers: HeaderMap) -> Response {
     if let Err(r) = api_auth(&state, &headers) {
         return r.into_response();
@@ -1058,6 +1129,45 @@ async fn metrics(State(state): St, headers: HeaderMap) -> Response {
     let _ = writeln!(out, "# HELP vaultrunner_notes_indexed Notes in the index.");
     let _ = writeln!(out, "# TYPE vaultrunner_notes_indexed gauge");
     let _ = writeln!(out, "vaultrunner_notes_indexed {notes}");
+    if let Some(node) = &state.opts.cluster {
+        let c = &node.counters;
+        for (name, help, n) in [
+            (
+                "published",
+                "Turn requests published to JetStream.",
+                c.published.load(Ordering::Relaxed),
+            ),
+            (
+                "redelivered",
+                "Turn requests started again on another worker.",
+                c.redelivered.load(Ordering::Relaxed),
+            ),
+            (
+                "results_ignored",
+                "Results ignored: a duplicate, or for no message in flight.",
+                c.results_ignored.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP vaultrunner_cluster_{name}_total {help}");
+            let _ = writeln!(out, "# TYPE vaultrunner_cluster_{name}_total counter");
+            let _ = writeln!(out, "vaultrunner_cluster_{name}_total {n}");
+        }
+        let live = node.workers().iter().filter(|w| w.live).count();
+        let (in_flight, bound) = node.load();
+        for (name, help, n) in [
+            ("workers", "Live workers.", live),
+            (
+                "in_flight",
+                "Turns published and not answered yet.",
+                in_flight,
+            ),
+            ("bound", "Turns the vault node lets run at once now.", bound),
+        ] {
+            let _ = writeln!(out, "# HELP vaultrunner_cluster_{name} {help}");
+            let _ = writeln!(out, "# TYPE vaultrunner_cluster_{name} gauge");
+            let _ = writeln!(out, "vaultrunner_cluster_{name} {n}");
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -1119,6 +1229,7 @@ pub fn router(
         .route("/hooks/git", post(git_hook))
         .route("/hooks/{name}", post(webhook))
         .route("/api/vault/inbound", post(vault_inbound))
+        .route("/api/cluster/send", post(cluster_send))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

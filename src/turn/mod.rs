@@ -157,9 +157,13 @@ enum Ended {
 pub async fn record(env: &TurnEnv, pending: Box<Unrecorded>) -> Result<Outcome, VaultError> {
     let (ok, external) = (pending.result.is_ok(), pending.external);
     let summary = pending.summary();
+    let path = pending.path.clone();
     Ok(match end_batch(env, pending, None).await {
         Ended::Recorded(w, _) => {
             (env.on_written)(w);
+            if let Some(r) = &env.remote {
+                r.recorded(&path);
+            }
             Outcome::Done {
                 ok,
                 external,
@@ -168,6 +172,9 @@ pub async fn record(env: &TurnEnv, pending: Box<Unrecorded>) -> Result<Outcome, 
         }
         Ended::Deleted(w) => {
             (env.on_written)(w);
+            if let Some(r) = &env.remote {
+                r.recorded(&path);
+            }
             Outcome::Skipped(DELETED_MID_TURN.into())
         }
         Ended::Failed(pending, w, error) => {
@@ -206,6 +213,36 @@ pub struct TurnEnv {
     /// and one write of the thread note instead of two — and hands it back
     /// from [`run`] as [`Claimed`].
     pub next: Option<NextFn>,
+    /// Where step 3 runs when it is not this process: a cluster's workers
+    /// (SPEC §8, `cluster::Node`). `None` runs the backend here.
+    pub remote: Option<Arc<dyn Remote>>,
+}
+
+/// Runs turns somewhere else (a cluster's workers): the vault node still
+/// claims and records every turn; only the backend run (step 3) is handed
+/// over.
+pub trait Remote: Send + Sync {
+    /// Runs the claimed message's turn and returns its result. Waits as
+    /// long as it takes (no worker may be up yet); `cancel` is shutdown,
+    /// which leaves the turn running where it is.
+    fn run(
+        &self,
+        turn: RemoteTurn,
+        events: EventSink,
+        cancel: CancellationToken,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<TurnOutput, TurnError>> + Send>>;
+
+    /// The message's end batch is durable (or the message was deleted):
+    /// its result can be let go.
+    fn recorded(&self, path: &str);
+}
+
+/// A claimed message whose backend run is handed to a [`Remote`].
+pub struct RemoteTurn {
+    pub path: String,
+    /// The attempt the claim counted (the inbound's `attempts`).
+    pub attempt: u64,
+    pub request: backend::TurnRequest,
 }
 
 /// Receives the notes a turn wrote.
@@ -538,6 +575,16 @@ async fn run_prepared(
                     Ok(g) => g,
                     Err(e) => return (Err(VaultError::join(e)), None),
                 };
+                let mut gathered = gathered;
+                if env.remote.is_some() {
+                    // A worker has no vault to read them from (docs/cluster.md).
+                    for a in std::mem::take(&mut gathered.attachments) {
+                        gathered.left.push(attachments::Left {
+                            link: a.name,
+                            reason: "attachments are not sent to cluster workers".into(),
+                        });
+                    }
+                }
                 for l in &gathered.left {
                     tracing::info!("{path}: attachment {} left out: {}", l.link, l.reason);
                 }
@@ -562,15 +609,25 @@ async fn run_prepared(
                 };
             }
             let external = b.runs_external_programs();
-            let grace = backend::process::KILL_GRACE.saturating_add(Duration::from_secs(5));
-            let policy = backend::RetryPolicy::for_definition(&def);
-            let run = backend::run_with_retries(b.as_ref(), &req, &events, &env.cancel, policy);
-            // A safety net only: backends stop at the deadline themselves.
-            let r =
+            let r = if let Some(remote) = &env.remote {
+                // On a worker, whose deadline starts when it starts the
+                // turn: the request may wait for a worker first.
+                let turn = RemoteTurn {
+                    path: path.to_string(),
+                    attempt: inbound.attempts + 1,
+                    request: req,
+                };
+                remote.run(turn, events.clone(), env.cancel.clone()).await
+            } else {
+                let grace = backend::process::KILL_GRACE.saturating_add(Duration::from_secs(5));
+                let policy = backend::RetryPolicy::for_definition(&def);
+                let run = backend::run_with_retries(b.as_ref(), &req, &events, &env.cancel, policy);
+                // A safety net only: backends stop at the deadline themselves.
                 match tokio::time::timeout_at(crate::time::later(req.deadline, grace), run).await {
                     Ok(r) => r,
                     Err(_) => Err(TurnError::Timeout(req.timeout)),
-                };
+                }
+            };
             (r, external)
         }
         Err(e) => (Err(e), false),
@@ -582,6 +639,12 @@ async fn run_prepared(
         Err(_) if env.cancel.is_cancelled() => Err(TurnError::Cancelled),
         r => r,
     };
+    if matches!(result, Err(TurnError::Cancelled)) && env.remote.is_some() {
+        // Shutdown of a cluster's vault node: the turn goes on on its
+        // worker; the message stays `working`, and the next start recovers
+        // it (and adopts the result if it is in by then).
+        return (Ok(Outcome::Cancelled), None);
+    }
     if matches!(result, Err(TurnError::Cancelled)) {
         // Shutdown: hand the message back as it was, so the next start runs
         // it without counting this cut-short attempt.
@@ -628,6 +691,9 @@ async fn run_prepared(
     match end_batch(env, pending, next).await {
         Ended::Recorded(end, claimed) => {
             (env.on_written)(end);
+            if let Some(r) = &env.remote {
+                r.recorded(path);
+            }
             (
                 Ok(Outcome::Done {
                     ok,
@@ -639,6 +705,9 @@ async fn run_prepared(
         }
         Ended::Deleted(end) => {
             (env.on_written)(end);
+            if let Some(r) = &env.remote {
+                r.recorded(path);
+            }
             (Ok(Outcome::Skipped(DELETED_MID_TURN.into())), None)
         }
         Ended::Failed(pending, end, error) => {
@@ -1055,6 +1124,7 @@ mod tests {
                     .push(w.into_iter().map(|(p, _, _)| p).collect())
             }),
             next,
+            remote: None,
         };
         (env, batches)
     }
