@@ -529,11 +529,13 @@ impl Node {
             };
             logged = false;
             loop {
+                // Bounded: a pull sent just before a disconnect is never
+                // answered by the server that comes back.
                 let next = tokio::select! {
-                    n = batch.next() => n,
+                    n = tokio::time::timeout(Duration::from_secs(3), batch.next()) => n,
                     _ = cancel.cancelled() => return,
                 };
-                let Some(m) = next else { break };
+                let Ok(Some(m)) = next else { break };
                 let m = match m {
                     Ok(m) => m,
                     Err(e) => {
@@ -570,8 +572,9 @@ impl Node {
                 _ = tick.tick() => {}
                 _ = cancel.cancelled() => return,
             }
-            let mut beats = Vec::new();
-            if let Ok(mut keys) = kv.keys().await {
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut beats = Vec::new();
+                let mut keys = kv.keys().await.ok()?;
                 while let Some(Ok(k)) = keys.next().await {
                     if let Ok(Some(e)) = kv.entry(k.clone()).await
                         && e.operation == jetstream::kv::Operation::Put
@@ -579,9 +582,12 @@ impl Node {
                         beats.push((k, e.revision, e.value));
                     }
                 }
-            } else {
+                Some(beats)
+            })
+            .await;
+            let Ok(Some(beats)) = read else {
                 continue;
-            }
+            };
             let now = Instant::now();
             let mut moves = Vec::new();
             let mut cleanups = Vec::new();

@@ -165,12 +165,25 @@ async fn next(
     consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
     wait: Option<Duration>,
 ) -> Option<jetstream::Message> {
-    let batch = match wait {
-        Some(d) => consumer.batch().max_messages(1).expires(d).messages().await,
-        None => consumer.fetch().max_messages(1).messages().await,
-    };
-    match batch {
-        Ok(mut b) => match b.next().await {
+    // A pull request sent just before a disconnect is forgotten by the
+    // server: its answer never comes, so the wait is bounded here too.
+    let bound = wait
+        .unwrap_or_default()
+        .saturating_add(Duration::from_secs(3));
+    let pulled = tokio::time::timeout(bound, async {
+        let batch = match wait {
+            Some(d) => consumer.batch().max_messages(1).expires(d).messages().await,
+            None => consumer.fetch().max_messages(1).messages().await,
+        };
+        match batch {
+            Ok(mut b) => Ok(b.next().await),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .unwrap_or(Ok(None));
+    match pulled {
+        Ok(got) => match got {
             Some(Ok(m)) => Some(m),
             Some(Err(e)) => {
                 tracing::debug!("worker: pull: {e}");

@@ -1306,3 +1306,45 @@ pub async fn mint_read_only(
         }
     }
 }
+
+// ------------------------------------------------------------- plain HTTP
+
+/// One HTTP/1.0 request to `http://HOST:PORT/PATH` over a plain socket:
+/// (status, body), or `None` when nothing answers.
+pub fn http_request(method: &str, url: &str, json: Option<&str>) -> Option<(u16, String)> {
+    use std::io::Read;
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let addr: std::net::SocketAddr = host.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let body = json.unwrap_or("");
+    let ct = if json.is_some() {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// `GET url`'s body when it answers 200.
+pub fn http_get(url: &str) -> Option<String> {
+    http_request("GET", url, None)
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+}
+
+/// `POST url` with a JSON body: (status, body).
+pub fn http_post_json(url: &str, json: &str) -> (u16, String) {
+    http_request("POST", url, Some(json)).unwrap_or_else(|| panic!("POST {url}: no answer"))
+}

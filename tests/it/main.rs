@@ -23,6 +23,7 @@ mod common;
 mod attachments;
 mod backends;
 mod cli;
+mod cluster;
 mod crash;
 mod delegation;
 mod git_sync;

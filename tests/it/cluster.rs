@@ -1,0 +1,552 @@
+//! The cluster (SPEC §8, docs/cluster.md) with a real `nats-server`
+//! (JetStream, a temp store, a free loopback port), one vault node and
+//! three workers: hundreds of messages over several `command` agents that
+//! sleep, while a worker is SIGKILLed mid-turn, the vault node is SIGKILLed
+//! and restarted, nats-server is restarted on the same store, and for a
+//! while no worker is up at all. Every message ends with exactly one reply,
+//! per agent in order and one at a time, nothing runs after its `handled`
+//! stamp, and no process exits on its own.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{Serve, TestVault, alive, parse_note, poll_until, scalar, wait_until};
+
+/// A `nats-server -js` of the test's own.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    store: PathBuf,
+    log: PathBuf,
+}
+
+/// A free loopback port (bound and let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Nats {
+    /// Starts one with its store under `dir`.
+    pub fn start(dir: &Path) -> Nats {
+        let mut n = Nats {
+            child: None,
+            port: free_port(),
+            store: dir.join("nats-store"),
+            log: dir.join("nats.log"),
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let bin = which("nats-server").unwrap_or_else(|| {
+            panic!("nats-server is not installed: `apt-get install nats-server` (.ci/run does)")
+        });
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(Duration::from_secs(20), "nats-server listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (SIGTERM, as a service manager does) and starts it again
+    /// on the same port and store after `down`.
+    pub fn restart(&mut self, down: Duration) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling a child we started.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        std::thread::sleep(down);
+        self.spawn();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// The requests' ack wait in these tests: a dead worker's turn is
+/// redelivered within seconds.
+const ACK_WAIT_MS: &str = "3000";
+
+/// `vaultrunner worker` with id `id`.
+pub fn worker(v: &TestVault, nats: &Nats, id: &str, jobs: &str) -> Serve {
+    v.vr(&[
+        "worker",
+        "--cluster",
+        &nats.url(),
+        "--jobs",
+        jobs,
+        "--id",
+        id,
+        "--state",
+        &v.parent.join(format!("state-{id}")).display().to_string(),
+    ])
+    .env("VAULTRUNNER_CLUSTER_ACK_WAIT_MS", ACK_WAIT_MS)
+    .env("VAULTRUNNER_LOG", "info")
+    .spawn(v.next_log(&format!("worker-{id}")))
+}
+
+/// `vaultrunner serve --cluster` on `port`.
+pub fn vault_node(v: &TestVault, nats: &Nats, port: u16) -> Serve {
+    let url = nats.url();
+    let listen = format!("127.0.0.1:{port}");
+    v.serve_run(&["--cluster", &url, "--listen", &listen])
+        .env("VAULTRUNNER_CLUSTER_ACK_WAIT_MS", ACK_WAIT_MS)
+        .spawn(v.next_log("vault-node"))
+}
+
+/// The vault node's `/health`, when it answers.
+pub fn health(port: u16) -> Option<serde_json::Value> {
+    let body = crate::common::http_get(&format!("http://127.0.0.1:{port}/health"))?;
+    serde_json::from_str(&body).ok()
+}
+
+/// The live workers `/health` lists, and which of them run turns now.
+fn live_workers(port: u16) -> Vec<(String, usize)> {
+    let Some(h) = health(port) else {
+        return Vec::new();
+    };
+    h["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter(|w| w["live"] == true)
+                .map(|w| {
+                    (
+                        w["id"].as_str().unwrap_or_default().to_string(),
+                        w["running"].as_array().map_or(0, Vec::len),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const AGENTS: usize = 6;
+const TOTAL: usize = 240;
+
+fn message_path(i: usize) -> String {
+    format!("Inbox/c{}/m{i:03}.md", i % AGENTS)
+}
+
+/// The note's vault path as turns see it (`VAULTRUNNER_MESSAGE` on a
+/// worker: no `.md`).
+fn turn_path(i: usize) -> String {
+    message_path(i).trim_end_matches(".md").to_string()
+}
+
+/// The agents: each run appends `start`/`end` lines (ms, agent, message,
+/// worker) to `runs`, sleeps 100 ms, and answers with the message.
+fn agents(v: &TestVault, runs: &Path) {
+    let runs = runs.display();
+    for a in 0..AGENTS {
+        v.command_agent(
+            &format!("c{a}"),
+            "",
+            &format!(
+                "echo \"start $(date +%s%3N) $VAULTRUNNER_AGENT $VAULTRUNNER_MESSAGE $VAULTRUNNER_WORKER\" >> {runs}\n\
+                 sleep 0.1\n\
+                 cat\n\
+                 echo \"end $(date +%s%3N) $VAULTRUNNER_AGENT $VAULTRUNNER_MESSAGE $VAULTRUNNER_WORKER\" >> {runs}"
+            ),
+        );
+    }
+}
+
+fn handled(v: &TestVault, rel: &str) -> bool {
+    std::fs::read_to_string(v.path(rel)).is_ok_and(|t| {
+        parse_note(&t).is_ok_and(|(m, _)| scalar(&m, "status").as_deref() == Some("handled"))
+    })
+}
+
+fn answered(v: &TestVault) -> usize {
+    (0..TOTAL).filter(|i| handled(v, &message_path(*i))).count()
+}
+
+/// One line of the runs log.
+#[derive(Debug, Clone)]
+struct RunLine {
+    start: bool,
+    ms: i64,
+    agent: String,
+    message: String,
+    worker: String,
+}
+
+fn read_runs(runs: &Path) -> Vec<RunLine> {
+    std::fs::read_to_string(runs)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some(RunLine {
+                start: *f.first()? == "start",
+                ms: f.get(1)?.parse().ok()?,
+                agent: f.get(2)?.to_string(),
+                message: f.get(3)?.to_string(),
+                worker: f.get(4).unwrap_or(&"").to_string(),
+            })
+        })
+        .collect()
+}
+
+fn rfc3339_ms(s: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.timestamp_millis())
+        .unwrap_or_else(|e| panic!("handled_at {s:?}: {e}"))
+}
+
+/// Everything the SPEC promises after the run, whatever was killed.
+fn assert_all_well(v: &TestVault, runs: &Path, killed_workers: &[String]) {
+    let lines = read_runs(runs);
+    let mut starts_per_message: BTreeMap<String, usize> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l.start) {
+        *starts_per_message.entry(l.message.clone()).or_default() += 1;
+    }
+    for i in 0..TOTAL {
+        let rel = message_path(i);
+        assert!(handled(v, &rel), "{rel} is not handled:\n{}", v.read(&rel));
+        let stem = rel.trim_end_matches(".md");
+        let reply = format!("{stem}.reply.md");
+        assert!(v.exists(&reply), "{rel} has no reply");
+        let body = v.body(&reply);
+        assert!(
+            body.contains(&format!("message {i}")),
+            "{rel}'s reply is not its own: {body}"
+        );
+        // Nothing ran after the stamp.
+        let at = rfc3339_ms(&v.get(&rel, "handled_at").unwrap());
+        let tp = turn_path(i);
+        for l in lines.iter().filter(|l| l.start && l.message == tp) {
+            assert!(
+                l.ms <= at + 5,
+                "{rel} started at {} on {}, after its handled_at {at}",
+                l.ms,
+                l.worker
+            );
+        }
+        assert!(
+            starts_per_message.get(&tp).copied().unwrap_or(0) >= 1,
+            "{rel} never ran"
+        );
+    }
+    // Each turn recorded once: the threads counted exactly their messages.
+    for a in 0..AGENTS {
+        let t = format!("Threads/c{a}/c{a}.md");
+        let count: usize = v
+            .get(&t, "turn_count")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        assert_eq!(count, TOTAL / AGENTS, "{t}: turn_count");
+    }
+    // Per agent: FIFO, and one turn at a time (a run cut short by a kill
+    // has no end; its worker's orphaned program may still end later).
+    for a in 0..AGENTS {
+        let agent = format!("c{a}");
+        let mine: Vec<&RunLine> = lines.iter().filter(|l| l.agent == agent).collect();
+        let order: Vec<usize> = mine
+            .iter()
+            .filter(|l| l.start)
+            .map(|l| {
+                l.message
+                    .trim_start_matches(&format!("Inbox/{agent}/m"))
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] <= w[1]),
+            "{agent}: messages started out of order: {order:?}"
+        );
+        let mut open: Option<&RunLine> = None;
+        for l in &mine {
+            if l.start {
+                if let Some(o) = open
+                    && !killed_workers.contains(&o.worker)
+                {
+                    panic!(
+                        "{agent}: {} started on {} while {} ran on {}",
+                        l.message, l.worker, o.message, o.worker
+                    );
+                }
+                open = Some(l);
+            } else if open.is_some_and(|o| o.message == l.message && o.worker == l.worker) {
+                open = None;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_cluster_answers_everything_exactly_once_through_kills_and_restarts() {
+    let v = TestVault::new();
+    let runs = v.parent.join("runs.log");
+    agents(&v, &runs);
+    let mut nats = Nats::start(&v.parent);
+    let port = free_port();
+    // The vault node starts first, with no worker at all.
+    let mut node = vault_node(&v, &nats, port);
+    node.started();
+    for i in 0..TOTAL {
+        v.message(
+            &message_path(i),
+            &format!("c{}", i % AGENTS),
+            "",
+            &format!("message {i}\n"),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(answered(&v), 0, "answered with no worker up");
+    assert!(read_runs(&runs).is_empty(), "a turn ran with no worker up");
+
+    let mut workers: BTreeMap<String, Serve> = BTreeMap::new();
+    for id in ["w1", "w2", "w3"] {
+        workers.insert(id.into(), worker(&v, &nats, id, "2"));
+    }
+    let t0 = Instant::now();
+    node.wait_for(Duration::from_secs(60), "30 answered", || {
+        answered(&v) >= 30
+    });
+
+    // 1. A worker SIGKILLed mid-turn.
+    node.wait_for(Duration::from_secs(30), "w2 running a turn", || {
+        live_workers(port)
+            .iter()
+            .any(|(id, n)| id == "w2" && *n > 0)
+    });
+    workers.get_mut("w2").unwrap().child.kill().unwrap();
+    let _ = workers.get_mut("w2").unwrap().child.wait();
+    let killed = vec!["w2".to_string()];
+    let at = answered(&v);
+    node.wait_for(
+        Duration::from_secs(60),
+        "progress after the worker's kill",
+        || answered(&v) >= at + 40,
+    );
+
+    // w2's running turns were handed to another worker.
+    node.wait_for(Duration::from_secs(30), "a redelivery counted", || {
+        crate::common::http_get(&format!("http://127.0.0.1:{port}/metrics")).is_some_and(|m| {
+            m.lines().any(|l| {
+                l.strip_prefix("vaultrunner_cluster_redelivered_total ")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n >= 1)
+            })
+        })
+    });
+
+    // 2. The vault node SIGKILLed mid-run, and started again.
+    node.child.kill().unwrap();
+    let _ = node.child.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    node = vault_node(&v, &nats, port);
+    node.started();
+    let at = answered(&v);
+    node.wait_for(
+        Duration::from_secs(60),
+        "progress after the node's restart",
+        || answered(&v) >= at + 40,
+    );
+
+    // 3. nats-server restarted on the same store, mid-run.
+    nats.restart(Duration::from_secs(1));
+    let at = answered(&v);
+    node.wait_for(
+        Duration::from_secs(90),
+        "progress after NATS restarted",
+        || answered(&v) >= at + 20,
+    );
+
+    node.wait_for(Duration::from_secs(120), "everything answered", || {
+        answered(&v) == TOTAL
+    });
+    let took = t0.elapsed();
+    // Nobody exited on its own.
+    assert!(
+        alive(node.pid()),
+        "the vault node exited:\n{}",
+        node.log_text()
+    );
+    for (id, w) in &workers {
+        if id != "w2" {
+            assert!(alive(w.pid()), "worker {id} exited:\n{}", w.log_text());
+        }
+    }
+    // A moment for late (duplicate) results to come in and be ignored.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_all_well(&v, &runs, &killed);
+    let metrics = crate::common::http_get(&format!("http://127.0.0.1:{port}/metrics")).unwrap();
+    assert!(
+        metrics.contains("vaultrunner_cluster_published_total"),
+        "{metrics}"
+    );
+    eprintln!(
+        "cluster: {TOTAL} messages in {took:?} through a worker kill, a vault node kill and a NATS restart"
+    );
+}
+
+#[test]
+fn send_inside_a_workers_turn_delegates_through_the_vault_node() {
+    let v = TestVault::new();
+    v.command_agent(
+        "boss",
+        "",
+        "$VAULTRUNNER_BIN send \"$VAULTRUNNER_VAULT\" helper \"please help\" >/dev/null\necho \"asked on $VAULTRUNNER_WORKER\"",
+    );
+    v.agent("helper", "backend: echo\n", "");
+    let nats = Nats::start(&v.parent);
+    let port = free_port();
+    let node = vault_node(&v, &nats, port);
+    node.started();
+    let _w = worker(&v, &nats, "solo", "2");
+    v.message("Inbox/boss/go.md", "boss", "", "go\n");
+    node.answered_within(&v, "Inbox/boss/go.md", Duration::from_secs(30));
+    assert_eq!(v.body("Inbox/boss/go.reply.md").trim(), "asked on solo");
+    let mut delegated = Vec::new();
+    node.wait_for(
+        Duration::from_secs(20),
+        "the helper's message answered",
+        || {
+            delegated = v
+                .notes_under("Inbox/helper")
+                .into_iter()
+                .filter(|p| !p.ends_with(".reply.md"))
+                .collect();
+            delegated.len() == 1 && handled(&v, &delegated[0])
+        },
+    );
+    let m = &delegated[0];
+    assert_eq!(v.get(m, "sender").as_deref(), Some("agent:boss"));
+    assert_eq!(v.get(m, "delegation_depth").as_deref(), Some("1"));
+    let reply = m.trim_end_matches(".md").to_string() + ".reply.md";
+    assert_eq!(v.body(&reply).trim(), "echo: please help");
+    // A token no turn holds is refused.
+    let out = crate::common::http_post_json(
+        &format!("http://127.0.0.1:{port}/api/cluster/send"),
+        r#"{"token":"made-up","agent":"helper","content":"x"}"#,
+    );
+    assert_eq!(out.0, 401, "{}", out.1);
+    assert!(out.1.contains("token"), "{}", out.1);
+}
+
+#[test]
+fn health_lists_the_workers_and_a_foreign_or_malformed_message_harms_nothing() {
+    let v = TestVault::new();
+    v.agent("e", "backend: echo\n", "");
+    let nats = Nats::start(&v.parent);
+    let port = free_port();
+    let node = vault_node(&v, &nats, port);
+    node.started();
+    let w = worker(&v, &nats, "box-1", "3");
+    node.wait_for(Duration::from_secs(20), "box-1 live in /health", || {
+        live_workers(port).iter().any(|(id, _)| id == "box-1")
+    });
+    let h = health(port).unwrap();
+    let wk = &h["workers"][0];
+    assert_eq!(wk["jobs"], 3, "{h}");
+    assert_eq!(wk["version"], env!("CARGO_PKG_VERSION"), "{h}");
+    assert!(wk["host"].as_str().is_some_and(|s| !s.is_empty()), "{h}");
+    assert_eq!(h["cluster"]["bound"], 3, "{h}");
+
+    // Garbage on every subject, and a result for a turn nobody knows.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(c.clone());
+        for subject in ["vaultrunner.turns.any", "vaultrunner.results"] {
+            for body in [&b"\xff\xfe not json"[..], b"{\"v\":99}", b"{\"v\":1,\"path\":7}"] {
+                js.publish(subject, body.to_vec().into()).await.unwrap().await.unwrap();
+            }
+        }
+        let unknown = serde_json::json!({"v":1,"path":"Inbox/nobody.md","attempt":1,"worker":"x",
+            "outcome":{"ok":{"reply":"hi","session":null,"usage":{"input_tokens":0,"output_tokens":0,"total_cost_usd":0.0}}}});
+        js.publish("vaultrunner.results", unknown.to_string().into()).await.unwrap().await.unwrap();
+        for body in [&b"nonsense"[..], b"{\"v\":1}"] {
+            let _ = c.request("vaultrunner.start", body.to_vec().into()).await;
+            c.publish("vaultrunner.events", body.to_vec().into()).await.unwrap();
+        }
+        c.flush().await.unwrap();
+    });
+    // Still answering, both of them.
+    v.message("Inbox/e/after.md", "e", "", "still here\n");
+    node.answered_within(&v, "Inbox/e/after.md", Duration::from_secs(30));
+    assert_eq!(v.body("Inbox/e/after.reply.md").trim(), "echo: still here");
+    assert!(alive(node.pid()) && alive(w.pid()));
+    assert!(poll_until(Duration::from_secs(5), || w
+        .log_text()
+        .contains("not a vaultrunner turn request")));
+    let wl = w.log_text();
+    assert!(wl.contains("protocol 99"), "{wl}");
+    let nl = node.log_text();
+    assert!(nl.contains("not a vaultrunner result"), "{nl}");
+    assert!(!v.exists("Inbox/nobody.reply.md"));
+}
+
+#[test]
+fn a_url_with_credentials_is_refused_before_anything_starts() {
+    let v = TestVault::new();
+    let out = v
+        .vr(&["worker", "--cluster", "nats://me:hunter2@127.0.0.1:4222"])
+        .run()
+        .failure();
+    assert!(out.stderr.contains("NATS_TOKEN"), "{out}");
+    assert!(!out.stderr.contains("hunter2"), "{out}");
+    let out = v
+        .vr(&[
+            "worker",
+            "--cluster",
+            "nats://127.0.0.1:4222",
+            "--id",
+            "a.b",
+        ])
+        .run()
+        .failure();
+    assert!(out.stderr.contains("--id"), "{out}");
+}
