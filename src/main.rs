@@ -728,6 +728,67 @@ async fn show_progress(
     }
 }
 
+/// `status`: the cluster of a running `serve --cluster` and its workers,
+/// as its `/health` says (nothing when it runs no cluster or cannot be
+/// asked).
+async fn print_cluster(vault: &str) {
+    let token = std::env::var("VAULTRUNNER_TOKEN").ok();
+    let Ok((_, body)) = vaultrunner::tail::health(vault, None, token.as_deref()).await else {
+        return;
+    };
+    let Ok(h) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return;
+    };
+    let Some(c) = h.get("cluster") else {
+        return;
+    };
+    let num =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    out!(
+        "cluster: {} ({} in flight, bound {})",
+        c.get("url").and_then(|u| u.as_str()).unwrap_or("?"),
+        num(c, "in_flight"),
+        num(c, "bound")
+    );
+    let workers = h
+        .get("workers")
+        .and_then(|w| w.as_array())
+        .cloned()
+        .unwrap_or_default();
+    if workers.is_empty() {
+        out!("  no worker: messages wait until one starts (`vaultrunner worker --cluster …`)");
+    }
+    for w in workers {
+        let text = |k: &str| w.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        let live = w
+            .get("live")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        let compatible = w
+            .get("compatible")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true);
+        let running = w
+            .get("running")
+            .and_then(|r| r.as_array())
+            .map_or(0, Vec::len);
+        out!(
+            "  worker {:<20} {:<16} jobs {:<3} running {:<3} heartbeat {}s ago  {}{}",
+            text("id"),
+            text("host"),
+            num(&w, "jobs"),
+            running,
+            num(&w, "last_heartbeat_secs"),
+            if live { "live" } else { "gone" },
+            if compatible {
+                String::new()
+            } else {
+                format!(" (release {}: another protocol, not used)", text("version"))
+            }
+        );
+    }
+}
+
 /// Depth for a `send` run inside a turn on the same vault: the turn's + 1.
 /// (A folder is compared by its real path, a URL as written.)
 fn inherited_depth(vault: &str) -> Option<u64> {
@@ -1014,6 +1075,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 for h in &g.held {
                     out!("git sync: kept out of commits: {h}");
                 }
+            }
+            if s.served {
+                print_cluster(&vault).await;
             }
             for a in &s.agents {
                 out!(

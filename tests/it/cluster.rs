@@ -491,6 +491,12 @@ fn health_lists_the_workers_and_a_foreign_or_malformed_message_harms_nothing() {
     assert_eq!(wk["version"], env!("CARGO_PKG_VERSION"), "{h}");
     assert!(wk["host"].as_str().is_some_and(|s| !s.is_empty()), "{h}");
     assert_eq!(h["cluster"]["bound"], 3, "{h}");
+    let st = v.vr(&["status", v.root_str()]).run().success();
+    assert!(st.stdout.contains("cluster: nats://127.0.0.1:"), "{st}");
+    assert!(
+        st.stdout.lines().any(|l| l.contains("worker box-1") && l.contains("jobs 3") && l.contains("live")),
+        "{st}"
+    );
 
     // Garbage on every subject, and a result for a turn nobody knows.
     let rt = tokio::runtime::Builder::new_current_thread()
