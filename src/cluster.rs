@@ -48,9 +48,20 @@ pub const SHARED_CONSUMER: &str = "workers";
 /// The vault node's consumer of results.
 pub const NODE_CONSUMER: &str = "vault-node";
 
-/// Deliveries of a request before JetStream gives it up (and the vault
-/// node answers the message with a failure reply).
+/// Deliveries of a request that may run. A worker that gets one more
+/// delivery than this runs nothing: it answers with the failure result
+/// [`gave_up`], through the results stream like any result, so the give-up
+/// is as durable as a turn's end. The consumers' `MaxDeliver` is one more
+/// still (JetStream's own bound; its advisory is the vault node's backstop).
 pub const MAX_DELIVER: i64 = 3;
+
+/// Why a message whose request was delivered [`MAX_DELIVER`] times without
+/// a result ends with a failure reply.
+pub fn gave_up() -> String {
+    format!(
+        "the turn was handed to workers {MAX_DELIVER} times and none finished it (each died or stopped mid-turn); send the message again to retry"
+    )
+}
 /// How often a worker says it is alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A worker not heard from for this long is gone.
@@ -267,7 +278,7 @@ pub async fn consumer(
                 filter_subject: filter.into(),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: ack_wait(),
-                max_deliver: MAX_DELIVER,
+                max_deliver: MAX_DELIVER + 1,
                 ..Default::default()
             },
         )

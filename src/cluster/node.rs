@@ -821,10 +821,7 @@ impl Node {
                 "{path}: delivered {} times and no worker finished it",
                 super::MAX_DELIVER
             );
-            let _ = tx.send(Err(TurnError::Failed(format!(
-                "the turn was handed to workers {} times and none finished it (each died or stopped mid-turn); send the message again to retry",
-                super::MAX_DELIVER
-            ))));
+            let _ = tx.send(Err(TurnError::Failed(super::gave_up())));
             self.wake.notify_waiters();
         }
         let turns = self.turns.borrow().clone();

@@ -247,6 +247,24 @@ impl Worker {
         if delivered > 1 {
             tracing::info!("{}: delivered again ({delivered})", req.path);
         }
+        if delivered > super::MAX_DELIVER {
+            // Each earlier delivery's worker died or stopped mid-turn.
+            tracing::warn!("{}: {}", req.path, super::gave_up());
+            let result = TurnResult {
+                v: PROTOCOL,
+                path: req.path.clone(),
+                attempt: req.attempt,
+                worker: self.opts.id.clone(),
+                outcome: Outcome::Error {
+                    message: super::gave_up(),
+                    timeout_ms: None,
+                },
+            };
+            if self.publish_result(&result, &acker).await {
+                let _ = acker.ack().await;
+            }
+            return;
+        }
         // Ask before running; keep the request alive while waiting.
         loop {
             let local = self

@@ -326,6 +326,12 @@ fn a_cluster_answers_everything_exactly_once_through_kills_and_restarts() {
     let v = TestVault::new();
     let runs = v.parent.join("runs.log");
     agents(&v, &runs);
+    // The agents' folders exist before serve starts: a folder created
+    // while it runs is found by a scan that may come after a later note's
+    // event (docs/DECISIONS.md, "Cluster"), which this test is not about.
+    for a in 0..AGENTS {
+        std::fs::create_dir_all(v.path(&format!("Inbox/c{a}"))).unwrap();
+    }
     let mut nats = Nats::start(&v.parent);
     let port = free_port();
     // The vault node starts first, with no worker at all.
@@ -627,4 +633,42 @@ fn a_cli_agents_turns_stick_to_its_worker_and_move_when_it_is_gone() {
     let last = worker_of(runs.last().unwrap());
     assert!(last != first && ws.contains_key(&last), "{runs:?}");
     assert!(!v.body("Inbox/cc/m5.reply.md").is_empty());
+}
+
+#[test]
+fn a_turn_that_kills_every_worker_it_reaches_ends_after_three_deliveries() {
+    let v = TestVault::new();
+    // Each run SIGKILLs the worker that runs it: no result ever comes.
+    v.command_agent("poison", "", "kill -9 $PPID\nsleep 5");
+    let nats = Nats::start(&v.parent);
+    let port = free_port();
+    let node = vault_node(&v, &nats, port);
+    node.started();
+    let ws: Vec<Serve> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|id| worker(&v, &nats, id, "1"))
+        .collect();
+    node.wait_for(Duration::from_secs(20), "three workers live", || {
+        live_workers(port).len() == 3
+    });
+    v.message("Inbox/poison/m.md", "poison", "", "boom\n");
+    node.wait_for(Duration::from_secs(60), "every worker killed", || {
+        ws.iter().all(|w| !alive(w.pid()))
+    });
+    assert!(!v.exists("Inbox/poison/m.reply.md"));
+    // The next worker to get it runs nothing and gives it up.
+    let last = worker(&v, &nats, "p4", "1");
+    node.answered_within(&v, "Inbox/poison/m.md", Duration::from_secs(60));
+    assert!(alive(last.pid()), "{}", last.log_text());
+    assert_eq!(
+        v.get("Inbox/poison/m.md", "status").as_deref(),
+        Some("error")
+    );
+    let reply = v.body("Inbox/poison/m.reply.md");
+    assert!(reply.contains("3 times"), "{reply}");
+    assert!(
+        alive(node.pid()),
+        "the vault node exited:\n{}",
+        node.log_text()
+    );
 }
