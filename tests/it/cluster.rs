@@ -20,6 +20,8 @@ pub struct Nats {
     pub port: u16,
     store: PathBuf,
     log: PathBuf,
+    /// More arguments (`--auth TOKEN`).
+    extra: Vec<String>,
 }
 
 /// A free loopback port (bound and let go).
@@ -33,11 +35,17 @@ fn free_port() -> u16 {
 impl Nats {
     /// Starts one with its store under `dir`.
     pub fn start(dir: &Path) -> Nats {
+        Nats::start_with(dir, &[])
+    }
+
+    /// [`start`](Self::start) with more arguments for nats-server.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Nats {
         let mut n = Nats {
             child: None,
             port: free_port(),
             store: dir.join("nats-store"),
             log: dir.join("nats.log"),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         n.spawn();
         n
@@ -62,6 +70,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(&self.store)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -488,9 +497,11 @@ fn health_lists_the_workers_and_a_foreign_or_malformed_message_harms_nothing() {
     v.agent("e", "backend: echo\n", "");
     let nats = Nats::start(&v.parent);
     let port = free_port();
+    // Either side may start first: here the worker.
+    let w = worker(&v, &nats, "box-1", "3");
+    std::thread::sleep(Duration::from_millis(500));
     let node = vault_node(&v, &nats, port);
     node.started();
-    let w = worker(&v, &nats, "box-1", "3");
     node.wait_for(Duration::from_secs(20), "box-1 live in /health", || {
         live_workers(port).iter().any(|(id, _)| id == "box-1")
     });
@@ -671,4 +682,49 @@ fn a_turn_that_kills_every_worker_it_reaches_ends_after_three_deliveries() {
         "the vault node exited:\n{}",
         node.log_text()
     );
+}
+
+#[test]
+fn credentials_come_from_the_environment() {
+    let v = TestVault::new();
+    v.agent("e", "backend: echo\n", "");
+    let nats = Nats::start_with(&v.parent, &["--auth", "s3cret-token"]);
+    let port = free_port();
+    let url = nats.url();
+    let listen = format!("127.0.0.1:{port}");
+    let node = v
+        .serve_run(&["--cluster", &url, "--listen", &listen])
+        .env("NATS_TOKEN", "s3cret-token")
+        .spawn(v.next_log("vault-node"));
+    node.started();
+    // A worker without the token is refused by the server, and says so.
+    let refused = v
+        .vr(&["worker", "--cluster", &url, "--id", "nokey"])
+        .env("VAULTRUNNER_LOG", "info")
+        .spawn(v.next_log("worker-nokey"));
+    let good = v
+        .vr(&[
+            "worker",
+            "--cluster",
+            &url,
+            "--id",
+            "withkey",
+            "--state",
+            &v.parent.join("state-withkey").display().to_string(),
+        ])
+        .env("NATS_TOKEN", "s3cret-token")
+        .env("VAULTRUNNER_LOG", "info")
+        .spawn(v.next_log("worker-withkey"));
+    v.message("Inbox/e/m.md", "e", "", "with a token\n");
+    node.answered_within(&v, "Inbox/e/m.md", Duration::from_secs(30));
+    assert_eq!(v.body("Inbox/e/m.reply.md").trim(), "echo: with a token");
+    let ids: Vec<String> = live_workers(port).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["withkey"], "{}", refused.log_text());
+    refused.wait_for(
+        Duration::from_secs(10),
+        "the refused worker names why",
+        || refused.log_text().to_lowercase().contains("authorization"),
+    );
+    assert!(!refused.log_text().contains("s3cret"));
+    assert!(alive(good.pid()));
 }

@@ -856,6 +856,7 @@ both!(
     a_message_deleted_mid_turn_stops_nothing,
     a_turn_that_prints_the_token_does_not_put_it_in_a_note,
     attachments_are_named_unavailable,
+    round_trip_with_a_cluster,
 );
 
 fake_only!(
@@ -937,6 +938,41 @@ async fn attachments_are_named_unavailable(t: &Target) {
     );
     assert!(!body.contains("Some note`"), "{}: {body}", t.kind);
     assert_eq!(meta(&reply, "status").as_deref(), Some("ok"));
+}
+
+/// `serve --cluster` on a remote vault: the vault node is the server's
+/// one writer, a worker runs the turn (SPEC §8).
+async fn round_trip_with_a_cluster(t: &Target) {
+    let a = t.agent("echo");
+    t.definition(&a, json!({"backend": "echo"})).await;
+    let nats = crate::cluster::Nats::start(t.tmp.path());
+    let before = t.inbound("Inbox/clustered", &a, "run by a worker").await;
+    let mut s = t.serve(&["--cluster", &nats.url()]);
+    let _w = crate::common::vr(&[
+        "worker",
+        "--cluster",
+        &nats.url(),
+        "--id",
+        "remote-w",
+        "--state",
+        &t.tmp.path().join("worker-state").display().to_string(),
+    ])
+    .env("VAULTRUNNER_LOG", "info")
+    .spawn(t.tmp.path().join("worker.log"));
+    t.answered(&before, Duration::from_secs(60)).await;
+    assert_round_trip(t, &before, &a, "run by a worker").await;
+    assert!(
+        s.log_text().contains("cluster: worker remote-w"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(
+        s.stop().map(|st| st.success()),
+        Some(true),
+        "{}",
+        s.log_text()
+    );
+    t.assert_no_duplicates(&t.mine(&[&a]).await);
 }
 
 async fn round_trip_with_serve_polling(t: &Target) {
