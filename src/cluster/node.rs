@@ -32,6 +32,12 @@ use crate::turn::{Remote, RemoteTurn};
 /// own bound (the live workers' jobs) is the one that counts.
 pub const UNBOUNDED_JOBS: usize = 4096;
 
+/// How long after its start the vault node answers every start check
+/// with *wait*: a run a previous vault node started shows in its worker's
+/// heartbeats only at the next beat (every [`HEARTBEAT_EVERY`]) and the
+/// next read of them (every second). Two beats cover both.
+pub const LISTENING: Duration = Duration::from_secs(4);
+
 /// How `serve --cluster` reaches the cluster.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -87,6 +93,9 @@ pub struct Node {
 
 #[derive(Default)]
 struct State {
+    /// When the streams were ready; until [`LISTENING`] later, every start
+    /// check waits (below).
+    ready_at: Option<Instant>,
     inflight: HashMap<String, Entry>,
     /// Results nobody waited for (path → result), kept for a while.
     orphans: HashMap<String, (TurnResult, Acker, Instant)>,
@@ -205,6 +214,7 @@ impl Node {
             }
         };
         tracing::info!("cluster: streams ready on {}", self.opts.url);
+        self.lock().ready_at = Some(Instant::now());
         let _ = tx.send(Some(turns.clone()));
         tokio::spawn(self.clone().results_loop(results, cancel.clone()));
         tokio::spawn(self.clone().heartbeats_loop(kv, turns, cancel.clone()));
@@ -752,6 +762,14 @@ impl Node {
     pub fn decide(&self, ask: &StartAsk) -> StartAnswer {
         let now = Instant::now();
         let mut st = self.lock();
+        // Just started: a run of a previous vault node may not show in
+        // the heartbeats yet.
+        if st
+            .ready_at
+            .is_none_or(|at| now.saturating_duration_since(at) < LISTENING)
+        {
+            return StartAnswer::Wait;
+        }
         let busy_elsewhere = st.workers.iter().any(|(id, w)| {
             id != &ask.worker && st.live(id, now) && w.hb.running.contains(&ask.path)
         });

@@ -189,7 +189,7 @@ fn turn_path(i: usize) -> String {
 }
 
 /// The agents: each run appends `start`/`end` lines (ms, agent, message,
-/// worker) to `runs`, sleeps 100 ms, and answers with the message.
+/// worker) to `runs`, sleeps 250 ms, and answers with the message.
 fn agents(v: &TestVault, runs: &Path) {
     let runs = runs.display();
     for a in 0..AGENTS {
@@ -198,7 +198,7 @@ fn agents(v: &TestVault, runs: &Path) {
             "",
             &format!(
                 "echo \"start $(date +%s%3N) $VAULTRUNNER_AGENT $VAULTRUNNER_MESSAGE $VAULTRUNNER_WORKER\" >> {runs}\n\
-                 sleep 0.1\n\
+                 sleep 0.25\n\
                  cat\n\
                  echo \"end $(date +%s%3N) $VAULTRUNNER_AGENT $VAULTRUNNER_MESSAGE $VAULTRUNNER_WORKER\" >> {runs}"
             ),
@@ -381,9 +381,14 @@ fn a_cluster_answers_everything_exactly_once_through_kills_and_restarts() {
 
     // 1. A worker SIGKILLed mid-turn.
     node.wait_for(Duration::from_secs(30), "w2 running a turn", || {
-        live_workers(port)
-            .iter()
-            .any(|(id, n)| id == "w2" && *n > 0)
+        let lines = read_runs(&runs);
+        lines.iter().any(|s| {
+            s.start
+                && s.worker == "w2"
+                && !lines
+                    .iter()
+                    .any(|e| !e.start && e.message == s.message && e.worker == "w2")
+        })
     });
     pending(160, "the worker's kill");
     workers.get_mut("w2").unwrap().child.kill().unwrap();
@@ -453,17 +458,33 @@ fn send_inside_a_workers_turn_delegates_through_the_vault_node() {
     v.command_agent(
         "boss",
         "",
-        "$VAULTRUNNER_BIN send \"$VAULTRUNNER_VAULT\" helper \"please help\" >/dev/null\necho \"asked on $VAULTRUNNER_WORKER\"",
+        "$VAULTRUNNER_BIN send \"$VAULTRUNNER_VAULT\" helper \"please help\" >/dev/null\necho \"asked on $VAULTRUNNER_WORKER with ${WORKER_ONLY_KEY:-no key}\"",
     );
     v.agent("helper", "backend: echo\n", "");
     let nats = Nats::start(&v.parent);
     let port = free_port();
     let node = vault_node(&v, &nats, port);
     node.started();
-    let _w = worker(&v, &nats, "solo", "2");
+    // The turn's environment is the worker's: its keys never travel.
+    let _w = v
+        .vr(&[
+            "worker",
+            "--cluster",
+            &nats.url(),
+            "--id",
+            "solo",
+            "--state",
+            &v.parent.join("state-solo").display().to_string(),
+        ])
+        .env("WORKER_ONLY_KEY", "k-123")
+        .env("VAULTRUNNER_LOG", "info")
+        .spawn(v.next_log("worker-solo"));
     v.message("Inbox/boss/go.md", "boss", "", "go\n");
     node.answered_within(&v, "Inbox/boss/go.md", Duration::from_secs(30));
-    assert_eq!(v.body("Inbox/boss/go.reply.md").trim(), "asked on solo");
+    assert_eq!(
+        v.body("Inbox/boss/go.reply.md").trim(),
+        "asked on solo with k-123"
+    );
     let mut delegated = Vec::new();
     node.wait_for(
         Duration::from_secs(20),
@@ -727,4 +748,51 @@ fn credentials_come_from_the_environment() {
     );
     assert!(!refused.log_text().contains("s3cret"));
     assert!(alive(good.pid()));
+}
+
+#[test]
+fn a_workers_live_text_reaches_the_vault_nodes_event_stream() {
+    use std::io::{Read, Write};
+    let v = TestVault::new();
+    v.command_agent("talker", "", "echo first-line\nsleep 1\necho second-line");
+    let nats = Nats::start(&v.parent);
+    let port = free_port();
+    let node = vault_node(&v, &nats, port);
+    node.started();
+    let _w = worker(&v, &nats, "tw", "1");
+    node.wait_for(Duration::from_secs(20), "tw live", || {
+        !live_workers(port).is_empty()
+    });
+    let mut sse = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sse.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    write!(
+        sse,
+        "GET /api/agents/talker/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .unwrap();
+    v.message("Inbox/talker/m.md", "talker", "", "talk\n");
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    // The first line arrives while the turn still runs (before its reply).
+    let mut live_before_reply = false;
+    while start.elapsed() < Duration::from_secs(30) && !seen.contains("\"done\"") {
+        if let Ok(n) = sse.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        if seen.contains("first-line") && !v.exists("Inbox/talker/m.reply.md") {
+            live_before_reply = true;
+        }
+    }
+    assert!(
+        seen.contains("\"text\"") && seen.contains("first-line"),
+        "{seen}"
+    );
+    assert!(
+        live_before_reply,
+        "the text came only with the reply: {seen}"
+    );
+    assert!(seen.contains("\"done\""), "{seen}");
+    node.answered(&v, "Inbox/talker/m.md");
 }
