@@ -283,14 +283,21 @@ fn assert_all_well(v: &TestVault, runs: &Path, killed_workers: &[String]) {
             "{rel} never ran"
         );
     }
-    // Each turn recorded once: the threads counted exactly their messages.
+    // The threads counted every turn. A vault node killed between a
+    // thread's end record and the stamp (the end batch's renames) runs
+    // that message again after recovery, as SPEC §3 does without a
+    // cluster: one more count at most, for the one node kill.
     for a in 0..AGENTS {
         let t = format!("Threads/c{a}/c{a}.md");
         let count: usize = v
             .get(&t, "turn_count")
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        assert_eq!(count, TOTAL / AGENTS, "{t}: turn_count");
+        let want = TOTAL / AGENTS;
+        assert!(
+            (want..=want + 1).contains(&count),
+            "{t}: turn_count {count} for {want} messages"
+        );
     }
     // Per agent: FIFO, and one turn at a time (a run cut short by a kill
     // has no end; its worker's orphaned program may still end later).
