@@ -64,6 +64,8 @@ impl WorkerOptions {
 
 struct Worker {
     client: async_nats::Client,
+    /// The requests' stream, for its own consumer made again.
+    own_stream: jetstream::stream::Stream,
     js: jetstream::Context,
     opts: WorkerOptions,
     host: String,
@@ -77,27 +79,19 @@ pub async fn run(opts: WorkerOptions, cancel: CancellationToken) -> Result<(), C
     super::check_id(&opts.id)?;
     let client = super::connect(&opts.url, &format!("vaultrunner worker {}", opts.id)).await?;
     let js = jetstream::new(client.clone());
-    let w = Arc::new(Worker {
-        client,
-        js,
-        host: super::hostname(),
-        opts,
-        running: Mutex::new(BTreeSet::new()),
-        cancel: cancel.clone(),
-    });
     let mut delay = Duration::from_millis(200);
     let mut logged = false;
-    let (turns, kv) = loop {
+    let (stream, (shared, own), kv) = loop {
         let set_up = async {
-            let (turns, _, kv) = super::ensure(&w.js).await?;
+            let (turns, _, kv) = super::ensure(&js).await?;
             let shared = super::consumer(&turns, SHARED_CONSUMER, SUBJECT_ANY).await?;
             let own = super::consumer(
                 &turns,
-                &worker_consumer(&w.opts.id),
-                &worker_subject(&w.opts.id),
+                &worker_consumer(&opts.id),
+                &worker_subject(&opts.id),
             )
             .await?;
-            Ok::<_, ClusterError>(((shared, own), kv))
+            Ok::<_, ClusterError>((turns, (shared, own), kv))
         };
         match set_up.await {
             Ok(s) => break s,
@@ -114,6 +108,15 @@ pub async fn run(opts: WorkerOptions, cancel: CancellationToken) -> Result<(), C
             }
         }
     };
+    let w = Arc::new(Worker {
+        client,
+        own_stream: stream,
+        js,
+        host: super::hostname(),
+        opts,
+        running: Mutex::new(BTreeSet::new()),
+        cancel: cancel.clone(),
+    });
     tracing::info!(
         "worker {} ready on {} ({} jobs)",
         w.opts.id,
@@ -123,17 +126,37 @@ pub async fn run(opts: WorkerOptions, cancel: CancellationToken) -> Result<(), C
     let beat = tokio::spawn(w.clone().heartbeats(kv.clone()));
     let tasks = tokio_util::task::TaskTracker::new();
     let slots = Arc::new(Semaphore::new(w.opts.jobs.max(1)));
-    let (shared, own) = turns;
+    let mut own = own;
     while !cancel.is_cancelled() {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = cancel.cancelled() => break,
         };
         // Its own (sticky) requests first, without waiting; then any.
-        let mut got = next(&own, None).await;
+        let mut got = match next(&own, None).await {
+            Ok(m) => m,
+            Err(e) => {
+                // Deleted by a vault node that took this worker for gone
+                // (it was away longer than the heartbeat TTL): made again.
+                tracing::debug!("worker: its own consumer: {e}");
+                if let Ok(c) = super::consumer(
+                    &w.own_stream,
+                    &worker_consumer(&w.opts.id),
+                    &worker_subject(&w.opts.id),
+                )
+                .await
+                {
+                    own = c;
+                }
+                None
+            }
+        };
         if got.is_none() {
             got = tokio::select! {
-                m = next(&shared, Some(Duration::from_millis(500))) => m,
+                m = next(&shared, Some(Duration::from_millis(500))) => m.unwrap_or_else(|e| {
+                    tracing::debug!("worker: pull: {e}");
+                    None
+                }),
                 _ = cancel.cancelled() => break,
             };
         }
@@ -164,7 +187,7 @@ pub async fn run(opts: WorkerOptions, cancel: CancellationToken) -> Result<(), C
 async fn next(
     consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
     wait: Option<Duration>,
-) -> Option<jetstream::Message> {
+) -> Result<Option<jetstream::Message>, String> {
     // A pull request sent just before a disconnect is forgotten by the
     // server: its answer never comes, so the wait is bounded here too.
     let bound = wait
@@ -183,18 +206,12 @@ async fn next(
     .await
     .unwrap_or(Ok(None));
     match pulled {
-        Ok(got) => match got {
-            Some(Ok(m)) => Some(m),
-            Some(Err(e)) => {
-                tracing::debug!("worker: pull: {e}");
-                None
-            }
-            None => None,
-        },
+        Ok(Some(Ok(m))) => Ok(Some(m)),
+        Ok(Some(Err(e))) => Err(e.to_string()),
+        Ok(None) => Ok(None),
         Err(e) => {
-            tracing::debug!("worker: pull: {e}");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            None
+            Err(e.to_string())
         }
     }
 }

@@ -161,9 +161,7 @@ pub async fn record(env: &TurnEnv, pending: Box<Unrecorded>) -> Result<Outcome, 
     Ok(match end_batch(env, pending, None).await {
         Ended::Recorded(w, _) => {
             (env.on_written)(w);
-            if let Some(r) = &env.remote {
-                r.recorded(&path);
-            }
+            env.recorded(&path);
             Outcome::Done {
                 ok,
                 external,
@@ -172,9 +170,7 @@ pub async fn record(env: &TurnEnv, pending: Box<Unrecorded>) -> Result<Outcome, 
         }
         Ended::Deleted(w) => {
             (env.on_written)(w);
-            if let Some(r) = &env.remote {
-                r.recorded(&path);
-            }
+            env.recorded(&path);
             Outcome::Skipped(DELETED_MID_TURN.into())
         }
         Ended::Failed(pending, w, error) => {
@@ -216,6 +212,15 @@ pub struct TurnEnv {
     /// Where step 3 runs when it is not this process: a cluster's workers
     /// (SPEC §8, `cluster::Node`). `None` runs the backend here.
     pub remote: Option<Arc<dyn Remote>>,
+}
+
+impl TurnEnv {
+    /// Tells the [`Remote`], if any, that `path`'s end is durable.
+    fn recorded(&self, path: &str) {
+        if let Some(r) = &self.remote {
+            r.recorded(path);
+        }
+    }
 }
 
 /// Runs turns somewhere else (a cluster's workers): the vault node still
@@ -691,9 +696,7 @@ async fn run_prepared(
     match end_batch(env, pending, next).await {
         Ended::Recorded(end, claimed) => {
             (env.on_written)(end);
-            if let Some(r) = &env.remote {
-                r.recorded(path);
-            }
+            env.recorded(path);
             (
                 Ok(Outcome::Done {
                     ok,
@@ -705,9 +708,7 @@ async fn run_prepared(
         }
         Ended::Deleted(end) => {
             (env.on_written)(end);
-            if let Some(r) = &env.remote {
-                r.recorded(path);
-            }
+            env.recorded(path);
             (Ok(Outcome::Skipped(DELETED_MID_TURN.into())), None)
         }
         Ended::Failed(pending, end, error) => {
