@@ -387,11 +387,20 @@ fn a_cluster_answers_everything_exactly_once_through_kills_and_restarts() {
     });
 
     // 1. A worker SIGKILLed mid-turn.
+    // A run that started under 100 ms ago: its 250 ms sleep is still on.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    };
     node.wait_for(Duration::from_secs(30), "w2 running a turn", || {
         let lines = read_runs(&runs);
+        let now = now_ms();
         lines.iter().any(|s| {
             s.start
                 && s.worker == "w2"
+                && now - s.ms < 100
                 && !lines
                     .iter()
                     .any(|e| !e.start && e.message == s.message && e.worker == "w2")
