@@ -106,6 +106,11 @@ struct State {
     by_seq: HashMap<u64, String>,
     /// Requests published and not answered yet.
     dispatched: usize,
+    /// Turns waiting for a cluster-wide slot, by ticket: the slots go to
+    /// them in the order they came (as the local dispatcher goes round
+    /// the agents), not to whichever task wakes first.
+    waiters: std::collections::BTreeSet<u64>,
+    next_ticket: u64,
     /// Dead workers whose subject was cleaned up.
     cleaned: HashSet<String>,
     /// Peers of another protocol, named once.
@@ -401,6 +406,15 @@ impl Node {
             r = turns.wait_for(Option::is_some) => if r.is_err() { return Err(TurnError::Cancelled) },
             _ = cancel.cancelled() => return Err(TurnError::Cancelled),
         }
+        let ticket = {
+            let mut st = self.lock();
+            let t = st.next_ticket;
+            st.next_ticket += 1;
+            st.waiters.insert(t);
+            t
+        };
+        // Gives the ticket back if this turn stops waiting (shutdown).
+        let _queued = Ticket(self.clone(), ticket);
         let target = loop {
             let woken = self.wake.notified();
             tokio::pin!(woken);
@@ -408,7 +422,8 @@ impl Node {
             {
                 let mut st = self.lock();
                 let now = Instant::now();
-                if st.dispatched < self.capacity(&st, now) {
+                if st.dispatched < self.capacity(&st, now) && st.waiters.first() == Some(&ticket) {
+                    st.waiters.remove(&ticket);
                     st.dispatched += 1;
                     let target = if sticky_backend(&def.backend) {
                         st.sticky
@@ -422,6 +437,9 @@ impl Node {
                         e.counted = true;
                         e.target = target.clone();
                     }
+                    drop(st);
+                    // The next in line may take a slot left free.
+                    self.wake.notify_waiters();
                     break target;
                 }
             }
@@ -542,7 +560,7 @@ impl Node {
                 // Bounded: a pull sent just before a disconnect is never
                 // answered by the server that comes back.
                 let next = tokio::select! {
-                    n = tokio::time::timeout(Duration::from_secs(3), batch.next()) => n,
+                    n = tokio::time::timeout(Duration::from_millis(1500), batch.next()) => n,
                     _ = cancel.cancelled() => return,
                 };
                 let Ok(Some(m)) = next else { break };
@@ -890,6 +908,19 @@ impl Node {
 
     pub fn url(&self) -> &str {
         &self.opts.url
+    }
+}
+
+/// A turn's place in the line for a cluster-wide slot, given back when
+/// it is dropped.
+struct Ticket(Arc<Node>, u64);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let removed = self.0.lock().waiters.remove(&self.1);
+        if removed {
+            self.0.wake.notify_waiters();
+        }
     }
 }
 

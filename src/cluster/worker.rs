@@ -192,7 +192,7 @@ async fn next(
     // server: its answer never comes, so the wait is bounded here too.
     let bound = wait
         .unwrap_or_default()
-        .saturating_add(Duration::from_secs(3));
+        .saturating_add(Duration::from_secs(1));
     let pulled = tokio::time::timeout(bound, async {
         let batch = match wait {
             Some(d) => consumer.batch().max_messages(1).expires(d).messages().await,
