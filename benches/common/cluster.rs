@@ -359,6 +359,32 @@ fn cpu_ms(pid: u32) -> f64 {
     proc_ticks(pid) as f64 * 1000.0 / hz
 }
 
+/// CPU time (schedstat, all threads) per second and times scheduled in per
+/// second of each process over `window`.
+fn idle_cost(pids: &[u32], window: Duration) -> (Duration, Vec<(f64, f64)>) {
+    let sum = |pid: u32| {
+        super::sample_tasks(pid)
+            .into_values()
+            .fold((0u64, 0u64), |(c, n), (_, t)| (c + t.cpu_ns, n + t.slices))
+    };
+    let a: Vec<(u64, u64)> = pids.iter().map(|p| sum(*p)).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let b: Vec<(u64, u64)> = pids.iter().map(|p| sum(*p)).collect();
+    let secs = t0.elapsed().as_secs_f64();
+    let per_s = a
+        .iter()
+        .zip(&b)
+        .map(|(a, b)| {
+            (
+                b.0.saturating_sub(a.0) as f64 / 1e6 / secs,
+                b.1.saturating_sub(a.1) as f64 / secs,
+            )
+        })
+        .collect();
+    (t0.elapsed(), per_s)
+}
+
 // ----------------------------------------------------------------------
 // Vaults
 
@@ -604,6 +630,10 @@ fn overhead(s: &Settings, bin: &Path, res: &mut Results) {
     eprintln!("[cluster] latency, cluster: serve --settle-ms 0 --cluster, 1 worker; {n} probes");
     let (root, vault) = echo_vault("cluster-lat-cluster");
     let c = Cluster::start(bin, root.path(), &vault, &[], 1);
+    // Idle first: nothing to do, 1 worker live.
+    std::thread::sleep(Duration::from_secs(2));
+    let pids = [c.node.pid(), c.workers[0].pid(), c.nats.pid()];
+    let idle = idle_cost(&pids, Duration::from_secs(if s.quick { 3 } else { 6 }));
     let (mut remote, remote_lost) = probe_latency(&vault.join("Inbox/echo"), "echo", warmup, n);
     if remote.is_empty() {
         eprintln!("{}", c.logs_tail());
@@ -611,6 +641,20 @@ fn overhead(s: &Settings, bin: &Path, res: &mut Results) {
     drop(c);
     drop(root);
 
+    let names = ["vault node", "worker", "nats-server"];
+    res.info(
+        SC,
+        format!(
+            "idle (1 worker, nothing to do, {:.0} s): CPU ms/s and wake-ups/s, {}",
+            idle.0.as_secs_f64(),
+            names.join(" / ")
+        ),
+        idle.1
+            .iter()
+            .map(|(cpu, wakeups)| format!("{cpu:.2} ms/s, {wakeups:.1}/s"))
+            .collect::<Vec<_>>()
+            .join(" · "),
+    );
     local.sort();
     remote.sort();
     if local.is_empty() || remote.is_empty() {
