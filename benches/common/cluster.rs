@@ -461,6 +461,11 @@ fn throughput(s: &Settings, bin: &Path, res: &mut Results) {
         );
         runs.push((n, throughput_run(s, bin, n, agents, messages)));
     }
+    let local_jobs = 3 * JOBS_PER_WORKER;
+    eprintln!(
+        "[cluster] throughput, local path for comparison: serve --jobs {local_jobs}, the same messages"
+    );
+    let local = throughput_run(s, bin, 0, agents, messages);
     let one = runs[0].1.turns_per_s;
     for (n, r) in &runs {
         let n = *n;
@@ -520,15 +525,58 @@ fn throughput(s: &Settings, bin: &Path, res: &mut Results) {
             all && r.ignored == 0.0 && r.redelivered == 0.0,
         );
     }
+    let ideal = local_jobs as f64 / SLEEP_SECS;
+    let all = local.replies == messages && local.handled == messages;
+    res.info(
+        SC,
+        format!("throughput, local path for comparison (`serve --jobs {local_jobs}`, no cluster), the same messages"),
+        format!(
+            "{:.2} turns/s ({:.2} s; ÷ ideal {ideal:.2} = {:.2}); vault node CPU per turn {:.1} ms",
+            local.turns_per_s,
+            local.secs,
+            local.turns_per_s / ideal,
+            local.node_cpu_ms / messages as f64
+        ),
+    );
+    if !all {
+        res.check(
+            SC,
+            "throughput, local path, verified: replies / handled",
+            format!("{} · {}", local.replies, local.handled),
+            format!("{messages} each"),
+            false,
+        );
+    }
 }
 
+/// One throughput run: `workers` workers behind a vault node, or with
+/// `workers == 0` plain `serve --jobs 6` (the local path, the same turns
+/// run here).
 fn throughput_run(s: &Settings, bin: &Path, workers: usize, agents: usize, n: usize) -> Run {
     let root = s.tempdir(&format!("cluster-tp{workers}"));
     let vault = root.path().join("vault");
     let names = slow_vault(&vault, agents);
-    let c = Cluster::start(bin, root.path(), &vault, &[], workers);
-    let node_cpu0 = cpu_ms(c.node.pid());
-    let workers_cpu0: f64 = c.workers.iter().map(|w| cpu_ms(w.pid())).sum();
+    let (c, local) = if workers == 0 {
+        let logs = root.path().join("logs");
+        fs::create_dir_all(&logs).unwrap();
+        let jobs = (3 * JOBS_PER_WORKER).to_string();
+        let server = Server::start(&vault, &["--settle-ms", "0", "--jobs", &jobs], &logs);
+        (None, Some(server))
+    } else {
+        let c = Cluster::start(bin, root.path(), &vault, &[], workers);
+        (Some(c), None)
+    };
+    let node_pid = match (&c, &local) {
+        (Some(c), _) => c.node.pid(),
+        (None, Some(l)) => l.pid(),
+        (None, None) => unreachable!(),
+    };
+    let worker_pids: Vec<u32> = c
+        .iter()
+        .flat_map(|c| c.workers.iter().map(|w| w.pid()))
+        .collect();
+    let node_cpu0 = cpu_ms(node_pid);
+    let workers_cpu0: f64 = worker_pids.iter().map(|p| cpu_ms(*p)).sum();
     let (paths, t0) = drop_messages(&vault, &names, n);
     // Each reply's first sight (polled every 5 ms).
     let mut seen: Vec<Option<Duration>> = vec![None; n];
@@ -544,15 +592,19 @@ fn throughput_run(s: &Settings, bin: &Path, workers: usize, agents: usize, n: us
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let node_cpu = cpu_ms(c.node.pid()) - node_cpu0;
-    let workers_cpu = c.workers.iter().map(|w| cpu_ms(w.pid())).sum::<f64>() - workers_cpu0;
+    let node_cpu = cpu_ms(node_pid) - node_cpu0;
+    let workers_cpu = worker_pids.iter().map(|p| cpu_ms(*p)).sum::<f64>() - workers_cpu0;
     let mut times: Vec<Duration> = seen.iter().flatten().copied().collect();
     times.sort();
     let replies = times.len();
     if left > 0 {
         eprintln!(
             "  !! {left} of {n} messages without a reply after {limit:?}\n{}",
-            c.logs_tail()
+            match (&c, &local) {
+                (Some(c), _) => c.logs_tail(),
+                (None, Some(l)) => tail(&l.log(), 20),
+                (None, None) => String::new(),
+            }
         );
     }
     // The handled stamps land right after the replies.
@@ -575,13 +627,11 @@ fn throughput_run(s: &Settings, bin: &Path, workers: usize, agents: usize, n: us
                 .unwrap_or(0)
         })
         .sum();
-    let ignored = c
-        .metric("vaultrunner_cluster_results_ignored_total")
-        .unwrap_or(-1.0);
-    let redelivered = c
-        .metric("vaultrunner_cluster_redelivered_total")
-        .unwrap_or(-1.0);
+    let metric = |name: &str| c.as_ref().map_or(0.0, |c| c.metric(name).unwrap_or(-1.0));
+    let ignored = metric("vaultrunner_cluster_results_ignored_total");
+    let redelivered = metric("vaultrunner_cluster_redelivered_total");
     drop(c);
+    drop(local);
     let secs = times.last().map_or(f64::NAN, |d| d.as_secs_f64());
     let steady = if replies >= 10 {
         let (a, b) = (replies / 10, replies * 9 / 10);
