@@ -449,6 +449,11 @@ struct Run {
     workers_cpu_ms: f64,
     ignored: f64,
     redelivered: f64,
+    /// The first reply, s after the messages came.
+    first: f64,
+    /// Between the first and the last agent to get its last reply, s (how
+    /// evenly the slots went round the agents).
+    spread: f64,
 }
 
 fn throughput(s: &Settings, bin: &Path, res: &mut Results) {
@@ -478,8 +483,8 @@ fn throughput(s: &Settings, bin: &Path, res: &mut Results) {
                 SLEEP_SECS * 1e3
             ),
             format!(
-                "{:.2} turns/s ({:.2} s; steady 10–90 %: {:.2} turns/s)",
-                r.turns_per_s, r.secs, r.steady_per_s
+                "{:.2} turns/s ({:.2} s; steady 10–90 %: {:.2} turns/s; first reply {:.2} s; agents' last replies {:.2} s apart)",
+                r.turns_per_s, r.secs, r.steady_per_s, r.first, r.spread
             ),
         );
         if n > 1 {
@@ -531,10 +536,13 @@ fn throughput(s: &Settings, bin: &Path, res: &mut Results) {
         SC,
         format!("throughput, local path for comparison (`serve --jobs {local_jobs}`, no cluster), the same messages"),
         format!(
-            "{:.2} turns/s ({:.2} s; ÷ ideal {ideal:.2} = {:.2}); vault node CPU per turn {:.1} ms",
+            "{:.2} turns/s ({:.2} s; ÷ ideal {ideal:.2} = {:.2}; steady 10–90 %: {:.2} turns/s; first reply {:.2} s; agents' last replies {:.2} s apart); vault node CPU per turn {:.1} ms",
             local.turns_per_s,
             local.secs,
             local.turns_per_s / ideal,
+            local.steady_per_s,
+            local.first,
+            local.spread,
             local.node_cpu_ms / messages as f64
         ),
     );
@@ -594,6 +602,17 @@ fn throughput_run(s: &Settings, bin: &Path, workers: usize, agents: usize, n: us
     }
     let node_cpu = cpu_ms(node_pid) - node_cpu0;
     let workers_cpu = worker_pids.iter().map(|p| cpu_ms(*p)).sum::<f64>() - workers_cpu0;
+    let mut last_of = vec![Duration::ZERO; agents];
+    for (i, t) in seen.iter().enumerate() {
+        if let Some(t) = t {
+            last_of[i % agents] = last_of[i % agents].max(*t);
+        }
+    }
+    let spread = last_of
+        .iter()
+        .max()
+        .unwrap()
+        .saturating_sub(*last_of.iter().min().unwrap());
     let mut times: Vec<Duration> = seen.iter().flatten().copied().collect();
     times.sort();
     let replies = times.len();
@@ -650,6 +669,8 @@ fn throughput_run(s: &Settings, bin: &Path, workers: usize, agents: usize, n: us
         workers_cpu_ms: workers_cpu,
         ignored,
         redelivered,
+        first: times.first().map_or(f64::NAN, |d| d.as_secs_f64()),
+        spread: spread.as_secs_f64(),
     }
 }
 
