@@ -59,9 +59,18 @@ pub fn run(s: &Settings, res: &mut Results) {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     eprintln!("[cluster] {} ({version})", bin.display());
-    throughput(s, &bin, res);
-    overhead(s, &bin, res);
-    memory(s, &bin, res);
+    // `VR_BENCH_CLUSTER_ONLY=throughput,latency,memory` picks parts.
+    let only = std::env::var("VR_BENCH_CLUSTER_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
+    if part("throughput") {
+        throughput(s, &bin, res);
+    }
+    if part("latency") {
+        overhead(s, &bin, res);
+    }
+    if part("memory") {
+        memory(s, &bin, res);
+    }
 }
 
 // ----------------------------------------------------------------------
@@ -390,7 +399,7 @@ fn idle_cost(pids: &[u32], window: Duration) -> (Duration, Vec<(f64, f64)>) {
 
 fn slow_agent(name: &str) -> String {
     format!(
-        "---\ntags:\n  - agent/definition\nname: {name}\nbackend: command\ncommand: \"cat >/dev/null; sleep {SLEEP_SECS}; echo ok\"\nmode: single-threaded\n---\nYou are {name}, a slow benchmark agent.\n"
+        "---\ntags:\n  - agent/definition\nname: {name}\nbackend: command\ncommand: \"cat >/dev/null; sleep {SLEEP_SECS}; echo ok $VAULTRUNNER_WORKER\"\nmode: single-threaded\n---\nYou are {name}, a slow benchmark agent.\n"
     )
 }
 
@@ -449,6 +458,10 @@ struct Run {
     workers_cpu_ms: f64,
     ignored: f64,
     redelivered: f64,
+    /// The bound and live workers seen during the run, turns per worker.
+    sampled: String,
+    /// Why the run stopped before every reply came.
+    stalled: Option<String>,
     /// The first reply, s after the messages came.
     first: f64,
     /// Between the first and the last agent to get its last reply, s (how
@@ -508,6 +521,20 @@ fn throughput(s: &Settings, bin: &Path, res: &mut Results) {
             "≥ 0.85",
             vs_ideal >= 0.85 && all,
         );
+        res.info(
+            SC,
+            format!("throughput, {n} worker(s): sampled during the run"),
+            r.sampled.clone(),
+        );
+        if let Some(why) = &r.stalled {
+            res.check(
+                SC,
+                format!("throughput, {n} worker(s): STALLED"),
+                why.clone(),
+                "every reply",
+                false,
+            );
+        }
         res.info(
             SC,
             format!("throughput, {n} worker(s): CPU per turn, vault node / workers"),
@@ -590,18 +617,77 @@ fn throughput_run(s: &Settings, bin: &Path, workers: usize, agents: usize, n: us
     let mut seen: Vec<Option<Duration>> = vec![None; n];
     let mut left = n;
     let limit = Duration::from_secs_f64(60.0 + 2.0 * n as f64 * SLEEP_SECS);
+    // The cluster's bound and live workers, sampled every 0.5 s.
+    let (mut bounds, mut lives) = (Vec::new(), Vec::new());
+    let mut sampled = Instant::now() - Duration::from_secs(1);
+    // A run with no new reply for this long has stalled: it stops there.
+    let stall_after = Duration::from_secs(20);
+    let mut progress = Instant::now();
+    let mut stalled = None;
     while left > 0 && t0.elapsed() < limit {
+        if progress.elapsed() > stall_after {
+            let health = c.as_ref().and_then(|c| c.health()).unwrap_or_default();
+            stalled = Some(format!(
+                "no reply for {stall_after:?} after {} of {n}, at {:.1} s; /health: cluster {} workers {}",
+                n - left,
+                t0.elapsed().as_secs_f64(),
+                health["cluster"],
+                health["workers"]
+            ));
+            break;
+        }
+        if let Some(c) = &c
+            && sampled.elapsed() >= Duration::from_millis(500)
+        {
+            sampled = Instant::now();
+            if let Some(h) = c.health() {
+                bounds.push(h["cluster"]["bound"].as_u64().unwrap_or(0));
+                lives.push(
+                    h["workers"]
+                        .as_array()
+                        .map_or(0, |w| w.iter().filter(|w| w["live"] == true).count() as u64),
+                );
+            }
+        }
         let now = t0.elapsed();
         for (i, p) in paths.iter().enumerate() {
             if seen[i].is_none() && vault.join(format!("{p}.reply.md")).exists() {
                 seen[i] = Some(now);
                 left -= 1;
+                progress = Instant::now();
             }
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     let node_cpu = cpu_ms(node_pid) - node_cpu0;
     let workers_cpu = worker_pids.iter().map(|p| cpu_ms(*p)).sum::<f64>() - workers_cpu0;
+    // Which worker ran each turn (the reply says `ok <worker>`).
+    let mut by_worker: std::collections::BTreeMap<String, usize> = Default::default();
+    for p in &paths {
+        let t = fs::read_to_string(vault.join(format!("{p}.reply.md"))).unwrap_or_default();
+        let w = t
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("ok"))
+            .map(|w| w.trim().to_string())
+            .unwrap_or_else(|| "?".into());
+        *by_worker.entry(w).or_default() += 1;
+    }
+    let minmax = |v: &[u64]| match (v.iter().min(), v.iter().max()) {
+        (Some(a), Some(b)) => format!("{a}–{b}"),
+        _ => "–".into(),
+    };
+    let sampled = format!(
+        "bound {} · live workers {} ({} samples) · turns per worker: {}",
+        minmax(&bounds),
+        minmax(&lives),
+        bounds.len(),
+        by_worker
+            .iter()
+            .map(|(w, n)| format!("{} {n}", if w.is_empty() { "here" } else { w }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let mut last_of = vec![Duration::ZERO; agents];
     for (i, t) in seen.iter().enumerate() {
         if let Some(t) = t {
@@ -618,7 +704,9 @@ fn throughput_run(s: &Settings, bin: &Path, workers: usize, agents: usize, n: us
     let replies = times.len();
     if left > 0 {
         eprintln!(
-            "  !! {left} of {n} messages without a reply after {limit:?}\n{}",
+            "  !! {left} of {n} messages without a reply after {:.1} s ({})\n{}",
+            t0.elapsed().as_secs_f64(),
+            stalled.as_deref().unwrap_or("time limit"),
             match (&c, &local) {
                 (Some(c), _) => c.logs_tail(),
                 (None, Some(l)) => tail(&l.log(), 20),
@@ -669,6 +757,8 @@ fn throughput_run(s: &Settings, bin: &Path, workers: usize, agents: usize, n: us
         workers_cpu_ms: workers_cpu,
         ignored,
         redelivered,
+        sampled,
+        stalled,
         first: times.first().map_or(f64::NAN, |d| d.as_secs_f64()),
         spread: spread.as_secs_f64(),
     }
