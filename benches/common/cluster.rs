@@ -20,7 +20,8 @@
 //!
 //! Sizes: `VR_BENCH_CLUSTER_MESSAGES` [240 / 60] (throughput, per run),
 //! `VR_BENCH_CLUSTER_QUEUED` [1000 / 200] (memory), `VR_BENCH_LATENCY_N`
-//! (probes, as for `latency`). `VR_BENCH_NATS_SERVER` names the
+//! (probes, as for `latency`). `VR_BENCH_CLUSTER_ONLY` picks parts
+//! (`throughput,latency,memory`). `VR_BENCH_NATS_SERVER` names the
 //! `nats-server` binary (default: `nats-server` on PATH, else
 //! /usr/sbin/nats-server).
 
