@@ -8,7 +8,7 @@
 //! ```text
 //! cargo bench --bench engine                      # all scenarios
 //! cargo bench --bench engine -- throughput        # some of them:
-//!                                                 #   throughput latency bigvault idle claude
+//!                                                 #   throughput latency bigvault idle claude cluster
 //! VR_BENCH_QUICK=1 cargo bench --bench engine     # small sizes, a few seconds
 //! ```
 //!
@@ -45,7 +45,9 @@ fn main() {
 #[path = "common/results.rs"]
 mod results;
 
+// `path = "."`: the `cluster` module below is benches/common/cluster.rs.
 #[cfg(target_os = "linux")]
+#[path = "."]
 mod linux {
     use std::collections::{BTreeMap, HashMap};
     use std::fmt::Write as _;
@@ -757,28 +759,20 @@ mod linux {
         sorted[rank.clamp(1, sorted.len()) - 1]
     }
 
-    fn latency(s: &Settings, res: &mut Results) {
-        const SC: &str = "latency";
-        let root = s.tempdir("latency");
-        let vault = root.path().join("vault");
-        let logs = root.path().join("logs");
-        fs::create_dir_all(&logs).unwrap();
-        write_agents(&vault, &["echo".to_string()]);
-        let inbox = vault.join("Inbox/echo");
-        fs::create_dir_all(&inbox).unwrap();
-        syncfs(&vault);
-        eprintln!("[latency] serve --settle-ms 0; {} messages", s.latency_n);
-        let mut server = Server::start(&vault, &["--settle-ms", "0"], &logs);
-
-        let warmup = 5;
-        let mut lat = Vec::with_capacity(s.latency_n);
+    /// Writes `warmup + n` inbound notes for `agent` into `inbox`, one at a
+    /// time, each atomically (temp file, fsync, rename), and times each
+    /// from the rename to the first sight of its reply (polled every
+    /// 0.25 ms). Returns the `n` latencies after the warm-up and how many
+    /// probes got no reply within 10 s.
+    fn probe_latency(inbox: &Path, agent: &str, warmup: usize, n: usize) -> (Vec<Duration>, usize) {
+        let mut lat = Vec::with_capacity(n);
         let mut timeouts = 0;
-        for i in 0..warmup + s.latency_n {
+        for i in 0..warmup + n {
             let stem = format!("lat-{i:05}");
             let tmp = inbox.join(format!(".{stem}.md.tmp"));
             let dst = inbox.join(format!("{stem}.md"));
             let reply = inbox.join(format!("{stem}.reply.md"));
-            let text = inbound_note("echo", &probe_ts(i), "you", &format!("latency probe {i}"));
+            let text = inbound_note(agent, &probe_ts(i), "you", &format!("latency probe {i}"));
             {
                 let mut f = File::create(&tmp).unwrap();
                 f.write_all(text.as_bytes()).unwrap();
@@ -813,6 +807,24 @@ mod linux {
                 std::thread::sleep(Duration::from_micros(250));
             }
         }
+        (lat, timeouts)
+    }
+
+    fn latency(s: &Settings, res: &mut Results) {
+        const SC: &str = "latency";
+        let root = s.tempdir("latency");
+        let vault = root.path().join("vault");
+        let logs = root.path().join("logs");
+        fs::create_dir_all(&logs).unwrap();
+        write_agents(&vault, &["echo".to_string()]);
+        let inbox = vault.join("Inbox/echo");
+        fs::create_dir_all(&inbox).unwrap();
+        syncfs(&vault);
+        eprintln!("[latency] serve --settle-ms 0; {} messages", s.latency_n);
+        let mut server = Server::start(&vault, &["--settle-ms", "0"], &logs);
+
+        let warmup = 5;
+        let (mut lat, timeouts) = probe_latency(&inbox, "echo", warmup, s.latency_n);
         let stopped = server.stop();
         lat.sort();
         if lat.is_empty() {
@@ -1482,7 +1494,18 @@ mod linux {
 
     // ------------------------------------------------------------------
 
-    const SCENARIOS: &[&str] = &["throughput", "latency", "bigvault", "idle", "claude"];
+    const SCENARIOS: &[&str] = &[
+        "throughput",
+        "latency",
+        "bigvault",
+        "idle",
+        "claude",
+        "cluster",
+    ];
+
+    // cluster: turns on workers over NATS JetStream (issue 13)
+    #[path = "common/cluster.rs"]
+    mod cluster;
 
     // ------------------------------------------------------------------
     // claude: vaultrunner's own cost per claude turn (issue 3)
@@ -1630,6 +1653,9 @@ printf '%s\n' '{"type":"result","subtype":"success","is_error":false,"api_error_
         }
         if on("claude") {
             claude_overhead(&s, &mut res);
+        }
+        if on("cluster") {
+            cluster::run(&s, &mut res);
         }
         println!();
         println!(
