@@ -202,7 +202,7 @@ impl Node {
     ) {
         let mut delay = Duration::from_millis(200);
         let mut logged = false;
-        let (turns, results, kv) = loop {
+        let (turns, results, _kv) = loop {
             match super::ensure(&self.js).await {
                 Ok(s) => break s,
                 Err(e) => {
@@ -222,7 +222,7 @@ impl Node {
         self.lock().ready_at = Some(Instant::now());
         let _ = tx.send(Some(turns.clone()));
         tokio::spawn(self.clone().results_loop(results, cancel.clone()));
-        tokio::spawn(self.clone().heartbeats_loop(kv, turns, cancel.clone()));
+        tokio::spawn(self.clone().heartbeats_loop(turns, cancel.clone()));
         tokio::spawn(self.clone().serve_subject(SUBJECT_START, cancel.clone()));
         tokio::spawn(self.clone().serve_subject(SUBJECT_EVENTS, cancel.clone()));
         tokio::spawn(
@@ -590,32 +590,57 @@ impl Node {
     /// sticky worker that is gone; lets go of results kept too long.
     async fn heartbeats_loop(
         self: Arc<Self>,
-        kv: jetstream::kv::Store,
         turns: jetstream::stream::Stream,
         cancel: CancellationToken,
     ) {
+        // The bucket's puts, as they happen: a plain subscription to its
+        // subjects, so reading heartbeats makes no consumer (a `keys()`
+        // pass a second did, and could hang under load, ageing every
+        // worker out). A worker beats every 2 s, within the node's first
+        // 4 s of start checks that wait.
+        let prefix = format!("$KV.{}.", super::WORKERS);
+        let mut sub = loop {
+            match self.client.subscribe(format!("{prefix}>")).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!("cluster: heartbeats: {e}");
+                    pause(&cancel).await;
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                }
+            }
+        };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut beats: Vec<(String, u64, Bytes)> = Vec::new();
+        let mut gone_now: Vec<String> = Vec::new();
+        let mut revision = 0u64;
         while !cancel.is_cancelled() {
             tokio::select! {
+                m = sub.next() => {
+                    let Some(m) = m else { return };
+                    let Some(key) = m.subject.as_str().strip_prefix(&prefix) else { continue };
+                    let deleted = m.headers.as_ref().and_then(|h| h.get("KV-Operation")).is_some();
+                    if deleted {
+                        gone_now.push(key.to_string());
+                    } else {
+                        revision += 1;
+                        beats.push((key.to_string(), revision, m.payload));
+                    }
+                    continue;
+                }
                 _ = tick.tick() => {}
                 _ = cancel.cancelled() => return,
             }
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                let mut beats = Vec::new();
-                let mut keys = kv.keys().await.ok()?;
-                while let Some(Ok(k)) = keys.next().await {
-                    if let Ok(Some(e)) = kv.entry(k.clone()).await
-                        && e.operation == jetstream::kv::Operation::Put
-                    {
-                        beats.push((k, e.revision, e.value));
-                    }
+            let beats = std::mem::take(&mut beats);
+            for key in std::mem::take(&mut gone_now) {
+                // Stopped on purpose: gone now, not in 10 s.
+                if let Some(w) = self.lock().workers.get_mut(&key) {
+                    w.at = Instant::now()
+                        .checked_sub(HEARTBEAT_TTL)
+                        .unwrap_or_else(Instant::now);
                 }
-                Some(beats)
-            })
-            .await;
-            let Ok(Some(beats)) = read else {
-                continue;
-            };
+            }
             let now = Instant::now();
             let mut moves = Vec::new();
             let mut cleanups = Vec::new();
