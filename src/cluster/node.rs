@@ -32,8 +32,8 @@ use crate::turn::{Remote, RemoteTurn};
 /// own bound (the live workers' jobs) is the one that counts.
 pub const UNBOUNDED_JOBS: usize = 4096;
 
-/// How long after its start the vault node answers every start check
-/// with *wait*: a run a previous vault node started shows in its worker's
+/// How long after its start the vault node answers start checks of the
+/// messages it recovered with *wait*: a run a previous vault node started shows in its worker's
 /// heartbeats only at the next beat (every [`HEARTBEAT_EVERY`]) and the
 /// next read of them (every second). Two beats cover both.
 pub const LISTENING: Duration = Duration::from_secs(4);
@@ -805,11 +805,15 @@ impl Node {
     pub fn decide(&self, ask: &StartAsk) -> StartAnswer {
         let now = Instant::now();
         let mut st = self.lock();
-        // Just started: a run of a previous vault node may not show in
-        // the heartbeats yet.
-        if st
-            .ready_at
-            .is_none_or(|at| now.saturating_duration_since(at) < LISTENING)
+        // Just started: a run a previous vault node started of a message
+        // it recovered (claimed again, so past its first attempt) may not
+        // show in the heartbeats yet. A message first claimed by this node
+        // cannot be running anywhere else.
+        let recovered = st.inflight.get(&ask.path).is_some_and(|e| e.attempt > 1);
+        if recovered
+            && st
+                .ready_at
+                .is_none_or(|at| now.saturating_duration_since(at) < LISTENING)
         {
             return StartAnswer::Wait;
         }
