@@ -220,26 +220,24 @@ pub async fn ensure(
     ClusterError,
 > {
     use jetstream::stream::{Config, RetentionPolicy, StorageType};
+    // A work queue on file storage, deduplicating re-published ids.
+    let work_queue = |name: &str, subjects: Vec<String>| Config {
+        name: name.into(),
+        subjects,
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    };
     let turns = js
-        .get_or_create_stream(Config {
-            name: TURNS.into(),
-            subjects: vec![SUBJECT_ANY.into(), format!("{SUBJECT_WORKER}.*")],
-            retention: RetentionPolicy::WorkQueue,
-            storage: StorageType::File,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        })
+        .get_or_create_stream(work_queue(
+            TURNS,
+            vec![SUBJECT_ANY.into(), format!("{SUBJECT_WORKER}.*")],
+        ))
         .await
         .map_err(nats)?;
     let results = js
-        .get_or_create_stream(Config {
-            name: RESULTS.into(),
-            subjects: vec![SUBJECT_RESULTS.into()],
-            retention: RetentionPolicy::WorkQueue,
-            storage: StorageType::File,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        })
+        .get_or_create_stream(work_queue(RESULTS, vec![SUBJECT_RESULTS.into()]))
         .await
         .map_err(nats)?;
     // The bucket's stream made as `create_key_value` makes it, without
@@ -262,6 +260,40 @@ pub async fn ensure(
     .map_err(nats)?;
     let kv = js.get_key_value(WORKERS).await.map_err(nats)?;
     Ok((turns, results, kv))
+}
+
+/// One publish of `payload` to `subject` with the message id `msg_id`,
+/// waiting (5 s at most) for JetStream's ack. Callers retry with the same
+/// id, so a publish whose ack was lost is deduplicated by the stream.
+pub async fn publish_once(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    payload: bytes::Bytes,
+) -> Result<jetstream::publish::PublishAck, String> {
+    let msg = jetstream::message::PublishMessage::build()
+        .payload(payload)
+        .message_id(msg_id);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        js.send_publish(subject.to_string(), msg)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|_| Err("no answer in 5 s".into()))
+}
+
+/// Waits `delay` before the next try, then doubles it (5 s at most).
+/// False when `cancel` comes first (shutdown).
+pub async fn back_off(delay: &mut Duration, cancel: &tokio_util::sync::CancellationToken) -> bool {
+    let waited = tokio::select! {
+        _ = tokio::time::sleep(*delay) => true,
+        _ = cancel.cancelled() => false,
+    };
+    *delay = (*delay * 2).min(Duration::from_secs(5));
+    waited
 }
 
 /// A durable explicit-ack pull consumer on `stream` for `filter`.

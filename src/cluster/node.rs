@@ -210,11 +210,9 @@ impl Node {
                         tracing::warn!("cluster: cannot set up the streams yet ({e}); retrying");
                         logged = true;
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = cancel.cancelled() => return,
+                    if !super::back_off(&mut delay, &cancel).await {
+                        return;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         };
@@ -254,19 +252,7 @@ impl Node {
         let mut delay = Duration::from_millis(100);
         let mut logged = false;
         loop {
-            let msg = jetstream::message::PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(msg_id);
-            let sent = tokio::time::timeout(Duration::from_secs(5), async {
-                self.js
-                    .send_publish(subject.to_string(), msg)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|_| Err("no answer in 5 s".into()));
+            let sent = super::publish_once(&self.js, subject, msg_id, payload.clone()).await;
             match sent {
                 Ok(ack) => {
                     if logged {
@@ -279,11 +265,9 @@ impl Node {
                         tracing::warn!("cluster: cannot publish {msg_id} ({e}); retrying");
                         logged = true;
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = cancel.cancelled() => return None,
+                    if !super::back_off(&mut delay, cancel).await {
+                        return None;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -100,11 +100,9 @@ pub async fn run(opts: WorkerOptions, cancel: CancellationToken) -> Result<(), C
                     tracing::warn!("worker: cannot set up yet ({e}); retrying");
                     logged = true;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return Ok(()),
+                if !super::back_off(&mut delay, &cancel).await {
+                    return Ok(());
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     };
@@ -388,32 +386,17 @@ impl Worker {
         let id = format!("{}#{}", r.path, r.attempt);
         let mut delay = Duration::from_millis(100);
         loop {
-            let msg = jetstream::message::PublishMessage::build()
-                .payload(body.clone().into())
-                .message_id(&id);
-            let sent = tokio::time::timeout(Duration::from_secs(5), async {
-                self.js
-                    .send_publish(SUBJECT_RESULTS, msg)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|_| Err("no answer in 5 s".into()));
+            let sent =
+                super::publish_once(&self.js, SUBJECT_RESULTS, &id, body.clone().into()).await;
             match sent {
                 Ok(_) => return true,
                 Err(e) => {
                     tracing::warn!("{}: cannot publish the result ({e}); retrying", r.path);
                     let _ = acker.ack_with(AckKind::Progress).await;
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.cancel.cancelled() => {
-                            let _ = acker.ack_with(AckKind::Nak(None)).await;
-                            return false;
-                        }
+                    if !super::back_off(&mut delay, &self.cancel).await {
+                        let _ = acker.ack_with(AckKind::Nak(None)).await;
+                        return false;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }
