@@ -123,6 +123,11 @@ const ACK_WAIT_MS: &str = "3000";
 
 /// `vaultrunner worker` with id `id`.
 pub fn worker(v: &TestVault, nats: &Nats, id: &str, jobs: &str) -> Serve {
+    worker_run(v, nats, id, jobs).spawn(v.next_log(&format!("worker-{id}")))
+}
+
+/// The command line of [`worker`], for more environment before it starts.
+pub fn worker_run(v: &TestVault, nats: &Nats, id: &str, jobs: &str) -> crate::common::Run {
     v.vr(&[
         "worker",
         "--cluster",
@@ -136,7 +141,6 @@ pub fn worker(v: &TestVault, nats: &Nats, id: &str, jobs: &str) -> Serve {
     ])
     .env("VAULTRUNNER_CLUSTER_ACK_WAIT_MS", ACK_WAIT_MS)
     .env("VAULTRUNNER_LOG", "info")
-    .spawn(v.next_log(&format!("worker-{id}")))
 }
 
 /// `vaultrunner serve --cluster` on `port`.
@@ -482,18 +486,8 @@ fn send_inside_a_workers_turn_delegates_through_the_vault_node() {
     let node = vault_node(&v, &nats, port);
     node.started();
     // The turn's environment is the worker's: its keys never travel.
-    let _w = v
-        .vr(&[
-            "worker",
-            "--cluster",
-            &nats.url(),
-            "--id",
-            "solo",
-            "--state",
-            &v.parent.join("state-solo").display().to_string(),
-        ])
+    let _w = worker_run(&v, &nats, "solo", "4")
         .env("WORKER_ONLY_KEY", "k-123")
-        .env("VAULTRUNNER_LOG", "info")
         .spawn(v.next_log("worker-solo"));
     v.message("Inbox/boss/go.md", "boss", "", "go\n");
     node.answered_within(&v, "Inbox/boss/go.md", Duration::from_secs(30));
@@ -739,18 +733,8 @@ fn credentials_come_from_the_environment() {
         .vr(&["worker", "--cluster", &url, "--id", "nokey"])
         .env("VAULTRUNNER_LOG", "info")
         .spawn(v.next_log("worker-nokey"));
-    let good = v
-        .vr(&[
-            "worker",
-            "--cluster",
-            &url,
-            "--id",
-            "withkey",
-            "--state",
-            &v.parent.join("state-withkey").display().to_string(),
-        ])
+    let good = worker_run(&v, &nats, "withkey", "4")
         .env("NATS_TOKEN", "s3cret-token")
-        .env("VAULTRUNNER_LOG", "info")
         .spawn(v.next_log("worker-withkey"));
     v.message("Inbox/e/m.md", "e", "", "with a token\n");
     node.answered_within(&v, "Inbox/e/m.md", Duration::from_secs(30));
