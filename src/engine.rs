@@ -101,6 +101,16 @@ const WRITE_RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(5
 const WRITE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 const PROCESS_WRITE_TRIES: u32 = 3;
 
+/// The index saved across restarts, in the vault's state folder.
+const CACHE_FILE: &str = "index.cache";
+/// A saved index bigger than this is not read (about 40 million notes).
+const MAX_CACHE_BYTES: u64 = 1 << 30;
+/// A note changed this recently is not saved in the index: a second write
+/// so soon may leave the same size and time (coarse file-system clocks).
+const CACHE_RACY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often `serve` saves the index when it changed.
+pub const CACHE_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The wait before the `tries`-th retry (1-based) of a write or a read.
 fn retry_delay(tries: u32) -> std::time::Duration {
     WRITE_RETRY_BASE
@@ -153,6 +163,8 @@ pub struct Engine {
     unread: Mutex<Vec<String>>,
     /// Where turns run when not here (a cluster's workers, SPEC §8).
     remote: std::sync::OnceLock<Arc<dyn turn::Remote>>,
+    /// [`Index::changes`] when the index was last saved or loaded.
+    saved_changes: AtomicU64,
 }
 
 /// An agent as `/health` shows it.
@@ -233,6 +245,7 @@ impl Engine {
             unanswered: Mutex::new(Vec::new()),
             unread: Mutex::new(Vec::new()),
             remote: std::sync::OnceLock::new(),
+            saved_changes: AtomicU64::new(0),
             vault,
             state: Mutex::new(State {
                 index: Index::new(crate::backend::KINDS),
@@ -324,66 +337,153 @@ impl Engine {
             ..Default::default()
         };
         // Decide what to read without holding the lock during I/O.
-        let (deferred, todo): (Vec<_>, Vec<_>) = {
+        let (deferred, todo): (Vec<&crate::vault::Entry>, Vec<_>) = {
             let st = self.lock();
             listing
                 .entries
                 .iter()
-                .filter(|e| st.index.version(&e.path) != Some(e.version))
-                .cloned()
+                .filter(|e| !st.index.seen(&e.path, e.version))
                 .partition(|e| defer_after_ns.is_some_and(|c| e.version.modified_ns > c))
         };
-        let read = read_parallel(&*self.vault, &todo);
-        let mut all = crate::queue::Change::default();
-        {
-            let mut st = self.lock();
-            for (entry, got) in read {
-                let path = &entry.path;
-                match got {
-                    Ok((text, fp)) => {
-                        // A note the start-up scan deferred is read with
-                        // recovery, whichever scan or event reads it.
-                        let rec = st.recover_later.remove(path) || recovering;
-                        all.merge(st.index.update(path, &text, fp, rec));
-                        st.read_failures.remove(path);
-                        report.changed += 1;
-                    }
-                    // Deleted since the listing: gone.
-                    Err(e) if e.is_not_found() => {
-                        if st.index.version(path).is_some() {
-                            all.merge(st.index.remove(path));
-                            report.removed += 1;
-                        }
-                    }
-                    Err(e) if e.is_transient() => {
-                        // Read later, still with crash recovery when this
-                        // is the start-up scan.
-                        if recovering || st.recover_later.contains(path) {
-                            st.recover_later.insert(path.clone());
-                        }
-                        read_failed(&mut st, path, &e);
-                        report.failed.push(path.clone());
-                    }
-                    Err(e) => {
-                        all.merge(st.index.unreadable(path, entry.version, &e.reason()));
+        // Read and indexed a part at a time, so the notes' texts are never
+        // all in memory at once.
+        let mut applied = read_parallel(&*self.vault, &todo, &|reads| {
+            self.apply_reads(reads, recovering)
+        });
+        let listed: HashSet<u64> = listing
+            .entries
+            .iter()
+            .map(|e| crate::queue::path_key(&e.path))
+            .collect();
+        let (gone, removed) = self.lock().index.sweep(
+            &listed,
+            &|p| listing.unknown(p),
+            listing.incomplete.is_empty(),
+        );
+        applied.change.merge(gone);
+        self.changed(&applied.change);
+        report.changed = applied.changed;
+        report.removed = applied.removed + removed;
+        report.failed = applied.failed;
+        report.deferred = deferred.into_iter().map(|e| e.path.clone()).collect();
+        report
+    }
+
+    /// Indexes what a part of a scan read (under the lock once).
+    fn apply_reads(
+        &self,
+        reads: Vec<(&crate::vault::Entry, ReadResult)>,
+        recovering: bool,
+    ) -> Applied {
+        let mut out = Applied::default();
+        let mut st = self.lock();
+        for (entry, got) in reads {
+            let path = &entry.path;
+            match got {
+                Ok((text, fp)) => {
+                    // A note the start-up scan deferred is read with
+                    // recovery, whichever scan or event reads it.
+                    let rec = st.recover_later.remove(path) || recovering;
+                    out.change.merge(st.index.update(path, &text, fp, rec));
+                    st.read_failures.remove(path);
+                    out.changed += 1;
+                }
+                // Deleted since the listing: gone.
+                Err(e) if e.is_not_found() => {
+                    if st.index.knows(path) {
+                        out.change.merge(st.index.remove(path));
+                        out.removed += 1;
                     }
                 }
-            }
-            let present: HashSet<&str> = listing.entries.iter().map(|e| e.path.as_str()).collect();
-            let gone: Vec<String> = st
-                .index
-                .paths()
-                .filter(|p| !present.contains(p.as_str()) && !listing.unknown(p))
-                .cloned()
-                .collect();
-            for p in gone {
-                all.merge(st.index.remove(&p));
-                report.removed += 1;
+                Err(e) if e.is_transient() => {
+                    // Read later, still with crash recovery when this
+                    // is the start-up scan.
+                    if recovering || st.recover_later.contains(path) {
+                        st.recover_later.insert(path.clone());
+                    }
+                    read_failed(&mut st, path, &e);
+                    out.failed.push(path.clone());
+                }
+                Err(e) => {
+                    out.change
+                        .merge(st.index.unreadable(path, entry.version, &e.reason()));
+                }
             }
         }
-        self.changed(&all);
-        report.deferred = deferred.into_iter().map(|e| e.path).collect();
-        report
+        out
+    }
+
+    /// Takes in the index the last run saved (`.vaultrunner/index.cache`),
+    /// before the first scan: the scan then reads only the notes that are
+    /// not as they were. A file that cannot be used is said once and
+    /// passed over (every note is read).
+    pub fn load_cache(&self) {
+        let Ok(dir) = self.vault.state_dir() else {
+            return;
+        };
+        let file = dir.join(CACHE_FILE);
+        let bytes = match std::fs::metadata(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Ok(m) if m.len() > MAX_CACHE_BYTES => Err(format!(
+                "{} bytes, over the limit of {MAX_CACHE_BYTES}",
+                m.len()
+            )),
+            _ => std::fs::read(&file).map_err(|e| e.to_string()),
+        };
+        let restored = bytes.and_then(|b| self.lock().index.restore(&b).map_err(|e| e.to_string()));
+        match restored {
+            Ok(n) => tracing::debug!("{}: {n} notes known from the last run", file.display()),
+            Err(e) => tracing::warn!(
+                "{}: {e}; not used (every note is read, and the file written anew)",
+                file.display()
+            ),
+        }
+        self.saved_changes
+            .store(self.lock().index.changes(), Ordering::Relaxed);
+    }
+
+    /// Has the index changed since it was last saved or loaded?
+    pub fn cache_stale(&self) -> bool {
+        self.lock().index.changes() != self.saved_changes.load(Ordering::Relaxed)
+    }
+
+    /// Saves what a restart may trust of the index (`.vaultrunner/index.cache`,
+    /// through a temp file and a rename; a cache needs no flush: a file cut
+    /// short by a crash is refused by its checksum). Notes changed in the
+    /// last [`CACHE_RACY`] are left out, and so are notes whose reads
+    /// failed or that a start-up scan left for later.
+    pub fn save_cache(&self) {
+        let Ok(dir) = self.vault.state_dir() else {
+            return;
+        };
+        let before_ns = std::time::SystemTime::now()
+            .checked_sub(CACHE_RACY)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let mut buf = Vec::new();
+        let changes = {
+            let st = self.lock();
+            let exclude: HashSet<u64> = st
+                .recover_later
+                .iter()
+                .chain(st.read_failures.keys())
+                .map(|p| crate::queue::path_key(p))
+                .collect();
+            st.index.save(&exclude, before_ns, &mut buf);
+            st.index.changes()
+        };
+        let file = dir.join(CACHE_FILE);
+        let tmp = dir.join(format!("{CACHE_FILE}.tmp"));
+        match std::fs::write(&tmp, &buf).and_then(|()| std::fs::rename(&tmp, &file)) {
+            Ok(()) => self.saved_changes.store(changes, Ordering::Relaxed),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::warn!(
+                    "{}: cannot be written: {e} (the next start reads every note)",
+                    file.display()
+                );
+            }
+        }
     }
 
     /// Logs what a listing passed over (symlinks out of the vault, notes
@@ -408,19 +508,19 @@ impl Engine {
     /// for a reason that may pass (the index keeps what it knew): the
     /// caller reads it again after [`Engine::read_retry_delay`].
     pub fn note_changed(&self, path: &str) -> bool {
-        let (known, recovering) = {
-            let mut st = self.lock();
-            (st.index.version(path), st.recover_later.remove(path))
-        };
+        let recovering = self.lock().recover_later.remove(path);
         let fp = match self.vault.stat(path) {
             None => {
-                if known.is_some() {
-                    let ch = self.lock().index.remove(path);
+                let ch = {
+                    let mut st = self.lock();
+                    st.index.knows(path).then(|| st.index.remove(path))
+                };
+                if let Some(ch) = ch {
                     self.changed(&ch);
                 }
                 return true;
             }
-            Some(fp) if Some(fp) == known => return true,
+            Some(fp) if self.lock().index.seen(path, fp) => return true,
             Some(fp) => fp,
         };
         let ch = match self.vault.read(path) {
@@ -592,8 +692,9 @@ impl Engine {
     /// Is the note on disk exactly what the index last saw or wrote (same
     /// size and modification time)? Then an event for it needs no read.
     pub fn unchanged(&self, path: &str) -> bool {
-        let known = self.lock().index.version(path);
-        known.is_some() && self.vault.stat(path) == known
+        self.vault
+            .stat(path)
+            .is_some_and(|v| self.lock().index.seen(path, v))
     }
 
     /// Starts every turn that can start now. Returns how many started.
@@ -1023,6 +1124,7 @@ impl Engine {
     pub async fn process(self: &Arc<Self>, cancel: CancellationToken) {
         self.until_quiet.store(true, Ordering::SeqCst);
         self.vault.recover();
+        self.load_cache();
         let mut unread = self.scan(true).failed;
         let mut tries = 0;
         loop {
@@ -1068,6 +1170,9 @@ impl Engine {
             );
         }
         *self.unread.lock().unwrap_or_else(|p| p.into_inner()) = unread;
+        if self.cache_stale() {
+            self.save_cache();
+        }
     }
 
     /// How far `process` is: messages whose turns ended (ok, error,
@@ -1114,15 +1219,48 @@ fn read_failed(st: &mut State, path: &str, e: &VaultError) {
 /// A note's text and version, or why it could not be read.
 type ReadResult = Result<(String, Version), VaultError>;
 
-/// Reads notes on a few threads (the 100,000-note vault must load fast).
+/// What indexing a part of a scan's reads did.
+#[derive(Default)]
+struct Applied {
+    change: crate::queue::Change,
+    changed: usize,
+    removed: usize,
+    failed: Vec<String>,
+}
+
+impl Applied {
+    fn merge(&mut self, other: Applied) {
+        self.change.merge(other.change);
+        self.changed += other.changed;
+        self.removed += other.removed;
+        self.failed.extend(other.failed);
+    }
+}
+
+/// How many notes a reader reads before it hands them to the index.
+const READ_PART: usize = 256;
+
+/// What `apply` is handed: a part of the notes read.
+type Reads<'e> = Vec<(&'e crate::vault::Entry, ReadResult)>;
+
+/// Reads notes on a few threads (the 100,000-note vault must load fast),
+/// handing each [`READ_PART`] notes read to `apply` (which indexes them), so
+/// only a few parts' texts are in memory at once.
 fn read_parallel<'e>(
     vault: &dyn Vault,
-    entries: &'e [crate::vault::Entry],
-) -> Vec<(&'e crate::vault::Entry, ReadResult)> {
-    let read_all = |c: &'e [crate::vault::Entry]| -> Vec<(&'e crate::vault::Entry, ReadResult)> {
-        c.iter()
-            .map(|e| (e, read_relevant(vault, &e.path)))
-            .collect()
+    entries: &[&'e crate::vault::Entry],
+    apply: &(dyn Fn(Reads<'e>) -> Applied + Sync),
+) -> Applied {
+    let read_all = |c: &[&'e crate::vault::Entry]| -> Applied {
+        let mut out = Applied::default();
+        for part in c.chunks(READ_PART) {
+            let reads = part
+                .iter()
+                .map(|e| (*e, read_relevant(vault, &e.path)))
+                .collect();
+            out.merge(apply(reads));
+        }
+        out
     };
     // Reading is mostly waiting for the disk when the vault is not in the
     // page cache: more reads in flight than cores pays off (measured: 100k
@@ -1134,20 +1272,20 @@ fn read_parallel<'e>(
     }
     let chunk = entries.len().div_ceil(threads);
     std::thread::scope(|s| {
-        let mut out = Vec::with_capacity(entries.len());
+        let mut out = Applied::default();
         let mut handles = Vec::new();
         for c in entries.chunks(chunk) {
             // A thread that cannot be had (the system is out of them) is
             // no failure: this thread reads that part itself.
             match std::thread::Builder::new().spawn_scoped(s, move || read_all(c)) {
                 Ok(h) => handles.push(h),
-                Err(_) => out.extend(read_all(c)),
+                Err(_) => out.merge(read_all(c)),
             }
         }
-        // A reader that panicked leaves its notes unread (as if not
-        // listed): they are neither changed nor forgotten.
+        // A reader that panicked leaves the rest of its notes unread (as
+        // if not listed): they are neither changed nor forgotten.
         for h in handles {
-            out.extend(h.join().unwrap_or_default());
+            out.merge(h.join().unwrap_or_default());
         }
         out
     })

@@ -5,9 +5,21 @@
 //! changes from our own writes and from no-op events), the definitions, the
 //! eligible inbound messages ordered per agent, and the problems found.
 //! No I/O here: callers hand in note text.
+//!
+//! What it keeps does not grow with the vault's history: an answered
+//! message, a reply, a thread note or an ordinary note is a 16-byte
+//! version under a 64-bit key of its path, nothing more. Only the notes
+//! that matter now (definitions, jobs, messages not yet answered, notes
+//! with problems) are kept whole, and each thread's history is its last
+//! [`THREAD_RECENT`] answered messages, for at most [`THREADS_KEPT`]
+//! threads. [`Index::save`] and [`Index::restore`] carry the small records
+//! across a restart (`cache`), so a start reads only the notes that changed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+
+mod cache;
+pub use cache::CacheError;
 
 use crate::agent::{Definition, DefinitionError, Kind, parse_definition, valid_name};
 use crate::job::{Job, parse_job};
@@ -40,7 +52,56 @@ pub fn written_by_vaultrunner(sender: Option<&str>) -> bool {
     }
 }
 
-/// What the index holds about one relevant note.
+/// How many answered messages of one thread the index keeps, the newest:
+/// the history a backend that rebuilds the conversation gets is at most
+/// these (and at most its `history_budget` characters).
+pub const THREAD_RECENT: usize = 500;
+
+/// How many threads' recent messages the index keeps: past it, the thread
+/// whose newest message is the oldest is forgotten (a multi-threaded agent
+/// starts a thread per message, and none of those is ever resumed).
+pub const THREADS_KEPT: usize = 10_000;
+
+/// How many recent messages the index keeps over all threads (about 100
+/// bytes each): past it, threads are forgotten as past [`THREADS_KEPT`].
+pub const RECENT_KEPT: usize = 50_000;
+
+/// The key of a note in the index's table of versions: a 64-bit hash of
+/// its path (FNV-1a, the same on every run, so a saved index can be read
+/// back). Two paths of one vault sharing a key cost only extra reads: each
+/// then looks changed to the other.
+pub fn path_key(path: &str) -> u64 {
+    crate::note::fnv1a(path)
+}
+
+/// What the index keeps of a note's [`Version`]: 16 bytes that tell it
+/// changed (the time saturated to 64 bits, which reaches the year 2262).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    tag: u64,
+    ns: i64,
+}
+
+impl Seen {
+    fn of(v: Version) -> Seen {
+        let ns = i64::try_from(v.modified_ns).unwrap_or(if v.modified_ns < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        });
+        Seen { tag: v.tag, ns }
+    }
+}
+
+/// A thread's recent answered messages, oldest first, and the order of
+/// its newest (which thread is forgotten first).
+#[derive(Debug, Default)]
+struct Recent {
+    newest: i64,
+    messages: BTreeSet<OrderKey>,
+}
+
+/// What the index holds about one relevant note that matters now.
 #[derive(Debug, Clone)]
 enum Indexed {
     Definition,
@@ -86,7 +147,10 @@ pub struct Index {
     /// The backends a definition may name (the backends' registry, given
     /// by whoever builds the index: this layer is below the backends).
     kinds: &'static [Kind],
-    versions: HashMap<String, Version>,
+    /// Every known note's version, by [`path_key`].
+    versions: HashMap<u64, Seen>,
+    /// The notes that matter now: definitions, messages not answered yet,
+    /// notes with problems (an answered message is only a version).
     notes: HashMap<String, Indexed>,
     /// Definition notes by path (first by path wins per name).
     definitions: BTreeMap<String, Result<Arc<Definition>, DefinitionError>>,
@@ -99,11 +163,17 @@ pub struct Index {
     problems: BTreeMap<String, Problem>,
     /// Messages currently being run (not queued, not re-queued).
     in_flight: BTreeSet<String>,
-    /// Answered messages per thread note path, in order (the history of
-    /// backends that rebuild the conversation from the vault).
-    threads: HashMap<String, BTreeSet<(OrderKey, String)>>,
-    /// Message path → its thread (to remove on change).
-    thread_of: HashMap<String, String>,
+    /// The recent answered messages per thread note path, in order (the
+    /// history of backends that rebuild the conversation from the vault).
+    /// A message that changed or went since is left here and passed over
+    /// when its note is read ([`crate::turn::load_history`]).
+    threads: HashMap<String, Recent>,
+    /// The threads by the order of their newest message, oldest first.
+    threads_by_age: BTreeSet<(i64, String)>,
+    /// The recent messages over all threads.
+    recent_total: usize,
+    /// Bumped by every change to the index (a saved index is stale then).
+    changes: u64,
     /// Job notes by path (valid ones; invalid ones are problems).
     jobs: BTreeMap<String, Arc<Job>>,
     /// The zone of jobs without `tz`.
@@ -142,16 +212,28 @@ impl Index {
             problems: BTreeMap::new(),
             in_flight: BTreeSet::new(),
             threads: HashMap::new(),
-            thread_of: HashMap::new(),
+            threads_by_age: BTreeSet::new(),
+            recent_total: 0,
+            changes: 0,
             jobs: BTreeMap::new(),
             default_tz: None,
             jobs_version: 0,
         }
     }
 
-    /// The version last seen (or written) of a note.
-    pub fn version(&self, path: &str) -> Option<Version> {
-        self.versions.get(path).copied()
+    /// Is `version` the one last seen (or written) of the note at `path`?
+    pub fn seen(&self, path: &str, version: Version) -> bool {
+        self.versions.get(&path_key(path)) == Some(&Seen::of(version))
+    }
+
+    /// Does the index know a note at `path`?
+    pub fn knows(&self, path: &str) -> bool {
+        self.versions.contains_key(&path_key(path))
+    }
+
+    /// Changes with every update and removal.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Number of notes known.
@@ -163,25 +245,65 @@ impl Index {
         self.versions.is_empty()
     }
 
-    /// Every known note path (for finding deletions after a rescan).
-    pub fn paths(&self) -> impl Iterator<Item = &String> {
-        self.versions.keys()
+    /// The notes kept whole (definitions, jobs, messages not answered,
+    /// problems): every other note is only a version.
+    fn whole_paths(&self) -> impl Iterator<Item = &String> {
+        self.notes
+            .keys()
+            .chain(self.jobs.keys())
+            .chain(self.problems.keys())
+    }
+
+    /// Forgets the notes a listing no longer has: `listed` holds the
+    /// [`path_key`] of every note it found, `unknown` says whether it
+    /// could not see a path (an unreadable folder), and `complete` that it
+    /// saw every folder. A note kept only as a version is forgotten only
+    /// after a complete listing (its path is not known to ask `unknown`).
+    /// Returns what changed and how many notes were forgotten.
+    pub fn sweep(
+        &mut self,
+        listed: &HashSet<u64>,
+        unknown: &dyn Fn(&str) -> bool,
+        complete: bool,
+    ) -> (Change, usize) {
+        let gone: Vec<String> = self
+            .whole_paths()
+            .filter(|p| !listed.contains(&path_key(p)) && !unknown(p))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut change = Change::default();
+        let mut removed = 0;
+        for p in gone {
+            if self.knows(&p) {
+                removed += 1;
+            }
+            change.merge(self.remove(&p));
+        }
+        if complete {
+            let whole: HashSet<u64> = self.whole_paths().map(|p| path_key(p)).collect();
+            let before = self.versions.len();
+            self.versions
+                .retain(|k, _| listed.contains(k) || whole.contains(k));
+            removed += before - self.versions.len();
+            if before != self.versions.len() {
+                self.changes += 1;
+            }
+        }
+        (change, removed)
     }
 
     /// Forgets a note that is gone from disk.
     pub fn remove(&mut self, path: &str) -> Change {
-        self.versions.remove(path);
+        self.versions.remove(&path_key(path));
         self.unindex(path)
     }
 
     fn unindex(&mut self, path: &str) -> Change {
         let mut change = Change::default();
+        self.changes += 1;
         self.problems.remove(path);
-        if let Some(t) = self.thread_of.remove(path)
-            && let Some(set) = self.threads.get_mut(&t)
-        {
-            set.retain(|(_, p)| p != path);
-        }
         if let Some(agent) = self.queued_at.remove(path)
             && let Some(q) = self.queues.get_mut(&agent)
         {
@@ -205,7 +327,7 @@ impl Index {
     /// why, once.
     pub fn unreadable(&mut self, path: &str, fp: Version, reason: &str) -> Change {
         let before = self.problems.get(path).cloned();
-        self.versions.insert(path.to_string(), fp);
+        self.versions.insert(path_key(path), Seen::of(fp));
         let mut change = self.unindex(path);
         self.problem(path, &format!("cannot be read: {reason} (ignored)"), false);
         change.problems.extend(self.new_problem(path, before));
@@ -236,7 +358,7 @@ impl Index {
 
     /// [`Index::update`] without the comparison of problems.
     fn update_quiet(&mut self, path: &str, text: &str, fp: Version, recovering: bool) -> Change {
-        self.versions.insert(path.to_string(), fp);
+        self.versions.insert(path_key(path), Seen::of(fp));
         let mut change = self.unindex(path);
         if !may_be_relevant(text) {
             return change;
@@ -331,11 +453,7 @@ impl Index {
                 if msg.status == Status::Handled
                     && let Some(t) = inbound.thread
                 {
-                    self.threads
-                        .entry(t.clone())
-                        .or_default()
-                        .insert((msg.order.clone(), path.to_string()));
-                    self.thread_of.insert(path.to_string(), t);
+                    self.remember(t, msg.order.clone());
                 }
                 if eligible && !self.in_flight.contains(path) {
                     match &msg.agent {
@@ -368,7 +486,11 @@ impl Index {
                         }
                     }
                 }
-                self.notes.insert(path.to_string(), Indexed::Inbound(msg));
+                // An answered message is only its version (and maybe a
+                // place in its thread's history), unless it has a problem.
+                if !msg.status.is_done() {
+                    self.notes.insert(path.to_string(), Indexed::Inbound(msg));
+                }
             }
             NoteKind::Job => {
                 let tz = *self.default_tz.get_or_insert_with(crate::job::host_tz);
@@ -560,11 +682,42 @@ impl Index {
         out
     }
 
-    /// Answered messages of a thread, oldest first.
+    /// Records an answered message in its thread's recent messages: once
+    /// (a message answered again moves to its new place), at most
+    /// [`THREAD_RECENT`] of them, in at most [`THREADS_KEPT`] threads.
+    fn remember(&mut self, thread: String, order: OrderKey) {
+        let recent = self.threads.entry(thread.clone()).or_default();
+        let was = (!recent.messages.is_empty()).then_some(recent.newest);
+        let before = recent.messages.len();
+        recent.messages.retain(|(_, p)| *p != order.1);
+        recent.messages.insert(order);
+        while recent.messages.len() > THREAD_RECENT {
+            recent.messages.pop_first();
+        }
+        self.recent_total = (self.recent_total + recent.messages.len()).saturating_sub(before);
+        recent.newest = recent.messages.last().map_or(i64::MIN, |o| o.0);
+        if was != Some(recent.newest) {
+            if let Some(w) = was {
+                self.threads_by_age.remove(&(w, thread.clone()));
+            }
+            self.threads_by_age.insert((recent.newest, thread));
+        }
+        while self.threads.len() > THREADS_KEPT || self.recent_total > RECENT_KEPT {
+            let Some((_, oldest)) = self.threads_by_age.pop_first() else {
+                break;
+            };
+            if let Some(r) = self.threads.remove(&oldest) {
+                self.recent_total = self.recent_total.saturating_sub(r.messages.len());
+            }
+        }
+    }
+
+    /// The recent answered messages of a thread, oldest first (some may
+    /// have changed or gone since: the reader checks each note).
     pub fn thread_history(&self, thread: &str) -> Vec<String> {
         self.threads
             .get(thread)
-            .map(|s| s.iter().map(|(_, p)| p.clone()).collect())
+            .map(|r| r.messages.iter().map(|(_, p)| p.clone()).collect())
             .unwrap_or_default()
     }
 

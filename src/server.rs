@@ -258,6 +258,7 @@ pub async fn serve(
     }
     // A note still being typed as we start waits for the settle window too.
     let settle = opts.watch.settle.unwrap_or_else(|| engine.vault().settle());
+    engine.load_cache();
     let report = engine.scan_startup(settle);
     tracing::info!(
         "serving {} ({} notes); settle {settle:?}",
@@ -283,6 +284,7 @@ pub async fn serve(
         let (engine, cancel) = (engine.clone(), cancel.clone());
         tokio::spawn(crate::trigger::cron::run(engine, cancel))
     };
+    let cache_task = tokio::spawn(save_cache_every(engine.clone(), cancel.clone()));
     let result = serve_engine(engine.clone(), opts.watch, cancel.clone()).await;
     cancel.cancel();
     let _ = tokio::time::timeout(SHUTDOWN_BOUND, cron_task).await;
@@ -294,6 +296,11 @@ pub async fn serve(
     if let Ok(dir) = engine.vault().state_dir() {
         let _ = std::fs::remove_file(dir.join("http.addr"));
     }
+    let _ = cache_task.await;
+    if engine.cache_stale() {
+        let e = engine.clone();
+        let _ = tokio::task::spawn_blocking(move || e.save_cache()).await;
+    }
     drop(lock);
     if lost.is_some_and(|l| l.is_cancelled()) {
         return Err(ServeError::Vault(VaultError::Locked {
@@ -302,6 +309,24 @@ pub async fn serve(
         }));
     }
     result
+}
+
+/// Saves the index when it changed: once the start-up scan is done, then
+/// every [`crate::engine::CACHE_EVERY`] (and `serve` saves it at the end),
+/// so a start after a crash too reads only what changed since.
+async fn save_cache_every(engine: Arc<Engine>, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(crate::engine::CACHE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        if engine.cache_stale() {
+            let e = engine.clone();
+            let _ = tokio::task::spawn_blocking(move || e.save_cache()).await;
+        }
+    }
 }
 
 /// Binds the HTTP listener per the options (before anything else starts,

@@ -10,21 +10,35 @@ use crate::vault::Vault;
 /// backends that rebuild the conversation from the vault.
 pub const DEFAULT_HISTORY_BUDGET: usize = 200_000;
 
+/// Whose history is rebuilt.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryOf<'a> {
+    /// The thread note's path.
+    pub thread: &'a str,
+    /// The message whose turn this is (never part of its own history).
+    pub current: &'a str,
+    /// The thread's `reset_at`.
+    pub reset_at: Option<&'a str>,
+}
+
 /// Rebuilds a thread's earlier exchanges from its notes: answered inbound
 /// messages and their `ok` replies, newest first until the budget is
-/// spent, returned oldest first. Messages answered before the thread's
-/// `reset_at` are left out.
+/// spent, returned oldest first. `paths` are the messages the index last
+/// saw answered in this thread, oldest first; each note is read and left
+/// out unless it is still answered in this thread (it may have changed or
+/// gone since), and a message is taken once. Messages answered before the
+/// thread's `reset_at` are left out.
 pub fn load_history(
     vault: &dyn Vault,
     paths: &[String],
-    current: &str,
-    reset_at: Option<&str>,
+    of: &HistoryOf<'_>,
     budget: usize,
 ) -> Vec<backend::Exchange> {
     let mut out = Vec::new();
     let mut used = 0usize;
+    let mut taken = std::collections::HashSet::new();
     for p in paths.iter().rev() {
-        if p == current {
+        if p == of.current || !taken.insert(p.as_str()) {
             continue;
         }
         let Ok((text, _)) = vault.read(p) else {
@@ -32,10 +46,10 @@ pub fn load_history(
         };
         let Ok(n) = Note::parse(&text) else { continue };
         let m = InboundMessage::of(&n);
-        if m.status != Status::Handled {
+        if m.status != Status::Handled || m.thread.as_deref() != Some(of.thread) {
             continue;
         }
-        if let (Some(r), Some(h)) = (reset_at, &m.handled_at)
+        if let (Some(r), Some(h)) = (of.reset_at, &m.handled_at)
             && h.as_str() <= r
         {
             continue;

@@ -21,7 +21,7 @@ mod render;
 mod request;
 
 pub use crate::note::{derived_path, fnv1a, reply_path};
-pub use history::{DEFAULT_HISTORY_BUDGET, load_history};
+pub use history::{DEFAULT_HISTORY_BUDGET, HistoryOf, load_history};
 pub use paths::thread_path;
 pub use render::{
     CallbackTo, callback_for, callback_write, delegation_section, failure_body, now_rfc3339,
@@ -603,9 +603,14 @@ async fn run_prepared(
                 let reset_at = thread_note.reset_at.clone();
                 let budget = def.history_budget.unwrap_or(DEFAULT_HISTORY_BUDGET);
                 let vault = env.vault.clone();
-                let current = path.to_string();
+                let (current, of) = (path.to_string(), thread.clone());
                 req.history = match tokio::task::spawn_blocking(move || {
-                    load_history(&*vault, &paths, &current, reset_at.as_deref(), budget)
+                    let at = HistoryOf {
+                        thread: &of,
+                        current: &current,
+                        reset_at: reset_at.as_deref(),
+                    };
+                    load_history(&*vault, &paths, &at, budget)
                 })
                 .await
                 {
