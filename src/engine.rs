@@ -330,7 +330,9 @@ impl Engine {
     /// passing reason keep what the index knew and are returned in
     /// [`ScanReport::failed`].
     fn scan_deferring(&self, recovering: bool, defer_after_ns: Option<i128>) -> ScanReport {
+        let started = std::time::Instant::now();
         let listing = self.vault.list();
+        let listed_in = started.elapsed();
         self.log_skipped(&listing.skipped);
         let mut report = ScanReport {
             notes: listing.entries.len(),
@@ -366,6 +368,13 @@ impl Engine {
         report.removed = applied.removed + removed;
         report.failed = applied.failed;
         report.deferred = deferred.into_iter().map(|e| e.path.clone()).collect();
+        tracing::debug!(
+            "scan: {} notes listed in {listed_in:?}, {} read, {} gone, in {:?} in all",
+            report.notes,
+            report.changed,
+            report.removed,
+            started.elapsed()
+        );
         report
     }
 
@@ -1123,7 +1132,6 @@ impl Engine {
     /// that turns create, then returns.
     pub async fn process(self: &Arc<Self>, cancel: CancellationToken) {
         self.until_quiet.store(true, Ordering::SeqCst);
-        self.vault.recover();
         self.load_cache();
         let mut unread = self.scan(true).failed;
         let mut tries = 0;

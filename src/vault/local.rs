@@ -38,6 +38,69 @@ pub(crate) fn version_of(meta: &fs::Metadata) -> Version {
     }
 }
 
+/// Walks the folders from `start` (a folder and its vault-relative
+/// prefix) on a few threads: `visit` lists one folder into its thread's
+/// `T` and pushes the subfolders to walk. Returns each thread's `T`.
+/// Listing a big vault is mostly system calls (a read of each folder, a
+/// stat of each note), which spread over the cores.
+pub(super) fn walk_parallel<T: Default + Send>(
+    start: (PathBuf, String),
+    visit: &(dyn Fn(&mut T, PathBuf, String, &mut Vec<(PathBuf, String)>) + Sync),
+) -> Vec<T> {
+    struct Work {
+        todo: Vec<(PathBuf, String)>,
+        busy: usize,
+    }
+    let work = std::sync::Mutex::new(Work {
+        todo: vec![start],
+        busy: 0,
+    });
+    let more = std::sync::Condvar::new();
+    let walker = || {
+        let mut mine = T::default();
+        let mut subdirs = Vec::new();
+        loop {
+            let next = {
+                let mut w = work.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if let Some(job) = w.todo.pop() {
+                        w.busy += 1;
+                        break Some(job);
+                    }
+                    if w.busy == 0 {
+                        break None;
+                    }
+                    w = more.wait(w).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let Some((dir, prefix)) = next else {
+                more.notify_all();
+                return mine;
+            };
+            visit(&mut mine, dir, prefix, &mut subdirs);
+            let mut w = work.lock().unwrap_or_else(|p| p.into_inner());
+            w.busy -= 1;
+            let woke = !subdirs.is_empty() || w.busy == 0;
+            w.todo.append(&mut subdirs);
+            drop(w);
+            if woke {
+                more.notify_all();
+            }
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, walker).ok())
+            .collect();
+        let mut parts = vec![walker()];
+        // A walker that panicked loses its part (as if not listed: the
+        // listing is then short, never wrong about what it has).
+        parts.extend(handles.into_iter().filter_map(|h| h.join().ok()));
+        parts
+    })
+}
+
 /// A local vault directory.
 #[derive(Debug, Clone)]
 pub struct LocalVault {
@@ -242,9 +305,32 @@ impl LocalVault {
     }
 
     fn list_from(&self, dir: PathBuf, prefix: String) -> Listing {
-        let mut out = Listing::default();
-        let mut stack = vec![(dir, prefix)];
-        while let Some((dir, prefix)) = stack.pop() {
+        let parts = walk_parallel((dir, prefix), &|out: &mut Listing, dir, prefix, subdirs| {
+            self.list_dir(out, dir, prefix, subdirs);
+        });
+        // Into the biggest part, so the most entries are never copied.
+        let mut parts = parts;
+        parts.sort_by_key(|p| std::cmp::Reverse(p.entries.len()));
+        let mut parts = parts.into_iter();
+        let mut out = parts.next().unwrap_or_default();
+        for p in parts {
+            out.entries.extend(p.entries);
+            out.skipped.extend(p.skipped);
+            out.incomplete.extend(p.incomplete);
+        }
+        out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// Lists one folder into `out`, and its subfolders into `subdirs`.
+    fn list_dir(
+        &self,
+        out: &mut Listing,
+        dir: PathBuf,
+        prefix: String,
+        subdirs: &mut Vec<(PathBuf, String)>,
+    ) {
+        {
             let rd = match self
                 .fault(&dir, |f| f.list(&prefix))
                 .and_then(|()| fs::read_dir(&dir).map_err(|e| io_err(&dir, e)))
@@ -256,7 +342,7 @@ impl LocalVault {
                         reason: format!("cannot read directory: {e}"),
                     });
                     out.incomplete.push(prefix);
-                    continue;
+                    return;
                 }
             };
             for ent in rd {
@@ -268,14 +354,24 @@ impl LocalVault {
                 let Ok(name) = ent.file_name().into_string() else {
                     continue;
                 };
+                // Dot-files and files other than notes are passed over
+                // before anything is spent on them (most of a big vault's
+                // entries are read only this far).
+                let Ok(ft) = ent.file_type() else {
+                    out.incomplete.push(if prefix.is_empty() {
+                        name
+                    } else {
+                        format!("{prefix}/{name}")
+                    });
+                    continue;
+                };
+                if ft.is_file() && (name.starts_with('.') || !name.ends_with(".md")) {
+                    continue;
+                }
                 let rel = if prefix.is_empty() {
                     name.clone()
                 } else {
                     format!("{prefix}/{name}")
-                };
-                let Ok(ft) = ent.file_type() else {
-                    out.incomplete.push(rel);
-                    continue;
                 };
                 if ft.is_symlink() {
                     // Worth reporting: a note, or a folder of notes.
@@ -295,7 +391,7 @@ impl LocalVault {
                 }
                 if ft.is_dir() {
                     if walk_dir_ok(&name) {
-                        stack.push((ent.path(), rel));
+                        subdirs.push((ent.path(), rel));
                     }
                     continue;
                 }
@@ -323,16 +419,18 @@ impl LocalVault {
                     });
                     continue;
                 }
-                if let Some(path) = rel.strip_suffix(".md") {
+                if let Some(n) = rel.len().checked_sub(".md".len())
+                    && rel.is_char_boundary(n)
+                {
+                    let mut path = rel;
+                    path.truncate(n);
                     out.entries.push(Entry {
-                        path: path.to_string(),
+                        path,
                         version: version_of(&meta),
                     });
                 }
             }
         }
-        out.entries.sort_by(|a, b| a.path.cmp(&b.path));
-        out
     }
 
     /// Makes sure the directory of a note exists and really lies inside the
