@@ -246,8 +246,12 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    /// A vault with an `Inbox/` folder, and its feed.
-    fn feed() -> (
+    /// A vault with an `Inbox/` folder and the notes `before` (made before
+    /// the feed starts, so their folders are watched from the start), and
+    /// its feed.
+    fn feed(
+        before: &[&str],
+    ) -> (
         tempfile::TempDir,
         PathBuf,
         Watching,
@@ -255,6 +259,11 @@ mod tests {
     ) {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("vault/Inbox")).unwrap();
+        for rel in before {
+            let f = dir.path().join("vault").join(rel);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(f, "hi\n").unwrap();
+        }
         let vault = LocalVault::open(&dir.path().join("vault")).unwrap();
         let root = vault.root().to_path_buf();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -306,7 +315,7 @@ mod tests {
     /// new folder, and the vault is not scanned.
     #[tokio::test]
     async fn a_new_nested_folder_reports_its_notes_without_a_rescan() {
-        let (_dir, root, _w, mut rx) = feed();
+        let (_dir, root, _w, mut rx) = feed(&[]);
         // All of it before the feed's task runs at all (this runtime has
         // one thread): no watch can be in place yet.
         let day = root.join("Inbox/echo/2026/03/07");
@@ -344,12 +353,8 @@ mod tests {
     /// are reported.
     #[tokio::test]
     async fn a_folder_made_again_is_watched_again() {
-        let (_dir, root, _w, mut rx) = feed();
+        let (_dir, root, _w, mut rx) = feed(&["Inbox/echo/a.md"]);
         let d = root.join("Inbox/echo");
-        fs::create_dir_all(&d).unwrap();
-        fs::write(d.join("a.md"), "hi\n").unwrap();
-        let got = collect(&mut rx, |g| notes(g).contains("Inbox/echo/a")).await;
-        assert!(notes(&got).contains("Inbox/echo/a"), "{got:?}");
         fs::remove_dir_all(&d).unwrap();
         // The deletion is reported (and its watch is gone).
         let got = collect(&mut rx, |g| notes(g).contains("Inbox/echo/a")).await;
@@ -366,13 +371,8 @@ mod tests {
     /// only a scan knows which they were.
     #[tokio::test]
     async fn a_folder_moved_away_asks_for_a_rescan() {
-        let (dir, root, _w, mut rx) = feed();
-        let d = root.join("Inbox/old");
-        fs::create_dir_all(&d).unwrap();
-        fs::write(d.join("a.md"), "hi\n").unwrap();
-        let got = collect(&mut rx, |g| notes(g).contains("Inbox/old/a")).await;
-        assert!(rescans(&got).is_empty(), "{got:?}");
-        fs::rename(&d, dir.path().join("elsewhere")).unwrap();
+        let (dir, root, _w, mut rx) = feed(&["Inbox/old/a.md"]);
+        fs::rename(root.join("Inbox/old"), dir.path().join("elsewhere")).unwrap();
         let got = collect(&mut rx, |g| !rescans(g).is_empty()).await;
         assert_eq!(rescans(&got), ["a folder moved away"], "{got:?}");
     }
