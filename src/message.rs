@@ -18,14 +18,21 @@ pub struct SendOptions {
     pub delegation_depth: Option<u64>,
 }
 
-/// The inbound note path for a new message to `agent`.
+/// The inbound note path for a new message to `agent`:
+/// `Inbox/<agent>/<YYYY>/<MM>/<DD>/<YYYYMMDD-HHMMSS-mmm>-<8 hex>`, the
+/// folders and the stem from the same UTC time, so no folder grows without
+/// bound (docs/DECISIONS.md, "Dated inbox folders").
 pub fn new_message_path(agent: &str) -> String {
-    let now = chrono::Utc::now();
     let id = uuid::Uuid::new_v4().simple().to_string();
+    message_path_at(agent, chrono::Utc::now(), &id[..8])
+}
+
+/// [`new_message_path`] at a given time, with a given suffix.
+fn message_path_at(agent: &str, now: chrono::DateTime<chrono::Utc>, suffix: &str) -> String {
     format!(
-        "Inbox/{agent}/{}-{}",
+        "Inbox/{agent}/{}/{}-{suffix}",
+        now.format("%Y/%m/%d"),
         now.format("%Y%m%d-%H%M%S-%3f"),
-        &id[..8]
     )
 }
 
@@ -118,4 +125,33 @@ pub fn reset_threads(
         }
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone as _;
+
+    #[test]
+    fn a_new_message_lands_in_the_folder_of_its_utc_day() {
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 3, 7, 23, 59, 58)
+            .single()
+            .expect("a valid time")
+            + chrono::Duration::milliseconds(62);
+        assert_eq!(
+            message_path_at("echo", at, "20dec359"),
+            "Inbox/echo/2026/03/07/20260307-235958-062-20dec359"
+        );
+        let p = new_message_path("echo");
+        let parts: Vec<&str> = p.split('/').collect();
+        assert_eq!(parts.len(), 6, "{p}");
+        assert_eq!(&parts[..2], ["Inbox", "echo"]);
+        // The folders name the day the stem starts with.
+        assert_eq!(
+            parts[5][..8],
+            format!("{}{}{}", parts[2], parts[3], parts[4])
+        );
+        assert!(crate::vault::check_rel_path(&p).is_ok(), "{p}");
+    }
 }

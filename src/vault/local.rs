@@ -450,6 +450,16 @@ impl LocalVault {
         if known && fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
             return Ok(dir.to_path_buf());
         }
+        // The directories this write makes (a message's dated folders).
+        let mut made = Vec::new();
+        let mut d = dir;
+        while d.starts_with(&self.root) && d != self.root && fs::symlink_metadata(d).is_err() {
+            made.push(d);
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let real = fs::canonicalize(dir).map_err(|e| io_err(dir, e))?;
         if !real.starts_with(&self.root) {
@@ -457,6 +467,14 @@ impl LocalVault {
                 path: dir.display().to_string(),
                 reason: "directory resolves outside the vault",
             });
+        }
+        // Each new directory's entry in its parent is flushed too, so a
+        // note in a new folder is as durable as one in an old folder once
+        // its own directory is flushed, on any file system.
+        for m in made.iter().rev() {
+            if let Some(parent) = m.parent() {
+                sync_dir(parent).map_err(|e| io_err(parent, e))?;
+            }
         }
         if let Ok(mut k) = self.checked_dirs.lock() {
             k.insert(dir.to_path_buf());

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::common::{TestVault, is_rfc3339_millis_utc, sh_quote, tags, vr};
+use crate::common::{
+    TestVault, assert_dated_message_path, inbound, is_rfc3339_millis_utc, sh_quote, tags, vr,
+};
 
 use crate::common::assert_contains;
 
@@ -1033,6 +1035,7 @@ fn send_with_an_invalid_agent_name_fails_and_writes_nothing() {
 fn send_writes_an_inbound_note_and_prints_its_path() {
     let v = TestVault::new();
     v.agent("echo", "", "");
+    let before = chrono::Utc::now();
     let out = vr(&[
         "send",
         v.root_str(),
@@ -1046,7 +1049,8 @@ fn send_writes_an_inbound_note_and_prints_its_path() {
     .run()
     .success();
     let path = out.stdout.trim().to_string();
-    assert!(path.starts_with("Inbox/echo/"), "{path}");
+    // In the folder of the UTC day (issue 14), its reply beside it (below).
+    assert_dated_message_path(&path, "echo", before, chrono::Utc::now());
     let rel = format!("{path}.md");
     assert!(v.exists(&rel), "{rel} missing");
     let fm = v.fm(&rel);
@@ -1079,6 +1083,55 @@ fn send_writes_an_inbound_note_and_prints_its_path() {
         v.get(&rel, "thread").as_deref(),
         Some("[[Threads/echo/echo--greetings]]")
     );
+}
+
+/// Under `serve`, a message `send` writes into a new dated folder (the
+/// first of the day) is answered at once, beside it, by a look at the new
+/// folders rather than a scan of the vault; messages in the old layouts
+/// (`Inbox/<agent>/x.md`, the vault root) are still answered, by `serve`
+/// and by `process`.
+#[test]
+fn send_under_serve_is_answered_in_its_dated_folder_and_old_layouts_still_work() {
+    let v = TestVault::with_probes();
+    v.agent("echo", "", "");
+    let mut serve = v
+        .serve_run(&[])
+        .env("VAULTRUNNER_LOG", "info,vaultrunner=debug")
+        .spawn(v.next_log("serve"));
+    serve.ready(&v);
+    for i in 0..3 {
+        let before = chrono::Utc::now();
+        let out = v
+            .vr(&["send", v.root_str(), "echo", &format!("dated {i}")])
+            .run()
+            .success();
+        let path = out.stdout.trim().to_string();
+        assert_dated_message_path(&path, "echo", before, chrono::Utc::now());
+        let rel = format!("{path}.md");
+        serve.answered_with(&v, &rel, &format!("echo: dated {i}"));
+        assert_eq!(v.get(&rel, "status").as_deref(), Some("handled"));
+    }
+    // The old layouts, beside the dated folders.
+    v.message("Inbox/echo/old.md", "echo", "", "old layout");
+    v.message("at-the-root.md", "echo", "", "at the root");
+    serve.answered_with(&v, "Inbox/echo/old.md", "echo: old layout");
+    serve.answered_with(&v, "at-the-root.md", "echo: at the root");
+    let log = serve.log_text();
+    assert_contains(&log, "cron scheduler started"); // debug lines are on
+    assert!(!log.contains("scanning the vault"), "{log}");
+    serve.stop();
+
+    v.write(
+        "Inbox/echo/old2.md",
+        &inbound("echo", "", "old layout again"),
+    );
+    v.write("root2.md", &inbound("echo", "", "root again"));
+    v.process(&[]);
+    assert_eq!(
+        v.body("Inbox/echo/old2.reply.md").trim(),
+        "echo: old layout again"
+    );
+    assert_eq!(v.body("root2.reply.md").trim(), "echo: root again");
 }
 
 #[test]

@@ -512,6 +512,45 @@ pub fn reply_of(rel: &str) -> String {
     format!("{}.reply.md", rel.strip_suffix(".md").unwrap_or(rel))
 }
 
+/// Asserts that `path` (a note path, no `.md`) is where vaultrunner puts a
+/// new message to `agent` written between `before` and `after`:
+/// `Inbox/<agent>/<YYYY>/<MM>/<DD>/<YYYYMMDD-HHMMSS-mmm>-<8 hex>`, the
+/// folders and the stem from the same UTC time.
+#[track_caller]
+pub fn assert_dated_message_path(
+    path: &str,
+    agent: &str,
+    before: chrono::DateTime<chrono::Utc>,
+    after: chrono::DateTime<chrono::Utc>,
+) {
+    let rest = path
+        .strip_prefix(&format!("Inbox/{agent}/"))
+        .unwrap_or_else(|| panic!("{path}: not under Inbox/{agent}/"));
+    let parts: Vec<&str> = rest.split('/').collect();
+    assert_eq!(parts.len(), 4, "{path}: not in Inbox/{agent}/YYYY/MM/DD/");
+    let stem = parts[3];
+    let (time, hex) = stem
+        .rsplit_once('-')
+        .unwrap_or_else(|| panic!("{path}: no random suffix"));
+    assert!(
+        hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{path}: suffix {hex:?}"
+    );
+    let at = chrono::NaiveDateTime::parse_from_str(time, "%Y%m%d-%H%M%S-%3f")
+        .unwrap_or_else(|e| panic!("{path}: time {time:?}: {e}"))
+        .and_utc();
+    assert_eq!(
+        format!("{}/{}/{}", parts[0], parts[1], parts[2]),
+        at.format("%Y/%m/%d").to_string(),
+        "{path}: the folders are not the stem's day"
+    );
+    let ms = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis();
+    assert!(
+        ms(before) <= ms(at) && ms(at) <= ms(after),
+        "{path}: written at {at}, not between {before} and {after} (UTC)"
+    );
+}
+
 /// Is this (relative or absolute) path one of vaultrunner's own temp files
 /// (`.vaultrunner-*.tmp`)?
 pub fn is_vaultrunner_temp(path: &str) -> bool {

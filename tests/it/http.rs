@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use vaultrunner::engine::Engine;
 use vaultrunner::trigger::http::{self, HttpOptions};
 
-use crate::common::{TestVault, parse_note, read_note, scalar, tags, wait_until_async};
+use crate::common::{
+    TestVault, assert_dated_message_path, parse_note, read_note, scalar, tags, wait_until_async,
+};
 
 const TOKEN: &str = "t0ken-for-tests";
 const SECRET: &str = "webhook-secret-for-tests";
@@ -359,6 +361,61 @@ async fn post_json_and_text_is_durable_before_202() {
     assert_eq!(body.trim_end(), "plain words\nsecond line");
     assert_eq!(scalar(&m, "agent").as_deref(), Some("echo"));
     assert_eq!(scalar(&m, "sender").as_deref(), Some("http"));
+    srv.stop().await;
+}
+
+/// A message from HTTP lands in its agent's folder of the UTC day,
+/// `Inbox/<agent>/YYYY/MM/DD/`, and its reply beside it (issue 14): with
+/// `?wait`, and answered later without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_land_in_the_folder_of_their_day_with_the_reply_beside_them() {
+    let srv = Server::open().await;
+    let c = client();
+    let before = chrono::Utc::now();
+    let r = c
+        .post(srv.url("/api/agents/echo/messages?wait=10"))
+        .json(&json!({"content": "dated"}))
+        .send()
+        .await
+        .unwrap();
+    let (st, v) = json_of(r).await;
+    let after = chrono::Utc::now();
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["status"], "ok", "{v}");
+    let path = v["path"].as_str().unwrap();
+    assert_dated_message_path(path, "echo", before, after);
+    assert_eq!(v["reply_path"], format!("{path}.reply"), "{v}");
+    assert_eq!(
+        srv.vault.body(&format!("{path}.reply.md")).trim(),
+        "echo: dated"
+    );
+    assert_eq!(
+        srv.vault.get(&format!("{path}.md"), "status").as_deref(),
+        Some("handled")
+    );
+
+    let before = chrono::Utc::now();
+    let r = c
+        .post(srv.url("/api/agents/echo/messages"))
+        .header("content-type", "text/plain")
+        .body("later")
+        .send()
+        .await
+        .unwrap();
+    let (st, v) = json_of(r).await;
+    let after = chrono::Utc::now();
+    assert_eq!(st, 202, "{v}");
+    let path = v["path"].as_str().unwrap().to_string();
+    assert_dated_message_path(&path, "echo", before, after);
+    wait_until_async(Duration::from_secs(10), "the 202 message answered", || {
+        srv.vault.exists(&format!("{path}.reply.md"))
+            && srv.vault.get(&format!("{path}.md"), "status").as_deref() == Some("handled")
+    })
+    .await;
+    assert_eq!(
+        srv.vault.body(&format!("{path}.reply.md")).trim(),
+        "echo: later"
+    );
     srv.stop().await;
 }
 
@@ -1287,12 +1344,10 @@ async fn binary_env_auth_and_sigterm_ends_streams_and_exits() {
 
     // The cut-short message is kept, pending, and runs on the next start
     // with exactly one reply.
-    let inbox = v.root.join("Inbox/slow");
-    let msgs: Vec<PathBuf> = std::fs::read_dir(&inbox)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with(".md"))
+    let msgs: Vec<PathBuf> = v
+        .notes_under("Inbox/slow")
+        .iter()
+        .map(|rel| v.root.join(rel))
         .collect();
     assert_eq!(msgs.len(), 1, "{msgs:?}");
     let (m, _) = read_note(&msgs[0]);

@@ -191,15 +191,12 @@ fn snapshot(v: &TestVault) -> Snapshot {
         .collect()
 }
 
-/// The replies under `Inbox/<agent>/`.
+/// The replies under `Inbox/<agent>/` (in its dated folders too).
 fn replies(v: &TestVault, agent: &str) -> usize {
-    std::fs::read_dir(v.root.join("Inbox").join(agent))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".reply.md"))
-                .count()
-        })
-        .unwrap_or(0)
+    v.notes_under(&format!("Inbox/{agent}"))
+        .iter()
+        .filter(|n| n.ends_with(".reply.md"))
+        .count()
 }
 
 /// The vault once nothing is being written (two snapshots 200 ms apart

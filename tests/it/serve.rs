@@ -91,6 +91,52 @@ fn answers_notes_including_in_new_directories() {
     assert_eq!(v.replies(), want);
 }
 
+/// Folders made in one go (`mkdir -p`) with notes written into them at
+/// once, before any watch of them can exist: every note is answered
+/// promptly by a look at the new folders, and the vault is not scanned for
+/// it (a scan costs a listing of every note; dated inbox folders make a new
+/// folder a day per agent). Later notes in those folders are seen too.
+#[test]
+fn notes_in_new_nested_folders_are_answered_without_a_scan_of_the_vault() {
+    let v = TestVault::with_probes();
+    v.agent(
+        "echo",
+        "backend: echo
+",
+        "",
+    );
+    let s = v
+        .serve_run(&[])
+        .env("VAULTRUNNER_LOG", "info,vaultrunner=debug")
+        .spawn(v.next_log("serve"));
+    s.ready(&v);
+    let day = v.path("Inbox/echo/2031/01/02");
+    fs::create_dir_all(&day).unwrap();
+    let mut rels = Vec::new();
+    for i in 0..5 {
+        fs::write(
+            day.join(format!("m{i}.md")),
+            inbound("echo", "", &format!("burst {i}")),
+        )
+        .unwrap();
+        rels.push(format!("Inbox/echo/2031/01/02/m{i}.md"));
+    }
+    v.message("Inbox/echo/2031/month.md", "echo", "", "burst 5");
+    rels.push("Inbox/echo/2031/month.md".into());
+    for (i, rel) in rels.iter().enumerate() {
+        s.answered_with(&v, rel, &format!("echo: burst {i}"));
+    }
+    // The new folders are watched now.
+    v.message("Inbox/echo/2031/01/02/later.md", "echo", "", "later");
+    s.answered_with(&v, "Inbox/echo/2031/01/02/later.md", "echo: later");
+    let log = s.log_text();
+    assert!(
+        log.contains("cron scheduler started"),
+        "debug lines are off:\n{log}"
+    );
+    assert!(!log.contains("scanning the vault"), "{log}");
+}
+
 #[test]
 fn settle_window_waits_for_quiet_and_answers_once() {
     let v = TestVault::with_probes();
