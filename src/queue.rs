@@ -968,6 +968,89 @@ mod tests {
         );
     }
 
+    fn answered(agent: &str, thread: &str, ts_s: u32) -> String {
+        msg(
+            agent,
+            &format!(
+                "status: handled\nthread: \"[[{thread}]]\"\nts: 2026-01-01T{:02}:{:02}:{:02}Z\n",
+                ts_s / 3600,
+                ts_s / 60 % 60,
+                ts_s % 60
+            ),
+        )
+    }
+
+    #[test]
+    fn an_answered_message_is_only_a_version_and_a_thread_keeps_its_newest() {
+        let mut ix = Index::new(KINDS);
+        ix.update("Agents/a", DEF, fp(0), false);
+        let n = THREAD_RECENT as u32 + 100;
+        for i in 0..n {
+            ix.update(
+                &format!("m/{i:04}"),
+                &answered("a", "Threads/a/a", i),
+                fp(1),
+                false,
+            );
+        }
+        assert!(ix.knows("m/0000") && ix.seen("m/0000", fp(1)) && !ix.seen("m/0000", fp(2)));
+        assert!(
+            ix.inbound("m/0000").is_none(),
+            "an answered message is not kept whole"
+        );
+        let h = ix.thread_history("Threads/a/a");
+        assert_eq!(h.len(), THREAD_RECENT);
+        assert_eq!(h.first().map(String::as_str), Some("m/0100"));
+        assert_eq!(
+            h.last().map(String::as_str),
+            Some(format!("m/{:04}", n - 1).as_str())
+        );
+        // Answered again (set back to pending, run): once, at its new place.
+        ix.update("m/0200", &answered("a", "Threads/a/a", n + 5), fp(3), false);
+        let h = ix.thread_history("Threads/a/a");
+        assert_eq!(h.iter().filter(|p| *p == "m/0200").count(), 1);
+        assert_eq!(h.last().map(String::as_str), Some("m/0200"));
+        // A pending message is kept whole.
+        ix.update("m/new", &msg("a", ""), fp(4), false);
+        assert!(ix.inbound("m/new").is_some());
+    }
+
+    #[test]
+    fn past_the_cap_the_thread_with_the_oldest_newest_message_is_forgotten() {
+        let mut ix = Index::new(KINDS);
+        // Thread i's one message is at second i, but indexed newest first.
+        for i in (0..=THREADS_KEPT as u32).rev() {
+            ix.update(
+                &format!("m/{i}"),
+                &answered("a", &format!("T/{i}"), i),
+                fp(1),
+                false,
+            );
+        }
+        assert!(ix.thread_history("T/0").is_empty(), "the oldest went");
+        assert_eq!(ix.thread_history("T/1"), vec!["m/1"]);
+        assert_eq!(ix.thread_history(&format!("T/{THREADS_KEPT}")).len(), 1);
+    }
+
+    #[test]
+    fn a_sweep_forgets_versions_only_after_a_complete_listing() {
+        let mut ix = Index::new(KINDS);
+        ix.update("Agents/a", DEF, fp(0), false);
+        ix.update("plain", "text", fp(1), false);
+        ix.update("gone", "text", fp(1), false);
+        ix.update("m/q", &msg("a", ""), fp(1), false);
+        let listed: HashSet<u64> = ["Agents/a", "plain"].iter().map(|p| path_key(p)).collect();
+        // An unreadable folder: the queued message under it stays, and so
+        // does every note kept only as a version.
+        let (_, removed) = ix.sweep(&listed, &|p| p.starts_with("m/"), false);
+        assert_eq!(removed, 0);
+        assert!(ix.knows("gone") && ix.queue_len("a") == 1);
+        let (_, removed) = ix.sweep(&listed, &|_| false, true);
+        assert_eq!(removed, 2);
+        assert!(!ix.knows("gone") && !ix.knows("m/q") && ix.queue_len("a") == 0);
+        assert!(ix.knows("plain") && ix.agent("a").is_some());
+    }
+
     #[test]
     fn relevance_prefilter() {
         assert!(may_be_relevant("tags: [Agent/Job]"));

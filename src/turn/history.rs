@@ -75,3 +75,43 @@ pub fn load_history(
     out.reverse();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::LocalVault;
+
+    #[test]
+    fn only_messages_still_answered_in_this_thread_count_and_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: String| std::fs::write(dir.path().join(rel), text).unwrap();
+        let msg = |status: &str, thread: &str, body: &str| {
+            format!(
+                "---\ntags: [agent/message/inbound]\nagent: a\nstatus: {status}\nthread: \"[[{thread}]]\"\n---\n{body}\n"
+            )
+        };
+        let reply =
+            |body: &str| format!("---\ntags: [agent/message/outbound]\nstatus: ok\n---\n{body}\n");
+        write("m1.md", msg("handled", "Threads/a/a", "one"));
+        write("m1.reply.md", reply("re one"));
+        // Moved to another thread since the index saw it.
+        write("m2.md", msg("handled", "Threads/a/other", "two"));
+        write("m2.reply.md", reply("re two"));
+        // Set back to pending since.
+        write("m3.md", msg("pending", "Threads/a/a", "three"));
+        write("m3.reply.md", reply("re three"));
+        let vault = LocalVault::open(dir.path()).unwrap();
+        let paths: Vec<String> = ["m1", "m2", "m3", "gone", "m1"].map(String::from).to_vec();
+        let of = HistoryOf {
+            thread: "Threads/a/a",
+            current: "now",
+            reset_at: None,
+        };
+        let h = load_history(&vault, &paths, &of, 10_000);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(
+            (h[0].user.as_str(), h[0].assistant.as_str()),
+            ("one", "re one")
+        );
+    }
+}

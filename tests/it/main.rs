@@ -27,6 +27,7 @@ mod cluster;
 mod crash;
 mod delegation;
 mod git_sync;
+mod history;
 mod http;
 mod http_guard;
 mod interface;
