@@ -869,26 +869,27 @@ impl Vault for LocalVault {
 
     /// Removes temp files an earlier crash left behind.
     fn recover(&self) -> usize {
-        let mut n = 0;
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            let Ok(rd) = fs::read_dir(&dir) else { continue };
-            for ent in rd.flatten() {
-                let name = ent.file_name();
-                let name = name.to_string_lossy();
-                let Ok(ft) = ent.file_type() else { continue };
-                if ft.is_dir() && walk_dir_ok(&name) {
-                    stack.push(ent.path());
-                } else if ft.is_file()
-                    && name.starts_with(".vaultrunner-")
-                    && name.ends_with(".tmp")
-                    && fs::remove_file(ent.path()).is_ok()
-                {
-                    n += 1;
+        let parts = walk_parallel(
+            (self.root.clone(), String::new()),
+            &|removed: &mut usize, dir, _, subdirs| {
+                let Ok(rd) = fs::read_dir(&dir) else { return };
+                for ent in rd.flatten() {
+                    let name = ent.file_name();
+                    let name = name.to_string_lossy();
+                    let Ok(ft) = ent.file_type() else { continue };
+                    if ft.is_dir() && walk_dir_ok(&name) {
+                        subdirs.push((ent.path(), String::new()));
+                    } else if ft.is_file()
+                        && name.starts_with(".vaultrunner-")
+                        && name.ends_with(".tmp")
+                        && fs::remove_file(ent.path()).is_ok()
+                    {
+                        *removed += 1;
+                    }
                 }
-            }
-        }
-        n
+            },
+        );
+        parts.into_iter().sum()
     }
 }
 
