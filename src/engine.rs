@@ -331,34 +331,51 @@ impl Engine {
     /// [`ScanReport::failed`].
     fn scan_deferring(&self, recovering: bool, defer_after_ns: Option<i128>) -> ScanReport {
         let started = std::time::Instant::now();
-        let listing = self.vault.list();
+        // The listing is handed over a folder at a time and sorted here
+        // into what to read now, what to leave to the settle window, and
+        // the keys of every note listed (to find the ones that went):
+        // a big vault's listing is never in memory whole.
+        let keys = Mutex::new(Vec::with_capacity(self.lock().index.len()));
+        let sorted = Mutex::new((Vec::new(), Vec::new()));
+        let listing = self.vault.list_each(&|entries: Vec<crate::vault::Entry>| {
+            let mut k = Vec::with_capacity(entries.len());
+            let (mut todo, mut later) = (Vec::new(), Vec::new());
+            {
+                let st = self.lock();
+                for e in entries {
+                    k.push(crate::queue::path_key(&e.path));
+                    if st.index.seen(&e.path, e.version) {
+                        continue;
+                    }
+                    if defer_after_ns.is_some_and(|c| e.version.modified_ns > c) {
+                        later.push(e);
+                    } else {
+                        todo.push(e);
+                    }
+                }
+            }
+            keys.lock().unwrap_or_else(|p| p.into_inner()).extend(k);
+            let mut s = sorted.lock().unwrap_or_else(|p| p.into_inner());
+            s.0.extend(todo);
+            s.1.extend(later);
+        });
         let listed_in = started.elapsed();
         self.log_skipped(&listing.skipped);
+        let mut keys = keys.into_inner().unwrap_or_else(|p| p.into_inner());
+        keys.sort_unstable();
+        let (todo, deferred) = sorted.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut report = ScanReport {
-            notes: listing.entries.len(),
+            notes: keys.len(),
             ..Default::default()
         };
-        // Decide what to read without holding the lock during I/O.
-        let (deferred, todo): (Vec<&crate::vault::Entry>, Vec<_>) = {
-            let st = self.lock();
-            listing
-                .entries
-                .iter()
-                .filter(|e| !st.index.seen(&e.path, e.version))
-                .partition(|e| defer_after_ns.is_some_and(|c| e.version.modified_ns > c))
-        };
+        let todo: Vec<&crate::vault::Entry> = todo.iter().collect();
         // Read and indexed a part at a time, so the notes' texts are never
         // all in memory at once.
         let mut applied = read_parallel(&*self.vault, &todo, &|reads| {
             self.apply_reads(reads, recovering)
         });
-        let listed: HashSet<u64> = listing
-            .entries
-            .iter()
-            .map(|e| crate::queue::path_key(&e.path))
-            .collect();
         let (gone, removed) = self.lock().index.sweep(
-            &listed,
+            &|k| keys.binary_search(&k).is_ok(),
             &|p| listing.unknown(p),
             listing.incomplete.is_empty(),
         );
@@ -367,7 +384,7 @@ impl Engine {
         report.changed = applied.changed;
         report.removed = applied.removed + removed;
         report.failed = applied.failed;
-        report.deferred = deferred.into_iter().map(|e| e.path.clone()).collect();
+        report.deferred = deferred.into_iter().map(|e| e.path).collect();
         tracing::debug!(
             "scan: {} notes listed in {listed_in:?}, {} read, {} gone, in {:?} in all",
             report.notes,
@@ -389,11 +406,12 @@ impl Engine {
         for (entry, got) in reads {
             let path = &entry.path;
             match got {
-                Ok((text, fp)) => {
+                Ok((parsed, fp)) => {
                     // A note the start-up scan deferred is read with
                     // recovery, whichever scan or event reads it.
                     let rec = st.recover_later.remove(path) || recovering;
-                    out.change.merge(st.index.update(path, &text, fp, rec));
+                    out.change
+                        .merge(st.index.update_parsed(path, parsed, fp, rec));
                     st.read_failures.remove(path);
                     out.changed += 1;
                 }
@@ -1224,8 +1242,9 @@ fn read_failed(st: &mut State, path: &str, e: &VaultError) {
     }
 }
 
-/// A note's text and version, or why it could not be read.
-type ReadResult = Result<(String, Version), VaultError>;
+/// A note as the index needs it and its version, or why it could not be
+/// read.
+type ReadResult = Result<(crate::queue::Parsed, Version), VaultError>;
 
 /// What indexing a part of a scan's reads did.
 #[derive(Default)]
@@ -1245,8 +1264,9 @@ impl Applied {
     }
 }
 
-/// How many notes a reader reads before it hands them to the index.
-const READ_PART: usize = 256;
+/// How many notes a reader reads (and parses) before it hands them to the
+/// index: at most 64 readers × 32 parsed notes are in memory at once.
+const READ_PART: usize = 32;
 
 /// What `apply` is handed: a part of the notes read.
 type Reads<'e> = Vec<(&'e crate::vault::Entry, ReadResult)>;
@@ -1299,13 +1319,9 @@ fn read_parallel<'e>(
     })
 }
 
-/// Reads a note; an ordinary note (no `agent/` anywhere) is returned empty,
-/// so a huge vault of ordinary notes costs little memory.
+/// Reads a note and parses it as far as the index needs (on the reader's
+/// thread, not under the index's lock).
 fn read_relevant(vault: &dyn Vault, path: &str) -> ReadResult {
     let (text, fp) = vault.read(path)?;
-    if crate::queue::may_be_relevant(&text) {
-        Ok((text, fp))
-    } else {
-        Ok((String::new(), fp))
-    }
+    Ok((crate::queue::Parsed::of(&text), fp))
 }

@@ -99,6 +99,8 @@ impl Seen {
 struct Recent {
     newest: i64,
     messages: BTreeSet<OrderKey>,
+    /// Each message's order, by [`path_key`] (a message is in once).
+    at: HashMap<u64, i64>,
 }
 
 /// What the index holds about one relevant note that matters now.
@@ -182,6 +184,34 @@ pub struct Index {
     jobs_version: u64,
 }
 
+/// A note's text read as far as the index needs; pure, so a scan runs it
+/// on the threads that read the notes.
+#[derive(Debug)]
+pub enum Parsed {
+    /// No `agent/` anywhere: nothing vaultrunner routes.
+    Ordinary,
+    /// Has Git conflict markers.
+    Conflicted,
+    /// Looks like ours but cannot be parsed (why).
+    Broken(String),
+    Note(Note),
+}
+
+impl Parsed {
+    pub fn of(text: &str) -> Parsed {
+        if !may_be_relevant(text) {
+            Parsed::Ordinary
+        } else if has_conflict_markers(text) {
+            Parsed::Conflicted
+        } else {
+            match Note::parse(text) {
+                Ok(n) => Parsed::Note(n),
+                Err(e) => Parsed::Broken(e.to_string()),
+            }
+        }
+    }
+}
+
 /// Quick test: can this text be a note of any kind vaultrunner routes?
 /// Every kind's tag starts with `agent/`, so a note without that string
 /// (in any case) is ordinary and need not be parsed at all.
@@ -262,13 +292,13 @@ impl Index {
     /// Returns what changed and how many notes were forgotten.
     pub fn sweep(
         &mut self,
-        listed: &HashSet<u64>,
+        listed: &dyn Fn(u64) -> bool,
         unknown: &dyn Fn(&str) -> bool,
         complete: bool,
     ) -> (Change, usize) {
         let gone: Vec<String> = self
             .whole_paths()
-            .filter(|p| !listed.contains(&path_key(p)) && !unknown(p))
+            .filter(|p| !listed(path_key(p)) && !unknown(p))
             .cloned()
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -284,8 +314,7 @@ impl Index {
         if complete {
             let whole: HashSet<u64> = self.whole_paths().map(|p| path_key(p)).collect();
             let before = self.versions.len();
-            self.versions
-                .retain(|k, _| listed.contains(k) || whole.contains(k));
+            self.versions.retain(|k, _| listed(*k) || whole.contains(k));
             removed += before - self.versions.len();
             if before != self.versions.len() {
                 self.changes += 1;
@@ -346,8 +375,20 @@ impl Index {
     /// start-up scan, when `working` messages are leftovers of a crash and
     /// are queued again.
     pub fn update(&mut self, path: &str, text: &str, fp: Version, recovering: bool) -> Change {
+        self.update_parsed(path, Parsed::of(text), fp, recovering)
+    }
+
+    /// [`Index::update`] with the text already read as far as the index
+    /// needs ([`Parsed::of`], which a scan runs on its readers' threads).
+    pub fn update_parsed(
+        &mut self,
+        path: &str,
+        parsed: Parsed,
+        fp: Version,
+        recovering: bool,
+    ) -> Change {
         let before = self.problems.get(path).cloned();
-        let mut change = self.update_quiet(path, text, fp, recovering);
+        let mut change = self.update_quiet(path, parsed, fp, recovering);
         if let Some(p) = self.new_problem(path, before)
             && !change.problems.contains(&p)
         {
@@ -356,28 +397,32 @@ impl Index {
         change
     }
 
-    /// [`Index::update`] without the comparison of problems.
-    fn update_quiet(&mut self, path: &str, text: &str, fp: Version, recovering: bool) -> Change {
+    /// [`Index::update_parsed`] without the comparison of problems.
+    fn update_quiet(
+        &mut self,
+        path: &str,
+        parsed: Parsed,
+        fp: Version,
+        recovering: bool,
+    ) -> Change {
         self.versions.insert(path_key(path), Seen::of(fp));
         let mut change = self.unindex(path);
-        if !may_be_relevant(text) {
-            return change;
-        }
-        if has_conflict_markers(text) {
-            self.problem(
-                path,
-                "has Git conflict markers; resolve the conflict first (not processed)",
-                true,
-            );
-            return change;
-        }
-        let note = match Note::parse(text) {
-            Ok(n) => n,
-            Err(e) => {
-                // Only a note that looks like ours is worth reporting.
+        let note = match parsed {
+            Parsed::Ordinary => return change,
+            Parsed::Conflicted => {
+                self.problem(
+                    path,
+                    "has Git conflict markers; resolve the conflict first (not processed)",
+                    true,
+                );
+                return change;
+            }
+            // Only a note that looks like ours is worth reporting.
+            Parsed::Broken(e) => {
                 self.problem(path, &format!("{e} (note skipped)"), true);
                 return change;
             }
+            Parsed::Note(n) => n,
         };
         match note.kind() {
             NoteKind::Definition => {
@@ -689,10 +734,16 @@ impl Index {
         let recent = self.threads.entry(thread.clone()).or_default();
         let was = (!recent.messages.is_empty()).then_some(recent.newest);
         let before = recent.messages.len();
-        recent.messages.retain(|(_, p)| *p != order.1);
+        if let Some(old) = recent.at.insert(path_key(&order.1), order.0)
+            && old != order.0
+        {
+            recent.messages.remove(&(old, order.1.clone()));
+        }
         recent.messages.insert(order);
         while recent.messages.len() > THREAD_RECENT {
-            recent.messages.pop_first();
+            if let Some((_, p)) = recent.messages.pop_first() {
+                recent.at.remove(&path_key(&p));
+            }
         }
         self.recent_total = (self.recent_total + recent.messages.len()).saturating_sub(before);
         recent.newest = recent.messages.last().map_or(i64::MIN, |o| o.0);
@@ -1042,6 +1093,7 @@ mod tests {
         let listed: HashSet<u64> = ["Agents/a", "plain"].iter().map(|p| path_key(p)).collect();
         // An unreadable folder: the queued message under it stays, and so
         // does every note kept only as a version.
+        let listed = |k| listed.contains(&k);
         let (_, removed) = ix.sweep(&listed, &|p| p.starts_with("m/"), false);
         assert_eq!(removed, 0);
         assert!(ix.knows("gone") && ix.queue_len("a") == 1);

@@ -17,8 +17,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{
-    Bridge, Change, ChangeSink, Listing, LocalVault, NoteWrite, PartialWrite, Plan, SyncStatus,
-    SyncStep, Vault, VaultError, VaultLock, Version, Watching,
+    Bridge, Change, ChangeSink, Entry, Listing, LocalVault, NoteWrite, PartialWrite, Plan,
+    SyncStatus, SyncStep, Vault, VaultError, VaultLock, Version, Watching,
 };
 
 mod checkout;
@@ -372,6 +372,9 @@ impl Vault for GitVault {
     }
     fn list(&self) -> Listing {
         self.sh.local.list()
+    }
+    fn list_each(&self, each: &(dyn Fn(Vec<Entry>) + Sync)) -> Listing {
+        self.sh.local.list_each(each)
     }
     fn list_under(&self, prefix: &str) -> Listing {
         self.sh.local.list_under(prefix)

@@ -305,8 +305,24 @@ impl LocalVault {
     }
 
     fn list_from(&self, dir: PathBuf, prefix: String) -> Listing {
+        self.list_from_each(dir, prefix, None)
+    }
+
+    /// Lists the notes from `dir`; with `each`, hands each folder's to it
+    /// instead of collecting them (unsorted then).
+    fn list_from_each(
+        &self,
+        dir: PathBuf,
+        prefix: String,
+        each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
+    ) -> Listing {
         let parts = walk_parallel((dir, prefix), &|out: &mut Listing, dir, prefix, subdirs| {
             self.list_dir(out, dir, prefix, subdirs);
+            if let Some(each) = each
+                && !out.entries.is_empty()
+            {
+                each(std::mem::take(&mut out.entries));
+            }
         });
         // Into the biggest part, so the most entries are never copied.
         let mut parts = parts;
@@ -570,6 +586,10 @@ impl Vault for LocalVault {
     /// files, symlinks and unreadable directories (reported in `skipped`).
     fn list(&self) -> Listing {
         self.list_from(self.root.clone(), String::new())
+    }
+
+    fn list_each(&self, each: &(dyn Fn(Vec<Entry>) + Sync)) -> Listing {
+        self.list_from_each(self.root.clone(), String::new(), Some(each))
     }
 
     /// Lists the notes under one folder of the vault (`prefix`, no slash at

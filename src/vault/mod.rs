@@ -50,6 +50,17 @@ pub trait Vault: Send + Sync + fmt::Debug {
     /// could not be listed is in [`Listing::incomplete`].
     fn list(&self) -> Listing;
 
+    /// [`Vault::list`], handing the entries to `each` a part at a time (a
+    /// folder's, or a page's), maybe from several threads at once, instead
+    /// of collecting them: a big vault's listing then needs no memory of
+    /// its own. The [`Listing`] returned has no entries, only what was
+    /// passed over and what could not be listed. In no particular order.
+    fn list_each(&self, each: &(dyn Fn(Vec<Entry>) + Sync)) -> Listing {
+        let mut listing = self.list();
+        each(std::mem::take(&mut listing.entries));
+        listing
+    }
+
     /// The notes under one folder (`prefix`, no slash at either end).
     fn list_under(&self, prefix: &str) -> Listing;
 
