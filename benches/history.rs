@@ -257,88 +257,22 @@ mod linux {
         }
     }
 
-    const WORDS: &[&str] = &[
-        "please",
-        "summarise",
-        "the",
-        "meeting",
-        "notes",
-        "from",
-        "yesterday",
-        "and",
-        "list",
-        "open",
-        "questions",
-        "about",
-        "budget",
-        "draft",
-        "an",
-        "email",
-        "to",
-        "Anna",
-        "on",
-        "project",
-        "timeline",
-        "what",
-        "changed",
-        "since",
-        "last",
-        "week",
-        "review",
-        "this",
-        "paragraph",
-        "for",
-        "tone",
-        "translate",
-        "into",
-        "German",
-        "check",
-        "links",
-        "in",
-        "reading",
-        "list",
-        "remind",
-        "me",
-        "of",
-        "deadlines",
-        "compare",
-        "two",
-        "options",
-        "server",
-        "migration",
-        "invoice",
-        "is",
-        "due",
-        "Friday",
-        "plan",
-        "a",
-        "short",
-        "trip",
-        "with",
-        "trains",
-        "only",
-        "ideas",
-        "talk",
-        "conference",
-        "[[Projects/Atlas]]",
-        "#todo",
-        "quickly",
-        "thanks!",
-        "could",
-        "you",
-        "explain",
-        "why",
-        "build",
-        "failed",
-    ];
+    const WORDS: &str = "please summarise the meeting notes from yesterday and list open \
+         questions about budget draft an email to Anna on project timeline what \
+         changed since last week review this paragraph for tone translate into \
+         German check links in reading list remind me of deadlines compare two \
+         options server migration invoice is due Friday plan a short trip with \
+         trains only ideas talk conference [[Projects/Atlas]] #todo quickly \
+         thanks! could you explain why build failed";
 
     /// A message body of 50–400 characters, one line, varied.
     fn body(r: &mut Rng, i: usize) -> String {
+        let words: Vec<&str> = WORDS.split_whitespace().collect();
         let target = 50 + r.below(351) as usize;
         let mut s = format!("Message {i}:");
         while s.len() < target {
             s.push(' ');
-            s.push_str(WORDS[r.below(WORDS.len() as u64) as usize]);
+            s.push_str(words[r.below(words.len() as u64) as usize]);
         }
         let mut cut = target.min(s.len());
         while !s.is_char_boundary(cut) {
