@@ -38,15 +38,19 @@ pub(crate) fn version_of(meta: &fs::Metadata) -> Version {
     }
 }
 
+/// A folder to walk: its path and its vault-relative prefix.
+pub(super) type Folder = (PathBuf, String);
+
 /// Walks the folders from `start` (a folder and its vault-relative
 /// prefix) on a few threads: `visit` lists one folder into its thread's
 /// `T` and pushes the subfolders to walk. Returns each thread's `T`.
 /// Listing a big vault is mostly system calls (a read of each folder, a
 /// stat of each note), which spread over the cores.
-pub(super) fn walk_parallel<T: Default + Send>(
-    start: (PathBuf, String),
-    visit: &(dyn Fn(&mut T, PathBuf, String, &mut Vec<(PathBuf, String)>) + Sync),
-) -> Vec<T> {
+pub(super) fn walk_parallel<T, F>(start: Folder, visit: &F) -> Vec<T>
+where
+    T: Default + Send,
+    F: Fn(&mut T, Folder, &mut Vec<Folder>) + Sync,
+{
     struct Work {
         todo: Vec<(PathBuf, String)>,
         busy: usize,
@@ -73,11 +77,11 @@ pub(super) fn walk_parallel<T: Default + Send>(
                     w = more.wait(w).unwrap_or_else(|p| p.into_inner());
                 }
             };
-            let Some((dir, prefix)) = next else {
+            let Some(folder) = next else {
                 more.notify_all();
                 return mine;
             };
-            visit(&mut mine, dir, prefix, &mut subdirs);
+            visit(&mut mine, folder, &mut subdirs);
             let mut w = work.lock().unwrap_or_else(|p| p.into_inner());
             w.busy -= 1;
             let woke = !subdirs.is_empty() || w.busy == 0;
@@ -316,14 +320,17 @@ impl LocalVault {
         prefix: String,
         each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
     ) -> Listing {
-        let parts = walk_parallel((dir, prefix), &|out: &mut Listing, dir, prefix, subdirs| {
-            self.list_dir(out, dir, prefix, subdirs);
-            if let Some(each) = each
-                && !out.entries.is_empty()
-            {
-                each(std::mem::take(&mut out.entries));
-            }
-        });
+        let parts = walk_parallel(
+            (dir, prefix),
+            &|out: &mut Listing, (dir, prefix), subdirs| {
+                self.list_dir(out, dir, prefix, subdirs);
+                if let Some(each) = each
+                    && !out.entries.is_empty()
+                {
+                    each(std::mem::take(&mut out.entries));
+                }
+            },
+        );
         // Into the biggest part, so the most entries are never copied.
         let mut parts = parts;
         parts.sort_by_key(|p| std::cmp::Reverse(p.entries.len()));
@@ -339,13 +346,7 @@ impl LocalVault {
     }
 
     /// Lists one folder into `out`, and its subfolders into `subdirs`.
-    fn list_dir(
-        &self,
-        out: &mut Listing,
-        dir: PathBuf,
-        prefix: String,
-        subdirs: &mut Vec<(PathBuf, String)>,
-    ) {
+    fn list_dir(&self, out: &mut Listing, dir: PathBuf, prefix: String, subdirs: &mut Vec<Folder>) {
         {
             let rd = match self
                 .fault(&dir, |f| f.list(&prefix))
@@ -891,7 +892,7 @@ impl Vault for LocalVault {
     fn recover(&self) -> usize {
         let parts = walk_parallel(
             (self.root.clone(), String::new()),
-            &|removed: &mut usize, dir, _, subdirs| {
+            &|removed: &mut usize, (dir, _): Folder, subdirs: &mut Vec<Folder>| {
                 let Ok(rd) = fs::read_dir(&dir) else { return };
                 for ent in rd.flatten() {
                     let name = ent.file_name();
