@@ -385,6 +385,8 @@ impl Engine {
         report.removed = applied.removed + removed;
         report.failed = applied.failed;
         report.deferred = deferred.into_iter().map(|e| e.path).collect();
+        drop(keys);
+        give_back_memory();
         tracing::debug!(
             "scan: {} notes listed in {listed_in:?}, {} read, {} gone, in {:?} in all",
             report.notes,
@@ -501,7 +503,10 @@ impl Engine {
         };
         let file = dir.join(CACHE_FILE);
         let tmp = dir.join(format!("{CACHE_FILE}.tmp"));
-        match std::fs::write(&tmp, &buf).and_then(|()| std::fs::rename(&tmp, &file)) {
+        let written = std::fs::write(&tmp, &buf).and_then(|()| std::fs::rename(&tmp, &file));
+        drop(buf);
+        give_back_memory();
+        match written {
             Ok(()) => self.saved_changes.store(changes, Ordering::Relaxed),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -1245,6 +1250,18 @@ fn read_failed(st: &mut State, path: &str, e: &VaultError) {
 /// A note as the index needs it and its version, or why it could not be
 /// read.
 type ReadResult = Result<(crate::queue::Parsed, Version), VaultError>;
+
+/// Hands the memory a scan or a save of the index used for a moment back
+/// to the system (glibc keeps freed memory in its arenas otherwise, and a
+/// long-running `serve` would look as big as its biggest moment).
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it is
+    // safe to call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// What indexing a part of a scan's reads did.
 #[derive(Default)]

@@ -90,6 +90,14 @@ impl Index {
     /// Returns how many versions it wrote.
     pub fn save(&self, exclude: &HashSet<u64>, changed_before_ns: i64, out: &mut Vec<u8>) -> usize {
         let whole: HashSet<u64> = self.whole_paths().map(|p| path_key(p)).collect();
+        // Sized once: a buffer grown by doubling would hold up to twice
+        // the file for a moment.
+        let recent: usize = self
+            .threads
+            .iter()
+            .map(|(t, r)| t.len() + 8 + r.messages.iter().map(|(_, p)| p.len() + 12).sum::<usize>())
+            .sum();
+        out.reserve(MAGIC.len() + 64 + self.versions.len() * 24 + recent);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT.to_le_bytes());
         put_str(out, env!("CARGO_PKG_VERSION"));

@@ -38,6 +38,9 @@ pub(crate) fn version_of(meta: &fs::Metadata) -> Version {
     }
 }
 
+/// How many entries [`Vault::list_each`] hands over at most at once.
+const LIST_PART: usize = 4096;
+
 /// A folder to walk: its path and its vault-relative prefix.
 pub(super) type Folder = (PathBuf, String);
 
@@ -60,6 +63,21 @@ where
         busy: 0,
     });
     let more = std::sync::Condvar::new();
+    struct Done<'a> {
+        work: &'a std::sync::Mutex<Work>,
+        more: &'a std::sync::Condvar,
+    }
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            let mut w = self.work.lock().unwrap_or_else(|p| p.into_inner());
+            w.busy = w.busy.saturating_sub(1);
+            let wake = !w.todo.is_empty() || w.busy == 0;
+            drop(w);
+            if wake {
+                self.more.notify_all();
+            }
+        }
+    }
     let walker = || {
         let mut mine = T::default();
         let mut subdirs = Vec::new();
@@ -81,15 +99,18 @@ where
                 more.notify_all();
                 return mine;
             };
+            // Done with this folder even if `visit` panics: the others
+            // must not wait for it for ever.
+            let done = Done {
+                work: &work,
+                more: &more,
+            };
             visit(&mut mine, folder, &mut subdirs);
-            let mut w = work.lock().unwrap_or_else(|p| p.into_inner());
-            w.busy -= 1;
-            let woke = !subdirs.is_empty() || w.busy == 0;
-            w.todo.append(&mut subdirs);
-            drop(w);
-            if woke {
-                more.notify_all();
-            }
+            work.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .todo
+                .append(&mut subdirs);
+            drop(done);
         }
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
@@ -323,7 +344,7 @@ impl LocalVault {
         let parts = walk_parallel(
             (dir, prefix),
             &|out: &mut Listing, (dir, prefix), subdirs| {
-                self.list_dir(out, dir, prefix, subdirs);
+                self.list_dir(out, dir, prefix, subdirs, each);
                 if let Some(each) = each
                     && !out.entries.is_empty()
                 {
@@ -346,7 +367,14 @@ impl LocalVault {
     }
 
     /// Lists one folder into `out`, and its subfolders into `subdirs`.
-    fn list_dir(&self, out: &mut Listing, dir: PathBuf, prefix: String, subdirs: &mut Vec<Folder>) {
+    fn list_dir(
+        &self,
+        out: &mut Listing,
+        dir: PathBuf,
+        prefix: String,
+        subdirs: &mut Vec<Folder>,
+        each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
+    ) {
         {
             let rd = match self
                 .fault(&dir, |f| f.list(&prefix))
@@ -445,6 +473,12 @@ impl LocalVault {
                         path,
                         version: version_of(&meta),
                     });
+                    // A folder of 200,000 notes is handed over in parts too.
+                    if let Some(each) = each
+                        && out.entries.len() >= LIST_PART
+                    {
+                        each(std::mem::take(&mut out.entries));
+                    }
                 }
             }
         }
