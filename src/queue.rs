@@ -284,8 +284,8 @@ impl Index {
             .chain(self.problems.keys())
     }
 
-    /// Forgets the notes a listing no longer has: `listed` holds the
-    /// [`path_key`] of every note it found, `unknown` says whether it
+    /// Forgets the notes a listing no longer has: `listed` says whether a
+    /// [`path_key`] is one of the notes it found, `unknown` whether it
     /// could not see a path (an unreadable folder), and `complete` that it
     /// saw every folder. A note kept only as a version is forgotten only
     /// after a complete listing (its path is not known to ask `unknown`).
