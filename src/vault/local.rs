@@ -46,10 +46,11 @@ pub(super) type Folder = (PathBuf, String);
 
 /// Walks the folders from `start` (a folder and its vault-relative
 /// prefix) on a few threads: `visit` lists one folder into its thread's
-/// `T` and pushes the subfolders to walk. Returns each thread's `T`.
+/// `T` and pushes the subfolders to walk. Returns each thread's `T`, and
+/// whether every thread finished (a walker that panicked loses its part).
 /// Listing a big vault is mostly system calls (a read of each folder, a
 /// stat of each note), which spread over the cores.
-pub(super) fn walk_parallel<T, F>(start: Folder, visit: &F) -> Vec<T>
+pub(super) fn walk_parallel<T, F>(start: Folder, visit: &F) -> (Vec<T>, bool)
 where
     T: Default + Send,
     F: Fn(&mut T, Folder, &mut Vec<Folder>) + Sync,
@@ -119,10 +120,10 @@ where
             .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, walker).ok())
             .collect();
         let mut parts = vec![walker()];
-        // A walker that panicked loses its part (as if not listed: the
-        // listing is then short, never wrong about what it has).
+        let spawned = handles.len();
         parts.extend(handles.into_iter().filter_map(|h| h.join().ok()));
-        parts
+        let whole = parts.len() == spawned + 1;
+        (parts, whole)
     })
 }
 
@@ -341,7 +342,8 @@ impl LocalVault {
         prefix: String,
         each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
     ) -> Listing {
-        let parts = walk_parallel(
+        let root_prefix = prefix.clone();
+        let (parts, whole) = walk_parallel(
             (dir, prefix),
             &|out: &mut Listing, (dir, prefix), subdirs| {
                 self.list_dir(out, dir, prefix, subdirs, each);
@@ -354,6 +356,14 @@ impl LocalVault {
         );
         // Into the biggest part, so the most entries are never copied.
         let mut parts = parts;
+        if !whole {
+            // What the lost part held is unknown: nothing may be taken for
+            // gone.
+            parts.push(Listing {
+                incomplete: vec![root_prefix],
+                ..Listing::default()
+            });
+        }
         parts.sort_by_key(|p| std::cmp::Reverse(p.entries.len()));
         let mut parts = parts.into_iter();
         let mut out = parts.next().unwrap_or_default();
@@ -924,7 +934,7 @@ impl Vault for LocalVault {
 
     /// Removes temp files an earlier crash left behind.
     fn recover(&self) -> usize {
-        let parts = walk_parallel(
+        let (parts, _) = walk_parallel(
             (self.root.clone(), String::new()),
             &|removed: &mut usize, (dir, _): Folder, subdirs: &mut Vec<Folder>| {
                 let Ok(rd) = fs::read_dir(&dir) else { return };
