@@ -368,7 +368,6 @@ impl Engine {
             notes: keys.len(),
             ..Default::default()
         };
-        let todo: Vec<&crate::vault::Entry> = todo.iter().collect();
         // Read and indexed a part at a time, so the notes' texts are never
         // all in memory at once.
         let mut applied = read_parallel(&*self.vault, &todo, &|reads| {
@@ -1293,15 +1292,15 @@ type Reads<'e> = Vec<(&'e crate::vault::Entry, ReadResult)>;
 /// only a few parts' texts are in memory at once.
 fn read_parallel<'e>(
     vault: &dyn Vault,
-    entries: &[&'e crate::vault::Entry],
+    entries: &'e [crate::vault::Entry],
     apply: &(dyn Fn(Reads<'e>) -> Applied + Sync),
 ) -> Applied {
-    let read_all = |c: &[&'e crate::vault::Entry]| -> Applied {
+    let read_all = |c: &'e [crate::vault::Entry]| -> Applied {
         let mut out = Applied::default();
         for part in c.chunks(READ_PART) {
             let reads = part
                 .iter()
-                .map(|e| (*e, read_relevant(vault, &e.path)))
+                .map(|e| (e, read_relevant(vault, &e.path)))
                 .collect();
             out.merge(apply(reads));
         }

@@ -56,7 +56,7 @@ where
     F: Fn(&mut T, Folder, &mut Vec<Folder>) + Sync,
 {
     struct Work {
-        todo: Vec<(PathBuf, String)>,
+        todo: Vec<Folder>,
         busy: usize,
     }
     let work = std::sync::Mutex::new(Work {
@@ -385,110 +385,108 @@ impl LocalVault {
         subdirs: &mut Vec<Folder>,
         each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
     ) {
+        let rd = match self
+            .fault(&dir, |f| f.list(&prefix))
+            .and_then(|()| fs::read_dir(&dir).map_err(|e| io_err(&dir, e)))
         {
-            let rd = match self
-                .fault(&dir, |f| f.list(&prefix))
-                .and_then(|()| fs::read_dir(&dir).map_err(|e| io_err(&dir, e)))
-            {
-                Ok(rd) => rd,
-                Err(e) => {
-                    out.skipped.push(Skipped {
-                        rel: prefix.clone(),
-                        reason: format!("cannot read directory: {e}"),
-                    });
-                    out.incomplete.push(prefix);
-                    return;
-                }
+            Ok(rd) => rd,
+            Err(e) => {
+                out.skipped.push(Skipped {
+                    rel: prefix.clone(),
+                    reason: format!("cannot read directory: {e}"),
+                });
+                out.incomplete.push(prefix);
+                return;
+            }
+        };
+        for ent in rd {
+            let Ok(ent) = ent else {
+                // The listing of this folder broke off part-way.
+                out.incomplete.push(prefix.clone());
+                break;
             };
-            for ent in rd {
-                let Ok(ent) = ent else {
-                    // The listing of this folder broke off part-way.
-                    out.incomplete.push(prefix.clone());
-                    break;
-                };
-                let Ok(name) = ent.file_name().into_string() else {
-                    continue;
-                };
-                // Dot-files and files other than notes are passed over
-                // before anything is spent on them (most of a big vault's
-                // entries are read only this far).
-                let Ok(ft) = ent.file_type() else {
-                    out.incomplete.push(if prefix.is_empty() {
-                        name
-                    } else {
-                        format!("{prefix}/{name}")
-                    });
-                    continue;
-                };
-                if ft.is_file() && (name.starts_with('.') || !name.ends_with(".md")) {
-                    continue;
-                }
-                let rel = if prefix.is_empty() {
-                    name.clone()
+            let Ok(name) = ent.file_name().into_string() else {
+                continue;
+            };
+            // Dot-files and files other than notes are passed over
+            // before anything is spent on them (most of a big vault's
+            // entries are read only this far).
+            let Ok(ft) = ent.file_type() else {
+                out.incomplete.push(if prefix.is_empty() {
+                    name
                 } else {
                     format!("{prefix}/{name}")
-                };
-                if ft.is_symlink() {
-                    // Worth reporting: a note, or a folder of notes.
-                    let target_is_dir = fs::metadata(ent.path()).is_ok_and(|m| m.is_dir());
-                    if name.ends_with(".md") || target_is_dir {
-                        let inside = fs::canonicalize(ent.path())
-                            .map(|t| t.starts_with(&self.root))
-                            .unwrap_or(false);
-                        if !inside {
-                            out.skipped.push(Skipped {
-                                rel,
-                                reason: "symlink that resolves outside the vault (ignored)".into(),
-                            });
-                        }
+                });
+                continue;
+            };
+            if ft.is_file() && (name.starts_with('.') || !name.ends_with(".md")) {
+                continue;
+            }
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if ft.is_symlink() {
+                // Worth reporting: a note, or a folder of notes.
+                let target_is_dir = fs::metadata(ent.path()).is_ok_and(|m| m.is_dir());
+                if name.ends_with(".md") || target_is_dir {
+                    let inside = fs::canonicalize(ent.path())
+                        .map(|t| t.starts_with(&self.root))
+                        .unwrap_or(false);
+                    if !inside {
+                        out.skipped.push(Skipped {
+                            rel,
+                            reason: "symlink that resolves outside the vault (ignored)".into(),
+                        });
                     }
+                }
+                continue;
+            }
+            if ft.is_dir() {
+                if walk_dir_ok(&name) {
+                    subdirs.push((ent.path(), rel));
+                }
+                continue;
+            }
+            if !ft.is_file() || ignore_reason(&rel).is_some() {
+                continue;
+            }
+            let meta = match ent.metadata() {
+                Ok(m) => m,
+                // Deleted since the folder was read: gone indeed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(_) => {
+                    out.incomplete
+                        .extend(rel.strip_suffix(".md").map(str::to_string));
                     continue;
                 }
-                if ft.is_dir() {
-                    if walk_dir_ok(&name) {
-                        subdirs.push((ent.path(), rel));
-                    }
-                    continue;
-                }
-                if !ft.is_file() || ignore_reason(&rel).is_some() {
-                    continue;
-                }
-                let meta = match ent.metadata() {
-                    Ok(m) => m,
-                    // Deleted since the folder was read: gone indeed.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(_) => {
-                        out.incomplete
-                            .extend(rel.strip_suffix(".md").map(str::to_string));
-                        continue;
-                    }
-                };
-                if meta.len() > MAX_NOTE_BYTES {
-                    out.skipped.push(Skipped {
-                        rel,
-                        reason: format!(
-                            "note is {} bytes, over the {} byte limit (ignored)",
-                            meta.len(),
-                            MAX_NOTE_BYTES
-                        ),
-                    });
-                    continue;
-                }
-                if let Some(n) = rel.len().checked_sub(".md".len())
-                    && rel.is_char_boundary(n)
+            };
+            if meta.len() > MAX_NOTE_BYTES {
+                out.skipped.push(Skipped {
+                    rel,
+                    reason: format!(
+                        "note is {} bytes, over the {} byte limit (ignored)",
+                        meta.len(),
+                        MAX_NOTE_BYTES
+                    ),
+                });
+                continue;
+            }
+            if let Some(n) = rel.len().checked_sub(".md".len())
+                && rel.is_char_boundary(n)
+            {
+                let mut path = rel;
+                path.truncate(n);
+                out.entries.push(Entry {
+                    path,
+                    version: version_of(&meta),
+                });
+                // A folder of 200,000 notes is handed over in parts too.
+                if let Some(each) = each
+                    && out.entries.len() >= LIST_PART
                 {
-                    let mut path = rel;
-                    path.truncate(n);
-                    out.entries.push(Entry {
-                        path,
-                        version: version_of(&meta),
-                    });
-                    // A folder of 200,000 notes is handed over in parts too.
-                    if let Some(each) = each
-                        && out.entries.len() >= LIST_PART
-                    {
-                        each(std::mem::take(&mut out.entries));
-                    }
+                    each(std::mem::take(&mut out.entries));
                 }
             }
         }
