@@ -41,50 +41,82 @@ pub(crate) fn version_of(meta: &fs::Metadata) -> Version {
 /// How many entries [`Vault::list_each`] hands over at most at once.
 const LIST_PART: usize = 4096;
 
+/// How many of a folder's notes one walker stats before the rest are
+/// handed to the others, in parts this big.
+const STAT_PART: usize = 1024;
+
+/// How many such parts may wait for a walker before the folder's walker
+/// stats the next one itself.
+const STAT_WAITING: usize = 2;
+
 /// A folder to walk: its path and its vault-relative prefix.
 pub(super) type Folder = (PathBuf, String);
 
-/// Walks the folders from `start` (a folder and its vault-relative
-/// prefix) on a few threads: `visit` lists one folder into its thread's
-/// `T` and pushes the subfolders to walk. Returns each thread's `T`, and
-/// whether every thread finished (a walker that panicked loses its part).
-/// Listing a big vault is mostly system calls (a read of each folder, a
-/// stat of each note), which spread over the cores.
-pub(super) fn walk_parallel<T, F>(start: Folder, visit: &F) -> (Vec<T>, bool)
+/// Where a walk's jobs wait, shared by its walkers.
+pub(super) struct Jobs<J> {
+    work: std::sync::Mutex<Work<J>>,
+    more: std::sync::Condvar,
+}
+
+struct Work<J> {
+    todo: Vec<J>,
+    busy: usize,
+}
+
+impl<J> Jobs<J> {
+    /// Adds a job for any walker to take (a subfolder, a part of a big
+    /// folder's notes to stat).
+    pub(super) fn push(&self, job: J) {
+        self.lock().todo.push(job);
+        self.more.notify_one();
+    }
+
+    /// How many jobs wait for a walker.
+    pub(super) fn waiting(&self) -> usize {
+        self.lock().todo.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Work<J>> {
+        self.work.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Does jobs from `start` on a few threads: `visit` does one job into its
+/// thread's `T` and pushes the jobs it finds (the subfolders to walk).
+/// Returns each thread's `T`, and whether every thread finished (a walker
+/// that panicked loses its part). Listing a big vault is mostly system
+/// calls (a read of each folder, a stat of each note), which spread over
+/// the cores.
+pub(super) fn walk_parallel<J, T, F>(start: J, visit: &F) -> (Vec<T>, bool)
 where
+    J: Send,
     T: Default + Send,
-    F: Fn(&mut T, Folder, &mut Vec<Folder>) + Sync,
+    F: Fn(&mut T, J, &Jobs<J>) + Sync,
 {
-    struct Work {
-        todo: Vec<Folder>,
-        busy: usize,
-    }
-    let work = std::sync::Mutex::new(Work {
-        todo: vec![start],
-        busy: 0,
-    });
-    let more = std::sync::Condvar::new();
-    struct Done<'a> {
-        work: &'a std::sync::Mutex<Work>,
-        more: &'a std::sync::Condvar,
-    }
-    impl Drop for Done<'_> {
+    let jobs = Jobs {
+        work: std::sync::Mutex::new(Work {
+            todo: vec![start],
+            busy: 0,
+        }),
+        more: std::sync::Condvar::new(),
+    };
+    struct Done<'a, J>(&'a Jobs<J>);
+    impl<J> Drop for Done<'_, J> {
         fn drop(&mut self) {
-            let mut w = self.work.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = self.0.lock();
             w.busy = w.busy.saturating_sub(1);
-            let wake = !w.todo.is_empty() || w.busy == 0;
+            let last = w.busy == 0 && w.todo.is_empty();
             drop(w);
-            if wake {
-                self.more.notify_all();
+            if last {
+                self.0.more.notify_all();
             }
         }
     }
     let walker = || {
         let mut mine = T::default();
-        let mut subdirs = Vec::new();
         loop {
             let next = {
-                let mut w = work.lock().unwrap_or_else(|p| p.into_inner());
+                let mut w = jobs.lock();
                 loop {
                     if let Some(job) = w.todo.pop() {
                         w.busy += 1;
@@ -93,24 +125,17 @@ where
                     if w.busy == 0 {
                         break None;
                     }
-                    w = more.wait(w).unwrap_or_else(|p| p.into_inner());
+                    w = jobs.more.wait(w).unwrap_or_else(|p| p.into_inner());
                 }
             };
-            let Some(folder) = next else {
-                more.notify_all();
+            let Some(job) = next else {
+                jobs.more.notify_all();
                 return mine;
             };
-            // Done with this folder even if `visit` panics: the others
-            // must not wait for it for ever.
-            let done = Done {
-                work: &work,
-                more: &more,
-            };
-            visit(&mut mine, folder, &mut subdirs);
-            work.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .todo
-                .append(&mut subdirs);
+            // Done with this job even if `visit` panics: the others must
+            // not wait for it for ever.
+            let done = Done(&jobs);
+            visit(&mut mine, job, &jobs);
             drop(done);
         }
     };
@@ -125,6 +150,72 @@ where
         let whole = parts.len() == spawned + 1;
         (parts, whole)
     })
+}
+
+/// A job of a listing's walk.
+enum ListJob {
+    /// A folder to list, and its vault-relative prefix.
+    Folder(PathBuf, String),
+    /// Notes of a big folder to stat: each name and its vault-relative
+    /// path.
+    Stat {
+        dir: std::sync::Arc<PathBuf>,
+        names: Vec<(String, String)>,
+    },
+}
+
+/// Stats the notes `names` (each a name in `dir` and its vault-relative
+/// path) into `out`, handing the entries to `each` in parts.
+fn stat_into(
+    out: &mut Listing,
+    dir: &Path,
+    names: Vec<(String, String)>,
+    each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
+) {
+    for (name, rel) in names {
+        take_file(out, rel, fs::symlink_metadata(dir.join(name)));
+        if let Some(each) = each
+            && out.entries.len() >= LIST_PART
+        {
+            each(std::mem::take(&mut out.entries));
+        }
+    }
+}
+
+/// Takes the note file `rel` (its stat `meta`) into `out`: its entry, or
+/// why it is left out.
+fn take_file(out: &mut Listing, rel: String, meta: io::Result<fs::Metadata>) {
+    let meta = match meta {
+        Ok(m) => m,
+        // Deleted since the folder was read: gone indeed.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(_) => {
+            out.incomplete
+                .extend(rel.strip_suffix(".md").map(str::to_string));
+            return;
+        }
+    };
+    if meta.len() > MAX_NOTE_BYTES {
+        out.skipped.push(Skipped {
+            rel,
+            reason: format!(
+                "note is {} bytes, over the {} byte limit (ignored)",
+                meta.len(),
+                MAX_NOTE_BYTES
+            ),
+        });
+        return;
+    }
+    if let Some(n) = rel.len().checked_sub(".md".len())
+        && rel.is_char_boundary(n)
+    {
+        let mut path = rel;
+        path.truncate(n);
+        out.entries.push(Entry {
+            path,
+            version: version_of(&meta),
+        });
+    }
 }
 
 /// A local vault directory.
@@ -343,17 +434,21 @@ impl LocalVault {
         each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
     ) -> Listing {
         let root_prefix = prefix.clone();
-        let (parts, whole) = walk_parallel(
-            (dir, prefix),
-            &|out: &mut Listing, (dir, prefix), subdirs| {
-                self.list_dir(out, dir, prefix, subdirs, each);
-                if let Some(each) = each
-                    && !out.entries.is_empty()
-                {
-                    each(std::mem::take(&mut out.entries));
-                }
-            },
-        );
+        let (parts, whole) = walk_parallel(ListJob::Folder(dir, prefix), &|out: &mut Listing,
+                                                                           job,
+                                                                           jobs: &Jobs<
+            ListJob,
+        >| {
+            match job {
+                ListJob::Folder(dir, prefix) => self.list_dir(out, dir, prefix, jobs, each),
+                ListJob::Stat { dir, names } => stat_into(out, &dir, names, each),
+            }
+            if let Some(each) = each
+                && !out.entries.is_empty()
+            {
+                each(std::mem::take(&mut out.entries));
+            }
+        });
         // Into the biggest part, so the most entries are never copied.
         let mut parts = parts;
         if !whole {
@@ -376,13 +471,14 @@ impl LocalVault {
         out
     }
 
-    /// Lists one folder into `out`, and its subfolders into `subdirs`.
+    /// Lists one folder into `out`; pushes its subfolders, and the notes
+    /// of a big folder in parts of [`STAT_PART`], as jobs for any walker.
     fn list_dir(
         &self,
         out: &mut Listing,
         dir: PathBuf,
         prefix: String,
-        subdirs: &mut Vec<Folder>,
+        jobs: &Jobs<ListJob>,
         each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
     ) {
         let rd = match self
@@ -399,6 +495,11 @@ impl LocalVault {
                 return;
             }
         };
+        // The notes to stat: a big folder's (200,000 replies in one) go to
+        // the walkers in parts as they are read; the last part is done
+        // here.
+        let dir = std::sync::Arc::new(dir);
+        let mut names = Vec::new();
         for ent in rd {
             let Ok(ent) = ent else {
                 // The listing of this folder broke off part-way.
@@ -445,51 +546,29 @@ impl LocalVault {
             }
             if ft.is_dir() {
                 if walk_dir_ok(&name) {
-                    subdirs.push((ent.path(), rel));
+                    jobs.push(ListJob::Folder(ent.path(), rel));
                 }
                 continue;
             }
             if !ft.is_file() || ignore_reason(&rel).is_some() {
                 continue;
             }
-            let meta = match ent.metadata() {
-                Ok(m) => m,
-                // Deleted since the folder was read: gone indeed.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(_) => {
-                    out.incomplete
-                        .extend(rel.strip_suffix(".md").map(str::to_string));
-                    continue;
-                }
-            };
-            if meta.len() > MAX_NOTE_BYTES {
-                out.skipped.push(Skipped {
-                    rel,
-                    reason: format!(
-                        "note is {} bytes, over the {} byte limit (ignored)",
-                        meta.len(),
-                        MAX_NOTE_BYTES
-                    ),
-                });
-                continue;
-            }
-            if let Some(n) = rel.len().checked_sub(".md".len())
-                && rel.is_char_boundary(n)
-            {
-                let mut path = rel;
-                path.truncate(n);
-                out.entries.push(Entry {
-                    path,
-                    version: version_of(&meta),
-                });
-                // A folder of 200,000 notes is handed over in parts too.
-                if let Some(each) = each
-                    && out.entries.len() >= LIST_PART
-                {
-                    each(std::mem::take(&mut out.entries));
+            names.push((name, rel));
+            if names.len() >= STAT_PART {
+                let names = std::mem::take(&mut names);
+                // Handed on while the others keep up (the names waiting
+                // are memory), done here otherwise.
+                if jobs.waiting() < STAT_WAITING {
+                    jobs.push(ListJob::Stat {
+                        dir: dir.clone(),
+                        names,
+                    });
+                } else {
+                    stat_into(out, &dir, names, each);
                 }
             }
         }
+        stat_into(out, &dir, names, each);
     }
 
     /// Makes sure the directory of a note exists and really lies inside the
@@ -934,14 +1013,14 @@ impl Vault for LocalVault {
     fn recover(&self) -> usize {
         let (parts, _) = walk_parallel(
             (self.root.clone(), String::new()),
-            &|removed: &mut usize, (dir, _): Folder, subdirs: &mut Vec<Folder>| {
+            &|removed: &mut usize, (dir, _): Folder, jobs: &Jobs<Folder>| {
                 let Ok(rd) = fs::read_dir(&dir) else { return };
                 for ent in rd.flatten() {
                     let name = ent.file_name();
                     let name = name.to_string_lossy();
                     let Ok(ft) = ent.file_type() else { continue };
                     if ft.is_dir() && walk_dir_ok(&name) {
-                        subdirs.push((ent.path(), String::new()));
+                        jobs.push((ent.path(), String::new()));
                     } else if ft.is_file()
                         && name.starts_with(".vaultrunner-")
                         && name.ends_with(".tmp")
@@ -1503,6 +1582,48 @@ mod tests {
         assert!(matches!(v.lock(), Err(VaultError::Locked { .. })));
         drop(g);
         assert!(v.lock().is_ok());
+    }
+
+    #[test]
+    fn a_big_folder_is_listed_whole_when_its_notes_are_statted_in_parts() {
+        // More notes in one folder than one walker stats itself, beside a
+        // subfolder, a note over the size limit and files that are not
+        // notes: every note is listed once, by `list` and by `list_each`.
+        let dir = tempfile::tempdir().unwrap();
+        let n = STAT_PART * (STAT_WAITING + 3) + 7;
+        let inbox = dir.path().join("Inbox");
+        fs::create_dir_all(inbox.join("sub")).unwrap();
+        let mut want: Vec<String> = (0..n).map(|i| format!("Inbox/{i:06}")).collect();
+        for p in &want {
+            fs::write(dir.path().join(format!("{p}.md")), "x").unwrap();
+        }
+        fs::write(inbox.join("sub/deep.md"), "y").unwrap();
+        want.push("Inbox/sub/deep".into());
+        want.sort();
+        fs::write(inbox.join("picture.png"), "z").unwrap();
+        fs::write(inbox.join(".hidden.md"), "z").unwrap();
+        let huge = File::create(inbox.join("huge.md")).unwrap();
+        huge.set_len(MAX_NOTE_BYTES + 1).unwrap();
+        let v = LocalVault::open(dir.path()).unwrap();
+        let listed = v.list();
+        let paths: Vec<&str> = listed.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, want);
+        assert!(listed.incomplete.is_empty(), "{:?}", listed.incomplete);
+        assert_eq!(listed.skipped.len(), 1, "{:?}", listed.skipped);
+        assert_eq!(listed.skipped[0].rel, "Inbox/huge.md");
+        let parts = std::sync::Mutex::new(Vec::new());
+        let each = v.list_each(&|part: Vec<Entry>| {
+            assert!(part.len() <= LIST_PART);
+            parts
+                .lock()
+                .unwrap()
+                .extend(part.into_iter().map(|e| e.path));
+        });
+        let mut got = parts.into_inner().unwrap();
+        got.sort();
+        assert_eq!(got, want);
+        assert!(each.entries.is_empty());
+        assert_eq!(each.skipped.len(), 1);
     }
 
     #[test]
