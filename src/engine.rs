@@ -336,10 +336,21 @@ impl Engine {
         // the keys of every note listed (to find the ones that went):
         // a big vault's listing is never in memory whole.
         let keys = Mutex::new(Vec::with_capacity(self.lock().index.len()));
-        let sorted = Mutex::new((Vec::new(), Vec::new()));
+        let deferred = Mutex::new(Vec::new());
+        // Read and indexed a part at a time, so the notes' texts are never
+        // all in memory at once; and read as the listing goes, so neither
+        // is the list of notes to read (every note, on a first start).
+        let applied = Mutex::new(Applied::default());
+        let read = |todo: &[crate::vault::Entry]| {
+            let a = read_parallel(&*self.vault, todo, &|reads| {
+                self.apply_reads(reads, recovering)
+            });
+            applied.lock().unwrap_or_else(|p| p.into_inner()).merge(a);
+        };
+        let todo = Batches::new(SCAN_READ_BATCH);
         let listing = self.vault.list_each(&|entries: Vec<crate::vault::Entry>| {
             let mut k = Vec::with_capacity(entries.len());
-            let (mut todo, mut later) = (Vec::new(), Vec::new());
+            let (mut now, mut later) = (Vec::new(), Vec::new());
             {
                 let st = self.lock();
                 for e in entries {
@@ -350,29 +361,29 @@ impl Engine {
                     if defer_after_ns.is_some_and(|c| e.version.modified_ns > c) {
                         later.push(e);
                     } else {
-                        todo.push(e);
+                        now.push(e);
                     }
                 }
             }
             keys.lock().unwrap_or_else(|p| p.into_inner()).extend(k);
-            let mut s = sorted.lock().unwrap_or_else(|p| p.into_inner());
-            s.0.extend(todo);
-            s.1.extend(later);
+            deferred
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(later);
+            // The other walkers wait while a batch is read: the listing
+            // would run ahead of the reading.
+            todo.add(now, |batch| read(&batch));
         });
-        let listed_in = started.elapsed();
+        read(&todo.finish());
         self.log_skipped(&listing.skipped);
         let mut keys = keys.into_inner().unwrap_or_else(|p| p.into_inner());
         keys.sort_unstable();
-        let (todo, deferred) = sorted.into_inner().unwrap_or_else(|p| p.into_inner());
+        let deferred = deferred.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut report = ScanReport {
             notes: keys.len(),
             ..Default::default()
         };
-        // Read and indexed a part at a time, so the notes' texts are never
-        // all in memory at once.
-        let mut applied = read_parallel(&*self.vault, &todo, &|reads| {
-            self.apply_reads(reads, recovering)
-        });
+        let mut applied = applied.into_inner().unwrap_or_else(|p| p.into_inner());
         let (gone, removed) = self.lock().index.sweep(
             &|k| keys.binary_search(&k).is_ok(),
             &|p| listing.unknown(p),
@@ -387,7 +398,7 @@ impl Engine {
         drop(keys);
         give_back_memory();
         tracing::debug!(
-            "scan: {} notes listed in {listed_in:?}, {} read, {} gone, in {:?} in all",
+            "scan: {} notes listed, {} read, {} gone, in {:?}",
             report.notes,
             report.changed,
             report.removed,
@@ -1284,8 +1295,45 @@ impl Applied {
 /// index: at most 64 readers × 32 parsed notes are in memory at once.
 const READ_PART: usize = 32;
 
+/// How many notes to read a scan gathers from its listing before it reads
+/// them.
+const SCAN_READ_BATCH: usize = 16_384;
+
 /// What `apply` is handed: a part of the notes read.
 type Reads<'e> = Vec<(&'e crate::vault::Entry, ReadResult)>;
+
+/// Gathers items from several threads and hands them on in batches of at
+/// least `size` (what is left at the end is the caller's), one batch at a
+/// time: a thread adding while a batch is handed on waits for it.
+struct Batches<T> {
+    size: usize,
+    gathered: Mutex<Vec<T>>,
+}
+
+impl<T> Batches<T> {
+    fn new(size: usize) -> Self {
+        Batches {
+            size,
+            gathered: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Adds `items`; hands the gathered batch to `take` once it is full.
+    fn add(&self, items: Vec<T>, take: impl FnOnce(Vec<T>)) {
+        let mut g = self.gathered.lock().unwrap_or_else(|p| p.into_inner());
+        g.extend(items);
+        if g.len() >= self.size {
+            take(std::mem::take(&mut *g));
+        }
+    }
+
+    /// What was gathered since the last batch.
+    fn finish(self) -> Vec<T> {
+        self.gathered
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// Reads notes on a few threads (the 100,000-note vault must load fast),
 /// handing each [`READ_PART`] notes read to `apply` (which indexes them), so
@@ -1340,4 +1388,40 @@ fn read_parallel<'e>(
 fn read_relevant(vault: &dyn Vault, path: &str) -> ReadResult {
     let (text, fp) = vault.read(path)?;
     Ok((crate::queue::Parsed::of(&text), fp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batches;
+    use std::sync::Mutex;
+
+    #[test]
+    fn batches_hand_every_item_on_once_and_one_batch_at_a_time() {
+        let b = Batches::new(100);
+        let taken = Mutex::new(Vec::new());
+        let handing = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for t in 0..4u32 {
+                let (b, taken, handing) = (&b, &taken, &handing);
+                s.spawn(move || {
+                    for i in 0..260u32 {
+                        b.add(vec![t * 1000 + i; 1], |batch: Vec<u32>| {
+                            assert!(!handing.swap(true, std::sync::atomic::Ordering::SeqCst));
+                            assert!(batch.len() >= 100);
+                            taken.lock().unwrap().push(batch);
+                            handing.store(false, std::sync::atomic::Ordering::SeqCst);
+                        });
+                    }
+                });
+            }
+        });
+        let taken = taken.into_inner().unwrap();
+        assert!(taken.len() >= 9, "{} batches", taken.len());
+        let mut all: Vec<u32> = taken.into_iter().flatten().chain(b.finish()).collect();
+        all.sort_unstable();
+        let want: Vec<u32> = (0..4)
+            .flat_map(|t| (0..260).map(move |i| t * 1000 + i))
+            .collect();
+        assert_eq!(all, want);
+    }
 }
