@@ -354,8 +354,9 @@ impl Engine {
             {
                 let st = self.lock();
                 for e in entries {
-                    k.push(crate::queue::path_key(&e.path));
-                    if st.index.seen(&e.path, e.version) {
+                    let key = crate::queue::path_key(&e.path);
+                    k.push(key);
+                    if st.index.seen_key(key, e.version) {
                         continue;
                     }
                     if defer_after_ns.is_some_and(|c| e.version.modified_ns > c) {

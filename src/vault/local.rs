@@ -71,6 +71,20 @@ impl<J> Jobs<J> {
         self.more.notify_one();
     }
 
+    /// Adds `more` jobs at once (a folder's subfolders).
+    pub(super) fn push_all(&self, more: &mut Vec<J>) {
+        if more.is_empty() {
+            return;
+        }
+        let one = more.len() == 1;
+        self.lock().todo.append(more);
+        if one {
+            self.more.notify_one();
+        } else {
+            self.more.notify_all();
+        }
+    }
+
     /// How many jobs wait for a walker.
     pub(super) fn waiting(&self) -> usize {
         self.lock().todo.len()
@@ -156,24 +170,20 @@ where
 enum ListJob {
     /// A folder to list, and its vault-relative prefix.
     Folder(PathBuf, String),
-    /// Notes of a big folder to stat: each name and its vault-relative
-    /// path.
-    Stat {
-        dir: std::sync::Arc<PathBuf>,
-        names: Vec<(String, String)>,
-    },
+    /// Notes of a big folder to stat: each one's entry in its folder and
+    /// its vault-relative path.
+    Stat(Vec<(fs::DirEntry, String)>),
 }
 
-/// Stats the notes `names` (each a name in `dir` and its vault-relative
+/// Stats the notes `names` (each one's folder entry and vault-relative
 /// path) into `out`, handing the entries to `each` in parts.
 fn stat_into(
     out: &mut Listing,
-    dir: &Path,
-    names: Vec<(String, String)>,
+    names: Vec<(fs::DirEntry, String)>,
     each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
 ) {
-    for (name, rel) in names {
-        take_file(out, rel, fs::symlink_metadata(dir.join(name)));
+    for (ent, rel) in names {
+        take_file(out, rel, ent.metadata());
         if let Some(each) = each
             && out.entries.len() >= LIST_PART
         {
@@ -425,7 +435,7 @@ impl LocalVault {
         self.list_from_each(dir, prefix, None)
     }
 
-    /// Lists the notes from `dir`; with `each`, hands each folder's to it
+    /// Lists the notes from `dir`; with `each`, hands them to it in parts
     /// instead of collecting them (unsorted then).
     fn list_from_each(
         &self,
@@ -434,23 +444,21 @@ impl LocalVault {
         each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
     ) -> Listing {
         let root_prefix = prefix.clone();
-        let (parts, whole) = walk_parallel(ListJob::Folder(dir, prefix), &|out: &mut Listing,
-                                                                           job,
-                                                                           jobs: &Jobs<
-            ListJob,
-        >| {
-            match job {
-                ListJob::Folder(dir, prefix) => self.list_dir(out, dir, prefix, jobs, each),
-                ListJob::Stat { dir, names } => stat_into(out, &dir, names, each),
+        let visit = |out: &mut Listing, job, jobs: &Jobs<ListJob>| match job {
+            ListJob::Folder(dir, prefix) => self.list_dir(out, dir, prefix, jobs, each),
+            ListJob::Stat(names) => stat_into(out, names, each),
+        };
+        let (mut parts, whole) = walk_parallel(ListJob::Folder(dir, prefix), &visit);
+        // Each walker hands its entries over [`LIST_PART`] at a time (not a
+        // folder at a time: a dated folder holds a few dozen notes); here
+        // what is left.
+        if let Some(each) = each {
+            for p in &mut parts {
+                if !p.entries.is_empty() {
+                    each(std::mem::take(&mut p.entries));
+                }
             }
-            if let Some(each) = each
-                && !out.entries.is_empty()
-            {
-                each(std::mem::take(&mut out.entries));
-            }
-        });
-        // Into the biggest part, so the most entries are never copied.
-        let mut parts = parts;
+        }
         if !whole {
             // What the lost part held is unknown: nothing may be taken for
             // gone.
@@ -459,6 +467,7 @@ impl LocalVault {
                 ..Listing::default()
             });
         }
+        // Into the biggest part, so the most entries are never copied.
         parts.sort_by_key(|p| std::cmp::Reverse(p.entries.len()));
         let mut parts = parts.into_iter();
         let mut out = parts.next().unwrap_or_default();
@@ -497,9 +506,10 @@ impl LocalVault {
         };
         // The notes to stat: a big folder's (200,000 replies in one) go to
         // the walkers in parts as they are read; the last part is done
-        // here.
-        let dir = std::sync::Arc::new(dir);
+        // here. Each is statted through its folder's entry (`fstatat`, not
+        // a walk of its whole path); its subfolders are pushed at the end.
         let mut names = Vec::new();
+        let mut subdirs = Vec::new();
         for ent in rd {
             let Ok(ent) = ent else {
                 // The listing of this folder broke off part-way.
@@ -546,29 +556,27 @@ impl LocalVault {
             }
             if ft.is_dir() {
                 if walk_dir_ok(&name) {
-                    jobs.push(ListJob::Folder(ent.path(), rel));
+                    subdirs.push(ListJob::Folder(ent.path(), rel));
                 }
                 continue;
             }
             if !ft.is_file() || ignore_reason(&rel).is_some() {
                 continue;
             }
-            names.push((name, rel));
+            names.push((ent, rel));
             if names.len() >= STAT_PART {
                 let names = std::mem::take(&mut names);
                 // Handed on while the others keep up (the names waiting
                 // are memory), done here otherwise.
                 if jobs.waiting() < STAT_WAITING {
-                    jobs.push(ListJob::Stat {
-                        dir: dir.clone(),
-                        names,
-                    });
+                    jobs.push(ListJob::Stat(names));
                 } else {
-                    stat_into(out, &dir, names, each);
+                    stat_into(out, names, each);
                 }
             }
         }
-        stat_into(out, &dir, names, each);
+        jobs.push_all(&mut subdirs);
+        stat_into(out, names, each);
     }
 
     /// Makes sure the directory of a note exists and really lies inside the
@@ -1015,12 +1023,13 @@ impl Vault for LocalVault {
             (self.root.clone(), String::new()),
             &|removed: &mut usize, (dir, _): Folder, jobs: &Jobs<Folder>| {
                 let Ok(rd) = fs::read_dir(&dir) else { return };
+                let mut subdirs = Vec::new();
                 for ent in rd.flatten() {
                     let name = ent.file_name();
                     let name = name.to_string_lossy();
                     let Ok(ft) = ent.file_type() else { continue };
                     if ft.is_dir() && walk_dir_ok(&name) {
-                        jobs.push((ent.path(), String::new()));
+                        subdirs.push((ent.path(), String::new()));
                     } else if ft.is_file()
                         && name.starts_with(".vaultrunner-")
                         && name.ends_with(".tmp")
@@ -1029,6 +1038,7 @@ impl Vault for LocalVault {
                         *removed += 1;
                     }
                 }
+                jobs.push_all(&mut subdirs);
             },
         );
         parts.into_iter().sum()
