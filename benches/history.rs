@@ -431,6 +431,13 @@ mod linux {
         Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
     }
 
+    /// The clock ticks a second (`/proc/PID/stat`'s unit; 100 on Linux).
+    fn clock_ticks_per_s() -> f64 {
+        // SAFETY: sysconf only reads a constant of the system.
+        let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if t > 0 { t as f64 } else { 100.0 }
+    }
+
     /// Waits until `pid` has used no CPU for half a second (at most
     /// `limit`); returns how long that took.
     fn wait_idle(pid: u32, limit: Duration) -> Duration {
@@ -1676,6 +1683,8 @@ mod linux {
 
     struct TurnFigures {
         turns_per_s: f64,
+        /// `serve`'s CPU time (user + system) per turn in (a), in ms.
+        cpu_ms: f64,
         p50: Duration,
         p99: Duration,
     }
@@ -1713,6 +1722,7 @@ mod linux {
             secs(idle)
         );
         let base_ms = now_ms();
+        let cpu0 = cpu_ticks(server.pid());
         let t0 = Instant::now();
         let mut pending: Vec<String> = (0..n)
             .map(|i| {
@@ -1745,6 +1755,13 @@ mod linux {
         while w0.elapsed() < Duration::from_secs(30) && !last_of_each.iter().all(|p| v.handled(p)) {
             std::thread::sleep(Duration::from_millis(5));
         }
+        // The CPU the turns took, whatever the disk did meanwhile: what a
+        // turn costs, apart from the waits for its flushes.
+        let cpu = match (cpu0, cpu_ticks(server.pid())) {
+            (Some(a), Some(b)) => (b - a) as f64 * 1000.0 / clock_ticks_per_s(),
+            _ => f64::NAN,
+        };
+        let cpu_ms = cpu / done.max(1) as f64;
         // (b) Latency: one message at a time.
         let (warm, probes) = (s.latency_warmup, s.latency_n);
         let mut lat = Vec::with_capacity(probes);
@@ -1793,6 +1810,11 @@ mod linux {
             ),
         );
         res.info(&sc, "(a) turns/s", format!("{tps:.0}"));
+        res.info(
+            &sc,
+            "(a) serve's CPU (user + system) per turn",
+            format!("{cpu_ms:.3} ms"),
+        );
         if lat.is_empty() {
             res.check(
                 &sc,
@@ -1821,6 +1843,7 @@ mod linux {
         );
         (done == n && timeouts == 0).then_some(TurnFigures {
             turns_per_s: tps,
+            cpu_ms,
             p50,
             p99,
         })
@@ -1903,6 +1926,15 @@ mod linux {
             format!("{r:.2} ({h:.0} vs {b:.0})"),
             "≥ 0.90",
             r >= 0.9,
+        );
+        let (h, b) = of(&|t| t.cpu_ms);
+        let r = h / b.max(1e-9);
+        res.check(
+            SC,
+            format!("(a) serve's CPU per turn{rounds}"),
+            format!("{r:.2} ({h:.3} vs {b:.3} ms)"),
+            "≤ 1.10",
+            r <= 1.1,
         );
         for (name, f) in [
             (

@@ -41,8 +41,8 @@ pub(crate) fn version_of(meta: &fs::Metadata) -> Version {
 /// How many entries [`Vault::list_each`] hands over at most at once.
 const LIST_PART: usize = 4096;
 
-/// How many of a folder's notes one walker stats before the rest are
-/// handed to the others, in parts this big.
+/// A big folder's notes go to the other walkers to stat in parts this big
+/// as the folder is read (a smaller folder's are statted by its walker).
 const STAT_PART: usize = 1024;
 
 /// How many such parts may wait for a walker before the folder's walker
