@@ -1755,8 +1755,9 @@ mod linux {
         while w0.elapsed() < Duration::from_secs(30) && !last_of_each.iter().all(|p| v.handled(p)) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        // The CPU the turns took, whatever the disk did meanwhile: what a
-        // turn costs, apart from the waits for its flushes.
+        // The CPU the turns took, apart from the waits for their flushes
+        // (it still moves with how the notes arrive: notes that trickle
+        // in are turned in smaller groups, each costing more).
         let cpu = match (cpu0, cpu_ticks(server.pid())) {
             (Some(a), Some(b)) => (b - a) as f64 * 1000.0 / clock_ticks_per_s(),
             _ => f64::NAN,
