@@ -78,7 +78,7 @@ pub fn path_key(path: &str) -> u64 {
 /// own, so it is only mixed for the table, not hashed again by SipHash
 /// (the default, which was a few percent of a start's CPU).
 #[derive(Debug, Default, Clone, Copy)]
-struct KeyHasher(u64);
+pub struct KeyHasher(u64);
 
 impl std::hash::Hasher for KeyHasher {
     fn finish(&self) -> u64 {

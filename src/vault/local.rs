@@ -53,7 +53,7 @@ const STAT_WAITING: usize = 2;
 pub(super) type Folder = (PathBuf, String);
 
 /// Where a walk's jobs wait, shared by its walkers.
-struct Queue<J> {
+pub(super) struct Jobs<J> {
     work: std::sync::Mutex<Work<J>>,
     more: std::sync::Condvar,
 }
@@ -63,9 +63,16 @@ struct Work<J> {
     busy: usize,
 }
 
-impl<J> Queue<J> {
-    /// Adds `more` jobs for any walker to take.
-    fn append(&self, more: &mut Vec<J>) {
+impl<J> Jobs<J> {
+    /// Adds a job for any walker to take (a subfolder, a part of a big
+    /// folder's notes to stat).
+    pub(super) fn push(&self, job: J) {
+        self.lock().todo.push(job);
+        self.more.notify_one();
+    }
+
+    /// Adds `more` jobs at once (a folder's subfolders).
+    pub(super) fn push_all(&self, more: &mut Vec<J>) {
         if more.is_empty() {
             return;
         }
@@ -78,39 +85,18 @@ impl<J> Queue<J> {
         }
     }
 
+    /// How many jobs wait for a walker.
+    pub(super) fn waiting(&self) -> usize {
+        self.lock().todo.len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Work<J>> {
         self.work.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// A walker's hand on its walk's jobs, for the job it is doing.
-pub(super) struct Jobs<'a, J> {
-    queue: &'a Queue<J>,
-    /// Jobs found in this one, queued when it is done.
-    found: Vec<J>,
-}
-
-impl<J> Jobs<'_, J> {
-    /// A job found (a subfolder), queued when this job is done.
-    pub(super) fn push(&mut self, job: J) {
-        self.found.push(job);
-    }
-
-    /// A job for the other walkers to take now, while this one goes on (a
-    /// part of a big folder's notes to stat).
-    pub(super) fn push_now(&self, job: J) {
-        self.queue.append(&mut vec![job]);
-    }
-
-    /// How many jobs wait for a walker.
-    pub(super) fn waiting(&self) -> usize {
-        self.queue.lock().todo.len()
-    }
-}
-
 /// Does jobs from `start` on a few threads: `visit` does one job into its
-/// thread's `T` and pushes the jobs it finds (the subfolders to walk,
-/// queued when it is done; or at once, [`Jobs::push_now`]).
+/// thread's `T` and pushes the jobs it finds (the subfolders to walk).
 /// Returns each thread's `T`, and whether every thread finished (a walker
 /// that panicked loses its part). Listing a big vault is mostly system
 /// calls (a read of each folder, a stat of each note), which spread over
@@ -119,16 +105,16 @@ pub(super) fn walk_parallel<J, T, F>(start: J, visit: &F) -> (Vec<T>, bool)
 where
     J: Send,
     T: Default + Send,
-    F: Fn(&mut T, J, &mut Jobs<'_, J>) + Sync,
+    F: Fn(&mut T, J, &Jobs<J>) + Sync,
 {
-    let queue = Queue {
+    let jobs = Jobs {
         work: std::sync::Mutex::new(Work {
             todo: vec![start],
             busy: 0,
         }),
         more: std::sync::Condvar::new(),
     };
-    struct Done<'a, J>(&'a Queue<J>);
+    struct Done<'a, J>(&'a Jobs<J>);
     impl<J> Drop for Done<'_, J> {
         fn drop(&mut self) {
             let mut w = self.0.lock();
@@ -142,13 +128,9 @@ where
     }
     let walker = || {
         let mut mine = T::default();
-        let mut jobs = Jobs {
-            queue: &queue,
-            found: Vec::new(),
-        };
         loop {
             let next = {
-                let mut w = queue.lock();
+                let mut w = jobs.lock();
                 loop {
                     if let Some(job) = w.todo.pop() {
                         w.busy += 1;
@@ -157,20 +139,17 @@ where
                     if w.busy == 0 {
                         break None;
                     }
-                    w = queue.more.wait(w).unwrap_or_else(|p| p.into_inner());
+                    w = jobs.more.wait(w).unwrap_or_else(|p| p.into_inner());
                 }
             };
             let Some(job) = next else {
-                queue.more.notify_all();
+                jobs.more.notify_all();
                 return mine;
             };
             // Done with this job even if `visit` panics: the others must
             // not wait for it for ever.
-            let done = Done(&queue);
-            visit(&mut mine, job, &mut jobs);
-            // Queued while this job still counts as busy, so no walker
-            // takes the walk for finished in between.
-            queue.append(&mut jobs.found);
+            let done = Done(&jobs);
+            visit(&mut mine, job, &jobs);
             drop(done);
         }
     };
@@ -465,7 +444,7 @@ impl LocalVault {
         each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
     ) -> Listing {
         let root_prefix = prefix.clone();
-        let visit = |out: &mut Listing, job, jobs: &mut Jobs<'_, ListJob>| match job {
+        let visit = |out: &mut Listing, job, jobs: &Jobs<ListJob>| match job {
             ListJob::Folder(dir, prefix) => self.list_dir(out, dir, prefix, jobs, each),
             ListJob::Stat(names) => stat_into(out, names, each),
         };
@@ -508,7 +487,7 @@ impl LocalVault {
         out: &mut Listing,
         dir: PathBuf,
         prefix: String,
-        jobs: &mut Jobs<'_, ListJob>,
+        jobs: &Jobs<ListJob>,
         each: Option<&(dyn Fn(Vec<Entry>) + Sync)>,
     ) {
         let rd = match self
@@ -528,8 +507,9 @@ impl LocalVault {
         // The notes to stat: a big folder's (200,000 replies in one) go to
         // the walkers in parts as they are read; the last part is done
         // here. Each is statted through its folder's entry (`fstatat`, not
-        // a walk of its whole path).
+        // a walk of its whole path); its subfolders are pushed at the end.
         let mut names = Vec::new();
+        let mut subdirs = Vec::new();
         for ent in rd {
             let Ok(ent) = ent else {
                 // The listing of this folder broke off part-way.
@@ -576,7 +556,7 @@ impl LocalVault {
             }
             if ft.is_dir() {
                 if walk_dir_ok(&name) {
-                    jobs.push(ListJob::Folder(ent.path(), rel));
+                    subdirs.push(ListJob::Folder(ent.path(), rel));
                 }
                 continue;
             }
@@ -589,12 +569,13 @@ impl LocalVault {
                 // Handed on while the others keep up (the names waiting
                 // are memory), done here otherwise.
                 if jobs.waiting() < STAT_WAITING {
-                    jobs.push_now(ListJob::Stat(names));
+                    jobs.push(ListJob::Stat(names));
                 } else {
                     stat_into(out, names, each);
                 }
             }
         }
+        jobs.push_all(&mut subdirs);
         stat_into(out, names, each);
     }
 
@@ -1040,14 +1021,15 @@ impl Vault for LocalVault {
     fn recover(&self) -> usize {
         let (parts, _) = walk_parallel(
             (self.root.clone(), String::new()),
-            &|removed: &mut usize, (dir, _): Folder, jobs: &mut Jobs<'_, Folder>| {
+            &|removed: &mut usize, (dir, _): Folder, jobs: &Jobs<Folder>| {
                 let Ok(rd) = fs::read_dir(&dir) else { return };
+                let mut subdirs = Vec::new();
                 for ent in rd.flatten() {
                     let name = ent.file_name();
                     let name = name.to_string_lossy();
                     let Ok(ft) = ent.file_type() else { continue };
                     if ft.is_dir() && walk_dir_ok(&name) {
-                        jobs.push((ent.path(), String::new()));
+                        subdirs.push((ent.path(), String::new()));
                     } else if ft.is_file()
                         && name.starts_with(".vaultrunner-")
                         && name.ends_with(".tmp")
@@ -1056,6 +1038,7 @@ impl Vault for LocalVault {
                         *removed += 1;
                     }
                 }
+                jobs.push_all(&mut subdirs);
             },
         );
         parts.into_iter().sum()
